@@ -1,0 +1,127 @@
+//! The few bpf(2) commands aya does not expose in the form we need: creating, pinning and
+//! atomically updating cgroup links (an agent restart swaps programs under a pinned link with
+//! BPF_LINK_UPDATE, so capture never lapses), and reading a link's target cgroup.
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+const BPF_OBJ_PIN: u32 = 6;
+const BPF_OBJ_GET: u32 = 7;
+const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+const BPF_LINK_CREATE: u32 = 28;
+const BPF_LINK_UPDATE: u32 = 29;
+
+/// Attach types (include/uapi/linux/bpf.h), a stable ABI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum AttachType {
+    SockCreate = 2,
+    SockOps = 3,
+    Connect4 = 10,
+    Connect6 = 11,
+    GetSockopt = 21,
+    GetPeername4 = 29,
+    GetPeername6 = 30,
+}
+
+/// `union bpf_attr`, as plain words: every command we use fits in its first 32 bytes and the
+/// kernel requires the rest to be zero.
+#[repr(C, align(8))]
+struct Attr([u32; 32]);
+
+fn bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr of the size we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut Attr,
+            size_of::<Attr>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn fd_result(r: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(r as i32) }
+}
+
+fn path_cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+/// Attaches `prog` to `target` (a cgroup fd) through a new bpf_link.
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    ty: AttachType,
+) -> io::Result<OwnedFd> {
+    let mut a = Attr([0; 32]);
+    a.0[0] = prog.as_raw_fd() as u32;
+    a.0[1] = target.as_raw_fd() as u32;
+    a.0[2] = ty as u32;
+    bpf(BPF_LINK_CREATE, &mut a).map(fd_result)
+}
+
+/// Swaps the program behind a link atomically: no packet or connect() sees neither.
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut a = Attr([0; 32]);
+    a.0[0] = link.as_raw_fd() as u32;
+    a.0[1] = prog.as_raw_fd() as u32;
+    bpf(BPF_LINK_UPDATE, &mut a).map(drop)
+}
+
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let p = path_cstring(path)?;
+    let mut a = Attr([0; 32]);
+    let ptr = p.as_ptr() as u64;
+    a.0[0] = ptr as u32;
+    a.0[1] = (ptr >> 32) as u32;
+    a.0[2] = fd.as_raw_fd() as u32;
+    bpf(BPF_OBJ_PIN, &mut a).map(drop)
+}
+
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let p = path_cstring(path)?;
+    let mut a = Attr([0; 32]);
+    let ptr = p.as_ptr() as u64;
+    a.0[0] = ptr as u32;
+    a.0[1] = (ptr >> 32) as u32;
+    bpf(BPF_OBJ_GET, &mut a).map(fd_result)
+}
+
+/// What a cgroup link is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupLinkInfo {
+    pub prog_id: u32,
+    pub cgroup_id: u64,
+    pub attach_type: u32,
+}
+
+pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) cgroup_id, attach_type.
+    let mut info = [0u64; 8];
+    let mut a = Attr([0; 32]);
+    let ptr = info.as_mut_ptr() as u64;
+    a.0[0] = link.as_raw_fd() as u32;
+    a.0[1] = size_of_val(&info) as u32;
+    a.0[2] = ptr as u32;
+    a.0[3] = (ptr >> 32) as u32;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(CgroupLinkInfo {
+        prog_id: (info[1] & 0xffff_ffff) as u32,
+        cgroup_id: info[2],
+        attach_type: (info[3] & 0xffff_ffff) as u32,
+    })
+}

@@ -1,0 +1,228 @@
+//! Loading the eBPF object and attaching it at the cgroup root, with maps and links pinned
+//! under `<bpffs-dir>/v<LAYOUT_VERSION>/` so that a restarted agent adopts them: maps keep
+//! their contents, and each pinned link has its program swapped atomically (BPF_LINK_UPDATE).
+use std::{
+    fs::{self, File},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, Program, SockOps},
+};
+use meshsteer_common::maps::{LAYOUT_VERSION, names};
+use tracing::{debug, info};
+
+use crate::{
+    bpf_sys::{self, AttachType},
+    host,
+};
+
+/// The object built by build.rs from `ebpf/` (same code as `cargo xtask build-ebpf`).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshsteer.bpf.o"));
+
+/// (program, attach type, what a failure to attach most likely means).
+const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
+    (
+        "sock_create",
+        AttachType::SockCreate,
+        "cgroup/sock_create (Linux 4.10)",
+    ),
+    (
+        "connect4",
+        AttachType::Connect4,
+        "cgroup/connect4 (Linux 4.17)",
+    ),
+    (
+        "connect6",
+        AttachType::Connect6,
+        "cgroup/connect6 (Linux 4.17)",
+    ),
+    ("ms_sockops", AttachType::SockOps, "sockops (Linux 4.13)"),
+    (
+        "getsockopt",
+        AttachType::GetSockopt,
+        "cgroup/getsockopt (Linux 5.3)",
+    ),
+    (
+        "getpeername4",
+        AttachType::GetPeername4,
+        "cgroup/getpeername4 (Linux 5.8)",
+    ),
+    (
+        "getpeername6",
+        AttachType::GetPeername6,
+        "cgroup/getpeername6 (Linux 5.8)",
+    ),
+];
+
+/// The pin layout under `--bpffs-dir`.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    pub root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(bpffs_dir: &Path) -> Self {
+        Self {
+            root: bpffs_dir.join(format!("v{LAYOUT_VERSION}")),
+        }
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join("maps").join(name)
+    }
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.root.join("links").join(program)
+    }
+
+    /// Refuses pins of another layout: adopting maps whose key/value layout differs would
+    /// misread them silently.
+    fn check_layout(bpffs_dir: &Path) -> Result<()> {
+        let current = format!("v{LAYOUT_VERSION}");
+        let Ok(entries) = fs::read_dir(bpffs_dir) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('v')
+                && name[1..].chars().all(|c| c.is_ascii_digit())
+                && name != current
+            {
+                bail!(
+                    "{} holds pins of layout {name}, this agent uses {current}: run the matching \
+                     agent's `meshsteer uninstall`, or remove that directory, before switching",
+                    bpffs_dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The loaded object; its programs stay attached through their pinned links.
+pub struct Datapath {
+    pub bpf: Ebpf,
+    pub pins: Pins,
+    /// Must outlive the programs' use of the log ring: dropping it closes the ring.
+    logger: Option<crate::agent::EbpfLogger>,
+}
+
+impl Datapath {
+    /// Loads (adopting existing pinned maps) and attaches every program at `cgroup_root`.
+    pub fn load(bpffs_dir: &Path, cgroup_root: &Path) -> Result<Self> {
+        host::ensure_bpffs(bpffs_dir)?;
+        Pins::check_layout(bpffs_dir)?;
+        let pins = Pins::new(bpffs_dir);
+        for sub in ["maps", "links"] {
+            fs::create_dir_all(pins.root.join(sub))
+                .with_context(|| format!("creating {}", pins.root.join(sub).display()))?;
+        }
+        let map_paths: Vec<(&str, PathBuf)> =
+            names::PINNED.iter().map(|n| (*n, pins.map(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut bpf = loader.load(OBJECT).context("loading the eBPF object")?;
+        let logger = match aya_log::EbpfLogger::init(&mut bpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                debug!(error = %e, "no eBPF log ring in this object");
+                None
+            }
+        };
+        let cgroup = File::open(cgroup_root)
+            .with_context(|| format!("opening cgroup root {}", cgroup_root.display()))?;
+        let cgroup_id = host::cgroup_id(cgroup_root)?;
+        for (name, attach, what) in CGROUP_PROGRAMS {
+            let program = bpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?;
+            load_program(program).with_context(|| format!("loading {what}"))?;
+            let prog_fd = program.fd().with_context(|| format!("{name} has no fd"))?;
+            attach_or_update(
+                &pins.link(name),
+                prog_fd.as_fd(),
+                &cgroup,
+                cgroup_id,
+                *attach,
+            )
+            .with_context(|| format!("attaching {what} at {}", cgroup_root.display()))?;
+        }
+        info!(pins = %pins.root.display(), cgroup = %cgroup_root.display(), "datapath attached");
+        Ok(Self { bpf, pins, logger })
+    }
+}
+
+impl Datapath {
+    /// The eBPF log ring, for the caller to drain (see `agent::forward_ebpf_logs`).
+    pub fn take_logger(&mut self) -> Option<crate::agent::EbpfLogger> {
+        self.logger.take()
+    }
+}
+
+fn load_program(p: &mut Program) -> Result<()> {
+    match p {
+        Program::CgroupSock(p) => CgroupSock::load(p)?,
+        Program::CgroupSockAddr(p) => CgroupSockAddr::load(p)?,
+        Program::CgroupSockopt(p) => CgroupSockopt::load(p)?,
+        Program::SockOps(p) => SockOps::load(p)?,
+        other => bail!("unexpected program type {:?}", other.prog_type()),
+    }
+    Ok(())
+}
+
+/// A pinned link of ours swaps its program; otherwise a new link is created and pinned.
+fn attach_or_update(
+    pin: &Path,
+    prog: std::os::fd::BorrowedFd<'_>,
+    cgroup: &File,
+    cgroup_id: u64,
+    attach: AttachType,
+) -> Result<()> {
+    if pin.exists() {
+        let link = bpf_sys::obj_get(pin)
+            .with_context(|| format!("opening pinned link {}", pin.display()))?;
+        let info = bpf_sys::cgroup_link_info(link.as_fd())?;
+        if info.cgroup_id != cgroup_id || info.attach_type != attach as u32 {
+            bail!(
+                "pinned link {} is attached to cgroup id {} (type {}), not to this cgroup root \
+                 (id {cgroup_id}): another agent instance uses this --bpffs-dir",
+                pin.display(),
+                info.cgroup_id,
+                info.attach_type
+            );
+        }
+        bpf_sys::link_update(link.as_fd(), prog).context("BPF_LINK_UPDATE")?;
+        debug!(pin = %pin.display(), "adopted link, program replaced");
+        return Ok(());
+    }
+    let link = bpf_sys::link_create(prog, cgroup.as_fd(), attach).context("BPF_LINK_CREATE")?;
+    bpf_sys::obj_pin(link.as_fd(), pin).with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
+}
+
+/// Detaches everything and removes the pins: capture stops for every pod on the node.
+pub fn uninstall(bpffs_dir: &Path) -> Result<()> {
+    let pins = Pins::new(bpffs_dir);
+    if !pins.root.exists() {
+        info!(path = %pins.root.display(), "nothing pinned");
+        return Ok(());
+    }
+    // Links first: once unpinned (and no fd open) the kernel detaches them.
+    for sub in ["links", "maps"] {
+        let dir = pins.root.join(sub);
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                fs::remove_file(e.path())
+                    .with_context(|| format!("unpinning {}", e.path().display()))?;
+            }
+        }
+        fs::remove_dir(&dir).ok();
+    }
+    fs::remove_dir(&pins.root).with_context(|| format!("removing {}", pins.root.display()))?;
+    info!(path = %pins.root.display(), "uninstalled");
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Kernel feature probes, run before anything is loaded: a missing feature is reported by
+//! name with the first kernel version that has it, instead of as a verifier log.
+use std::path::Path;
+
+use aya::{
+    maps::MapType,
+    programs::ProgramType,
+    sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
+};
+
+#[derive(Debug, thiserror::Error)]
+#[error("the kernel lacks {feature} (needs Linux {since} or later); running {running}")]
+pub struct Missing {
+    pub feature: &'static str,
+    pub since: &'static str,
+    pub running: String,
+}
+
+enum Probe {
+    Program(ProgramType),
+    Map(MapType),
+    Helper(ProgramType, BpfHelper),
+    File(&'static str),
+}
+
+/// Everything the datapath uses, in the order a kernel gained it.
+const REQUIRED: &[(&str, &str, Probe)] = &[
+    ("BPF LPM trie maps", "4.11", Probe::Map(MapType::LpmTrie)),
+    (
+        "sockops programs",
+        "4.13",
+        Probe::Program(ProgramType::SockOps),
+    ),
+    ("LRU hash maps", "4.10", Probe::Map(MapType::LruHash)),
+    (
+        "cgroup sock_addr programs (connect4/6)",
+        "4.17",
+        Probe::Program(ProgramType::CgroupSockAddr),
+    ),
+    (
+        "cgroup sock programs (sock_create)",
+        "4.10",
+        Probe::Program(ProgramType::CgroupSock),
+    ),
+    (
+        "bpf_bind() in connect hooks",
+        "4.17",
+        Probe::Helper(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_bind),
+    ),
+    (
+        "socket-local storage maps",
+        "5.2",
+        Probe::Map(MapType::SkStorage),
+    ),
+    (
+        "cgroup sockopt programs (getsockopt)",
+        "5.3",
+        Probe::Program(ProgramType::CgroupSockopt),
+    ),
+    (
+        "kernel BTF (/sys/kernel/btf/vmlinux)",
+        "5.4",
+        Probe::File("/sys/kernel/btf/vmlinux"),
+    ),
+    (
+        "bpf_get_current_ancestor_cgroup_id() in cgroup hooks",
+        "5.7",
+        Probe::Helper(
+            ProgramType::CgroupSockAddr,
+            BpfHelper::BPF_FUNC_get_current_ancestor_cgroup_id,
+        ),
+    ),
+    (
+        "socket storage from cgroup/sock_create",
+        "5.10",
+        Probe::Helper(ProgramType::CgroupSock, BpfHelper::BPF_FUNC_sk_storage_get),
+    ),
+    (
+        "bpf_get_netns_cookie() in sockops",
+        "5.15",
+        Probe::Helper(ProgramType::SockOps, BpfHelper::BPF_FUNC_get_netns_cookie),
+    ),
+    (
+        "bpf_get_netns_cookie() in cgroup/getsockopt",
+        "5.15",
+        Probe::Helper(
+            ProgramType::CgroupSockopt,
+            BpfHelper::BPF_FUNC_get_netns_cookie,
+        ),
+    ),
+];
+
+/// Fails on the first missing feature. Attach-time features (bpf_link for cgroups: 5.7;
+/// getpeername hooks: 5.8) are reported by the loader when the attach itself fails.
+pub fn check() -> Result<(), Missing> {
+    for (feature, since, probe) in REQUIRED {
+        let present = match probe {
+            Probe::Program(t) => is_program_supported(*t).unwrap_or(false),
+            Probe::Map(t) => is_map_supported(*t).unwrap_or(false),
+            Probe::Helper(t, h) => is_helper_supported(*t, *h).unwrap_or(false),
+            Probe::File(p) => Path::new(p).exists(),
+        };
+        if !present {
+            return Err(Missing {
+                feature,
+                since,
+                running: kernel_release(),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "an unknown kernel".into())
+}

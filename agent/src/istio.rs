@@ -1,0 +1,451 @@
+//! istio-iptables command lines, parsed into the capture settings they stand for.
+//!
+//! Supported: `-p -z -u -g -m REDIRECT -i -x -b -d -q -o -e` (and their long names), with
+//! istio-iptables' own defaults for what is omitted. Anything else is refused by name so a pod
+//! is never enrolled with capture that differs silently from what its rules asked for.
+use std::{fmt, net::IpAddr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// The command line istio's sidecar injector runs by default: used for a pod spec that gives
+/// neither `args` nor `capture`.
+pub const INJECTOR_DEFAULT_ARGS: &str =
+    "-p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x \"\" -b '*' -d 15090,15021,15020";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArgsError {
+    #[error("unsupported istio-iptables option {0}: meshsteer does not implement it yet")]
+    Unsupported(String),
+    #[error("unsupported interception mode {0:?}: only REDIRECT is implemented (TPROXY is not)")]
+    Mode(String),
+    #[error("unknown istio-iptables option {0}")]
+    Unknown(String),
+    #[error("option {0} needs a value")]
+    MissingValue(String),
+    #[error("invalid value {value:?} for {option}: {reason}")]
+    Invalid {
+        option: String,
+        value: String,
+        reason: String,
+    },
+    #[error("unbalanced quotes in args {0:?}")]
+    Quotes(String),
+    #[error("unexpected argument {0:?}")]
+    Positional(String),
+}
+
+/// A CIDR as istio takes it (`addr/len`; a bare address is an error there too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (net, ip, max) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (u32::from(n) as u128, u32::from(i) as u128, 32),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let shift = max - u32::from(self.len);
+        shift >= 128 || (net >> shift) == (ip >> shift)
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        self.addr.is_loopback()
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').ok_or("expected ADDRESS/PREFIX-LENGTH")?;
+        let addr: IpAddr = a.parse().map_err(|e| format!("{e}"))?;
+        let len: u8 = l.parse().map_err(|_| format!("bad prefix length {l:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if len > max {
+            return Err(format!("prefix length {len} > {max}"));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> Self {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// `-i`: everything, or a list (possibly empty: nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Ranges {
+    #[serde(with = "wildcard")]
+    All,
+    List(Vec<Cidr>),
+}
+
+/// `-b`: every port, or a list (possibly empty: no inbound capture).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Ports {
+    #[serde(with = "wildcard")]
+    All,
+    List(Vec<u16>),
+}
+
+/// Serde for the `"*"` variants.
+mod wildcard {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("*")
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "*" {
+            Ok(())
+        } else {
+            Err(D::Error::custom("expected \"*\" or a list"))
+        }
+    }
+}
+
+/// What one pod's capture rules say, whichever way they were written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Capture {
+    /// `-p`
+    pub proxy_port: u16,
+    /// `-z`
+    pub inbound_port: u16,
+    /// `-e`
+    pub tunnel_port: u16,
+    /// `-u`
+    pub proxy_uids: Vec<u32>,
+    /// `-g` (istio: defaults to the `-u` list)
+    pub proxy_gids: Option<Vec<u32>>,
+    /// `-i`
+    pub include_outbound_cidrs: Ranges,
+    /// `-x`
+    pub exclude_outbound_cidrs: Vec<Cidr>,
+    /// `-b`
+    pub include_inbound_ports: Ports,
+    /// `-d` (only used with `-b '*'`)
+    pub exclude_inbound_ports: Vec<u16>,
+    /// `-q`
+    pub include_outbound_ports: Vec<u16>,
+    /// `-o`
+    pub exclude_outbound_ports: Vec<u16>,
+}
+
+impl Default for Capture {
+    /// istio-iptables' defaults with no flags: nothing captured by range or inbound port.
+    fn default() -> Self {
+        Self {
+            proxy_port: 15001,
+            inbound_port: 15006,
+            tunnel_port: 15008,
+            proxy_uids: vec![1337],
+            proxy_gids: None,
+            include_outbound_cidrs: Ranges::List(vec![]),
+            exclude_outbound_cidrs: vec![],
+            include_inbound_ports: Ports::List(vec![]),
+            exclude_inbound_ports: vec![],
+            include_outbound_ports: vec![],
+            exclude_outbound_ports: vec![],
+        }
+    }
+}
+
+impl Capture {
+    pub fn gids(&self) -> &[u32] {
+        self.proxy_gids.as_deref().unwrap_or(&self.proxy_uids)
+    }
+
+    /// Parses an istio-iptables command line (the program name may lead).
+    pub fn from_args(line: &str) -> Result<Self, ArgsError> {
+        let words = shlex::split(line).ok_or_else(|| ArgsError::Quotes(line.into()))?;
+        let mut words = words.into_iter().peekable();
+        if words.peek().is_some_and(|w| w.ends_with("istio-iptables")) {
+            words.next();
+        }
+        let mut c = Self::default();
+        while let Some(word) = words.next() {
+            let (flag, inline) = split_flag(&word)?;
+            let opt = Opt::lookup(&flag)?;
+            let value = match inline {
+                Some(v) => v,
+                None => words
+                    .next()
+                    .ok_or_else(|| ArgsError::MissingValue(flag.clone()))?,
+            };
+            c.set(opt, &flag, &value)?;
+        }
+        Ok(c)
+    }
+
+    fn set(&mut self, opt: Opt, flag: &str, v: &str) -> Result<(), ArgsError> {
+        let invalid = |reason: String| ArgsError::Invalid {
+            option: flag.into(),
+            value: v.into(),
+            reason,
+        };
+        match opt {
+            Opt::ProxyPort => self.proxy_port = parse_port(v).map_err(invalid)?,
+            Opt::InboundPort => self.inbound_port = parse_port(v).map_err(invalid)?,
+            Opt::TunnelPort => self.tunnel_port = parse_port(v).map_err(invalid)?,
+            Opt::Uid => self.proxy_uids = parse_list(v).map_err(invalid)?,
+            Opt::Gid => self.proxy_gids = Some(parse_list(v).map_err(invalid)?),
+            Opt::Mode => {
+                if v == "TPROXY" {
+                    return Err(ArgsError::Mode(v.into()));
+                }
+                // istio: anything but TPROXY means REDIRECT.
+            }
+            Opt::IncludeCidrs => {
+                self.include_outbound_cidrs = if v.trim() == "*" {
+                    Ranges::All
+                } else {
+                    Ranges::List(parse_list(v).map_err(invalid)?)
+                }
+            }
+            Opt::ExcludeCidrs => {
+                if v.trim() == "*" {
+                    return Err(invalid(
+                        "'*' cannot be excluded (istio refuses it too)".into(),
+                    ));
+                }
+                self.exclude_outbound_cidrs = parse_list(v).map_err(invalid)?;
+            }
+            Opt::IncludeInboundPorts => {
+                self.include_inbound_ports = if v.trim() == "*" {
+                    Ports::All
+                } else {
+                    Ports::List(parse_ports(v).map_err(invalid)?)
+                }
+            }
+            Opt::ExcludeInboundPorts => {
+                self.exclude_inbound_ports = parse_ports(v).map_err(invalid)?
+            }
+            Opt::IncludeOutboundPorts => {
+                self.include_outbound_ports = parse_ports(v).map_err(invalid)?
+            }
+            Opt::ExcludeOutboundPorts => {
+                self.exclude_outbound_ports = parse_ports(v).map_err(invalid)?
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Opt {
+    ProxyPort,
+    InboundPort,
+    TunnelPort,
+    Uid,
+    Gid,
+    Mode,
+    IncludeCidrs,
+    ExcludeCidrs,
+    IncludeInboundPorts,
+    ExcludeInboundPorts,
+    IncludeOutboundPorts,
+    ExcludeOutboundPorts,
+}
+
+/// (short, long, option). Long names are istio-iptables' own.
+const OPTIONS: &[(&str, &str, Opt)] = &[
+    ("p", "envoy-port", Opt::ProxyPort),
+    ("z", "inbound-capture-port", Opt::InboundPort),
+    ("e", "inbound-tunnel-port", Opt::TunnelPort),
+    ("u", "proxy-uid", Opt::Uid),
+    ("g", "proxy-gid", Opt::Gid),
+    ("m", "istio-inbound-interception-mode", Opt::Mode),
+    ("i", "istio-service-cidr", Opt::IncludeCidrs),
+    ("x", "istio-service-exclude-cidr", Opt::ExcludeCidrs),
+    ("b", "istio-inbound-ports", Opt::IncludeInboundPorts),
+    ("d", "istio-local-exclude-ports", Opt::ExcludeInboundPorts),
+    ("q", "istio-outbound-ports", Opt::IncludeOutboundPorts),
+    (
+        "o",
+        "istio-local-outbound-ports-exclude",
+        Opt::ExcludeOutboundPorts,
+    ),
+];
+
+/// Options istio-iptables has that change capture in ways meshsteer does not implement.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("k", "kube-virt-interfaces"),
+    ("c", "istio-exclude-interfaces"),
+    ("r", "istio-inbound-tproxy-route-table"),
+    ("t", "istio-inbound-tproxy-mark"),
+    ("n", "dry-run"),
+    ("", "redirect-dns"),
+    ("", "capture-all-dns"),
+    ("", "drop-invalid"),
+    ("", "dual-stack"),
+    ("", "network-namespace"),
+];
+
+impl Opt {
+    fn lookup(flag: &str) -> Result<Self, ArgsError> {
+        let (short, long) = match flag.strip_prefix("--") {
+            Some(l) => ("", l),
+            None => (flag.trim_start_matches('-'), ""),
+        };
+        let matches =
+            |s: &str, l: &str| (!short.is_empty() && s == short) || (!long.is_empty() && l == long);
+        if let Some((_, _, o)) = OPTIONS.iter().find(|(s, l, _)| matches(s, l)) {
+            return Ok(*o);
+        }
+        if UNSUPPORTED.iter().any(|(s, l)| matches(s, l)) {
+            return Err(ArgsError::Unsupported(flag.into()));
+        }
+        Err(ArgsError::Unknown(flag.into()))
+    }
+}
+
+/// `-p15001`, `-p=15001`, `--envoy-port=15001`, or a flag whose value is the next word.
+fn split_flag(word: &str) -> Result<(String, Option<String>), ArgsError> {
+    if let Some(long) = word.strip_prefix("--") {
+        return Ok(match long.split_once('=') {
+            Some((f, v)) => (format!("--{f}"), Some(v.into())),
+            None => (word.into(), None),
+        });
+    }
+    let Some(short) = word.strip_prefix('-').filter(|s| !s.is_empty()) else {
+        return Err(ArgsError::Positional(word.into()));
+    };
+    let mut chars = short.chars();
+    let name = chars.next().map(String::from).unwrap_or_default();
+    let rest = chars.as_str();
+    let value = (!rest.is_empty()).then(|| rest.strip_prefix('=').unwrap_or(rest).to_string());
+    Ok((format!("-{name}"), value))
+}
+
+fn parse_port(v: &str) -> Result<u16, String> {
+    v.trim().parse().map_err(|e| format!("not a port: {e}"))
+}
+
+/// istio's `Split`: comma-separated, empty items dropped.
+fn parse_list<T: FromStr>(v: &str) -> Result<Vec<T>, String>
+where
+    T::Err: fmt::Display,
+{
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<T>().map_err(|e| format!("{s:?}: {e}")))
+        .collect()
+}
+
+fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
+    parse_list(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_injector_default() {
+        let c = Capture::from_args(INJECTOR_DEFAULT_ARGS).unwrap();
+        assert_eq!(c.proxy_port, 15001);
+        assert_eq!(c.inbound_port, 15006);
+        assert_eq!(c.proxy_uids, vec![1337]);
+        assert_eq!(c.gids(), &[1337]);
+        assert_eq!(c.include_outbound_cidrs, Ranges::All);
+        assert!(c.exclude_outbound_cidrs.is_empty());
+        assert_eq!(c.include_inbound_ports, Ports::All);
+        assert_eq!(c.exclude_inbound_ports, vec![15090, 15021, 15020]);
+    }
+
+    #[test]
+    fn accepts_istio_flag_spellings() {
+        let c = Capture::from_args(
+            "istio-iptables -p15002 --inbound-capture-port=15007 -u=1,2 -g 3 -i 10.0.0.0/8,fd00::/8, -x 10.1.0.0/16 -o 3306 -q 9000 -e 15009 -b 80,443",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.proxy_port, c.inbound_port, c.tunnel_port),
+            (15002, 15007, 15009)
+        );
+        assert_eq!(c.proxy_uids, vec![1, 2]);
+        assert_eq!(c.gids(), &[3]);
+        assert_eq!(
+            c.include_outbound_cidrs,
+            Ranges::List(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "fd00::/8".parse().unwrap()
+            ])
+        );
+        assert_eq!(c.include_inbound_ports, Ports::List(vec![80, 443]));
+        assert_eq!(c.exclude_outbound_ports, vec![3306]);
+        assert_eq!(c.include_outbound_ports, vec![9000]);
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_implement() {
+        assert_eq!(
+            Capture::from_args("-m TPROXY").unwrap_err(),
+            ArgsError::Mode("TPROXY".into())
+        );
+        assert_eq!(
+            Capture::from_args("-k eth1").unwrap_err(),
+            ArgsError::Unsupported("-k".into())
+        );
+        assert_eq!(
+            Capture::from_args("--redirect-dns=true").unwrap_err(),
+            ArgsError::Unsupported("--redirect-dns".into())
+        );
+        assert!(matches!(
+            Capture::from_args("-Z 1"),
+            Err(ArgsError::Unknown(_))
+        ));
+        assert!(matches!(
+            Capture::from_args("-i 10.0.0.1"),
+            Err(ArgsError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Capture::from_args("-x '*'"),
+            Err(ArgsError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Capture::from_args("-p"),
+            Err(ArgsError::MissingValue(_))
+        ));
+    }
+
+    #[test]
+    fn empty_args_are_istio_defaults() {
+        assert_eq!(Capture::from_args("").unwrap(), Capture::default());
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(c.contains("10.1.200.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+    }
+}

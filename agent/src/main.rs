@@ -1,0 +1,39 @@
+use clap::Parser;
+use meshsteer::{
+    agent,
+    cli::{Cli, Command, LogFormat},
+    datapath, explain, status,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log.log, cli.log.log_format);
+    let result = match cli.command {
+        Command::Run(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(agent::run(args))),
+        Command::Status(a) => status::show(&a.status.status_file, &a.pins.bpffs_dir, a.json),
+        Command::Explain(a) => explain::run(&a),
+        Command::Uninstall(a) => datapath::uninstall(&a.bpffs_dir),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshsteer: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tracing` to stderr; eBPF logs arrive through the `log` crate and are bridged in.
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,223 @@
+//! Typed access to the pinned maps, and the map writes that enrol, update and remove a pod.
+//!
+//! Order matters for the datapath, which reads concurrently: a pod's sets are written under a
+//! fresh pod id *before* its config points at them, and old sets are removed only after, so a
+//! connect() sees either the whole old configuration or the whole new one.
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::{Context, Result};
+use aya::maps::{
+    HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+};
+use meshsteer_common::maps::{
+    CidrKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, TupleKey, counter, names,
+};
+
+use crate::podspec::Plan;
+
+pub struct PodMaps {
+    pods: HashMap<MapData, u64, PodConfig>,
+    ports: HashMap<MapData, PortKey, u8>,
+    cidr_exclude: LpmTrie<MapData, CidrKey, u8>,
+    cidr_include: LpmTrie<MapData, CidrKey, u8>,
+    local: HashMap<MapData, LocalKey, u8>,
+    stats: PerCpuHashMap<MapData, u64, PodCounters>,
+    node_stats: PerCpuArray<MapData, u64>,
+    orig_dst: HashMap<MapData, TupleKey, OrigDst>,
+}
+
+impl PodMaps {
+    /// From the loaded object (the agent).
+    pub fn take(bpf: &mut aya::Ebpf) -> Result<Self> {
+        Self::open(|name| {
+            bpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the object"))
+        })
+    }
+
+    /// From the pins (`status`, tests): read-only use while an agent runs.
+    pub fn from_pins(pins: &crate::datapath::Pins) -> Result<Self> {
+        Self::open(|name| {
+            let path = pins.map(name);
+            let data = MapData::from_pin(&path).with_context(|| {
+                format!(
+                    "opening {} (is the agent running, and are you root?)",
+                    path.display()
+                )
+            })?;
+            Map::from_map_data(data).context("unexpected map type")
+        })
+    }
+
+    fn open(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let mut typed = |name: &str| get(name);
+        Ok(Self {
+            pods: typed(names::PODS)?.try_into()?,
+            ports: typed(names::PORTS)?.try_into()?,
+            cidr_exclude: typed(names::CIDR_EXCLUDE)?.try_into()?,
+            cidr_include: typed(names::CIDR_INCLUDE)?.try_into()?,
+            local: typed(names::LOCAL_ADDRS)?.try_into()?,
+            stats: typed(names::POD_STATS)?.try_into()?,
+            node_stats: typed(names::NODE_STATS)?.try_into()?,
+            orig_dst: typed(names::ORIG_DST)?.try_into()?,
+        })
+    }
+
+    /// Pods enrolled in the maps (after a restart: by the previous agent).
+    pub fn enrolled(&self) -> Vec<(u64, PodConfig)> {
+        self.pods.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Points `cgroup_id` at `plan`; `previous` (same cgroup, other pod id) is cleaned after.
+    /// On error nothing of `plan` stays behind and `previous` is still in effect.
+    pub fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()> {
+        if let Err(e) = self.write_sets(plan) {
+            self.remove_sets(plan);
+            return Err(e);
+        }
+        if self.stats.get(&cgroup_id, 0).is_err() {
+            let zero = PerCpuValues::try_from(vec![PodCounters::default(); nr_cpus()?])?;
+            self.stats
+                .insert(cgroup_id, zero, 0)
+                .context("creating the pod's counters")?;
+        }
+        if let Err(e) = self.pods.insert(cgroup_id, plan.config, 0) {
+            self.remove_sets(plan);
+            return Err(e).context("writing the pod's config");
+        }
+        if let Some(old) = previous {
+            self.remove_sets(old);
+        }
+        Ok(())
+    }
+
+    /// Stops capture for the pod first, then frees its sets and counters.
+    pub fn remove(&mut self, cgroup_id: u64, plan: Option<&Plan>) {
+        let _ = self.pods.remove(&cgroup_id);
+        if let Some(p) = plan {
+            self.remove_sets(p);
+        }
+        let _ = self.stats.remove(&cgroup_id);
+    }
+
+    fn write_sets(&mut self, plan: &Plan) -> Result<()> {
+        for k in &plan.ports {
+            self.ports
+                .insert(k, 1, 0)
+                .context("writing a port set (MS_PORTS full?)")?;
+        }
+        for (k, len) in &plan.cidr_exclude {
+            self.cidr_exclude
+                .insert(&Key::new(*len, *k), 1, 0)
+                .context("writing -x CIDRs")?;
+        }
+        for (k, len) in &plan.cidr_include {
+            self.cidr_include
+                .insert(&Key::new(*len, *k), 1, 0)
+                .context("writing -i CIDRs")?;
+        }
+        for k in &plan.local {
+            self.local
+                .insert(k, 1, 0)
+                .context("writing pod addresses")?;
+        }
+        Ok(())
+    }
+
+    fn remove_sets(&mut self, plan: &Plan) {
+        for k in &plan.ports {
+            let _ = self.ports.remove(k);
+        }
+        for (k, len) in &plan.cidr_exclude {
+            let _ = self.cidr_exclude.remove(&Key::new(*len, *k));
+        }
+        for (k, len) in &plan.cidr_include {
+            let _ = self.cidr_include.remove(&Key::new(*len, *k));
+        }
+        for k in &plan.local {
+            let _ = self.local.remove(k);
+        }
+    }
+
+    /// Drops pods whose cgroup is not in `keep`, and set entries of pod ids no config uses:
+    /// what a previous agent left for pods that went away while it was down.
+    pub fn garbage_collect(&mut self, keep: &BTreeSet<u64>) {
+        for (cgroup, _) in self.enrolled() {
+            if !keep.contains(&cgroup) {
+                self.remove(cgroup, None);
+            }
+        }
+        let live: BTreeSet<u32> = self.enrolled().iter().map(|(_, c)| c.pod_id).collect();
+        let dead_ports: Vec<PortKey> = self
+            .ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.pod_id))
+            .collect();
+        for k in dead_ports {
+            let _ = self.ports.remove(&k);
+        }
+        let dead_local: Vec<LocalKey> = self
+            .local
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.pod_id))
+            .collect();
+        for k in dead_local {
+            let _ = self.local.remove(&k);
+        }
+        for trie in [&mut self.cidr_exclude, &mut self.cidr_include] {
+            let dead: Vec<Key<CidrKey>> = trie
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| !live.contains(&u32::from_be_bytes(k.data().pod_id_be)))
+                .collect();
+            for k in dead {
+                let _ = trie.remove(&k);
+            }
+        }
+    }
+
+    /// A pod's counters summed over CPUs.
+    pub fn counters(&self, cgroup_id: u64) -> Option<PodCounters> {
+        let per_cpu = self.stats.get(&cgroup_id, 0).ok()?;
+        let mut sum = PodCounters::default();
+        for c in per_cpu.iter() {
+            for (s, v) in sum.0.iter_mut().zip(c.0.iter()) {
+                *s += v;
+            }
+        }
+        Some(sum)
+    }
+
+    pub fn node_counter(&self, index: u32) -> u64 {
+        self.node_stats
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Live published original destinations (the map's idle size is 0).
+    pub fn orig_dst_entries(&self) -> usize {
+        self.orig_dst.keys().count()
+    }
+}
+
+fn nr_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("possible CPUs: {e}"))
+}
+
+/// Counter names for display, in index order.
+pub fn counter_names() -> Vec<(usize, String)> {
+    let mut v: Vec<(usize, String)> = meshsteer_common::outbound::Rule::ALL
+        .iter()
+        .map(|r| (counter::outbound(*r), format!("outbound_{}", r.name())))
+        .collect();
+    v.extend(counter::NAMES.iter().map(|(i, n)| (*i, n.to_string())));
+    v
+}
+
+/// Whether `path` looks like our pin dir (used by `status` to give a clear error).
+pub fn pinned(pins: &crate::datapath::Pins) -> bool {
+    Path::new(&pins.map(names::PODS)).exists()
+}

@@ -1,0 +1,299 @@
+//! Pod specs (files in `--pods-dir`) and what enrolling one writes into the maps.
+use std::{
+    collections::BTreeSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use meshsteer_common::{
+    Addr,
+    maps::{CidrKey, LocalKey, MAX_PROXY_IDS, PodConfig, PortKey, PortSet, pod_flags},
+    outbound::PodTables,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::istio::{ArgsError, Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges};
+
+/// A pod spec file, YAML or JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSpec {
+    /// Unique, e.g. `namespace/name`.
+    pub name: String,
+    /// The pod-level cgroup v2 directory.
+    pub cgroup: PathBuf,
+    /// The pod's network namespace file (used by inbound capture).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The pod's addresses (first of each family = its source for off-pod traffic).
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
+    /// An istio-iptables command line, verbatim.
+    #[serde(default)]
+    pub args: Option<String>,
+    /// The same settings as structured fields (exclusive with `args`).
+    #[serde(default)]
+    pub capture: Option<Capture>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("not a valid pod spec: {0}")]
+    Syntax(String),
+    #[error("give either `args` or `capture`, not both")]
+    BothForms,
+    #[error(transparent)]
+    Args(#[from] ArgsError),
+    #[error("at most {MAX_PROXY_IDS} proxy uids/gids are supported, got {0}")]
+    TooManyIds(usize),
+    #[error("a proxy uid and gid list cannot be empty")]
+    NoIds,
+}
+
+impl PodSpec {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SpecError> {
+        let json = path.extension().is_some_and(|e| e == "json");
+        if json {
+            serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))
+        } else {
+            serde_yaml::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))
+        }
+    }
+
+    /// The capture settings, from `args`, `capture`, or the injector's default command line.
+    pub fn capture(&self) -> Result<Capture, SpecError> {
+        match (&self.args, &self.capture) {
+            (Some(_), Some(_)) => Err(SpecError::BothForms),
+            (Some(a), None) => Ok(Capture::from_args(a)?),
+            (None, Some(c)) => Ok(c.clone()),
+            (None, None) => Ok(Capture::from_args(INJECTOR_DEFAULT_ARGS)?),
+        }
+    }
+}
+
+/// Everything enrolling a pod writes, computed up front so a bad spec never half-enrolls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub config: PodConfig,
+    pub ports: BTreeSet<PortKey>,
+    pub cidr_exclude: Vec<(CidrKey, u32)>,
+    pub cidr_include: Vec<(CidrKey, u32)>,
+    pub local: Vec<LocalKey>,
+    /// Kept for `explain`: the same sets in matchable form.
+    capture: Capture,
+    ips: Vec<IpAddr>,
+}
+
+impl Plan {
+    pub fn new(spec: &PodSpec, pod_id: u32) -> Result<Self, SpecError> {
+        let c = spec.capture()?;
+        let (uids, gids) = (ids(&c.proxy_uids)?, ids(c.gids())?);
+        let mut flags = 0;
+        let v6 = spec.ips.iter().any(IpAddr::is_ipv6);
+        if v6 {
+            flags |= pod_flags::IPV6;
+        }
+        let (cidr_include, include_loopback) = match &c.include_outbound_cidrs {
+            Ranges::All => {
+                flags |= pod_flags::OUT_INCLUDE_ALL_V4 | pod_flags::OUT_INCLUDE_ALL_V6;
+                (vec![], false)
+            }
+            Ranges::List(list) => (cidr_keys(pod_id, list), list.iter().any(Cidr::is_loopback)),
+        };
+        if include_loopback {
+            flags |= pod_flags::OUT_INCLUDES_LOOPBACK;
+        }
+        let cidr_exclude = cidr_keys(pod_id, &c.exclude_outbound_cidrs);
+        let mut ports = BTreeSet::new();
+        let mut add = |set: PortSet, list: &[u16], flag: u32, flags: &mut u32| {
+            for p in list {
+                ports.insert(PortKey::new(pod_id, set, *p));
+            }
+            if !list.is_empty() {
+                *flags |= flag;
+            }
+        };
+        add(
+            PortSet::OutExclude,
+            &c.exclude_outbound_ports,
+            pod_flags::HAS_OUT_EXCLUDE_PORTS,
+            &mut flags,
+        );
+        add(
+            PortSet::OutInclude,
+            &c.include_outbound_ports,
+            pod_flags::HAS_OUT_INCLUDE_PORTS,
+            &mut flags,
+        );
+        match &c.include_inbound_ports {
+            Ports::All => {
+                flags |= pod_flags::IN_CAPTURE | pod_flags::IN_ALL_PORTS;
+                add(
+                    PortSet::InExclude,
+                    &c.exclude_inbound_ports,
+                    pod_flags::HAS_IN_EXCLUDE_PORTS,
+                    &mut flags,
+                );
+            }
+            Ports::List(list) => {
+                if !list.is_empty() {
+                    flags |= pod_flags::IN_CAPTURE;
+                }
+                add(
+                    PortSet::InInclude,
+                    list,
+                    pod_flags::HAS_IN_INCLUDE_PORTS,
+                    &mut flags,
+                );
+            }
+        }
+        if !cidr_exclude.is_empty() {
+            flags |= pod_flags::HAS_CIDR_EXCLUDE;
+        }
+        if !cidr_include.is_empty() {
+            flags |= pod_flags::HAS_CIDR_INCLUDE;
+        }
+        let local: Vec<LocalKey> = spec
+            .ips
+            .iter()
+            .map(|ip| LocalKey {
+                pod_id,
+                addr: Addr::from(*ip),
+            })
+            .collect();
+        if !local.is_empty() {
+            flags |= pod_flags::HAS_LOCAL_ADDRS;
+        }
+        let first = |v4: bool| {
+            spec.ips
+                .iter()
+                .find(|ip| ip.is_ipv4() == v4)
+                .map_or(Addr::UNSPECIFIED_V6, |ip| Addr::from(*ip))
+        };
+        let config = PodConfig {
+            pod_id,
+            flags,
+            proxy_port: c.proxy_port,
+            inbound_port: c.inbound_port,
+            tunnel_port: c.tunnel_port,
+            n_uids: uids.1,
+            n_gids: gids.1,
+            uids: uids.0,
+            gids: gids.0,
+            primary_v4: first(true),
+            primary_v6: first(false),
+        };
+        Ok(Self {
+            config,
+            ports,
+            cidr_exclude,
+            cidr_include,
+            local,
+            capture: c,
+            ips: spec.ips.clone(),
+        })
+    }
+}
+
+fn ids(list: &[u32]) -> Result<([u32; MAX_PROXY_IDS], u8), SpecError> {
+    if list.is_empty() {
+        return Err(SpecError::NoIds);
+    }
+    if list.len() > MAX_PROXY_IDS {
+        return Err(SpecError::TooManyIds(list.len()));
+    }
+    let mut out = [0; MAX_PROXY_IDS];
+    out[..list.len()].copy_from_slice(list);
+    Ok((out, list.len() as u8))
+}
+
+fn cidr_keys(pod_id: u32, list: &[Cidr]) -> Vec<(CidrKey, u32)> {
+    list.iter()
+        .map(|c| {
+            let addr = Addr::from(c.addr);
+            (
+                CidrKey::new(pod_id, addr),
+                CidrKey::prefix_len(&addr, c.len),
+            )
+        })
+        .collect()
+}
+
+/// The plan's sets as the decision model sees them: `explain` runs the datapath's own
+/// decision function on these.
+impl PodTables for Plan {
+    fn port_in(&self, set: PortSet, port: u16) -> bool {
+        self.ports
+            .contains(&PortKey::new(self.config.pod_id, set, port))
+    }
+    fn cidr_excluded(&self, addr: &Addr) -> bool {
+        self.capture
+            .exclude_outbound_cidrs
+            .iter()
+            .any(|c| c.contains(IpAddr::from(*addr)))
+    }
+    fn cidr_included(&self, addr: &Addr) -> bool {
+        match &self.capture.include_outbound_cidrs {
+            Ranges::All => true,
+            Ranges::List(l) => l.iter().any(|c| c.contains(IpAddr::from(*addr))),
+        }
+    }
+    fn is_pod_address(&self, addr: &Addr) -> bool {
+        self.ips.iter().any(|ip| Addr::from(*ip) == *addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> PodSpec {
+        PodSpec::parse(yaml, Path::new("p.yaml")).unwrap()
+    }
+
+    #[test]
+    fn default_spec_plans_istio_defaults() {
+        let s = spec("name: default/a\ncgroup: /sys/fs/cgroup/x\nips: [10.0.0.5, fd00::5]\n");
+        let p = Plan::new(&s, 7).unwrap();
+        let f = p.config.flags;
+        assert_ne!(f & pod_flags::OUT_INCLUDE_ALL_V4, 0);
+        assert_ne!(f & pod_flags::IPV6, 0);
+        assert_ne!(f & pod_flags::IN_ALL_PORTS, 0);
+        assert_eq!(p.ports.len(), 3);
+        assert!(
+            p.ports
+                .contains(&PortKey::new(7, PortSet::InExclude, 15021))
+        );
+        assert_eq!(p.config.primary_v4, Addr::v4([10, 0, 0, 5]));
+        assert_eq!(p.local.len(), 2);
+    }
+
+    #[test]
+    fn structured_capture_and_args_are_exclusive() {
+        let s = spec("name: a\ncgroup: /x\nargs: \"-p 1\"\ncapture: {proxyPort: 2}\n");
+        assert!(matches!(Plan::new(&s, 1), Err(SpecError::BothForms)));
+        let s = spec(
+            "name: a\ncgroup: /x\ncapture: {proxyPort: 2, includeOutboundCidrs: '*', excludeOutboundCidrs: [10.0.0.0/8]}\n",
+        );
+        let p = Plan::new(&s, 1).unwrap();
+        assert_eq!(p.config.proxy_port, 2);
+        assert_eq!(p.cidr_exclude.len(), 1);
+        assert_eq!(p.cidr_exclude[0].1, 32 + 96 + 8);
+    }
+
+    #[test]
+    fn json_specs_parse() {
+        let s = PodSpec::parse(
+            r#"{"name":"a","cgroup":"/x","args":"-i '*'"}"#,
+            Path::new("a.json"),
+        )
+        .unwrap();
+        assert_eq!(s.args.as_deref(), Some("-i '*'"));
+    }
+
+    #[test]
+    fn rejects_too_many_ids() {
+        let s = spec("name: a\ncgroup: /x\nargs: \"-u 1,2,3,4,5\"\n");
+        assert!(matches!(Plan::new(&s, 1), Err(SpecError::TooManyIds(5))));
+    }
+}

@@ -1,0 +1,25 @@
+//! aya `Pod` impls, so the agent can read and write these types in maps.
+use crate::{
+    Addr,
+    maps::{CidrKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, SockState, TupleKey},
+};
+
+// SAFETY: all are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with every
+// padding byte an explicit field, so any bit pattern is valid and none is uninitialised.
+unsafe impl aya::Pod for Addr {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PodConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PortKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CidrKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for LocalKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for SockState {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TupleKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for OrigDst {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PodCounters {}

@@ -1,0 +1,42 @@
+//! meshsteer's kernel side. One BPF object; one file per hook:
+//!
+//! | file              | hook                   | job                                             |
+//! |-------------------|------------------------|-------------------------------------------------|
+//! | `sock_create.rs`  | cgroup/sock_create     | record a socket's pod and owner at creation     |
+//! | `connect4.rs`     | cgroup/connect4        | outbound capture (ISTIO_OUTPUT), IPv4           |
+//! | `connect6.rs`     | cgroup/connect6        | the same for AF_INET6 sockets (and v4-mapped)   |
+//! | `sockops.rs`      | sockops                | publish/free a redirected connection's tuple    |
+//! | `getsockopt.rs`   | cgroup/getsockopt      | answer SO_ORIGINAL_DST for the proxy            |
+//! | `getpeername4.rs` | cgroup/getpeername4    | the app sees the original peer, IPv4            |
+//! | `getpeername6.rs` | cgroup/getpeername6    | the same for AF_INET6 sockets                   |
+//!
+//! Shared pieces: `maps.rs` (every map), `pod.rs` (socket → pod → config, counters),
+//! `capture.rs` (the connect-time steering both connect hooks use), `sockaddr.rs`.
+#![no_std]
+#![no_main]
+
+mod capture;
+mod connect4;
+mod connect6;
+mod getpeername4;
+mod getpeername6;
+mod getsockopt;
+mod maps;
+mod pod;
+mod sock_create;
+mod sockaddr;
+mod sockops;
+mod tuple;
+
+/// GPL-compatible: the kernel refuses GPL-only helpers (sk_storage, sock_ops callback flags)
+/// to non-GPL programs. Dual licensing keeps the programs usable under MIT elsewhere.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects code that could get here.
+    loop {}
+}

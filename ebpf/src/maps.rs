@@ -1,0 +1,50 @@
+//! Every map of the object. Names are the pin names the agent uses (`common::maps::names`).
+use aya_ebpf::{
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
+    macros::btf_map,
+};
+use meshsteer_common::maps::{
+    CidrKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, SockState, TupleKey, capacity,
+    node_counter,
+};
+
+const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
+
+/// Pod-level cgroup id → the pod's capture config.
+#[btf_map(name = "MS_PODS")]
+pub static PODS: HashMap<u64, PodConfig, { capacity::PODS as usize }> = HashMap::new();
+
+/// (pod, set, port) → 1.
+#[btf_map(name = "MS_PORTS")]
+pub static PORTS: HashMap<PortKey, u8, { capacity::PORTS as usize }> = HashMap::new();
+
+/// (pod, CIDR) → 1, for `-x` and for `-i` lists. Two tries, because istio checks all
+/// exclusions before any inclusion: a longest match across both sets would differ.
+#[btf_map(name = "MS_CIDR_EXCLUDE")]
+pub static CIDR_EXCLUDE: LpmTrie<CidrKey, u8, { capacity::CIDRS as usize }> = LpmTrie::new();
+#[btf_map(name = "MS_CIDR_INCLUDE")]
+pub static CIDR_INCLUDE: LpmTrie<CidrKey, u8, { capacity::CIDRS as usize }> = LpmTrie::new();
+
+/// (pod, address) → 1: the pod's own addresses, reached through `lo`.
+#[btf_map(name = "MS_LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<LocalKey, u8, { capacity::LOCAL_ADDRS as usize }> = HashMap::new();
+
+/// Per-socket state, freed with the socket.
+#[btf_map(name = "MS_SOCK_STATE")]
+pub static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
+
+/// Redirected connection (as the proxy's accepted socket sees it) → original destination.
+/// LRU so a leak can never fill it; a live entry lost to eviction is counted at close.
+#[btf_map(name = "MS_ORIG_DST")]
+pub static ORIG_DST: LruHashMap<TupleKey, OrigDst, { capacity::ORIG_DST as usize }> =
+    LruHashMap::new();
+
+/// Pod-level cgroup id → counters (stable across config changes). Not preallocated:
+/// per-CPU values for every possible pod add up.
+#[btf_map(name = "MS_POD_STATS")]
+pub static POD_STATS: PerCpuHashMap<u64, PodCounters, { capacity::PODS as usize }, NO_PREALLOC> =
+    PerCpuHashMap::new();
+
+/// Node-wide counters (`common::maps::node_counter`).
+#[btf_map(name = "MS_NODE_STATS")]
+pub static NODE_STATS: PerCpuArray<u64, { node_counter::COUNT as usize }> = PerCpuArray::new();

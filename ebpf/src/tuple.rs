@@ -1,0 +1,57 @@
+//! The key under which a redirected connection's original destination is published: the
+//! connection as the proxy's accepted socket sees it, plus the network namespace cookie so
+//! equal tuples in two pods never meet.
+use core::ptr;
+
+use meshsteer_common::{Addr, maps::TupleKey};
+
+use crate::sockaddr::AF_INET6;
+
+/// An address from a context's `(family, ip4, ip6)` fields. Both fields are always read and
+/// the family picks a value afterwards: branching first lets LLVM merge the two branches'
+/// loads into one load through a chosen pointer, which the verifier rejects ("dereference of
+/// modified ctx ptr").
+///
+/// # Safety
+/// Both pointers must point into the hook's ctx (or a socket the verifier knows).
+#[inline(always)]
+pub unsafe fn addr(family: u32, ip4: *const u32, ip6: *const [u32; 4]) -> Addr {
+    // SAFETY: caller's contract.
+    let (v4, v6) = unsafe { (ptr::read_volatile(ip4), words(ip6)) };
+    if family == AF_INET6 as u32 {
+        Addr::from_be_words(v6)
+    } else {
+        Addr::from_be_u32(v4)
+    }
+}
+
+/// Reads an IPv6 address field one 4-byte word at a time (the only width the verifier
+/// accepts for these ctx fields).
+///
+/// # Safety
+/// `p` must point into the hook's ctx or a verified socket.
+#[inline(always)]
+pub unsafe fn words(p: *const [u32; 4]) -> [u32; 4] {
+    // SAFETY: caller's contract; the four words are in bounds.
+    unsafe {
+        [
+            ptr::read_volatile(&raw const (*p)[0]),
+            ptr::read_volatile(&raw const (*p)[1]),
+            ptr::read_volatile(&raw const (*p)[2]),
+            ptr::read_volatile(&raw const (*p)[3]),
+        ]
+    }
+}
+
+/// `proxy` is where the connection was redirected to, `app` the side that connected.
+#[inline(always)]
+pub const fn key(netns_cookie: u64, proxy: (Addr, u16), app: (Addr, u16)) -> TupleKey {
+    TupleKey {
+        netns_cookie,
+        local: proxy.0,
+        remote: app.0,
+        local_port_be: proxy.1,
+        remote_port_be: app.1,
+        _pad: 0,
+    }
+}

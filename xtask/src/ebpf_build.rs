@@ -1,0 +1,303 @@
+//! The single implementation of the eBPF build.
+//!
+//! `cargo xtask` uses it as a module, and the agent's build script includes this very file with
+//! `#[path = "../xtask/src/ebpf_build.rs"] mod ebpf_build;`, so it must stay std-only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The rustup toolchain the eBPF crate needs (`-Z build-std`, the BPF target).
+pub const TOOLCHAIN: &str = "nightly";
+/// The eBPF crate's package name.
+pub const PACKAGE: &str = "meshsteer-ebpf";
+/// The eBPF crate's bin target, i.e. the file name of the BPF ELF object.
+pub const BIN: &str = "meshsteer";
+/// The BPF target triple (little-endian, as on every host we deploy to).
+pub const TARGET: &str = "bpfel-unknown-none";
+
+/// Rust flags for the BPF object: bpf-linker needs debug info to emit the BTF that CO-RE and
+/// readable verifier messages rely on.
+pub const RUSTFLAGS: &[&str] = &["-C", "debuginfo=2", "-C", "link-arg=--btf"];
+
+/// An unoptimised BPF object fails the kernel verifier (stack use, unbounded loops, panic
+/// paths), so even the dev-profile object is optimised and has no runtime checks.
+pub const DEV_PROFILE_CONFIG: &[&str] = &[
+    "profile.dev.opt-level=3",
+    "profile.dev.debug-assertions=false",
+    "profile.dev.overflow-checks=false",
+];
+
+/// What an outer cargo (running us through `cargo run`, or as a build script) leaves in the
+/// environment that would point the nested nightly cargo at the wrong compiler, flags, target or
+/// output directory.
+pub const SCRUBBED_ENV: &[&str] = &[
+    "RUSTC",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTC_LINKER",
+    "RUSTDOC",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUSTDOCFLAGS",
+    "CARGO_ENCODED_RUSTDOCFLAGS",
+    "RUSTUP_TOOLCHAIN",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_BUILD_TARGET_DIR",
+    "CARGO_BUILD_RUSTC",
+    "CARGO_BUILD_RUSTC_WRAPPER",
+    "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_BUILD_RUSTDOC",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_BUILD_RUSTDOCFLAGS",
+    // The outer jobserver's descriptors are not ours to use.
+    "CARGO_MAKEFLAGS",
+    // Set by `cargo clippy` for its driver; meaningless to (and wrong for) a nested build.
+    "CLIPPY_ARGS",
+    // Inputs of the outer build script that nested build scripts must not see.
+    "TARGET",
+    "HOST",
+    "OUT_DIR",
+    "PROFILE",
+    "OPT_LEVEL",
+    "DEBUG",
+    "NUM_JOBS",
+];
+
+/// Prefixes of the outer build script's cfg/feature variables, scrubbed for the same reason.
+pub const SCRUBBED_ENV_PREFIXES: &[&str] = &["CARGO_CFG_", "CARGO_FEATURE_"];
+
+/// Whether the nested build must not inherit the environment variable `name`.
+pub fn should_scrub(name: &str) -> bool {
+    SCRUBBED_ENV.contains(&name) || SCRUBBED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Removes from `cmd`'s environment everything [`should_scrub`] names.
+pub fn scrub_env(cmd: &mut Command) {
+    for name in SCRUBBED_ENV {
+        cmd.env_remove(name);
+    }
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(should_scrub) {
+            cmd.env_remove(&name);
+        }
+    }
+}
+
+/// [`RUSTFLAGS`] in the `CARGO_ENCODED_RUSTFLAGS` form (0x1f-separated, so no quoting issues).
+pub fn encoded_rustflags() -> String {
+    RUSTFLAGS.join("\x1f")
+}
+
+/// The eBPF build's own target dir: separate from the host one so the nightly and stable builds
+/// never fight over fingerprints or locks.
+pub fn target_dir(workspace_root: &Path) -> PathBuf {
+    workspace_root.join("target").join("ebpf")
+}
+
+/// Where `build` leaves the BPF ELF object.
+pub fn elf_path(workspace_root: &Path, release: bool) -> PathBuf {
+    let profile = if release { "release" } else { "debug" };
+    target_dir(workspace_root)
+        .join(TARGET)
+        .join(profile)
+        .join(BIN)
+}
+
+/// `rustup run nightly cargo <subcommand>` for the eBPF crate and target, run in
+/// `workspace_root` with a scrubbed environment and the BPF rust flags.
+pub fn nightly_cargo(workspace_root: &Path, subcommand: &str) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", TOOLCHAIN, "cargo", subcommand])
+        .args([
+            "--package",
+            PACKAGE,
+            "--target",
+            TARGET,
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir(workspace_root))
+        .current_dir(workspace_root);
+    scrub_env(&mut cmd);
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", encoded_rustflags());
+    cmd
+}
+
+/// Builds the eBPF crate and returns the path of the BPF ELF object.
+pub fn build(workspace_root: &Path, release: bool) -> Result<PathBuf, String> {
+    let mut cmd = nightly_cargo(workspace_root, "build");
+    if release {
+        cmd.arg("--release");
+    } else {
+        for setting in DEV_PROFILE_CONFIG {
+            cmd.args(["--config", setting]);
+        }
+    }
+    // A build script's stdout is read for `cargo::` directives: keep the nested cargo off it.
+    cmd.stdout(Stdio::from(std::io::stderr()));
+    let status = cmd
+        .status()
+        .map_err(|e| failure(&cmd, &format!("could not start: {e}")))?;
+    if !status.success() {
+        return Err(failure(&cmd, &format!("failed ({status})")));
+    }
+    let elf = elf_path(workspace_root, release);
+    if !elf.is_file() {
+        return Err(failure(
+            &cmd,
+            &format!("succeeded but left no {}", elf.display()),
+        ));
+    }
+    Ok(elf)
+}
+
+/// What the eBPF object depends on, for a build script's `cargo::rerun-if-changed`.
+#[allow(dead_code, reason = "used by the agent's build script, not by xtask")]
+pub fn watched_paths(workspace_root: &Path) -> Vec<PathBuf> {
+    ["ebpf", "common", "Cargo.toml", "Cargo.lock"]
+        .iter()
+        .map(|p| workspace_root.join(p))
+        .collect()
+}
+
+/// `cmd` as a shell-like line, for error messages.
+pub fn describe(cmd: &Command) -> String {
+    let mut line = String::new();
+    for (name, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            let value = value.to_string_lossy().replace('\x1f', " ");
+            line.push_str(&format!("{}={value:?} ", name.to_string_lossy()));
+        }
+    }
+    line.push_str(&cmd.get_program().to_string_lossy());
+    for arg in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&arg.to_string_lossy());
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        line.push_str(&format!(" (in {})", dir.display()));
+    }
+    line
+}
+
+fn failure(cmd: &Command, what: &str) -> String {
+    format!(
+        "eBPF build: `{}` {what}.\nIf the nightly toolchain, rust-src or bpf-linker is missing \
+         or broken, run `cargo xtask setup`.",
+        describe(cmd)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn scrubs_what_breaks_a_nested_build() {
+        for name in [
+            "RUSTC",
+            "RUSTC_WRAPPER",
+            "RUSTC_WORKSPACE_WRAPPER",
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "RUSTUP_TOOLCHAIN",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_TARGET",
+            "CARGO_MAKEFLAGS",
+            "CARGO_BUILD_RUSTFLAGS",
+            "RUSTDOC",
+            "CARGO_CFG_TARGET_ARCH",
+            "CARGO_FEATURE_STD",
+        ] {
+            assert!(should_scrub(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn keeps_what_a_nested_build_needs() {
+        for name in [
+            "PATH",
+            "HOME",
+            "CARGO_HOME",
+            "RUSTUP_HOME",
+            "CARGO",
+            "CARGO_TERM_COLOR",
+        ] {
+            assert!(!should_scrub(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn rustflags_are_unit_separated() {
+        assert_eq!(
+            encoded_rustflags(),
+            "-C\x1fdebuginfo=2\x1f-C\x1flink-arg=--btf"
+        );
+    }
+
+    #[test]
+    fn nightly_cargo_sets_only_our_flags() {
+        let cmd = nightly_cargo(Path::new("/ws"), "clippy");
+        let envs: Vec<_> = cmd.get_envs().collect();
+        assert!(envs.contains(&(OsStr::new("RUSTC"), None)));
+        assert!(envs.contains(&(OsStr::new("RUSTUP_TOOLCHAIN"), None)));
+        let flags = encoded_rustflags();
+        assert!(envs.contains(&(
+            OsStr::new("CARGO_ENCODED_RUSTFLAGS"),
+            Some(OsStr::new(&flags))
+        )));
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "--package",
+                "meshsteer-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+                "/ws/target/ebpf",
+            ]
+        );
+        assert_eq!(cmd.get_current_dir(), Some(Path::new("/ws")));
+    }
+
+    #[test]
+    fn elf_lands_in_the_ebpf_target_dir() {
+        let root = Path::new("/ws");
+        assert_eq!(
+            elf_path(root, true),
+            Path::new("/ws/target/ebpf/bpfel-unknown-none/release/meshsteer")
+        );
+        assert_eq!(
+            elf_path(root, false),
+            Path::new("/ws/target/ebpf/bpfel-unknown-none/debug/meshsteer")
+        );
+    }
+
+    #[test]
+    fn watches_the_ebpf_inputs() {
+        let paths = watched_paths(Path::new("/ws"));
+        for want in ["/ws/ebpf", "/ws/common", "/ws/Cargo.toml", "/ws/Cargo.lock"] {
+            assert!(paths.contains(&PathBuf::from(want)), "{want}");
+        }
+    }
+
+    #[test]
+    fn failure_names_the_command_and_the_fix() {
+        let msg = failure(&nightly_cargo(Path::new("/ws"), "build"), "failed");
+        assert!(
+            msg.contains("rustup run nightly cargo build --package meshsteer-ebpf"),
+            "{msg}"
+        );
+        assert!(msg.contains("cargo xtask setup"), "{msg}");
+    }
+}

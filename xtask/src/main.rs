@@ -1,0 +1,248 @@
+//! `cargo xtask`: meshsteer's developer tasks (toolchain setup, eBPF build, lint, tests).
+
+mod apt;
+mod ebpf_build;
+mod elf;
+mod process;
+mod setup;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand};
+use process::{ensure_root_or_reexec, find_in_path, is_root, run};
+use std::env;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// The agent's package, which is also the name of its binary.
+const AGENT: &str = "meshsteer";
+/// What `cargo xtask test` runs (the eBPF crate only builds for the BPF target).
+const TEST_PACKAGES: &[&str] = &["meshsteer-common", "meshsteer", "xtask", "meshsteer-tests"];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "meshsteer developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the nightly toolchain, rust-src and bpf-linker (idempotent).
+    Setup {
+        /// Also install the Debian packages the privileged tests need.
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Build the eBPF object and print its path.
+    BuildEbpf {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build the agent (its build script builds the eBPF object).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build and run the agent as root: `cargo xtask run [--release] -- <agent args>`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for the agent.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Run all tests, privileged ones included, as root: `cargo xtask test [-- <cargo test args>]`.
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// rustfmt check, and clippy with warnings denied on the host crates and the eBPF crate.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    match run_task(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> Result<ExitCode> {
+    let root = workspace_root()?;
+    match task {
+        Task::Setup { test_deps } => setup::run_setup(test_deps)?,
+        Task::BuildEbpf { release } => {
+            setup::run_setup(false)?;
+            let elf = ebpf_build::build(&root, release).map_err(|e| anyhow!(e))?;
+            println!("{}", elf.display());
+        }
+        Task::Build { release } => {
+            setup::run_setup(false)?;
+            println!("{}", build_agent(&root, release)?.display());
+        }
+        Task::Run { release, args } => {
+            setup::run_setup(false)?;
+            return Err(exec_agent(&build_agent(&root, release)?, &args));
+        }
+        Task::Test { args } => return test(&root, &args),
+        Task::Lint => {
+            setup::run_setup(false)?;
+            lint(&root)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The workspace root: the parent of this crate's manifest dir (set by `cargo run` at run time,
+/// else the one we were built from).
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let root = manifest_dir
+        .parent()
+        .with_context(|| format!("{} has no parent", manifest_dir.display()))?;
+    Ok(root.to_path_buf())
+}
+
+/// The stable cargo that runs us (`$CARGO`), in the workspace root.
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+/// The host target dir, honouring `CARGO_TARGET_DIR` as cargo does.
+fn host_target_dir(root: &Path) -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// Builds the agent and returns its binary's path.
+fn build_agent(root: &Path, release: bool) -> Result<PathBuf> {
+    let mut cmd = cargo(root);
+    cmd.args(["build", "--package", AGENT]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(host_target_dir(root).join(profile).join(AGENT))
+}
+
+/// Replaces this process with the agent, through `sudo -E` unless we are root. Returns only on
+/// failure.
+fn exec_agent(agent: &Path, args: &[OsString]) -> anyhow::Error {
+    let mut cmd = match is_root() {
+        Ok(true) => Command::new(agent),
+        Ok(false) => match find_in_path("sudo") {
+            Some(sudo) => {
+                let mut cmd = Command::new(sudo);
+                cmd.args(["-E", "--"]).arg(agent);
+                cmd
+            }
+            None => return anyhow!("the agent needs root and sudo is not installed: run as root"),
+        },
+        Err(e) => return e,
+    };
+    cmd.args(args);
+    let err = cmd.exec();
+    anyhow!(err).context(format!("could not exec `{}`", ebpf_build::describe(&cmd)))
+}
+
+/// Runs every test, as root, and exits with cargo test's status.
+fn test(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
+    ensure_root_or_reexec("`cargo xtask test` (privileged tests)")?;
+    setup::run_setup(true)?;
+    let agent = build_agent(root, false)?;
+    let mut cmd = cargo(root);
+    cmd.arg("test");
+    for package in TEST_PACKAGES {
+        cmd.args(["--package", package]);
+    }
+    cmd.args(extra).env("MESHSTEER_BIN", &agent);
+    let status = cmd.status().context("could not start cargo test")?;
+    // Exit codes are 0..=255 on Unix; a signal death has none.
+    Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
+}
+
+fn lint(root: &Path) -> Result<()> {
+    let mut fmt = cargo(root);
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    let mut clippy = cargo(root);
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        ebpf_build::PACKAGE,
+        "--all-targets",
+    ]);
+    clippy.args(["--", "-D", "warnings"]);
+    let mut ebpf_clippy = ebpf_build::nightly_cargo(root, "clippy");
+    ebpf_clippy.args(["--", "-D", "warnings"]);
+
+    // Run every check so one pass shows all problems.
+    let mut failed = Vec::new();
+    for (name, mut cmd) in [
+        ("rustfmt", fmt),
+        ("clippy", clippy),
+        ("clippy (eBPF)", ebpf_clippy),
+    ] {
+        eprintln!("lint: {name}");
+        if let Err(e) = run(&mut cmd) {
+            eprintln!("error: {e:#}");
+            failed.push(name);
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("lint failed: {}", failed.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_passes_agent_args_after_double_dash() {
+        let cli =
+            Cli::try_parse_from(["xtask", "run", "--release", "--", "--config", "x.yaml"]).unwrap();
+        let Task::Run { release, args } = cli.command else {
+            panic!("not run")
+        };
+        assert!(release);
+        assert_eq!(args, ["--config", "x.yaml"]);
+    }
+
+    #[test]
+    fn test_passes_cargo_args_verbatim() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--", "--", "--test-threads=1"]).unwrap();
+        let Task::Test { args } = cli.command else {
+            panic!("not test")
+        };
+        assert_eq!(args, ["--", "--test-threads=1"]);
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        let root = workspace_root().unwrap();
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("[workspace]"));
+    }
+}
