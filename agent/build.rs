@@ -25,7 +25,7 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
-    let out = PathBuf::from(env_path("OUT_DIR")?).join("meshsteer.bpf.o");
+    let out = env_path("OUT_DIR")?.join("meshsteer.bpf.o");
     println!("cargo::rerun-if-env-changed={PREBUILT_ENV}");
     let object = match env::var_os(PREBUILT_ENV) {
         Some(prebuilt) => {

@@ -67,7 +67,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 fn apply(registry: &mut Registry, changes: Vec<Change>) {
     for c in changes {
         match c {
-            Change::Upsert(file, spec) => registry.upsert(&file, spec),
+            Change::Upsert(file, spec) => registry.upsert(&file, *spec),
             Change::Remove(file) => registry.remove(&file),
         }
     }

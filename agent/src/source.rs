@@ -22,7 +22,7 @@ struct Stamp {
 }
 
 pub enum Change {
-    Upsert(PathBuf, Result<PodSpec, String>),
+    Upsert(PathBuf, Box<Result<PodSpec, String>>),
     Remove(PathBuf),
 }
 
@@ -75,7 +75,7 @@ impl PodDir {
                 let spec = fs::read_to_string(path)
                     .map_err(|e| format!("reading {}: {e}", path.display()))
                     .and_then(|t| PodSpec::parse(&t, path).map_err(|e| e.to_string()));
-                changes.push(Change::Upsert(path.clone(), spec));
+                changes.push(Change::Upsert(path.clone(), Box::new(spec)));
             }
         }
         for path in self.seen.keys() {

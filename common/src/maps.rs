@@ -239,7 +239,8 @@ pub mod counter {
     }
     /// A proxy's getsockopt(SO_ORIGINAL_DST) answered from our map.
     pub const ORIG_DST_HIT: usize = 16;
-    /// Asked on a socket we did not redirect: the kernel's own answer passed through.
+    /// Asked on a connection we did not redirect: answered as conntrack would (its own
+    /// original destination), or the kernel's answer passed through.
     pub const ORIG_DST_MISS: usize = 17;
     /// A redirected connection's entry could not be stored (map full).
     pub const ORIG_DST_MAP_FULL: usize = 18;

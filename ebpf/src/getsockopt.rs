@@ -1,17 +1,21 @@
-//! cgroup/getsockopt: answer `SOL_IP/SO_ORIGINAL_DST` and `SOL_IPV6/IP6T_SO_ORIGINAL_DST` on
-//! a redirected connection's proxy side from `MS_ORIG_DST`, as netfilter's conntrack would.
-//! Every other call passes through untouched.
+//! cgroup/getsockopt: answer `SOL_IP/SO_ORIGINAL_DST` and `SOL_IPV6/IP6T_SO_ORIGINAL_DST` in
+//! enrolled pods as netfilter's conntrack does under istio-iptables: a redirected
+//! connection's proxy side gets its original destination from `MS_ORIG_DST`, any other
+//! connection its own original destination. Every other call passes through untouched.
 use core::{mem::size_of, ptr};
 
 use aya_ebpf::{
     EbpfContext, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sockopt,
     programs::SockoptContext,
 };
-use meshsteer_common::{Addr, maps::counter};
+use meshsteer_common::{
+    Addr,
+    maps::{counter, sock_flags},
+};
 
 use crate::{
     maps::ORIG_DST,
-    pod::{count, pod_of_current_task},
+    pod::{count, pod_of_current_task, sock_state},
     sockaddr::{SockaddrIn, SockaddrIn6},
     tuple,
 };
@@ -43,33 +47,45 @@ pub fn getsockopt(ctx: SockoptContext) -> i32 {
 fn answer(ctx: &SockoptContext, ipv6_level: bool) {
     let so = ctx.sockopt;
     // SAFETY: getsockopt programs always run on a full socket; fields are read in place.
-    let (proxy, app, sk) = unsafe {
+    let (local, remote, sk) = unsafe {
         let sk = (*so).__bindgen_anon_1.sk;
         let family = (*sk).family;
         (
             tuple::addr(family, &raw const (*sk).src_ip4, &raw const (*sk).src_ip6),
             tuple::addr(family, &raw const (*sk).dst_ip4, &raw const (*sk).dst_ip6),
-            &*sk,
+            sk,
         )
     };
+    // SAFETY: as above.
+    let (local_port_be, remote_port_be) =
+        unsafe { (((*sk).src_port as u16).to_be(), (*sk).dst_port) };
     // SAFETY: plain helper call on the ctx.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let key = tuple::key(
-        netns,
-        (proxy, (sk.src_port as u16).to_be()),
-        (app, sk.dst_port),
-    );
-    let hit = ORIG_DST.get_ptr(key).map(|p| {
+    let key = tuple::key(netns, (local, local_port_be), (remote, remote_port_be));
+    let pod = pod_of_current_task();
+    let (addr, port_be, hit) = match ORIG_DST.get_ptr(key) {
         // SAFETY: value pointer valid for this run; copied out at once.
-        let o = unsafe { *p };
-        (o.addr, o.port_be)
-    });
-    let written = match hit {
-        Some((addr, port_be)) => write_sockaddr(ctx, ipv6_level, &addr, port_be),
-        None => false,
+        Some(p) => unsafe { ((*p).addr, (*p).port_be, true) },
+        None => {
+            // SAFETY: valid ctx.
+            let kernel_answered = unsafe { (*so).retval } == 0;
+            if pod.is_none() || kernel_answered {
+                return;
+            }
+            // Un-redirected connection of an enrolled pod. Under istio-iptables conntrack
+            // tracks it and answers with the connection's original destination: the peer for
+            // the side that connected, our own address for the side that accepted.
+            let (a, p) = match sock_state(sk.cast()) {
+                Some(s) if s.flags & sock_flags::REDIRECTED != 0 => (s.orig_addr, s.orig_port_be),
+                Some(s) if s.flags & sock_flags::OWNER_KNOWN != 0 => (remote, remote_port_be),
+                _ => (local, local_port_be),
+            };
+            (a, p, false)
+        }
     };
-    if let Some(pod_cgroup) = pod_of_current_task() {
-        let c = if written {
+    let written = write_sockaddr(ctx, ipv6_level, &addr, port_be);
+    if let Some(pod_cgroup) = pod {
+        let c = if written && hit {
             counter::ORIG_DST_HIT
         } else {
             counter::ORIG_DST_MISS

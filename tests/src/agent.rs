@@ -1,0 +1,174 @@
+//! The real `meshsteer` binary, run against a simulated node.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{
+    cmd::{self, Place, Proc},
+    topology::{Node, Pod},
+};
+
+/// The agent binary: `MESHSTEER_BIN` (set by `cargo xtask test`), else the debug build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("MESHSTEER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshsteer"))
+}
+
+pub struct Agent {
+    proc: Option<Proc>,
+    pub bpffs_dir: PathBuf,
+    pub pods_dir: PathBuf,
+    pub status_file: PathBuf,
+    work: PathBuf,
+    cgroup_root: PathBuf,
+}
+
+impl Agent {
+    pub fn start(node: &Node) -> Result<Self> {
+        let work = std::env::temp_dir().join("meshsteer-tests").join(&node.id);
+        let agent = Self {
+            proc: None,
+            bpffs_dir: Path::new("/sys/fs/bpf").join(format!("meshsteer-{}", node.id)),
+            pods_dir: work.join("pods"),
+            status_file: work.join("status.json"),
+            work,
+            cgroup_root: node.cgroup_root.clone(),
+        };
+        fs::create_dir_all(&agent.pods_dir)?;
+        let mut agent = agent;
+        agent.launch()?;
+        Ok(agent)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let _ = fs::remove_file(&self.status_file);
+        let bin = agent_bin();
+        let args = [
+            "run",
+            "--cgroup-root",
+            path_str(&self.cgroup_root),
+            "--bpffs-dir",
+            path_str(&self.bpffs_dir),
+            "--pods-dir",
+            path_str(&self.pods_dir),
+            "--status-file",
+            path_str(&self.status_file),
+        ];
+        let proc = Proc::spawn(&Place::default(), path_str(&bin), &args)?;
+        self.proc = Some(proc);
+        self.wait_until(
+            Duration::from_secs(20),
+            "the agent to publish its status",
+            |a| a.status_file.exists(),
+        )?;
+        Ok(())
+    }
+
+    /// Stops the agent with `signal` (its pins stay) and starts a new one.
+    pub fn restart(&mut self, signal: i32) -> Result<()> {
+        self.stop(signal);
+        self.launch()
+    }
+
+    /// Sends `signal` and reaps the agent process.
+    pub fn stop(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
+        let mut p = self.proc.take()?;
+        p.kill(signal);
+        p.wait()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
+    /// Writes the pod's spec and waits until the agent reports it `ready`.
+    pub fn enrol(&self, pod: &Pod, args: &str) -> Result<()> {
+        self.write_spec(&pod.name, &pod.spec(args))?;
+        self.wait_state(&format!("test/{}", pod.name), |s| s == "ready")
+    }
+
+    pub fn write_spec(&self, file_stem: &str, text: &str) -> Result<()> {
+        // Write then rename: the agent never reads half a file.
+        let tmp = self.pods_dir.join(format!(".{file_stem}.tmp"));
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, self.pods_dir.join(format!("{file_stem}.yaml")))?;
+        Ok(())
+    }
+
+    pub fn remove_spec(&self, file_stem: &str) -> Result<()> {
+        fs::remove_file(self.pods_dir.join(format!("{file_stem}.yaml")))?;
+        Ok(())
+    }
+
+    /// `meshsteer status --json`.
+    pub fn status(&self) -> Result<Value> {
+        let out = self.cli(&["status", "--json"])?;
+        serde_json::from_slice(&out).context("status output")
+    }
+
+    /// Runs the agent binary with these arguments plus this agent's locations.
+    pub fn cli(&self, args: &[&str]) -> Result<Vec<u8>> {
+        let mut full: Vec<&str> = args.to_vec();
+        if args.first().is_some_and(|a| *a == "status") {
+            full.extend(["--status-file", path_str(&self.status_file)]);
+        }
+        if args
+            .first()
+            .is_some_and(|a| *a == "status" || *a == "uninstall")
+        {
+            full.extend(["--bpffs-dir", path_str(&self.bpffs_dir)]);
+        }
+        if args.first().is_some_and(|a| *a == "explain") {
+            full.extend(["--pods-dir", path_str(&self.pods_dir)]);
+        }
+        Ok(cmd::host(path_str(&agent_bin()), &full)?.stdout)
+    }
+
+    /// The state string of pod `name` (`ready`, `error: …`), if listed.
+    pub fn state(&self, name: &str) -> Option<String> {
+        let status = self.status().ok()?;
+        status["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["state"].as_str().map(String::from))
+    }
+
+    pub fn wait_state(&self, name: &str, ok: impl Fn(&str) -> bool) -> Result<()> {
+        self.wait_until(Duration::from_secs(5), &format!("pod {name}"), |a| {
+            a.state(name).is_some_and(|s| ok(&s))
+        })
+        .with_context(|| format!("last state of {name}: {:?}", self.state(name)))
+    }
+
+    pub fn wait_until(&self, limit: Duration, what: &str, f: impl Fn(&Self) -> bool) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if f(self) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("timed out after {limit:?} waiting for {what}")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop(libc::SIGTERM);
+        // Unpin everything: the test's programs leave with it.
+        let _ = self.cli(&["uninstall"]);
+        let _ = fs::remove_dir(&self.bpffs_dir);
+        let _ = fs::remove_dir_all(&self.work);
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}

@@ -1,0 +1,250 @@
+//! `mst-probe`: the test pods' client and server.
+//!
+//! - `mst-probe listen ADDR:PORT...`: accepts on every address given; for each connection it
+//!   answers one JSON line saying where the connection landed (listener port, local and peer
+//!   address, SO_ORIGINAL_DST if the kernel or meshsteer has one) and closes.
+//! - `mst-probe connect DST [--bind IP] [--v6] [--create-as UID:GID --connect-as UID:GID]`:
+//!   connects as the process's uid/gid (or, started as root, creates the socket as one owner
+//!   and connects as another: a socket handed over) and prints the server's line, or
+//!   `{"error": ...}`, plus what getpeername() says.
+use std::{
+    io::{BufRead, BufReader, Write},
+    mem::{size_of, zeroed},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd},
+    thread,
+};
+
+use serde_json::json;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("listen") => listen(&args[1..]),
+        Some("connect") => connect(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: mst-probe listen ADDR:PORT... | connect DST [--bind IP] [--v6] [--create-as UID:GID]"
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+fn listen(addrs: &[String]) {
+    let mut threads = Vec::new();
+    for a in addrs {
+        let addr: SocketAddr = a.parse().expect("listen address");
+        let l = bind_listener(addr);
+        threads.push(thread::spawn(move || serve(l, addr.port())));
+    }
+    // Tell the harness every listener is up.
+    println!("ready");
+    std::io::stdout().flush().ok();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// IPv6 listeners are v6-only so IPv4 (and IPv4-mapped) traffic lands on the IPv4 ones.
+fn bind_listener(addr: SocketAddr) -> TcpListener {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket syscalls on a fresh fd we own.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let one: libc::c_int = 1;
+        let p = (&raw const one).cast();
+        let len = size_of::<libc::c_int>() as u32;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, p, len);
+        if addr.is_ipv6() {
+            libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, p, len);
+        }
+        let (sa, sl) = sockaddr(&addr);
+        assert!(
+            libc::bind(fd, (&raw const sa).cast(), sl) == 0,
+            "bind {addr}: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(
+            libc::listen(fd, 512) == 0,
+            "listen: {}",
+            std::io::Error::last_os_error()
+        );
+        TcpListener::from_raw_fd(fd)
+    }
+}
+
+fn serve(l: TcpListener, port: u16) {
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        let report = json!({
+            "listener": port,
+            "local": s.local_addr().ok().map(|a| a.to_string()),
+            "peer_ip": s.peer_addr().ok().map(|a| a.ip().to_string()),
+            "orig_dst": original_dst(&s).map(|a| a.to_string()),
+        });
+        let _ = writeln!(s, "{report}");
+    }
+}
+
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` (or the IPv6 variant) as a proxy asks it.
+fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
+    let v6 = s.local_addr().ok()?.is_ipv6();
+    // SAFETY: the buffer is a zeroed sockaddr_storage and len its size.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = zeroed();
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let level = if v6 { libc::SOL_IPV6 } else { libc::SOL_IP };
+        let r = libc::getsockopt(s.as_raw_fd(), level, 80, (&raw mut ss).cast(), &mut len);
+        if r != 0 {
+            return None;
+        }
+        from_storage(&ss)
+    }
+}
+
+fn connect(args: &[String]) {
+    let dst: SocketAddr = args
+        .first()
+        .expect("destination")
+        .parse()
+        .expect("destination address");
+    let mut bind: Option<IpAddr> = None;
+    let mut v6 = dst.is_ipv6();
+    let mut create_as: Option<(u32, u32)> = None;
+    let mut connect_as: Option<(u32, u32)> = None;
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--bind" => bind = Some(it.next().expect("--bind IP").parse().expect("bind IP")),
+            "--v6" => v6 = true,
+            "--create-as" => create_as = Some(ids(it.next())),
+            "--connect-as" => connect_as = Some(ids(it.next())),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    let handover = create_as.zip(connect_as);
+    let out = match do_connect(dst, bind, v6, handover) {
+        Ok(v) => v,
+        Err(e) => json!({ "error": e.kind().to_string() }),
+    };
+    println!("{out}");
+}
+
+fn ids(arg: Option<&String>) -> (u32, u32) {
+    let (u, g) = arg.and_then(|a| a.split_once(':')).expect("UID:GID");
+    (u.parse().expect("uid"), g.parse().expect("gid"))
+}
+
+fn do_connect(
+    dst: SocketAddr,
+    bind: Option<IpAddr>,
+    v6: bool,
+    handover: Option<((u32, u32), (u32, u32))>,
+) -> std::io::Result<serde_json::Value> {
+    // An AF_INET6 socket reaches IPv4 destinations through IPv4-mapped addresses.
+    let dst = match (v6, dst) {
+        (true, SocketAddr::V4(a)) => SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port()),
+        _ => dst,
+    };
+    // SAFETY: plain syscalls on our own credentials.
+    let fd = unsafe {
+        if let Some(((cu, cg), _)) = handover {
+            // The socket's owner is whoever creates it (iptables' owner match looks there);
+            // the saved uid 0 lets us switch again afterwards.
+            check(libc::setresgid(cg, cg, 0))?;
+            check(libc::setresuid(cu, cu, 0))?;
+        }
+        let domain = if dst.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let fd = check(libc::socket(domain, libc::SOCK_STREAM, 0))?;
+        if let Some((_, (u, g))) = handover {
+            check(libc::setresuid(0, 0, 0))?;
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setresgid(g, g, g))?;
+            check(libc::setresuid(u, u, u))?;
+        }
+        fd
+    };
+    // SAFETY: fd is ours.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    if let Some(ip) = bind {
+        let ip = match (dst.is_ipv6(), ip) {
+            (true, IpAddr::V4(v4)) => IpAddr::V6(v4.to_ipv6_mapped()),
+            _ => ip,
+        };
+        let (sa, sl) = sockaddr(&SocketAddr::new(ip, 0));
+        // SAFETY: valid sockaddr of length sl.
+        check(unsafe { libc::bind(fd, (&raw const sa).cast(), sl) })?;
+    }
+    let (sa, sl) = sockaddr(&dst);
+    // SAFETY: valid sockaddr of length sl.
+    check(unsafe { libc::connect(fd, (&raw const sa).cast(), sl) })?;
+    let peer = stream.peer_addr()?.to_string();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(line.trim()).map_err(std::io::Error::other)?;
+    v["getpeername"] = peer.into();
+    Ok(v)
+}
+
+fn check(r: libc::c_int) -> std::io::Result<libc::c_int> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn sockaddr(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: zeroed sockaddr_storage is valid; we fill the family-specific prefix.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = zeroed();
+        match a {
+            SocketAddr::V4(v4) => {
+                let sin = (&raw mut ss).cast::<libc::sockaddr_in>();
+                (*sin).sin_family = libc::AF_INET as u16;
+                (*sin).sin_port = v4.port().to_be();
+                (*sin).sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+                (ss, size_of::<libc::sockaddr_in>() as u32)
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = (&raw mut ss).cast::<libc::sockaddr_in6>();
+                (*sin6).sin6_family = libc::AF_INET6 as u16;
+                (*sin6).sin6_port = v6.port().to_be();
+                (*sin6).sin6_addr.s6_addr = v6.ip().octets();
+                (ss, size_of::<libc::sockaddr_in6>() as u32)
+            }
+        }
+    }
+}
+
+fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    // SAFETY: the family field tells which sockaddr the storage holds.
+    unsafe {
+        match ss.ss_family as i32 {
+            libc::AF_INET => {
+                let sin = &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                Some(SocketAddr::new(ip.into(), u16::from_be(sin.sin_port)))
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+                Some(SocketAddr::new(ip, u16::from_be(sin6.sin6_port)))
+            }
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Simulated node and pods: network namespaces, veth, bridge, cgroups.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result};
+
+use crate::cmd::{self, Place, Proc};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Addresses the node namespace owns besides its bridge: the "rest of the world" a pod can
+/// reach (and the only destinations off-pod traffic ever has).
+pub const WORLD_V4: [&str; 2] = ["10.200.0.1", "10.201.0.1"];
+pub const WORLD_V6: [&str; 2] = ["fd00:200::1", "fd00:201::1"];
+/// Ports the world and every pod listen on.
+pub const PROBE_PORTS: [u16; 9] = [80, 3306, 8080, 9000, 15001, 15006, 15008, 15020, 15090];
+
+fn unique_id() -> String {
+    format!(
+        "mst{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn netns_path(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
+/// `ip` inside a named namespace.
+fn ip(ns: &str, args: &[&str]) -> Result<()> {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    cmd::host("ip", &full).map(drop)
+}
+
+pub struct Node {
+    pub id: String,
+    ns: String,
+    pub netns: PathBuf,
+    /// Test-only cgroup subtree: the agent attaches here, never at the machine's root.
+    pub cgroup_root: PathBuf,
+    next_pod: u32,
+    world: Option<Proc>,
+}
+
+impl Node {
+    pub fn new() -> Result<Self> {
+        crate::require_root();
+        let id = unique_id();
+        let ns = format!("{id}-node");
+        let cg2 = meshsteer::host::cgroup2_mount()?;
+        let cgroup_root = cg2.join("meshsteer-tests").join(&id);
+        let mut node = Self {
+            netns: netns_path(&ns),
+            ns,
+            id,
+            cgroup_root,
+            next_pod: 0,
+            world: None,
+        };
+        node.setup().context("setting up the simulated node")?;
+        Ok(node)
+    }
+
+    fn setup(&mut self) -> Result<()> {
+        cmd::host("ip", &["netns", "add", &self.ns])?;
+        fs::create_dir_all(&self.cgroup_root)
+            .with_context(|| format!("creating {}", self.cgroup_root.display()))?;
+        let ns = self.ns.as_str();
+        ip(ns, &["link", "set", "lo", "up"])?;
+        ip(ns, &["link", "add", "br0", "type", "bridge"])?;
+        ip(ns, &["addr", "add", "10.88.0.1/24", "dev", "br0"])?;
+        ip(
+            ns,
+            &["-6", "addr", "add", "fd88::1/64", "dev", "br0", "nodad"],
+        )?;
+        ip(ns, &["link", "set", "br0", "up"])?;
+        // The "world" lives on the node's loopback (no dummy driver needed): reachable from
+        // every pod through its default route, and from nowhere else.
+        for a in WORLD_V4 {
+            ip(ns, &["addr", "add", &format!("{a}/32"), "dev", "lo"])?;
+        }
+        for a in WORLD_V6 {
+            ip(ns, &["-6", "addr", "add", &format!("{a}/128"), "dev", "lo"])?;
+        }
+        Ok(())
+    }
+
+    /// Runs the probe listener on every probe port, IPv4 and IPv6, in the node namespace.
+    pub fn start_world(&mut self) -> Result<()> {
+        let place = Place {
+            netns: Some(&self.netns),
+            ..Default::default()
+        };
+        self.world = Some(start_listener(&place)?);
+        Ok(())
+    }
+
+    pub fn place(&self) -> Place<'_> {
+        Place {
+            netns: Some(&self.netns),
+            ..Default::default()
+        }
+    }
+
+    pub fn add_pod(&mut self, name: &str) -> Result<Pod> {
+        self.next_pod += 1;
+        let n = self.next_pod + 9;
+        Pod::new(self, name, n).with_context(|| format!("creating pod {name}"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.world = None;
+        let _ = cmd::host("ip", &["netns", "del", &self.ns]);
+        let _ = fs::remove_dir(&self.cgroup_root);
+        let _ = fs::remove_dir(
+            self.cgroup_root
+                .parent()
+                .unwrap_or(Path::new("/nonexistent")),
+        );
+    }
+}
+
+pub fn start_listener(place: &Place<'_>) -> Result<Proc> {
+    let mut addrs = vec!["listen".to_string()];
+    for p in PROBE_PORTS {
+        addrs.push(format!("0.0.0.0:{p}"));
+        addrs.push(format!("[::]:{p}"));
+    }
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    Proc::spawn_ready(place, probe_bin(), &refs)
+}
+
+/// The `mst-probe` binary cargo builds beside the test binaries (`target/<profile>/`).
+pub fn probe_bin() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps");
+        profile_dir.join("mst-probe").to_string_lossy().into_owned()
+    })
+}
+
+pub struct Pod {
+    pub name: String,
+    ns: String,
+    pub netns: PathBuf,
+    /// The pod-level cgroup (what a pod spec names).
+    pub cgroup: PathBuf,
+    /// A container cgroup below it: pod processes run here.
+    pub app_cgroup: PathBuf,
+    pub ip4: String,
+    pub ip6: String,
+    procs: Vec<Proc>,
+}
+
+impl Pod {
+    fn new(node: &Node, name: &str, n: u32) -> Result<Self> {
+        let ns = format!("{}-{name}", node.id);
+        let cgroup = node.cgroup_root.join(name);
+        let pod = Self {
+            name: name.into(),
+            netns: netns_path(&ns),
+            app_cgroup: cgroup.join("app"),
+            cgroup,
+            ns,
+            ip4: format!("10.88.0.{n}"),
+            ip6: format!("fd88::{n}"),
+            procs: Vec::new(),
+        };
+        cmd::host("ip", &["netns", "add", &pod.ns])?;
+        fs::create_dir_all(&pod.app_cgroup)?;
+        let veth = format!("v{name}");
+        ip(
+            &node.ns,
+            &[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
+            ],
+        )?;
+        ip(&node.ns, &["link", "set", &veth, "master", "br0", "up"])?;
+        let ns = pod.ns.clone();
+        ip(&ns, &["link", "set", "lo", "up"])?;
+        ip(
+            &ns,
+            &["addr", "add", &format!("{}/24", pod.ip4), "dev", "eth0"],
+        )?;
+        ip(
+            &ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", pod.ip6),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        ip(&ns, &["link", "set", "eth0", "up"])?;
+        ip(&ns, &["route", "add", "default", "via", "10.88.0.1"])?;
+        ip(&ns, &["-6", "route", "add", "default", "via", "fd88::1"])?;
+        // As container runtimes set it: pod processes may bind low ports without privileges.
+        let place = Place {
+            netns: Some(&pod.netns),
+            ..Default::default()
+        };
+        cmd::run(
+            &place,
+            "sysctl",
+            &["-qw", "net.ipv4.ip_unprivileged_port_start=0"],
+        )?;
+        Ok(pod)
+    }
+
+    /// Inside the pod's namespace and container cgroup, as `uid:gid`.
+    pub fn place(&self, uid: u32, gid: u32) -> Place<'_> {
+        Place {
+            netns: Some(&self.netns),
+            cgroup: Some(&self.app_cgroup),
+            uid,
+            gid,
+        }
+    }
+
+    /// Starts the probe listener (as the proxy would run: uid 1337) on every probe port.
+    pub fn start_listener(&mut self) -> Result<()> {
+        let p = start_listener(&self.place(1337, 1337))?;
+        self.procs.push(p);
+        Ok(())
+    }
+
+    pub fn keep(&mut self, p: Proc) {
+        self.procs.push(p);
+    }
+
+    /// Runs `mst-probe connect` in the pod and returns its JSON line.
+    pub fn probe(
+        &self,
+        uid: u32,
+        gid: u32,
+        dst: &str,
+        extra: &[&str],
+    ) -> Result<serde_json::Value> {
+        let mut args = vec!["connect", dst];
+        args.extend_from_slice(extra);
+        let out = cmd::run(&self.place(uid, gid), probe_bin(), &args)?;
+        serde_json::from_slice(&out.stdout).context("probe output")
+    }
+
+    /// The pod spec meshsteer enrols it with.
+    pub fn spec(&self, args: &str) -> String {
+        format!(
+            "name: test/{}\ncgroup: {}\nnetns: {}\nips: [{}, \"{}\"]\nargs: {}\n",
+            self.name,
+            self.cgroup.display(),
+            self.netns.display(),
+            self.ip4,
+            self.ip6,
+            serde_json::to_string(args).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        self.procs.clear();
+        let _ = cmd::host("ip", &["netns", "del", &self.ns]);
+        // Processes are gone: the cgroups are empty and can go.
+        for _ in 0..50 {
+            if fs::remove_dir(&self.app_cgroup).is_ok() || !self.app_cgroup.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = fs::remove_dir(&self.cgroup);
+    }
+}

@@ -1,0 +1,55 @@
+//! The agent's programs load, attach under a test cgroup subtree (never the machine's root),
+//! and change only what processes inside an enrolled cgroup see.
+use meshsteer_tests::{Agent, Node, cmd::Place, topology::probe_bin};
+
+#[test]
+fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
+    let mut node = Node::new()?;
+    node.start_world()?;
+    let agent = Agent::start(&node)?;
+    let mut enrolled = node.add_pod("a")?;
+    let mut plain = node.add_pod("b")?;
+    enrolled.start_listener()?;
+    plain.start_listener()?;
+    agent.enrol(&enrolled, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+
+    // Enrolled pod, app identity: steered to its own proxy port, original destination kept.
+    let v = enrolled.probe(1000, 1000, "10.200.0.1:80", &[])?;
+    assert_eq!(v["listener"], 15001, "{v}");
+    assert_eq!(v["orig_dst"], "10.200.0.1:80", "{v}");
+    assert_eq!(v["getpeername"], "10.200.0.1:80", "{v}");
+
+    // A pod that is not enrolled, under the same attach root: untouched.
+    let v = plain.probe(1000, 1000, "10.200.0.1:80", &[])?;
+    assert_eq!(v["listener"], 80, "{v}");
+    assert_eq!(v["orig_dst"], serde_json::Value::Null, "{v}");
+
+    // A process in the enrolled pod's network namespace but outside its cgroup: untouched.
+    let stray = node.cgroup_root.join("stray");
+    std::fs::create_dir_all(&stray)?;
+    let place = Place {
+        netns: Some(&enrolled.netns),
+        cgroup: Some(&stray),
+        uid: 1000,
+        gid: 1000,
+    };
+    let out = meshsteer_tests::cmd::run(&place, probe_bin(), &["connect", "10.200.0.1:80"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["listener"], 80, "{v}");
+    std::fs::remove_dir(&stray)?;
+
+    // Every link is attached to the test's own subtree, not to the machine's root cgroup.
+    let root_id = meshsteer::host::cgroup_id(&node.cgroup_root)?;
+    let links = agent
+        .bpffs_dir
+        .join(format!("v{}/links", meshsteer_common::maps::LAYOUT_VERSION));
+    let mut n = 0;
+    for e in std::fs::read_dir(links)? {
+        let fd = meshsteer::bpf_sys::obj_get(&e?.path())?;
+        let info = meshsteer::bpf_sys::cgroup_link_info(std::os::fd::AsFd::as_fd(&fd))?;
+        assert_eq!(info.cgroup_id, root_id);
+        n += 1;
+    }
+    assert_eq!(n, 7, "one link per cgroup program");
+    Ok(())
+}
