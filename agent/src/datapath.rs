@@ -223,6 +223,8 @@ pub fn uninstall(bpffs_dir: &Path) -> Result<()> {
         fs::remove_dir(&dir).ok();
     }
     fs::remove_dir(&pins.root).with_context(|| format!("removing {}", pins.root.display()))?;
+    // The base dir too, unless something else lives there.
+    let _ = fs::remove_dir(bpffs_dir);
     info!(path = %pins.root.display(), "uninstalled");
     Ok(())
 }

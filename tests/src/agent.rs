@@ -60,7 +60,7 @@ impl Agent {
             "--status-file",
             path_str(&self.status_file),
         ];
-        let proc = Proc::spawn(&Place::default(), path_str(&bin), &args)?;
+        let proc = Proc::spawn_logged(&Place::default(), path_str(&bin), &args, &self.log_file())?;
         self.proc = Some(proc);
         self.wait_until(
             Duration::from_secs(20),
@@ -68,6 +68,11 @@ impl Agent {
             |a| a.status_file.exists(),
         )?;
         Ok(())
+    }
+
+    /// The agent's output (shown when a test fails).
+    pub fn log_file(&self) -> PathBuf {
+        self.work.join("agent.log")
     }
 
     /// Stops the agent with `signal` (its pins stay) and starts a new one.
@@ -162,6 +167,11 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop(libc::SIGTERM);
+        if std::thread::panicking()
+            && let Ok(log) = fs::read_to_string(self.log_file())
+        {
+            eprintln!("--- meshsteer agent log ---\n{log}--- end of agent log ---");
+        }
         // Unpin everything: the test's programs leave with it.
         let _ = self.cli(&["uninstall"]);
         let _ = fs::remove_dir(&self.bpffs_dir);

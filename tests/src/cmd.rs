@@ -135,6 +135,28 @@ impl Proc {
         })
     }
 
+    /// Like [`Proc::spawn`], with stdout and stderr appended to `log`.
+    pub fn spawn_logged(
+        place: &Place<'_>,
+        program: &str,
+        args: &[&str],
+        log: &Path,
+    ) -> Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = command(place, program, args)?
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawning {program}"))?;
+        Ok(Self {
+            child,
+            name: program.into(),
+        })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

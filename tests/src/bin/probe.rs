@@ -22,6 +22,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("listen") => listen(&args[1..]),
         Some("connect") => connect(&args[1..]),
+        Some("churn") => churn(&args[1..]),
         _ => {
             eprintln!(
                 "usage: mst-probe listen ADDR:PORT... | connect DST [--bind IP] [--v6] [--create-as UID:GID]"
@@ -106,6 +107,40 @@ fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
         }
         from_storage(&ss)
     }
+}
+
+/// `churn DST COUNT THREADS`: COUNT short connections (connect, read the server's line until
+/// it closes, close), spread over THREADS threads. The server closes first, so the client
+/// never sits in TIME_WAIT and ports do not run out.
+fn churn(args: &[String]) {
+    let dst: SocketAddr = args[0].parse().expect("destination");
+    let count: u64 = args[1].parse().expect("count");
+    let threads: u64 = args[2].parse().expect("threads");
+    let start = std::time::Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let n = count / threads + u64::from(t < count % threads);
+            thread::spawn(move || {
+                let mut failed = 0u64;
+                for _ in 0..n {
+                    let ok = TcpStream::connect(dst)
+                        .and_then(|s| std::io::Read::read_to_end(&mut &s, &mut Vec::new()))
+                        .is_ok();
+                    failed += u64::from(!ok);
+                }
+                failed
+            })
+        })
+        .collect();
+    let failed: u64 = workers
+        .into_iter()
+        .map(|w| w.join().unwrap_or(u64::MAX))
+        .sum();
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({ "count": count, "failed": failed, "secs": secs, "per_sec": count as f64 / secs })
+    );
 }
 
 fn connect(args: &[String]) {
