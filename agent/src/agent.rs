@@ -31,7 +31,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tokio::spawn(forward_ebpf_logs(logger));
     }
     let maps = PodMaps::take(&mut datapath.bpf)?;
-    let mut registry = Registry::new(maps, cgroup_root);
+    let sk_lookup = datapath.sk_lookup.try_clone()?;
+    let mut registry = Registry::new(maps, cgroup_root, datapath.pins.clone(), sk_lookup);
     fs::create_dir_all(&args.pods_dir)
         .with_context(|| format!("creating pods dir {}", args.pods_dir.display()))?;
     let mut pod_dir = PodDir::new(&args.pods_dir);
@@ -47,11 +48,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tokio::select! {
             _ = tick.tick() => {
                 let changes = pod_dir.scan();
-                if !changes.is_empty() {
-                    apply(&mut registry, changes);
-                    if let Err(e) = status::publish(&args.status.status_file, &registry.status()) {
-                        warn!(error = %format!("{e:#}"), "could not publish status");
-                    }
+                let had_changes = !changes.is_empty();
+                apply(&mut registry, changes);
+                if (registry.check_namespaces() || had_changes)
+                    && let Err(e) = status::publish(&args.status.status_file, &registry.status())
+                {
+                    warn!(error = %format!("{e:#}"), "could not publish status");
                 }
             }
             _ = term.recv() => break,

@@ -28,6 +28,7 @@ pub enum AttachType {
     GetSockopt = 21,
     GetPeername4 = 29,
     GetPeername6 = 30,
+    SkLookup = 36,
 }
 
 /// `union bpf_attr`, as plain words: every command we use fits in its first 32 bytes and the
@@ -124,4 +125,56 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
         cgroup_id: info[2],
         attach_type: (info[3] & 0xffff_ffff) as u32,
     })
+}
+
+/// The network namespace (inode) a netns link is attached to, and its attach type.
+pub fn netns_link_info(link: BorrowedFd<'_>) -> io::Result<(u64, u32)> {
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) netns_ino, attach_type.
+    let mut info = [0u64; 8];
+    let mut a = Attr([0; 32]);
+    let ptr = info.as_mut_ptr() as u64;
+    a.0[0] = link.as_raw_fd() as u32;
+    a.0[1] = size_of_val(&info) as u32;
+    a.0[2] = ptr as u32;
+    a.0[3] = (ptr >> 32) as u32;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok((info[2] & 0xffff_ffff, (info[2] >> 32) as u32))
+}
+
+const BPF_LINK_GET_FD_BY_ID: u32 = 30;
+const BPF_LINK_GET_NEXT_ID: u32 = 31;
+const BPF_LINK_TYPE_NETNS: u32 = 5;
+
+/// Ids of every netns link in the kernel attached to the namespace with inode `netns_ino`: the
+/// kernel's own view, independent of our pins.
+pub fn netns_links(netns_ino: u64) -> io::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    let mut id = 0u32;
+    loop {
+        let mut a = Attr([0; 32]);
+        a.0[0] = id;
+        match bpf(BPF_LINK_GET_NEXT_ID, &mut a) {
+            Ok(_) => id = a.0[1],
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(found),
+            Err(e) => return Err(e),
+        }
+        let mut g = Attr([0; 32]);
+        g.0[0] = id;
+        let Ok(fd) = bpf(BPF_LINK_GET_FD_BY_ID, &mut g).map(fd_result) else {
+            continue;
+        };
+        let mut info = [0u64; 8];
+        let mut q = Attr([0; 32]);
+        let ptr = info.as_mut_ptr() as u64;
+        q.0[0] = fd.as_raw_fd() as u32;
+        q.0[1] = size_of_val(&info) as u32;
+        q.0[2] = ptr as u32;
+        q.0[3] = (ptr >> 32) as u32;
+        if bpf(BPF_OBJ_GET_INFO_BY_FD, &mut q).is_ok()
+            && (info[0] & 0xffff_ffff) as u32 == BPF_LINK_TYPE_NETNS
+            && info[2] & 0xffff_ffff == netns_ino
+        {
+            found.push(id);
+        }
+    }
 }

@@ -84,13 +84,18 @@ pub struct ExplainArgs {
     /// Pod name, as in its spec.
     #[arg(long, env = "MESHSTEER_POD")]
     pub pod: String,
-    /// The socket owner's uid.
-    #[arg(long, env = "MESHSTEER_UID")]
+    /// The socket owner's uid (outbound).
+    #[arg(
+        long,
+        env = "MESHSTEER_UID",
+        default_value_t = 0,
+        required_unless_present = "inbound"
+    )]
     pub uid: u32,
     /// Its primary gid (default: same as uid).
     #[arg(long, env = "MESHSTEER_GID")]
     pub gid: Option<u32>,
-    /// Address the socket is bound to, if any.
+    /// Address the socket is bound to, if any (with --inbound: the remote peer's address).
     #[arg(long, env = "MESHSTEER_SRC")]
     pub src: Option<IpAddr>,
     /// Destination, `IP:PORT` or `[IPv6]:PORT`.
@@ -102,6 +107,9 @@ pub struct ExplainArgs {
         default_value = "/run/meshsteer/pods"
     )]
     pub pods_dir: PathBuf,
+    /// Decide an arriving connection (ISTIO_INBOUND) from --src to the pod's --dst instead.
+    #[arg(long)]
+    pub inbound: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

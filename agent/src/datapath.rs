@@ -3,14 +3,14 @@
 //! their contents, and each pinned link has its program swapped atomically (BPF_LINK_UPDATE).
 use std::{
     fs::{self, File},
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, Program, SockOps},
+    programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, Program, SkLookup, SockOps},
 };
 use meshsteer_common::maps::{LAYOUT_VERSION, names};
 use tracing::{debug, info};
@@ -76,6 +76,13 @@ impl Pins {
     pub fn link(&self, program: &str) -> PathBuf {
         self.root.join("links").join(program)
     }
+    /// A pod's sk_lookup link, by pod cgroup id.
+    pub fn netns_link(&self, pod_cgroup: u64) -> PathBuf {
+        self.root
+            .join("links")
+            .join("netns")
+            .join(pod_cgroup.to_string())
+    }
 
     /// Refuses pins of another layout: adopting maps whose key/value layout differs would
     /// misread them silently.
@@ -105,6 +112,8 @@ impl Pins {
 pub struct Datapath {
     pub bpf: Ebpf,
     pub pins: Pins,
+    /// The sk_lookup program, attached per pod network namespace at enrolment.
+    pub sk_lookup: OwnedFd,
     /// Must outlive the programs' use of the log ring: dropping it closes the ring.
     logger: Option<crate::agent::EbpfLogger>,
 }
@@ -151,8 +160,14 @@ impl Datapath {
             )
             .with_context(|| format!("attaching {what} at {}", cgroup_root.display()))?;
         }
+        let sk_lookup = load_sk_lookup(&mut bpf)?;
         info!(pins = %pins.root.display(), cgroup = %cgroup_root.display(), "datapath attached");
-        Ok(Self { bpf, pins, logger })
+        Ok(Self {
+            bpf,
+            pins,
+            sk_lookup,
+            logger,
+        })
     }
 }
 
@@ -161,6 +176,15 @@ impl Datapath {
     pub fn take_logger(&mut self) -> Option<crate::agent::EbpfLogger> {
         self.logger.take()
     }
+}
+
+fn load_sk_lookup(bpf: &mut Ebpf) -> Result<OwnedFd> {
+    let p: &mut SkLookup = bpf
+        .program_mut("ms_sk_lookup")
+        .context("program ms_sk_lookup missing from the object")?
+        .try_into()?;
+    p.load().context("loading sk_lookup (Linux 5.9)")?;
+    Ok(p.fd()?.as_fd().try_clone_to_owned()?)
 }
 
 fn load_program(p: &mut Program) -> Result<()> {
@@ -211,18 +235,8 @@ pub fn uninstall(bpffs_dir: &Path) -> Result<()> {
         info!(path = %pins.root.display(), "nothing pinned");
         return Ok(());
     }
-    // Links first: once unpinned (and no fd open) the kernel detaches them.
-    for sub in ["links", "maps"] {
-        let dir = pins.root.join(sub);
-        if let Ok(entries) = fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                fs::remove_file(e.path())
-                    .with_context(|| format!("unpinning {}", e.path().display()))?;
-            }
-        }
-        fs::remove_dir(&dir).ok();
-    }
-    fs::remove_dir(&pins.root).with_context(|| format!("removing {}", pins.root.display()))?;
+    // Unpinned with no fd open, links detach and maps are freed.
+    fs::remove_dir_all(&pins.root).with_context(|| format!("unpinning {}", pins.root.display()))?;
     // The base dir too, unless something else lives there.
     let _ = fs::remove_dir(bpffs_dir);
     info!(path = %pins.root.display(), "uninstalled");

@@ -15,6 +15,9 @@ use crate::{
 pub fn run(a: &ExplainArgs) -> Result<()> {
     let spec = find_spec(&a.pods_dir, &a.pod)?;
     let plan = Plan::new(&spec, 1)?;
+    if a.inbound {
+        return inbound(a, &spec, &plan);
+    }
     let conn = Connection {
         uid: a.uid,
         gid: a.gid.unwrap_or(a.uid),
@@ -36,6 +39,36 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
     } else {
         println!("{} -> {lands}", a.dst);
         println!("  rule: {} ({})", v.rule.name(), v.rule.describe());
+    }
+    Ok(())
+}
+
+/// ISTIO_INBOUND: which listener an arriving connection is handed to (no NAT: the proxy's
+/// listener sees the original destination as its local address).
+fn inbound(a: &ExplainArgs, spec: &PodSpec, plan: &Plan) -> Result<()> {
+    let Some(src) = a.src else {
+        bail!("--inbound needs --src <remote address>")
+    };
+    let rule =
+        meshsteer_common::inbound::decide(&plan.config, plan, &Addr::from(src), a.dst.port());
+    let port = if rule.steers() {
+        plan.config.inbound_port
+    } else {
+        a.dst.port()
+    };
+    let lands = format!("listener on port {port} (local address {})", a.dst);
+    if a.json {
+        let out = serde_json::json!({
+            "pod": spec.name,
+            "listener_port": port,
+            "steered": rule.steers(),
+            "rule": rule.name(),
+            "because": rule.describe(),
+        });
+        println!("{out}");
+    } else {
+        println!("{src} -> {} lands on the {lands}", a.dst);
+        println!("  rule: {} ({})", rule.name(), rule.describe());
     }
     Ok(())
 }

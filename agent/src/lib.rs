@@ -15,6 +15,7 @@ pub mod explain;
 pub mod features;
 pub mod host;
 pub mod istio;
+pub mod netns;
 pub mod podmaps;
 pub mod pods;
 pub mod podspec;

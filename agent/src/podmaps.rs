@@ -7,10 +7,15 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context, Result};
 use aya::maps::{
-    HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash,
+    lpm_trie::Key,
 };
-use meshsteer_common::maps::{
-    CidrKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, TupleKey, counter, names,
+use meshsteer_common::{
+    Addr,
+    maps::{
+        CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, TupleKey,
+        counter, names,
+    },
 };
 
 use crate::podspec::Plan;
@@ -24,6 +29,8 @@ pub struct PodMaps {
     stats: PerCpuHashMap<MapData, u64, PodCounters>,
     node_stats: PerCpuArray<MapData, u64>,
     orig_dst: HashMap<MapData, TupleKey, OrigDst>,
+    inbound_addrs: HashMap<MapData, Addr, u64>,
+    listeners: SockHash<MapData, ListenerKey>,
 }
 
 impl PodMaps {
@@ -60,6 +67,8 @@ impl PodMaps {
             stats: typed(names::POD_STATS)?.try_into()?,
             node_stats: typed(names::NODE_STATS)?.try_into()?,
             orig_dst: typed(names::ORIG_DST)?.try_into()?,
+            inbound_addrs: typed(names::INBOUND_ADDRS)?.try_into()?,
+            listeners: typed(names::LISTENERS)?.try_into()?,
         })
     }
 
@@ -97,7 +106,53 @@ impl PodMaps {
         if let Some(p) = plan {
             self.remove_sets(p);
         }
+        self.set_inbound_addrs(cgroup_id, &[]);
+        for family in [libc::AF_INET as u32, libc::AF_INET6 as u32] {
+            let _ = self.listeners.remove(&ListenerKey {
+                pod_cgroup: cgroup_id,
+                family,
+                _pad: 0,
+            });
+        }
         let _ = self.stats.remove(&cgroup_id);
+    }
+
+    /// Points exactly `addrs` at the pod for sk_lookup (addresses are keys of their own, so
+    /// an update must not remove what it re-adds).
+    pub fn set_inbound_addrs(&mut self, cgroup_id: u64, addrs: &[Addr]) {
+        let stale: Vec<Addr> = self
+            .inbound_addrs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(a, c)| *c == cgroup_id && !addrs.contains(a))
+            .map(|(a, _)| a)
+            .collect();
+        for a in addrs {
+            if let Err(e) = self.inbound_addrs.insert(a, cgroup_id, 0) {
+                tracing::warn!(error = %e, "could not map a pod address for inbound capture");
+            }
+        }
+        for a in stale {
+            let _ = self.inbound_addrs.remove(&a);
+        }
+    }
+
+    /// Registers a proxy listener found outside the datapath (one that predates the agent).
+    pub fn add_listener(
+        &mut self,
+        cgroup_id: u64,
+        family: u32,
+        fd: &std::os::fd::OwnedFd,
+    ) -> Result<()> {
+        let key = ListenerKey {
+            pod_cgroup: cgroup_id,
+            family,
+            _pad: 0,
+        };
+        self.listeners
+            .insert(key, std::os::fd::AsRawFd::as_raw_fd(fd), 0)
+            .context("MS_LISTENERS")?;
+        Ok(())
     }
 
     fn write_sets(&mut self, plan: &Plan) -> Result<()> {
@@ -146,6 +201,16 @@ impl PodMaps {
             if !keep.contains(&cgroup) {
                 self.remove(cgroup, None);
             }
+        }
+        let dead_addrs: Vec<Addr> = self
+            .inbound_addrs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, c)| !keep.contains(c))
+            .map(|(a, _)| a)
+            .collect();
+        for a in dead_addrs {
+            let _ = self.inbound_addrs.remove(&a);
         }
         let live: BTreeSet<u32> = self.enrolled().iter().map(|(_, c)| c.pod_id).collect();
         let dead_ports: Vec<PortKey> = self
@@ -213,6 +278,11 @@ pub fn counter_names() -> Vec<(usize, String)> {
         .iter()
         .map(|r| (counter::outbound(*r), format!("outbound_{}", r.name())))
         .collect();
+    v.extend(
+        meshsteer_common::inbound::InRule::ALL
+            .iter()
+            .map(|r| (counter::inbound(*r), format!("inbound_{}", r.name()))),
+    );
     v.extend(counter::NAMES.iter().map(|(i, n)| (*i, n.to_string())));
     v
 }

@@ -2,6 +2,7 @@
 //! capture is in effect. Every change is applied to the maps before it is reported.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -9,8 +10,11 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 use tracing::{info, info_span, warn};
 
+use meshsteer_common::{Addr, maps::pod_flags};
+
 use crate::{
-    host,
+    datapath::Pins,
+    host, netns,
     podmaps::PodMaps,
     podspec::{Plan, PodSpec},
 };
@@ -33,6 +37,7 @@ pub struct PodStatus {
 struct Enrolled {
     cgroup_id: u64,
     plan: Plan,
+    netns: Option<PathBuf>,
 }
 
 struct Entry {
@@ -45,13 +50,16 @@ struct Entry {
 pub struct Registry {
     maps: PodMaps,
     cgroup_root: PathBuf,
+    pins: Pins,
+    /// The sk_lookup program, attached to each capturing pod's network namespace.
+    sk_lookup: OwnedFd,
     /// Keyed by spec file.
     pods: BTreeMap<PathBuf, Entry>,
     next_pod_id: u32,
 }
 
 impl Registry {
-    pub fn new(maps: PodMaps, cgroup_root: PathBuf) -> Self {
+    pub fn new(maps: PodMaps, cgroup_root: PathBuf, pins: Pins, sk_lookup: OwnedFd) -> Self {
         let next_pod_id = maps
             .enrolled()
             .iter()
@@ -62,6 +70,8 @@ impl Registry {
         Self {
             maps,
             cgroup_root,
+            pins,
+            sk_lookup,
             pods: BTreeMap::new(),
             next_pod_id,
         }
@@ -171,20 +181,93 @@ impl Registry {
                 other.display()
             );
         }
-        if let Some(ns) = &spec.netns
-            && !ns.exists()
-        {
-            bail!("network namespace {} does not exist", ns.display());
+        if let Some(ns) = &spec.netns {
+            netns::check(ns)?;
         }
         let plan = Plan::new(spec, self.next_pod_id)?;
         self.next_pod_id += 1;
+        let inbound = plan.config.flags & pod_flags::IN_CAPTURE != 0;
+        let link = self.pins.netns_link(cgroup_id);
+        match (&spec.netns, inbound) {
+            // Attached before the pod's addresses are mapped: until then it passes everything.
+            (Some(ns), true) => netns::attach(self.sk_lookup.as_fd(), ns, &link)?,
+            (None, true) => bail!(
+                "inbound capture (-b) needs the pod's network namespace: add `netns:` to the spec, \
+                 or `-b \"\"` to capture outbound only"
+            ),
+            (_, false) => netns::detach(&link),
+        }
         // Same cgroup as before: swap in place. A different one: the old one is removed.
         let same = previous.filter(|p| p.cgroup_id == cgroup_id);
-        self.maps.apply(cgroup_id, &plan, same.map(|p| &p.plan))?;
+        if let Err(e) = self.maps.apply(cgroup_id, &plan, same.map(|p| &p.plan)) {
+            if same.is_none() {
+                netns::detach(&link);
+            }
+            return Err(e);
+        }
         if let Some(old) = previous.filter(|p| p.cgroup_id != cgroup_id) {
             self.maps.remove(old.cgroup_id, Some(&old.plan));
+            netns::detach(&self.pins.netns_link(old.cgroup_id));
         }
-        Ok(Enrolled { cgroup_id, plan })
+        let addrs: Vec<Addr> = plan.local.iter().map(|k| k.addr).collect();
+        self.maps
+            .set_inbound_addrs(cgroup_id, if inbound { &addrs } else { &[] });
+        if inbound {
+            self.register_existing_listeners(cgroup_id, &spec.cgroup, plan.config.inbound_port);
+        }
+        Ok(Enrolled {
+            cgroup_id,
+            plan,
+            netns: spec.netns.clone(),
+        })
+    }
+
+    /// Listeners the proxy opened before the agent ran never passed through sockops: fetch
+    /// them from the pod's processes so their pod is steered at once.
+    fn register_existing_listeners(&mut self, cgroup_id: u64, cgroup: &Path, port: u16) {
+        match netns::existing_listeners(cgroup, port) {
+            Ok(found) => {
+                for (fd, family) in found {
+                    if let Err(e) = self.maps.add_listener(cgroup_id, family, &fd) {
+                        warn!(error = %format!("{e:#}"), "could not register an existing listener");
+                    } else {
+                        info!(port, family, "registered an existing inbound listener");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "scanning for existing listeners"),
+        }
+    }
+
+    /// Pods whose network namespace went away (the pod died without its spec being removed):
+    /// their capture is removed and the pod reported, instead of left dangling.
+    pub fn check_namespaces(&mut self) -> bool {
+        let gone: Vec<PathBuf> = self
+            .pods
+            .iter()
+            .filter(|(_, e)| {
+                e.enrolled
+                    .as_ref()
+                    .and_then(|x| x.netns.as_ref())
+                    .is_some_and(|ns| !netns::alive(ns))
+            })
+            .map(|(f, _)| f.clone())
+            .collect();
+        for file in &gone {
+            if let Some(e) = self.pods.get_mut(file)
+                && let Some(x) = e.enrolled.take()
+            {
+                let _g = info_span!("pod", name = %e.name).entered();
+                self.maps.remove(x.cgroup_id, Some(&x.plan));
+                netns::detach(&self.pins.netns_link(x.cgroup_id));
+                let ns = x.netns.map(|p| p.display().to_string()).unwrap_or_default();
+                e.error = Some(format!(
+                    "network namespace {ns} disappeared; capture removed"
+                ));
+                warn!(netns = %ns, "network namespace gone: pod removed from the datapath");
+            }
+        }
+        !gone.is_empty()
     }
 
     /// A spec file went away: capture for that pod stops and its map entries are freed.
@@ -193,6 +276,7 @@ impl Registry {
             let _g = info_span!("pod", name = %e.name).entered();
             if let Some(x) = e.enrolled {
                 self.maps.remove(x.cgroup_id, Some(&x.plan));
+                netns::detach(&self.pins.netns_link(x.cgroup_id));
             }
             info!("removed");
         }

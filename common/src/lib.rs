@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod inbound;
 pub mod maps;
 pub mod outbound;
 

@@ -25,6 +25,8 @@ pub mod names {
     pub const ORIG_DST: &str = "MS_ORIG_DST";
     pub const POD_STATS: &str = "MS_POD_STATS";
     pub const NODE_STATS: &str = "MS_NODE_STATS";
+    pub const INBOUND_ADDRS: &str = "MS_INBOUND_ADDRS";
+    pub const LISTENERS: &str = "MS_LISTENERS";
 
     /// Every map the agent pins (and adopts on restart).
     pub const PINNED: &[&str] = &[
@@ -37,6 +39,8 @@ pub mod names {
         ORIG_DST,
         POD_STATS,
         NODE_STATS,
+        INBOUND_ADDRS,
+        LISTENERS,
     ];
 }
 
@@ -177,6 +181,18 @@ pub struct LocalKey {
     pub addr: Addr,
 }
 
+/// `MS_LISTENERS` key: the proxy's inbound listener of a pod, per socket family. sk_lookup
+/// finds the pod from the connection's local address (`MS_INBOUND_ADDRS`: address → pod
+/// cgroup id), as it cannot ask for its network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub pod_cgroup: u64,
+    /// AF_INET or AF_INET6.
+    pub family: u32,
+    pub _pad: u32,
+}
+
 /// `MS_SOCK_STATE`: socket-local storage, created at socket creation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -246,13 +262,22 @@ pub mod counter {
     pub const ORIG_DST_MAP_FULL: usize = 18;
     /// A live entry was gone at close (LRU eviction): its proxy may have asked in vain.
     pub const ORIG_DST_EVICTED: usize = 19;
+    /// Inbound decisions start here, one per [`crate::inbound::InRule`].
+    pub const INBOUND_BASE: usize = 20;
+    pub const fn inbound(rule: crate::inbound::InRule) -> usize {
+        INBOUND_BASE + rule as usize
+    }
+    /// A connection to steer, but the pod's proxy has no inbound listener: refused, as
+    /// iptables REDIRECT to a closed port is.
+    pub const IN_NO_LISTENER: usize = 28;
     pub const COUNT: usize = 32;
 
-    pub const NAMES: [(usize, &str); 4] = [
+    pub const NAMES: [(usize, &str); 5] = [
         (ORIG_DST_HIT, "orig_dst_hit"),
         (ORIG_DST_MISS, "orig_dst_miss"),
         (ORIG_DST_MAP_FULL, "orig_dst_map_full"),
         (ORIG_DST_EVICTED, "orig_dst_evicted"),
+        (IN_NO_LISTENER, "inbound_no_listener"),
     ];
 }
 
@@ -293,6 +318,8 @@ mod tests {
         assert_eq!(size_of::<SockState>(), 8 + 4 + 4 + 4 + 2 + 2 + 16);
         assert_eq!(size_of::<TupleKey>(), 8 + 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<OrigDst>(), 24);
+        assert_eq!(size_of::<ListenerKey>(), 16);
+        assert!(counter::inbound(crate::inbound::InRule::Captured) < counter::IN_NO_LISTENER);
     }
 
     #[test]

@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn ipv6_needs_pod_ipv6() {
         let mut cfg = default_cfg();
-        let v6 = Addr([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+        let v6 = Addr::from_bytes([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
         cfg.flags &= !pod_flags::IPV6;
         assert_eq!(rule(&cfg, conn(1000, v6, 80)), (Rule::NoIpv6Rules, 0));
         cfg.flags |= pod_flags::IPV6;

@@ -1,7 +1,10 @@
 //! aya `Pod` impls, so the agent can read and write these types in maps.
 use crate::{
     Addr,
-    maps::{CidrKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, SockState, TupleKey},
+    maps::{
+        CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, SockState,
+        TupleKey,
+    },
 };
 
 // SAFETY: all are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with every
@@ -23,3 +26,5 @@ unsafe impl aya::Pod for TupleKey {}
 unsafe impl aya::Pod for OrigDst {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PodCounters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ListenerKey {}

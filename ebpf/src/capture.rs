@@ -116,7 +116,7 @@ pub fn steer(
 /// Binds the source iptables' routing would have picked for the original destination, so the
 /// proxy sees the same peer address: the pod address itself for a pod address, the pod's
 /// primary address for anything off-pod, and nothing for loopback (127.0.0.1 either way).
-#[inline(always)]
+#[inline(never)]
 fn bind_source(ctx: &SockAddrContext, v6_socket: bool, cfg: &PodConfig, t: &MapTables, dst: &Addr) {
     if dst.is_loopback() {
         return;

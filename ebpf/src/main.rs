@@ -5,7 +5,9 @@
 //! | `sock_create.rs`  | cgroup/sock_create     | record a socket's pod and owner at creation     |
 //! | `connect4.rs`     | cgroup/connect4        | outbound capture (ISTIO_OUTPUT), IPv4           |
 //! | `connect6.rs`     | cgroup/connect6        | the same for AF_INET6 sockets (and v4-mapped)   |
-//! | `sockops.rs`      | sockops                | publish/free a redirected connection's tuple    |
+//! | `sockops.rs`      | sockops                | publish/free a redirected connection's tuple;   |
+//! |                   |                        | register the proxy's inbound listener           |
+//! | `sk_lookup.rs`    | sk_lookup (per netns)  | inbound capture (ISTIO_INBOUND), no NAT         |
 //! | `getsockopt.rs`   | cgroup/getsockopt      | answer SO_ORIGINAL_DST for the proxy            |
 //! | `getpeername4.rs` | cgroup/getpeername4    | the app sees the original peer, IPv4            |
 //! | `getpeername6.rs` | cgroup/getpeername6    | the same for AF_INET6 sockets                   |
@@ -23,6 +25,7 @@ mod getpeername6;
 mod getsockopt;
 mod maps;
 mod pod;
+mod sk_lookup;
 mod sock_create;
 mod sockaddr;
 mod sockops;

@@ -1,11 +1,14 @@
 //! Every map of the object. Names are the pin names the agent uses (`common::maps::names`).
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage, SockHash},
     macros::btf_map,
 };
-use meshsteer_common::maps::{
-    CidrKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, SockState, TupleKey, capacity,
-    node_counter,
+use meshsteer_common::{
+    Addr,
+    maps::{
+        CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, SockState,
+        TupleKey, capacity, node_counter,
+    },
 };
 
 const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
@@ -48,3 +51,13 @@ pub static POD_STATS: PerCpuHashMap<u64, PodCounters, { capacity::PODS as usize 
 /// Node-wide counters (`common::maps::node_counter`).
 #[btf_map(name = "MS_NODE_STATS")]
 pub static NODE_STATS: PerCpuArray<u64, { node_counter::COUNT as usize }> = PerCpuArray::new();
+
+/// A pod's addresses → its pod cgroup id: how sk_lookup, which cannot ask for its network
+/// namespace, finds the pod a connection arrives at.
+#[btf_map(name = "MS_INBOUND_ADDRS")]
+pub static INBOUND_ADDRS: HashMap<Addr, u64, { capacity::LOCAL_ADDRS as usize }> = HashMap::new();
+
+/// Each pod's inbound proxy listener (per family), registered by sockops when the proxy calls
+/// listen() and by the agent for listeners older than it. The kernel drops closed sockets.
+#[btf_map(name = "MS_LISTENERS")]
+pub static LISTENERS: SockHash<ListenerKey, { capacity::PODS as usize * 2 }> = SockHash::new();

@@ -42,8 +42,9 @@ fn storage_get(sk: *mut c_void, flags: u64) -> Option<&'static mut SockState> {
 }
 
 /// The enrolled pod whose cgroup contains the current task: the shallowest ancestor that has
-/// a config wins (containers are cgroups below the pod's).
-#[inline(always)]
+/// a config wins (containers are cgroups below the pod's). Out of line: LLVM unrolls the
+/// walk, and each level's key would otherwise take its own slot in the caller's frame.
+#[inline(never)]
 pub fn pod_of_current_task() -> Option<u64> {
     let mut level = 1;
     while level < MAX_CGROUP_DEPTH {
@@ -115,8 +116,10 @@ impl MapTables {
     }
 }
 
+// Out of line: each lookup key then lives in its own small frame, instead of every key of an
+// inlined decision piling up in one 512-byte BPF stack.
 impl PodTables for MapTables {
-    #[inline(always)]
+    #[inline(never)]
     fn port_in(&self, set: PortSet, port: u16) -> bool {
         let flag = match set {
             PortSet::OutExclude => pod_flags::HAS_OUT_EXCLUDE_PORTS,
@@ -130,19 +133,19 @@ impl PodTables for MapTables {
                 .is_some()
     }
 
-    #[inline(always)]
+    #[inline(never)]
     fn cidr_excluded(&self, addr: &Addr) -> bool {
         let key = Key::new(CidrKey::FULL, CidrKey::new(self.pod_id, *addr));
         self.has(pod_flags::HAS_CIDR_EXCLUDE) && CIDR_EXCLUDE.get(&key).is_some()
     }
 
-    #[inline(always)]
+    #[inline(never)]
     fn cidr_included(&self, addr: &Addr) -> bool {
         let key = Key::new(CidrKey::FULL, CidrKey::new(self.pod_id, *addr));
         self.has(pod_flags::HAS_CIDR_INCLUDE) && CIDR_INCLUDE.get(&key).is_some()
     }
 
-    #[inline(always)]
+    #[inline(never)]
     fn is_pod_address(&self, addr: &Addr) -> bool {
         let key = LocalKey {
             pod_id: self.pod_id,

@@ -1,21 +1,23 @@
 //! sockops: once a redirected connect() has its source port (TCP_CONNECT_CB), publish its
 //! original destination under the tuple the proxy will see; drop it when the socket closes.
+//! And when a pod's proxy listens on its inbound port (TCP_LISTEN_CB), register that listener
+//! for sk_lookup.
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE,
+        BPF_ANY, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
     },
     helpers::generated::bpf_get_netns_cookie,
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use aya_log_ebpf::warn;
-use meshsteer_common::maps::{OrigDst, SockState, TupleKey, counter, sock_flags};
+use meshsteer_common::maps::{ListenerKey, OrigDst, SockState, TupleKey, counter, sock_flags};
 
 use crate::{
-    maps::ORIG_DST,
-    pod::{count, sock_state},
+    maps::{LISTENERS, ORIG_DST},
+    pod::{count, pod_config, sock_state},
     tuple,
 };
 
@@ -23,10 +25,38 @@ use crate::{
 pub fn ms_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => publish(&ctx),
+        BPF_SOCK_OPS_TCP_LISTEN_CB => register_listener(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => unpublish(&ctx),
         _ => {}
     }
     0
+}
+
+/// The pod's proxy starts listening on its inbound port: from its first SYN on, sk_lookup
+/// steers inbound connections to this socket (no agent round trip, no race with restarts).
+#[inline(always)]
+fn register_listener(ctx: &SockOpsContext) {
+    // SAFETY: valid ctx; `sk` may be NULL.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    let Some(state) = sock_state(sk.cast()) else {
+        return;
+    };
+    let Some(cfg) = pod_config(state.pod_cgroup) else {
+        return;
+    };
+    if ctx.local_port() != u32::from(cfg.inbound_port) {
+        return;
+    }
+    let mut key = ListenerKey {
+        pod_cgroup: state.pod_cgroup,
+        family: ctx.family(),
+        _pad: 0,
+    };
+    // SAFETY: the ctx is the bpf_sock_ops the helper expects.
+    let _ = LISTENERS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY.into());
 }
 
 /// The redirected socket's state, if this socket is one.

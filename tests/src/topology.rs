@@ -16,7 +16,9 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub const WORLD_V4: [&str; 2] = ["10.200.0.1", "10.201.0.1"];
 pub const WORLD_V6: [&str; 2] = ["fd00:200::1", "fd00:201::1"];
 /// Ports the world and every pod listen on.
-pub const PROBE_PORTS: [u16; 9] = [80, 3306, 8080, 9000, 15001, 15006, 15008, 15020, 15090];
+pub const PROBE_PORTS: [u16; 11] = [
+    22, 80, 3306, 8080, 9000, 15001, 15006, 15008, 15020, 15021, 15090,
+];
 
 fn unique_id() -> String {
     format!(
@@ -128,8 +130,13 @@ impl Drop for Node {
 }
 
 pub fn start_listener(place: &Place<'_>) -> Result<Proc> {
+    start_listener_on(place, &PROBE_PORTS)
+}
+
+/// The probe listener on `ports`, IPv4 and IPv6.
+pub fn start_listener_on(place: &Place<'_>, ports: &[u16]) -> Result<Proc> {
     let mut addrs = vec!["listen".to_string()];
-    for p in PROBE_PORTS {
+    for p in ports {
         addrs.push(format!("0.0.0.0:{p}"));
         addrs.push(format!("[::]:{p}"));
     }

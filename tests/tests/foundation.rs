@@ -45,7 +45,11 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
         .join(format!("v{}/links", meshsteer_common::maps::LAYOUT_VERSION));
     let mut n = 0;
     for e in std::fs::read_dir(links)? {
-        let fd = meshsteer::bpf_sys::obj_get(&e?.path())?;
+        let path = e?.path();
+        if path.is_dir() {
+            continue; // links/netns: per-pod sk_lookup links, attached to namespaces
+        }
+        let fd = meshsteer::bpf_sys::obj_get(&path)?;
         let info = meshsteer::bpf_sys::cgroup_link_info(std::os::fd::AsFd::as_fd(&fd))?;
         assert_eq!(info.cgroup_id, root_id);
         n += 1;

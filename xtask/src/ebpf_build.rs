@@ -20,11 +20,14 @@ pub const TARGET: &str = "bpfel-unknown-none";
 pub const RUSTFLAGS: &[&str] = &["-C", "debuginfo=2", "-C", "link-arg=--btf"];
 
 /// An unoptimised BPF object fails the kernel verifier (stack use, unbounded loops, panic
-/// paths), so even the dev-profile object is optimised and has no runtime checks.
+/// paths), so even the dev-profile object is optimised like the release one (one codegen unit:
+/// inlining, and so stack use, must not depend on the profile) and has no runtime checks.
 pub const DEV_PROFILE_CONFIG: &[&str] = &[
     "profile.dev.opt-level=3",
     "profile.dev.debug-assertions=false",
     "profile.dev.overflow-checks=false",
+    "profile.dev.codegen-units=1",
+    "profile.dev.incremental=false",
 ];
 
 /// What an outer cargo (running us through `cargo run`, or as a build script) leaves in the

@@ -1,0 +1,194 @@
+//! Inbound capture's per-pod half: the sk_lookup program attached to the pod's network
+//! namespace through a pinned bpf_link (an agent restart adopts it; `BPF_LINK_UPDATE` swaps in
+//! the new program), and the proxy listeners that existed before the agent, fetched with
+//! `pidfd_getfd` so steering works for them too.
+use std::{
+    fs::{self, File},
+    os::{
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use tracing::{debug, info};
+
+use crate::bpf_sys::{self, AttachType};
+
+/// Attaches (or adopts and updates) the sk_lookup link of one pod.
+pub fn attach(prog: BorrowedFd<'_>, netns: &Path, pin: &Path) -> Result<()> {
+    let ns = File::open(netns).with_context(|| format!("opening netns {}", netns.display()))?;
+    let ino = ns.metadata()?.ino();
+    if pin.exists() {
+        let link = bpf_sys::obj_get(pin)?;
+        let (linked_ino, _) = bpf_sys::netns_link_info(link.as_fd())?;
+        if linked_ino == ino {
+            bpf_sys::link_update(link.as_fd(), prog)
+                .context("BPF_LINK_UPDATE on sk_lookup link")?;
+            debug!(pin = %pin.display(), "adopted sk_lookup link");
+            return Ok(());
+        }
+        // A stale pin (namespace replaced): its link is gone with the old namespace.
+        fs::remove_file(pin).ok();
+    }
+    let link = bpf_sys::link_create(prog, ns.as_fd(), AttachType::SkLookup)
+        .context("attaching sk_lookup to the pod's network namespace (Linux 5.9)")?;
+    if let Some(dir) = pin.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    bpf_sys::obj_pin(link.as_fd(), pin).with_context(|| format!("pinning {}", pin.display()))?;
+    info!(netns = %netns.display(), "inbound capture attached");
+    Ok(())
+}
+
+/// Removes the pod's sk_lookup link: unpinned with no fd open, the kernel detaches it.
+pub fn detach(pin: &Path) {
+    if fs::remove_file(pin).is_ok() {
+        info!(pin = %pin.display(), "inbound capture detached");
+    }
+}
+
+/// Is the namespace this pin's link is attached to still the one at `netns`?
+pub fn alive(netns: &Path) -> bool {
+    netns.exists()
+}
+
+/// Listening TCP sockets on `port` held by processes of the cgroup subtree `cgroup`, as fds
+/// duplicated into this process with `pidfd_getfd` (and their family).
+pub fn existing_listeners(cgroup: &Path, port: u16) -> Result<Vec<(OwnedFd, u32)>> {
+    let mut found = Vec::new();
+    for pid in cgroup_pids(cgroup) {
+        let listening = listening_inodes(pid, port);
+        if listening.is_empty() {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(ino) = socket_inode(&target) else {
+                continue;
+            };
+            let Some(family) = listening.iter().find(|(i, _)| *i == ino).map(|(_, f)| *f) else {
+                continue;
+            };
+            let Some(num) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            match pidfd_getfd(pid, num) {
+                Ok(dup) => found.push((dup, family)),
+                Err(e) => debug!(pid, fd = num, error = %e, "pidfd_getfd failed"),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Pids of every process in the cgroup subtree.
+fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let mut dirs: Vec<PathBuf> = vec![cgroup.to_path_buf()];
+    // Bounded: pod cgroups are a few levels deep.
+    while let Some(d) = dirs.pop() {
+        if let Ok(text) = fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        if let Ok(entries) = fs::read_dir(&d) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    pids
+}
+
+/// Inodes (and AF_INET/AF_INET6) of sockets listening on `port` in `pid`'s network namespace.
+fn listening_inodes(pid: i32, port: u16) -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    for (file, family) in [
+        ("tcp", libc::AF_INET as u32),
+        ("tcp6", libc::AF_INET6 as u32),
+    ] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        out.extend(
+            parse_listeners(&text, port)
+                .into_iter()
+                .map(|ino| (ino, family)),
+        );
+    }
+    out
+}
+
+/// `/proc/net/tcp` lines: "sl local_address rem_address st ... inode": LISTEN is st 0A.
+fn parse_listeners(text: &str, port: u16) -> Vec<u64> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            let listening = *f.get(3)? == "0A";
+            let matches = u16::from_str_radix(local_port, 16).ok()? == port;
+            (listening && matches)
+                .then(|| f.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+fn socket_inode(link: &Path) -> Option<u64> {
+    let s = link.to_str()?;
+    s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn pidfd_getfd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: raw syscalls with plain integer arguments; returned fds are owned here.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        if pidfd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(dup as i32))
+    }
+}
+
+/// A pod spec's netns must be a network namespace file (or a /proc/PID/ns/net link).
+pub fn check(netns: &Path) -> Result<()> {
+    let md =
+        fs::metadata(netns).with_context(|| format!("network namespace {}", netns.display()))?;
+    if md.is_dir() {
+        bail!(
+            "{} is a directory, not a network namespace",
+            netns.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_listening_sockets_by_port() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:3A9E 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 4242 1 0 100 0 0 10 0\n\
+   1: 0100007F:3A9E 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1337        0 4343 1 0 100 0 0 10 0\n";
+        assert_eq!(parse_listeners(text, 15006), vec![4242]);
+        assert!(parse_listeners(text, 80).is_empty());
+        assert_eq!(socket_inode(Path::new("socket:[4242]")), Some(4242));
+    }
+}

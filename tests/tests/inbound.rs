@@ -1,0 +1,217 @@
+//! Inbound capture: TCP connections arriving at a pod from outside land where
+//! `PREROUTING -j ISTIO_INBOUND` would send them, but without NAT (sk_lookup hands them to the
+//! proxy's inbound listener, which sees the original destination as its local address).
+use std::{
+    os::unix::fs::MetadataExt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use meshsteer::istio::Capture;
+use meshsteer_tests::{
+    Agent, Node, Pod, istio_rules,
+    topology::{PROBE_PORTS, start_listener_on},
+};
+use serde_json::Value;
+
+const APP_PORTS: [u16; 9] = [22, 80, 3306, 8080, 9000, 15008, 15020, 15021, 15090];
+
+/// What the peer sees when it connects to `target`'s port, with the target's addresses
+/// replaced so two pods compare. The proxy-side local address is left out on purpose: under
+/// iptables it is the REDIRECT target (`:15006`), under meshsteer the original destination
+/// (no NAT); what the proxy asks for (SO_ORIGINAL_DST) must match.
+fn land(peer: &Pod, target: &Pod, dst_ip: &str, port: u16) -> anyhow::Result<Value> {
+    let dst = if dst_ip.contains(':') {
+        format!("[{dst_ip}]:{port}")
+    } else {
+        format!("{dst_ip}:{port}")
+    };
+    let mut v = peer.probe(1000, 1000, &dst, &[])?;
+    if let Some(m) = v.as_object_mut() {
+        m.remove("local");
+    }
+    let s = v
+        .to_string()
+        .replace(&target.ip4, "TARGET4")
+        .replace(&target.ip6, "TARGET6");
+    Ok(serde_json::from_str(&s)?)
+}
+
+fn differential(args: &str) -> anyhow::Result<()> {
+    let mut node = Node::new()?;
+    let agent = Agent::start(&node)?;
+    let mut ipt = node.add_pod("ipt")?;
+    let mut ebpf = node.add_pod("ebpf")?;
+    let peer = node.add_pod("peer")?;
+    istio_rules::install(&ipt.netns, &Capture::from_args(args)?)?;
+    agent.enrol(&ebpf, args)?;
+    ipt.start_listener()?;
+    ebpf.start_listener()?;
+
+    let mut mismatches = Vec::new();
+    for port in PROBE_PORTS {
+        for (a, b) in [(&ipt.ip4, &ebpf.ip4), (&ipt.ip6, &ebpf.ip6)] {
+            let want = land(&peer, &ipt, a, port)?;
+            let got = land(&peer, &ebpf, b, port)?;
+            if want != got {
+                mismatches.push(format!(
+                    "port {port} ({a})\n  iptables:  {want}\n  meshsteer: {got}"
+                ));
+            }
+            // `explain --inbound` runs the same decision as sk_lookup.
+            let (src, dst) = if b.contains(':') {
+                (peer.ip6.clone(), format!("[{b}]:{port}"))
+            } else {
+                (peer.ip4.clone(), format!("{b}:{port}"))
+            };
+            let name = format!("test/{}", ebpf.name);
+            let args = [
+                "explain",
+                "--json",
+                "--inbound",
+                "--pod",
+                &name,
+                "--src",
+                &src,
+                "--dst",
+                &dst,
+            ];
+            let e: Value = serde_json::from_slice(&agent.cli(&args)?)?;
+            if got.get("listener").is_some() && e["listener_port"] != got["listener"] {
+                mismatches.push(format!(
+                    "port {port} ({b})\n  explain:   {e}\n  datapath:  {got}"
+                ));
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn istio_default_inbound() -> anyhow::Result<()> {
+    differential(meshsteer::istio::INJECTOR_DEFAULT_ARGS)
+}
+
+#[test]
+fn inbound_port_list_and_custom_ports() -> anyhow::Result<()> {
+    differential("-p 15001 -z 15006 -e 15008 -u 1337 -i '*' -b 80,8080,22 -d 8080")
+}
+
+#[test]
+fn exclusions_including_ssh() -> anyhow::Result<()> {
+    differential("-p 15001 -z 15006 -u 1337 -i '*' -b '*' -d 22,15090,15021,15020,3306")
+}
+
+#[test]
+fn no_inbound_capture() -> anyhow::Result<()> {
+    differential("-p 15001 -z 15006 -u 1337 -i '*' -b ''")
+}
+
+/// While the proxy is down nothing lands on the app directly (refused, as REDIRECT to a closed
+/// port); when it listens again, steering works from its first SYN. A listener that predates
+/// the pod's enrolment is found too.
+#[test]
+fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
+    let mut node = Node::new()?;
+    let agent = Agent::start(&node)?;
+    let mut pod = node.add_pod("srv")?;
+    let peer = node.add_pod("peer")?;
+    pod.keep(start_listener_on(&pod.place(1000, 1000), &APP_PORTS)?);
+    // The proxy listens before the pod is enrolled: no sockops callback can have seen it.
+    let mut proxy = start_listener_on(&pod.place(1337, 1337), &[15006])?;
+    agent.enrol(&pod, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    let dst = format!("{}:80", pod.ip4);
+    assert_eq!(
+        peer.probe(1000, 1000, &dst, &[])?["listener"],
+        15006,
+        "existing listener adopted"
+    );
+
+    // Steady connection attempts while the proxy goes down and comes back.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (peer_ns, dst2) = (peer.netns.clone(), dst.clone());
+    let stop2 = stop.clone();
+    let load = thread::spawn(move || -> anyhow::Result<Vec<Value>> {
+        let place = meshsteer_tests::cmd::Place {
+            netns: Some(&peer_ns),
+            uid: 1000,
+            gid: 1000,
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        while !stop2.load(Ordering::Relaxed) {
+            let out = meshsteer_tests::cmd::run(
+                &place,
+                meshsteer_tests::topology::probe_bin(),
+                &["connect", &dst2],
+            )?;
+            seen.push(serde_json::from_slice(&out.stdout)?);
+        }
+        Ok(seen)
+    });
+    thread::sleep(Duration::from_millis(200));
+    drop(proxy);
+    thread::sleep(Duration::from_millis(300));
+    let refused = peer.probe(1000, 1000, &dst, &[])?;
+    assert_eq!(refused["error"], "connection refused", "{refused}");
+    proxy = start_listener_on(&pod.place(1337, 1337), &[15006])?;
+    // The very first connection after listen() is steered.
+    assert_eq!(peer.probe(1000, 1000, &dst, &[])?["listener"], 15006);
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.join().expect("load thread")?;
+    // Connections still queued on the dying listener are reset, as under iptables; none may
+    // land anywhere but the proxy.
+    let count = |f: &dyn Fn(&Value) -> bool| seen.iter().filter(|v| f(v)).count();
+    let steered = count(&|v| v["listener"] == 15006);
+    let refused = count(&|v| v["error"] == "connection refused");
+    let landed_elsewhere: Vec<&Value> = seen
+        .iter()
+        .filter(|v| v.get("listener").is_some() && v["listener"] != 15006)
+        .collect();
+    assert!(
+        landed_elsewhere.is_empty(),
+        "connections went around the proxy: {landed_elsewhere:?}"
+    );
+    assert!(
+        steered > 0 && refused > 0,
+        "of {}: steered {steered}, refused {refused}",
+        seen.len()
+    );
+    drop(proxy);
+    Ok(())
+}
+
+/// Removing the pod's spec detaches its sk_lookup program (the kernel's list of netns links
+/// says so), and a namespace that vanishes under an enrolled pod is reported, not crashed on.
+#[test]
+fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
+    let mut node = Node::new()?;
+    let agent = Agent::start(&node)?;
+    let pod = node.add_pod("gone")?;
+    let ino = std::fs::metadata(&pod.netns)?.ino();
+    agent.enrol(&pod, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    assert_eq!(meshsteer::bpf_sys::netns_links(ino)?.len(), 1);
+    agent.remove_spec("gone")?;
+    agent.wait_until(Duration::from_secs(5), "the sk_lookup link to go", |_| {
+        meshsteer::bpf_sys::netns_links(ino).is_ok_and(|l| l.is_empty())
+    })?;
+
+    let other = node.add_pod("vanish")?;
+    agent.enrol(&other, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    let name = format!("test/{}", other.name);
+    drop(other);
+    agent.wait_state(&name, |s| s.contains("disappeared"))?;
+    assert!(agent.pid().is_some(), "the agent is still running");
+    Ok(())
+}
