@@ -5,7 +5,7 @@ use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::Path,
@@ -112,14 +112,7 @@ pub struct CgroupLinkInfo {
 
 pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
     // struct bpf_link_info: type, id, prog_id, then (8-aligned) cgroup_id, attach_type.
-    let mut info = [0u64; 8];
-    let mut a = Attr([0; 32]);
-    let ptr = info.as_mut_ptr() as u64;
-    a.0[0] = link.as_raw_fd() as u32;
-    a.0[1] = size_of_val(&info) as u32;
-    a.0[2] = ptr as u32;
-    a.0[3] = (ptr >> 32) as u32;
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    let info = link_info(link)?;
     Ok(CgroupLinkInfo {
         prog_id: (info[1] & 0xffff_ffff) as u32,
         cgroup_id: info[2],
@@ -127,9 +120,8 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
     })
 }
 
-/// The network namespace (inode) a netns link is attached to, and its attach type.
-pub fn netns_link_info(link: BorrowedFd<'_>) -> io::Result<(u64, u32)> {
-    // struct bpf_link_info: type, id, prog_id, then (8-aligned) netns_ino, attach_type.
+/// `struct bpf_link_info` as raw words (large enough for every link type we read).
+fn link_info(link: BorrowedFd<'_>) -> io::Result<[u64; 8]> {
     let mut info = [0u64; 8];
     let mut a = Attr([0; 32]);
     let ptr = info.as_mut_ptr() as u64;
@@ -138,6 +130,13 @@ pub fn netns_link_info(link: BorrowedFd<'_>) -> io::Result<(u64, u32)> {
     a.0[2] = ptr as u32;
     a.0[3] = (ptr >> 32) as u32;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
+    Ok(info)
+}
+
+/// The network namespace (inode) a netns link is attached to, and its attach type.
+pub fn netns_link_info(link: BorrowedFd<'_>) -> io::Result<(u64, u32)> {
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) netns_ino, attach_type.
+    let info = link_info(link)?;
     Ok((info[2] & 0xffff_ffff, (info[2] >> 32) as u32))
 }
 
@@ -163,17 +162,11 @@ pub fn netns_links(netns_ino: u64) -> io::Result<Vec<u32>> {
         let Ok(fd) = bpf(BPF_LINK_GET_FD_BY_ID, &mut g).map(fd_result) else {
             continue;
         };
-        let mut info = [0u64; 8];
-        let mut q = Attr([0; 32]);
-        let ptr = info.as_mut_ptr() as u64;
-        q.0[0] = fd.as_raw_fd() as u32;
-        q.0[1] = size_of_val(&info) as u32;
-        q.0[2] = ptr as u32;
-        q.0[3] = (ptr >> 32) as u32;
-        if bpf(BPF_OBJ_GET_INFO_BY_FD, &mut q).is_ok()
-            && (info[0] & 0xffff_ffff) as u32 == BPF_LINK_TYPE_NETNS
-            && info[2] & 0xffff_ffff == netns_ino
-        {
+        let is_ours = link_info(fd.as_fd()).is_ok_and(|info| {
+            (info[0] & 0xffff_ffff) as u32 == BPF_LINK_TYPE_NETNS
+                && info[2] & 0xffff_ffff == netns_ino
+        });
+        if is_ours {
             found.push(id);
         }
     }

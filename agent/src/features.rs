@@ -47,6 +47,12 @@ const REQUIRED: &[(&str, &str, Probe)] = &[
         "4.17",
         Probe::Helper(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_bind),
     ),
+    ("sockhash maps", "4.18", Probe::Map(MapType::SockHash)),
+    (
+        "sk_lookup programs (inbound capture)",
+        "5.9",
+        Probe::Program(ProgramType::SkLookup),
+    ),
     (
         "socket-local storage maps",
         "5.2",
