@@ -9,6 +9,7 @@
 //! when a test panics. No namespace made here has a route to the host's networks: traffic
 //! only ever goes to loopback or to addresses inside these namespaces.
 pub mod agent;
+pub mod apps;
 pub mod cmd;
 pub mod istio_rules;
 pub mod matrix;

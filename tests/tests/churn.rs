@@ -1,5 +1,6 @@
 //! State is freed when connections close: after a million short redirected connections the
 //! original-destination map is back to its idle size, and no live entry was ever evicted.
+use anyhow::Context;
 use meshsteer::{datapath::Pins, podmaps::PodMaps};
 use meshsteer_common::maps::counter;
 use meshsteer_tests::{Agent, Node, cmd, topology::probe_bin};
@@ -27,17 +28,20 @@ fn a_million_connections_leave_no_state_behind() -> anyhow::Result<()> {
     let out = cmd::run(
         &pod.place(1000, 1000),
         probe_bin(),
-        &["churn", "10.200.0.1:80", &n, "4"],
+        &["churn", "10.200.0.1:80", &n, "2"],
     )?;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     eprintln!("churn: {report}");
     assert_eq!(report["failed"], 0, "{report}");
 
-    assert_eq!(
-        maps.orig_dst_entries(),
-        idle,
-        "MS_ORIG_DST back to idle size"
-    );
+    // The last sockets leave LAST_ACK (and their entries go) just after the client exits.
+    agent
+        .wait_until(
+            std::time::Duration::from_secs(5),
+            "MS_ORIG_DST to drain",
+            |_| maps.orig_dst_entries() == idle,
+        )
+        .with_context(|| format!("{} entries left", maps.orig_dst_entries()))?;
     let cgroup_id = meshsteer::host::cgroup_id(&pod.cgroup)?;
     let c = maps.counters(cgroup_id).expect("pod counters");
     let redirected = c.0[counter::outbound(meshsteer_common::outbound::Rule::IncludedCidr)];

@@ -14,6 +14,7 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "nginx-light",
+    "curl",
     "haproxy",
     "procps",
     "iputils-ping",

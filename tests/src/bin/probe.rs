@@ -8,6 +8,7 @@
 //!   and connects as another: a socket handed over) and prints the server's line, or
 //!   `{"error": ...}`, plus what getpeername() says.
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     mem::{size_of, zeroed},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
@@ -121,25 +122,30 @@ fn churn(args: &[String]) {
         .map(|t| {
             let n = count / threads + u64::from(t < count % threads);
             thread::spawn(move || {
-                let mut failed = 0u64;
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
                 for _ in 0..n {
-                    let ok = TcpStream::connect(dst)
-                        .and_then(|s| std::io::Read::read_to_end(&mut &s, &mut Vec::new()))
-                        .is_ok();
-                    failed += u64::from(!ok);
+                    let r = TcpStream::connect(dst)
+                        .and_then(|s| std::io::Read::read_to_end(&mut &s, &mut Vec::new()));
+                    if let Err(e) = r {
+                        *errors.entry(e.kind().to_string()).or_default() += 1;
+                    }
                 }
-                failed
+                errors
             })
         })
         .collect();
-    let failed: u64 = workers
-        .into_iter()
-        .map(|w| w.join().unwrap_or(u64::MAX))
-        .sum();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for w in workers {
+        for (k, v) in w.join().unwrap_or_default() {
+            *errors.entry(k).or_default() += v;
+        }
+    }
+    let failed: u64 = errors.values().sum();
     let secs = start.elapsed().as_secs_f64();
+    let per_sec = count as f64 / secs;
     println!(
         "{}",
-        json!({ "count": count, "failed": failed, "secs": secs, "per_sec": count as f64 / secs })
+        json!({ "count": count, "failed": failed, "errors": errors, "secs": secs, "per_sec": per_sec })
     );
 }
 
