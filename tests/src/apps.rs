@@ -106,6 +106,9 @@ http {{
     location / {{
       return 200 "via=$http_x_mesh_proxy orig=$http_x_mesh_orig_dst peer=$remote_addr\n";
     }}
+    location /both {{
+      return 200 "out=$http_x_mesh_proxy in=$http_x_mesh_inbound peer=$remote_addr\n";
+    }}
   }}
 }}
 "#
@@ -181,6 +184,48 @@ backend orig
     let args = ["-db", "-f", path_str(&conf_path)];
     let mut proc = Proc::spawn(&pod.place(uid, gid), HAPROXY, &args)?;
     wait_listening(pod, &mut proc, port, 2).context("starting haproxy")?;
+    Ok(proc)
+}
+
+/// HAProxy as an inbound sidecar in `pod` (as `uid:gid`), on `port` (15006): like Envoy's
+/// inbound listener it marks each request (`X-Mesh-Inbound: haproxy-inbound`) and passes it
+/// to the app at the connection's original destination (`server 0.0.0.0:0`: under meshsteer
+/// the accepted socket's own local address, which SO_ORIGINAL_DST confirms), from 127.0.0.6,
+/// the inbound-passthrough source the outbound rules leave alone.
+pub fn start_haproxy_inbound(
+    pod: &Pod,
+    scratch: &Scratch,
+    uid: u32,
+    gid: u32,
+    port: u16,
+) -> Result<Proc> {
+    let dir = scratch.dir_for("haproxy-inbound", uid, gid)?;
+    let d = dir.display();
+    let conf = format!(
+        r#"global
+  pidfile {d}/haproxy.pid
+  stats socket {d}/stats.sock mode 600 level user
+
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 10s
+  timeout server 10s
+
+frontend inbound
+  bind 0.0.0.0:{port}
+  http-request set-header X-Mesh-Inbound haproxy-inbound
+  default_backend app
+
+backend app
+  server app 0.0.0.0:0 source 127.0.0.6
+"#
+    );
+    let conf_path = dir.join("haproxy.cfg");
+    fs::write(&conf_path, conf)?;
+    let args = ["-db", "-f", path_str(&conf_path)];
+    let mut proc = Proc::spawn(&pod.place(uid, gid), HAPROXY, &args)?;
+    wait_listening(pod, &mut proc, port, 1).context("starting the inbound haproxy")?;
     Ok(proc)
 }
 

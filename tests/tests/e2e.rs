@@ -126,3 +126,24 @@ fn ipv6_request_is_captured_into_haproxy() -> anyhow::Result<()> {
     assert_eq!(mesh.sessions("outbound", "FRONTEND")?, 0);
     Ok(())
 }
+
+/// Through both sidecars with meshsteer alone: the client app's request is captured into the
+/// client pod's HAProxy (outbound, 15001), which connects to the server pod's address; there
+/// sk_lookup hands the connection to the server pod's HAProxy (inbound, 15006), which passes
+/// it to nginx from 127.0.0.6. nginx sees both proxies' marks and the passthrough source.
+#[test]
+fn request_traverses_both_sidecars() -> anyhow::Result<()> {
+    let mut mesh = Mesh::new()?;
+    let agent = &mesh._agent;
+    agent.enrol(&mesh.srv, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    let inbound =
+        apps::start_haproxy_inbound(&mesh.srv, &mesh.scratch, PROXY_UID, PROXY_UID, 15006)?;
+    mesh.srv.keep(inbound);
+    let url = format!("http://{}:80/both", mesh.srv.ip4);
+    let body = mesh.get(APP_UID, &url)?;
+    assert_eq!(
+        body,
+        "out=haproxy-outbound in=haproxy-inbound peer=127.0.0.6\n"
+    );
+    Ok(())
+}
