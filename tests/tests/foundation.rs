@@ -57,3 +57,34 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
     assert_eq!(n, 7, "one link per cgroup program");
     Ok(())
 }
+
+/// cgroup/getsockopt runs on every getsockopt() of an enrolled pod: everything but
+/// SO_ORIGINAL_DST must come back exactly as the kernel answered it, including buffers larger
+/// than a page (where the program must return optlen 0 to keep the kernel's answer).
+#[test]
+fn other_socket_options_pass_through_untouched() -> anyhow::Result<()> {
+    let mut node = Node::new()?;
+    node.start_world()?;
+    let agent = Agent::start(&node)?;
+    let enrolled = node.add_pod("a")?;
+    let plain = node.add_pod("b")?;
+    agent.enrol(&enrolled, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    // As the proxy (R11: not redirected), both connections take the same path.
+    let ask = |pod: &meshsteer_tests::Pod| -> anyhow::Result<serde_json::Value> {
+        let out = meshsteer_tests::cmd::run(
+            &pod.place(1337, 1337),
+            probe_bin(),
+            &["sockopts", "10.200.0.1:80"],
+        )?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let (with, without) = (ask(&enrolled)?, ask(&plain)?);
+    assert_eq!(with, without);
+    assert!(
+        with["tcp_info_len"]
+            .as_u64()
+            .is_some_and(|l| l > 100 && l < 4096),
+        "{with}"
+    );
+    Ok(())
+}

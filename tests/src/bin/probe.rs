@@ -24,6 +24,7 @@ fn main() {
         Some("listen") => listen(&args[1..]),
         Some("connect") => connect(&args[1..]),
         Some("churn") => churn(&args[1..]),
+        Some("sockopts") => sockopts(&args[1..]),
         _ => {
             eprintln!(
                 "usage: mst-probe listen ADDR:PORT... | connect DST [--bind IP] [--v6] [--create-as UID:GID]"
@@ -147,6 +148,39 @@ fn churn(args: &[String]) {
         "{}",
         json!({ "count": count, "failed": failed, "errors": errors, "secs": secs, "per_sec": per_sec })
     );
+}
+
+/// `sockopts DST`: connects, then reads socket options the way applications do and prints
+/// what came back (return code, length, value bytes). One buffer is larger than a page, the
+/// case where cgroup/getsockopt programs must hand the kernel's answer back untouched.
+fn sockopts(args: &[String]) {
+    let dst: SocketAddr = args[0].parse().expect("destination");
+    let s = TcpStream::connect(dst).expect("connect");
+    let fd = s.as_raw_fd();
+    let ask = |level: i32, name: i32, size: usize| {
+        let mut buf = vec![0u8; size];
+        let mut len = size as libc::socklen_t;
+        // SAFETY: buf has len bytes.
+        let r = unsafe { libc::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut len) };
+        let errno = if r < 0 {
+            std::io::Error::last_os_error().raw_os_error()
+        } else {
+            None
+        };
+        buf.truncate(len as usize);
+        json!({ "ret": r, "errno": errno, "len": len, "head": &buf[..buf.len().min(8)] })
+    };
+    let out = json!({
+        "so_rcvbuf": ask(libc::SOL_SOCKET, libc::SO_RCVBUF, 4),
+        "so_type": ask(libc::SOL_SOCKET, libc::SO_TYPE, 4),
+        "ip_tos": ask(libc::SOL_IP, libc::IP_TOS, 4),
+        "tcp_nodelay": ask(libc::IPPROTO_TCP, libc::TCP_NODELAY, 4),
+        "tcp_maxseg": ask(libc::IPPROTO_TCP, libc::TCP_MAXSEG, 4),
+        "tcp_congestion": ask(libc::IPPROTO_TCP, libc::TCP_CONGESTION, 16),
+        // Larger than a page: the kernel fills sizeof(struct tcp_info) and says so in len.
+        "tcp_info_len": ask(libc::IPPROTO_TCP, libc::TCP_INFO, 8192)["len"],
+    });
+    println!("{out}");
 }
 
 fn connect(args: &[String]) {
