@@ -151,20 +151,8 @@ fn nginx_modules_with_temp_path() -> Result<Vec<&'static str>> {
 ///
 /// Its stats socket is at [`haproxy_stats_socket`].
 pub fn start_haproxy(pod: &Pod, scratch: &Scratch, uid: u32, gid: u32, port: u16) -> Result<Proc> {
-    let dir = scratch.dir_for("haproxy", uid, gid)?;
-    let d = dir.display();
-    let conf = format!(
-        r#"global
-  pidfile {d}/haproxy.pid
-  stats socket {d}/stats.sock mode 600 level user
-
-defaults
-  mode http
-  timeout connect 3s
-  timeout client 10s
-  timeout server 10s
-
-frontend outbound
+    let body = format!(
+        r#"frontend outbound
   bind 0.0.0.0:{port}
   http-request set-header X-Mesh-Proxy haproxy-outbound
   http-request set-header X-Mesh-Orig-Dst "%[dst]:%[dst_port]"
@@ -178,13 +166,15 @@ backend orig
   server s 0.0.0.0:0
 "#
     );
-    let conf_path = dir.join("haproxy.cfg");
-    fs::write(&conf_path, conf)?;
-    // -db: stay in the foreground, so the Proc owns (and on drop kills) HAProxy itself.
-    let args = ["-db", "-f", path_str(&conf_path)];
-    let mut proc = Proc::spawn(&pod.place(uid, gid), HAPROXY, &args)?;
-    wait_listening(pod, &mut proc, port, 2).context("starting haproxy")?;
-    Ok(proc)
+    start_haproxy_with(
+        pod,
+        scratch,
+        "haproxy",
+        (uid, gid),
+        "http",
+        &body,
+        &[(port, 2)],
+    )
 }
 
 /// HAProxy as an inbound sidecar in `pod` (as `uid:gid`), on `port` (15006): like Envoy's
@@ -199,20 +189,8 @@ pub fn start_haproxy_inbound(
     gid: u32,
     port: u16,
 ) -> Result<Proc> {
-    let dir = scratch.dir_for("haproxy-inbound", uid, gid)?;
-    let d = dir.display();
-    let conf = format!(
-        r#"global
-  pidfile {d}/haproxy.pid
-  stats socket {d}/stats.sock mode 600 level user
-
-defaults
-  mode http
-  timeout connect 3s
-  timeout client 10s
-  timeout server 10s
-
-frontend inbound
+    let body = format!(
+        r#"frontend inbound
   bind 0.0.0.0:{port}
   http-request set-header X-Mesh-Inbound haproxy-inbound
   default_backend app
@@ -221,11 +199,85 @@ backend app
   server app 0.0.0.0:0 source 127.0.0.6
 "#
     );
+    start_haproxy_with(
+        pod,
+        scratch,
+        "haproxy-inbound",
+        (uid, gid),
+        "http",
+        &body,
+        &[(port, 1)],
+    )
+}
+
+/// A whole sidecar at layer 4, as the benchmark uses it: outbound on 15001 (to the original
+/// destination) and inbound on 15006 (to the app's original destination, from 127.0.0.6), in
+/// one process like Envoy. TCP mode carries HTTP and iperf3 alike and keeps the proxy's own
+/// cost small next to what is being measured: the capture.
+pub fn start_sidecar(pod: &Pod, scratch: &Scratch, uid: u32, gid: u32) -> Result<Proc> {
+    let body = r#"frontend outbound
+  bind 0.0.0.0:15001
+  default_backend orig
+
+backend orig
+  server s 0.0.0.0:0
+
+frontend inbound
+  bind 0.0.0.0:15006
+  default_backend app
+
+backend app
+  server app 0.0.0.0:0 source 127.0.0.6
+"#;
+    let dir = format!("sidecar-{}", pod.name);
+    start_haproxy_with(
+        pod,
+        scratch,
+        &dir,
+        (uid, gid),
+        "tcp",
+        body,
+        &[(15001, 1), (15006, 1)],
+    )
+}
+
+/// Writes `global` and `defaults` (in `mode`) plus `body`, starts HAProxy in the foreground
+/// (`-db`, so the [`Proc`] owns it) and waits for `(port, sockets)` to listen. Its stats socket
+/// is `<scratch>/<dir>/stats.sock`.
+fn start_haproxy_with(
+    pod: &Pod,
+    scratch: &Scratch,
+    dir: &str,
+    (uid, gid): (u32, u32),
+    mode: &str,
+    body: &str,
+    listens: &[(u16, usize)],
+) -> Result<Proc> {
+    let dir = scratch.dir_for(dir, uid, gid)?;
+    let d = dir.display();
+    let conf = format!(
+        r#"global
+  pidfile {d}/haproxy.pid
+  stats socket {d}/stats.sock mode 600 level user
+  maxconn 8000
+
+defaults
+  mode {mode}
+  maxconn 8000
+  timeout connect 3s
+  timeout client 30s
+  timeout server 30s
+
+{body}"#
+    );
     let conf_path = dir.join("haproxy.cfg");
     fs::write(&conf_path, conf)?;
     let args = ["-db", "-f", path_str(&conf_path)];
     let mut proc = Proc::spawn(&pod.place(uid, gid), HAPROXY, &args)?;
-    wait_listening(pod, &mut proc, port, 1).context("starting the inbound haproxy")?;
+    for (port, sockets) in listens {
+        wait_listening(pod, &mut proc, *port, *sockets)
+            .with_context(|| format!("starting haproxy ({})", dir.display()))?;
+    }
     Ok(proc)
 }
 
