@@ -145,6 +145,17 @@ impl Agent {
             .and_then(|p| p["state"].as_str().map(String::from))
     }
 
+    /// The state of pod `name` as the agent last published it, read straight from the status
+    /// file (no CLI process: for timing enrolment).
+    pub fn published_state(&self, name: &str) -> Option<String> {
+        let doc: Value = serde_json::from_slice(&fs::read(&self.status_file).ok()?).ok()?;
+        doc["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["state"].as_str().map(String::from))
+    }
+
     pub fn wait_state(&self, name: &str, ok: impl Fn(&str) -> bool) -> Result<()> {
         self.wait_until(Duration::from_secs(5), &format!("pod {name}"), |a| {
             a.state(name).is_some_and(|s| ok(&s))

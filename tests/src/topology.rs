@@ -144,16 +144,17 @@ pub fn start_listener_on(place: &Place<'_>, ports: &[u16]) -> Result<Proc> {
     Proc::spawn_ready(place, probe_bin(), &refs)
 }
 
-/// The `mst-probe` binary cargo builds beside the test binaries (`target/<profile>/`).
+/// The `mst-probe` binary cargo builds beside the test binaries (`target/<profile>/`, whether
+/// we run from `target/<profile>/deps` as a test or from `target/<profile>` as `mst-bench`).
 pub fn probe_bin() -> &'static str {
     static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps");
-        profile_dir.join("mst-probe").to_string_lossy().into_owned()
+        let exe = std::env::current_exe().expect("own binary path");
+        let mut dir = exe.parent().expect("binary directory");
+        if dir.ends_with("deps") {
+            dir = dir.parent().expect("target/<profile>");
+        }
+        dir.join("mst-probe").to_string_lossy().into_owned()
     })
 }
 

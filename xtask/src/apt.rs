@@ -15,6 +15,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "iptables",
     "nginx-light",
     "curl",
+    // `cargo xtask bench`
+    "wrk",
+    "iperf3",
     "haproxy",
     "procps",
     "iputils-ping",

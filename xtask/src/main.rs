@@ -61,6 +61,10 @@ enum Task {
     },
     /// rustfmt check, and clippy with warnings denied on the host crates and the eBPF crate.
     Lint,
+    /// meshsteer vs Istio's iptables rules vs no capture, in one run, as root; prints the
+    /// table and writes JSON lines to target/bench/results.jsonl. Knobs: MESHSTEER_BENCH_REPS,
+    /// MESHSTEER_BENCH_SECS, MESHSTEER_BENCH_CONNS, MESHSTEER_BENCH_CHURN.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +95,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
             return Err(exec_agent(&build_agent(&root, release)?, &args));
         }
         Task::Test { args } => return test(&root, &args),
+        Task::Bench => return bench(&root),
         Task::Lint => {
             setup::run_setup(false)?;
             lint(&root)?;
@@ -171,6 +176,28 @@ fn test(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
     cmd.args(extra).env("MESHSTEER_BIN", &agent);
     let status = cmd.status().context("could not start cargo test")?;
     // Exit codes are 0..=255 on Unix; a signal death has none.
+    Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
+}
+
+fn bench(root: &Path) -> Result<ExitCode> {
+    ensure_root_or_reexec("`cargo xtask bench` (it attaches eBPF programs and builds netns)")?;
+    setup::run_setup(true)?;
+    let agent = build_agent(root, true)?;
+    // The harness binaries in release too: the load generator's own pods are measured.
+    let mut cmd = cargo(root);
+    cmd.args([
+        "build",
+        "--release",
+        "--package",
+        "meshsteer-tests",
+        "--bins",
+    ]);
+    run(&mut cmd)?;
+    let bench = host_target_dir(root).join("release").join("mst-bench");
+    let status = Command::new(&bench)
+        .env("MESHSTEER_BIN", &agent)
+        .status()
+        .with_context(|| format!("could not start {}", bench.display()))?;
     Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
 }
 

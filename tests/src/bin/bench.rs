@@ -1,0 +1,520 @@
+//! `mst-bench` (run by `cargo xtask bench`): meshsteer against Istio's own iptables rules and
+//! against no capture at all, in one run, on one simulated node, through a real proxy.
+//!
+//! Each mode gets its own pair of pods: a client (load generator as uid 1000, plus a sidecar)
+//! and a server (nginx and iperf3, plus a sidecar). The sidecar is HAProxy as uid 1337 at
+//! layer 4: outbound 15001 to the original destination, inbound 15006 to the app from
+//! 127.0.0.6. Pairs, not one pair reconfigured, so no mode inherits another's state (conntrack
+//! stays hooked in a namespace once iptables' nat table has been used there). Every
+//! measurement checks the proxies' session counters: a captured mode whose traffic did not go
+//! through both sidecars, or a direct mode whose traffic did, fails the run.
+//!
+//! Repetitions alternate the order of the modes; the table shows medians with their range and
+//! every figure as a ratio to `iptables` and to `direct` from the same run. JSON lines go to
+//! `target/bench/results.jsonl`.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use meshsteer::istio::{Capture, INJECTOR_DEFAULT_ARGS};
+use meshsteer_tests::{
+    Agent, Node, Pod,
+    apps::{self, Scratch},
+    cmd::{self, Proc},
+    istio_rules,
+    topology::{probe_bin, start_listener_on},
+};
+use serde_json::{Value, json};
+
+const APP: (u32, u32) = (1000, 1000);
+const PROXY: (u32, u32) = (1337, 1337);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    Direct,
+    Iptables,
+    Meshsteer,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Direct, Mode::Iptables, Mode::Meshsteer];
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Iptables => "iptables",
+            Mode::Meshsteer => "meshsteer",
+        }
+    }
+
+    fn captured(self) -> bool {
+        self != Mode::Direct
+    }
+}
+
+/// Knobs, from the environment so `cargo xtask bench` stays a one-word command.
+struct Settings {
+    reps: usize,
+    secs: u32,
+    conns: u32,
+    churn: u64,
+    cidr_sizes: Vec<usize>,
+    out: PathBuf,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let num = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        Self {
+            reps: num("MESHSTEER_BENCH_REPS", 5) as usize,
+            secs: num("MESHSTEER_BENCH_SECS", 3) as u32,
+            conns: num("MESHSTEER_BENCH_CONNS", 32) as u32,
+            churn: num("MESHSTEER_BENCH_CHURN", 20_000),
+            cidr_sizes: vec![1, 100, 1_000, 10_000],
+            out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/results.jsonl"),
+        }
+    }
+}
+
+/// One mode's client and server pods with their programs running.
+struct Pair {
+    mode: Mode,
+    client: Pod,
+    server: Pod,
+}
+
+impl Pair {
+    fn new(node: &mut Node, agent: &Agent, scratch: &Scratch, mode: Mode) -> Result<Self> {
+        let mut client = node.add_pod(&format!("{}c", &mode.name()[..3]))?;
+        let mut server = node.add_pod(&format!("{}s", &mode.name()[..3]))?;
+        for pod in [&client, &server] {
+            match mode {
+                Mode::Direct => {}
+                Mode::Iptables => {
+                    istio_rules::install(&pod.netns, &Capture::from_args(INJECTOR_DEFAULT_ARGS)?)?
+                }
+                Mode::Meshsteer => agent.enrol(pod, INJECTOR_DEFAULT_ARGS)?,
+            }
+        }
+        server.keep(apps::start_nginx(&server, scratch, APP.0, APP.1)?);
+        let mut iperf = Proc::spawn(&server.place(APP.0, APP.1), "iperf3", &["-s", "-p", "5201"])?;
+        apps::wait_listening(&server, &mut iperf, 5201, 1)?;
+        server.keep(iperf);
+        for pod in [&mut client, &mut server] {
+            let sidecar = apps::start_sidecar(pod, scratch, PROXY.0, PROXY.1)?;
+            pod.keep(sidecar);
+        }
+        Ok(Self {
+            mode,
+            client,
+            server,
+        })
+    }
+
+    /// Sessions the client's outbound and the server's inbound listener have taken so far.
+    fn proxied(&self, scratch: &Scratch) -> Result<(u64, u64)> {
+        let stats = |pod: &Pod| {
+            scratch
+                .path
+                .join(format!("sidecar-{}/stats.sock", pod.name))
+        };
+        Ok((
+            apps::haproxy_sessions(&stats(&self.client), "outbound", "FRONTEND")?,
+            apps::haproxy_sessions(&stats(&self.server), "inbound", "FRONTEND")?,
+        ))
+    }
+
+    /// Runs `work`, then checks the traffic went through both sidecars exactly when captured.
+    fn checked<T>(&self, scratch: &Scratch, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        let before = self.proxied(scratch)?;
+        let out = work()?;
+        let after = self.proxied(scratch)?;
+        let through = (after.0 > before.0, after.1 > before.1);
+        let want = (self.mode.captured(), self.mode.captured());
+        ensure!(
+            through == want,
+            "{}: traffic through (client outbound, server inbound) sidecars = {through:?}, expected {want:?}",
+            self.mode.name()
+        );
+        Ok(out)
+    }
+
+    /// CPU time (µs) the two pods' cgroups have used so far.
+    fn cpu_usec(&self) -> Result<u64> {
+        let usage = |pod: &Pod| -> Result<u64> {
+            let stat = fs::read_to_string(pod.cgroup.join("cpu.stat"))?;
+            stat.lines()
+                .find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.parse().ok()))
+                .context("cpu.stat without usage_usec")
+        };
+        Ok(usage(&self.client)? + usage(&self.server)?)
+    }
+}
+
+/// One wrk run's outcome.
+struct Wrk {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us_per_req: f64,
+}
+
+/// wrk, printing a JSON summary from its `done` hook.
+const WRK_SCRIPT: &str = r#"done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests":%d,"duration_us":%d,"errors":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#;
+
+fn wrk(pair: &Pair, scratch: &Scratch, conns: u32, secs: u32, close: bool) -> Result<Wrk> {
+    let script = scratch.path.join("summary.lua");
+    fs::write(&script, WRK_SCRIPT)?;
+    let url = format!("http://{}:80/", pair.server.ip4);
+    let (c, d) = (conns.to_string(), format!("{secs}s"));
+    let mut args = vec![
+        "-t1",
+        "-c",
+        &c,
+        "-d",
+        &d,
+        "-s",
+        script.to_str().unwrap_or_default(),
+    ];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(&url);
+    let cpu_before = pair.cpu_usec()?;
+    let out = cmd::run(&pair.client.place(APP.0, APP.1), "wrk", &args)?;
+    let cpu = pair.cpu_usec()? - cpu_before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("wrk printed no summary")?;
+    let v: Value = serde_json::from_str(line)?;
+    let requests = v["requests"].as_f64().unwrap_or(0.0);
+    ensure!(requests > 0.0, "wrk made no request: {text}");
+    ensure!(v["errors"] == 0, "wrk saw errors: {line}");
+    Ok(Wrk {
+        rps: requests / (v["duration_us"].as_f64().unwrap_or(1.0) / 1e6),
+        p50_us: v["p50_us"].as_f64().unwrap_or(0.0),
+        p99_us: v["p99_us"].as_f64().unwrap_or(0.0),
+        cpu_us_per_req: cpu as f64 / requests,
+    })
+}
+
+/// iperf3 from the client app to the server app: Gbit/s received.
+fn iperf(pair: &Pair, secs: u32) -> Result<f64> {
+    let t = secs.to_string();
+    let args = ["-c", &pair.server.ip4, "-p", "5201", "-t", &t, "-J"];
+    let out = cmd::run(&pair.client.place(APP.0, APP.1), "iperf3", &args)?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .context("iperf3: no result")
+}
+
+/// Samples per (workload, mode).
+#[derive(Default)]
+struct Results {
+    samples: BTreeMap<(String, Mode), Vec<f64>>,
+    units: BTreeMap<String, (&'static str, bool)>,
+    lines: Vec<Value>,
+}
+
+impl Results {
+    /// `higher_is_better` decides how the table reads the ratios.
+    fn add(
+        &mut self,
+        workload: &str,
+        unit: &'static str,
+        higher_is_better: bool,
+        mode: Mode,
+        rep: usize,
+        v: f64,
+    ) {
+        self.samples
+            .entry((workload.into(), mode))
+            .or_default()
+            .push(v);
+        self.units.insert(workload.into(), (unit, higher_is_better));
+        self.lines.push(json!({ "workload": workload, "mode": mode.name(), "rep": rep, "value": v, "unit": unit }));
+        eprintln!(
+            "  {workload:<28} {:<9} rep {rep}: {v:.2} {unit}",
+            mode.name()
+        );
+    }
+
+    fn median(&self, workload: &str, mode: Mode) -> Option<(f64, f64, f64)> {
+        let mut v = self.samples.get(&(workload.to_string(), mode))?.clone();
+        v.sort_by(f64::total_cmp);
+        Some((v[v.len() / 2], v[0], v[v.len() - 1]))
+    }
+
+    fn table(&self) -> String {
+        let mut t = String::from(
+            "| workload | unit | direct | iptables | meshsteer | meshsteer / iptables | meshsteer / direct | iptables / direct |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for (w, (unit, _)) in &self.units {
+            let cell = |m| match self.median(w, m) {
+                Some((med, lo, hi)) => format!("{med:.2} ({lo:.2}–{hi:.2})"),
+                None => "–".into(),
+            };
+            let ratio = |a, b| match (self.median(w, a), self.median(w, b)) {
+                (Some((x, ..)), Some((y, ..))) if y != 0.0 => format!("{:.2}×", x / y),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                t,
+                "| {w} | {unit} | {} | {} | {} | {} | {} | {} |",
+                cell(Mode::Direct),
+                cell(Mode::Iptables),
+                cell(Mode::Meshsteer),
+                ratio(Mode::Meshsteer, Mode::Iptables),
+                ratio(Mode::Meshsteer, Mode::Direct),
+                ratio(Mode::Iptables, Mode::Direct),
+            );
+        }
+        t
+    }
+}
+
+/// The main workloads, every mode per repetition, in a rotating order.
+fn run_workloads(s: &Settings, pairs: &[Pair], scratch: &Scratch, r: &mut Results) -> Result<()> {
+    for rep in 0..s.reps {
+        eprintln!("repetition {}/{}", rep + 1, s.reps);
+        for i in 0..pairs.len() {
+            let pair = &pairs[(i + rep) % pairs.len()];
+            let m = pair.mode;
+            let ka = pair.checked(scratch, || wrk(pair, scratch, s.conns, s.secs, false))?;
+            r.add("keep-alive rate", "req/s", true, m, rep, ka.rps);
+            r.add(
+                "keep-alive CPU per request",
+                "µs",
+                false,
+                m,
+                rep,
+                ka.cpu_us_per_req,
+            );
+            let nc = pair.checked(scratch, || wrk(pair, scratch, s.conns / 2, s.secs, true))?;
+            r.add("new-connection rate", "req/s", true, m, rep, nc.rps);
+            r.add(
+                "new-connection CPU per req",
+                "µs",
+                false,
+                m,
+                rep,
+                nc.cpu_us_per_req,
+            );
+            let one = pair.checked(scratch, || wrk(pair, scratch, 1, s.secs, false))?;
+            r.add("single-connection p50", "µs", false, m, rep, one.p50_us);
+            r.add("single-connection p99", "µs", false, m, rep, one.p99_us);
+            let gbps = pair.checked(scratch, || iperf(pair, s.secs))?;
+            r.add("bulk throughput", "Gbit/s", true, m, rep, gbps);
+        }
+    }
+    Ok(())
+}
+
+/// Cost of the capture decision at connect() against the number of excluded CIDRs: the
+/// iptables chain is walked rule by rule, meshsteer does one LPM lookup. Measured as the
+/// rate of short redirected connections from the app to the pod's own proxy listener.
+fn run_cidr_scaling(s: &Settings, node: &mut Node, agent: &Agent, r: &mut Results) -> Result<()> {
+    let mut ipt = node.add_pod("xipt")?;
+    let mut ms = node.add_pod("xms")?;
+    for pod in [&mut ipt, &mut ms] {
+        pod.keep(start_listener_on(&pod.place(PROXY.0, PROXY.1), &[15001])?);
+    }
+    for &n in &s.cidr_sizes {
+        // Never the destination: 100.64.0.0/10 addresses, /32 each.
+        let cidrs: Vec<String> = (0..n)
+            .map(|i| format!("100.{}.{}.{}/32", 64 + i / 65536, (i / 256) % 256, i % 256))
+            .collect();
+        let args = format!("{INJECTOR_DEFAULT_ARGS} -x {}", cidrs.join(","));
+        let capture = Capture::from_args(&args)?;
+        flush_nat(&ipt)?;
+        istio_rules::install(&ipt.netns, &capture)?;
+        agent.enrol(&ms, &args)?;
+        for rep in 0..s.reps.min(3) {
+            let order = if rep % 2 == 0 {
+                [(&ipt, Mode::Iptables), (&ms, Mode::Meshsteer)]
+            } else {
+                [(&ms, Mode::Meshsteer), (&ipt, Mode::Iptables)]
+            };
+            for (pod, mode) in order {
+                let rate = churn_rate(pod, s.churn)?;
+                r.add(
+                    &format!("connect rate, {n:>5} -x CIDRs"),
+                    "conn/s",
+                    true,
+                    mode,
+                    rep,
+                    rate,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn flush_nat(pod: &Pod) -> Result<()> {
+    let place = cmd::Place {
+        netns: Some(&pod.netns),
+        ..Default::default()
+    };
+    for tool in ["iptables", "ip6tables"] {
+        cmd::run(&place, tool, &["-t", "nat", "-F"])?;
+        cmd::run(&place, tool, &["-t", "nat", "-X"])?;
+    }
+    Ok(())
+}
+
+fn churn_rate(pod: &Pod, n: u64) -> Result<f64> {
+    let count = n.to_string();
+    let out = cmd::run(
+        &pod.place(APP.0, APP.1),
+        probe_bin(),
+        &["churn", "10.200.0.1:80", &count, "1"],
+    )?;
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(v["failed"] == 0, "churn failures: {v}");
+    v["per_sec"].as_f64().context("churn rate")
+}
+
+/// Spec written → `ready` in the agent's status, over several fresh pods (ms).
+fn enrolment_latency(node: &mut Node, agent: &Agent, r: &mut Results) -> Result<()> {
+    for i in 0..10 {
+        let pod = node.add_pod(&format!("en{i}"))?;
+        let name = format!("test/{}", pod.name);
+        let start = Instant::now();
+        agent.write_spec(&pod.name, &pod.spec(INJECTOR_DEFAULT_ARGS))?;
+        while agent.published_state(&name).as_deref() != Some("ready") {
+            ensure!(
+                start.elapsed() < Duration::from_secs(5),
+                "pod {name} not ready after 5 s"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        r.add(
+            "enrolment latency",
+            "ms",
+            false,
+            Mode::Meshsteer,
+            i,
+            start.elapsed().as_secs_f64() * 1e3,
+        );
+        agent.remove_spec(&pod.name)?;
+    }
+    Ok(())
+}
+
+/// The agent's resident memory and its CPU use while idle (pods enrolled, no changes).
+fn agent_footprint(agent: &Agent, r: &mut Results) -> Result<()> {
+    let pid = agent.pid().context("agent not running")?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")?;
+    r.add(
+        "agent RSS",
+        "MiB",
+        false,
+        Mode::Meshsteer,
+        0,
+        rss_kb / 1024.0,
+    );
+    let ticks = || -> Result<f64> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        Ok(f[11].parse::<f64>()? + f[12].parse::<f64>()?)
+    };
+    let (t0, start) = (ticks()?, Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (ticks()? - t0) / hz / start.elapsed().as_secs_f64() * 100.0;
+    r.add(
+        "agent idle CPU",
+        "% of a core",
+        false,
+        Mode::Meshsteer,
+        0,
+        cpu,
+    );
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_default();
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    format!(
+        "{cores} × {cpu}, Linux {}",
+        meshsteer::features::kernel_release()
+    )
+}
+
+fn main() -> Result<()> {
+    meshsteer_tests::require_root();
+    let s = Settings::from_env();
+    let mut node = Node::new()?;
+    node.start_world()?;
+    let agent = Agent::start(&node)?;
+    let scratch = Scratch::new("bench")?;
+    let pairs: Vec<Pair> = Mode::ALL
+        .iter()
+        .map(|m| Pair::new(&mut node, &agent, &scratch, *m))
+        .collect::<Result<_>>()?;
+    let mut r = Results::default();
+    run_workloads(&s, &pairs, &scratch, &mut r)?;
+    drop(pairs);
+    run_cidr_scaling(&s, &mut node, &agent, &mut r)?;
+    enrolment_latency(&mut node, &agent, &mut r)?;
+    agent_footprint(&agent, &mut r)?;
+
+    if let Some(dir) = s.out.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let jsonl: String = r.lines.iter().map(|l| format!("{l}\n")).collect();
+    fs::write(&s.out, jsonl).with_context(|| format!("writing {}", s.out.display()))?;
+    println!(
+        "\nmeshsteer benchmark: {} repetitions of {} s, {} connections; {}",
+        s.reps,
+        s.secs,
+        s.conns,
+        machine()
+    );
+    println!("medians (min–max); ratios of medians from this run\n");
+    println!("{}", r.table());
+    println!("JSON lines: {}", s.out.display());
+    if r.samples.is_empty() {
+        bail!("no measurement was made");
+    }
+    Ok(())
+}
