@@ -1,5 +1,5 @@
 //! `meshsteer run`: attach, enrol, follow the pod source, stop cleanly.
-use std::fs;
+use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -11,13 +11,15 @@ use tracing::{info, warn};
 pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 use crate::{
-    cli::RunArgs,
+    cli::{KubeArgs, RunArgs},
     datapath::Datapath,
     features, host,
+    kube_source::KubePods,
+    metrics::Endpoints,
     podmaps::PodMaps,
     pods::Registry,
-    source::{Change, POLL, PodDir},
-    status,
+    source::{Batch, Change, POLL, PodDir, Source},
+    status::Reporter,
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -26,20 +28,26 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(r) => r,
         None => host::cgroup2_mount()?,
     };
+    // Bound before anything is attached: a taken port stops the agent before it changes
+    // anything; served once the datapath is attached.
+    let endpoints = Endpoints::bind(args.metrics.addr.0).await?;
+    let reporter = Reporter::new(&args.status.status_file, endpoints.addr());
     let mut datapath = Datapath::load(&args.pins.bpffs_dir, &cgroup_root)?;
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
+    endpoints.serve(&datapath.pins, reporter.subscribe())?;
     let maps = PodMaps::take(&mut datapath.bpf)?;
     let sk_lookup = datapath.sk_lookup.try_clone()?;
-    let mut registry = Registry::new(maps, cgroup_root, datapath.pins.clone(), sk_lookup);
-    fs::create_dir_all(&args.pods_dir)
-        .with_context(|| format!("creating pods dir {}", args.pods_dir.display()))?;
-    let mut pod_dir = PodDir::new(&args.pods_dir);
-    apply(&mut registry, pod_dir.scan());
-    registry.reconcile_adopted();
-    status::publish(&args.status.status_file, &registry.status())?;
-    info!(pods_dir = %args.pods_dir.display(), "running");
+    let mut source = open_source(&args.kube, &args.pods_dir, &cgroup_root).await?;
+    let mut registry = Registry::new(maps, cgroup_root, datapath.pins.clone(), sk_lookup)
+        .with_acceleration(args.accelerate.on(), datapath.accel.clone());
+    // Set once the source has listed every pod (at once for a directory; after the first
+    // list for Kubernetes): only then can a previous agent's enrolments be reconciled.
+    let mut reconciled = false;
+    apply(&mut registry, source.poll(), &mut reconciled);
+    reporter.publish(registry.status())?;
+    info!("running");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -47,14 +55,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let changes = pod_dir.scan();
-                let had_changes = !changes.is_empty();
-                apply(&mut registry, changes);
-                if (registry.check_namespaces() || had_changes)
-                    && let Err(e) = status::publish(&args.status.status_file, &registry.status())
-                {
-                    warn!(error = %format!("{e:#}"), "could not publish status");
+                let batch = source.poll();
+                let had_changes = !batch.changes.is_empty();
+                apply(&mut registry, batch, &mut reconciled);
+                reporter.heartbeat(reconciled);
+                if registry.check_namespaces() || had_changes {
+                    publish(&reporter, &registry);
                 }
+            }
+            batch = source.pushed() => {
+                apply(&mut registry, batch?, &mut reconciled);
+                publish(&reporter, &registry);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -66,12 +77,34 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn apply(registry: &mut Registry, changes: Vec<Change>) {
-    for c in changes {
+/// The pod-spec directory, or with `--kubernetes` this node's pods on the API server.
+async fn open_source(kube: &KubeArgs, pods_dir: &Path, cgroup_root: &Path) -> Result<Source> {
+    if kube.kubernetes {
+        let pods = KubePods::start(kube, cgroup_root).await?;
+        return Ok(Source::Kubernetes(pods));
+    }
+    fs::create_dir_all(pods_dir)
+        .with_context(|| format!("creating pods dir {}", pods_dir.display()))?;
+    info!(pods_dir = %pods_dir.display(), "reading pod specs");
+    Ok(Source::Dir(PodDir::new(pods_dir)))
+}
+
+fn apply(registry: &mut Registry, batch: Batch, reconciled: &mut bool) {
+    for c in batch.changes {
         match c {
             Change::Upsert(file, spec) => registry.upsert(&file, *spec),
             Change::Remove(file) => registry.remove(&file),
         }
+    }
+    if batch.complete && !*reconciled {
+        registry.reconcile_adopted();
+        *reconciled = true;
+    }
+}
+
+fn publish(reporter: &Reporter, registry: &Registry) {
+    if let Err(e) = reporter.publish(registry.status()) {
+        warn!(error = %format!("{e:#}"), "could not publish status");
     }
 }
 

@@ -11,6 +11,7 @@ use std::{
     path::Path,
 };
 
+const BPF_PROG_ATTACH: u32 = 8;
 const BPF_OBJ_PIN: u32 = 6;
 const BPF_OBJ_GET: u32 = 7;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
@@ -23,6 +24,7 @@ const BPF_LINK_UPDATE: u32 = 29;
 pub enum AttachType {
     SockCreate = 2,
     SockOps = 3,
+    SkMsgVerdict = 7,
     Connect4 = 10,
     Connect6 = 11,
     GetSockopt = 21,
@@ -83,6 +85,16 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
     bpf(BPF_LINK_UPDATE, &mut a).map(drop)
 }
 
+/// Attaches `prog` to `target` without a link (sk_msg to a sockmap on kernels before 6.10):
+/// the attachment lasts as long as the target.
+pub fn prog_attach(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, ty: AttachType) -> io::Result<()> {
+    let mut a = Attr([0; 32]);
+    a.0[0] = target.as_raw_fd() as u32;
+    a.0[1] = prog.as_raw_fd() as u32;
+    a.0[2] = ty as u32;
+    bpf(BPF_PROG_ATTACH, &mut a).map(drop)
+}
+
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let p = path_cstring(path)?;
     let mut a = Attr([0; 32]);
@@ -122,15 +134,32 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
 
 /// `struct bpf_link_info` as raw words (large enough for every link type we read).
 fn link_info(link: BorrowedFd<'_>) -> io::Result<[u64; 8]> {
+    obj_info(link)
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` into raw words (`bpf_link_info`, `bpf_map_info`, ...).
+fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u64; 8]> {
     let mut info = [0u64; 8];
     let mut a = Attr([0; 32]);
     let ptr = info.as_mut_ptr() as u64;
-    a.0[0] = link.as_raw_fd() as u32;
+    a.0[0] = fd.as_raw_fd() as u32;
     a.0[1] = size_of_val(&info) as u32;
     a.0[2] = ptr as u32;
     a.0[3] = (ptr >> 32) as u32;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
     Ok(info)
+}
+
+/// A map's id (`struct bpf_map_info`: type, then id).
+pub fn map_id(map: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok((obj_info(map)?[0] >> 32) as u32)
+}
+
+/// The map a sockmap link is attached to, and its attach type.
+pub fn sockmap_link_info(link: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) map_id, attach_type.
+    let info = link_info(link)?;
+    Ok(((info[2] & 0xffff_ffff) as u32, (info[2] >> 32) as u32))
 }
 
 /// The network namespace (inode) a netns link is attached to, and its attach type.

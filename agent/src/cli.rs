@@ -1,5 +1,8 @@
 //! Command line. Every flag can also come from a `MESHSTEER_*` environment variable.
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -18,12 +21,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Load and attach the datapath, then enrol the pods of --pods-dir until stopped.
+    /// Load and attach the datapath, then enrol the pods of --pods-dir (or, with --kubernetes,
+    /// of this node) until stopped.
     Run(RunArgs),
     /// List pods with `ready` or `error: <reason>`, and their counters.
     Status(StatusArgs),
     /// Print where a connection from a pod lands, and which rule decided.
     Explain(ExplainArgs),
+    /// Stream live capture decisions, one line each, until interrupted.
+    Trace(TraceArgs),
     /// Detach every program and remove every pin: capture stops on this node.
     Uninstall(PinArgs),
 }
@@ -66,6 +72,86 @@ pub struct RunArgs {
     pub pins: PinArgs,
     #[command(flatten)]
     pub status: StatusFileArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    /// Socket-level acceleration (sockops + sk_msg) for pods whose spec does not say
+    /// (`accelerate: true|false` wins). See the README for what it changes.
+    #[arg(long, env = "MESHSTEER_ACCELERATE", value_enum, default_value_t = Switch::Off)]
+    pub accelerate: Switch,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl Switch {
+    pub fn on(self) -> bool {
+        self == Self::On
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Where to serve /metrics, /healthz and /readyz (`IP:PORT`; port 0 picks one, published
+    /// in the status file); "" or "off" serves nothing.
+    #[arg(
+        long = "metrics-addr",
+        env = "MESHSTEER_METRICS_ADDR",
+        default_value = "0.0.0.0:9090",
+        value_parser = parse_metrics_addr
+    )]
+    pub addr: MetricsAddr,
+}
+
+/// `--metrics-addr`: an address, or none (endpoints off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    match s.trim() {
+        "" | "off" => Ok(MetricsAddr(None)),
+        a => a
+            .parse()
+            .map(|a| MetricsAddr(Some(a)))
+            .map_err(|e| format!("{e}: expected IP:PORT, \"\" or \"off\"")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Only this pod's decisions (its name, as in `meshsteer status`).
+    #[arg(long, env = "MESHSTEER_POD")]
+    pub pod: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub pins: PinArgs,
+    #[command(flatten)]
+    pub status: StatusFileArgs,
+}
+
+/// Pod discovery from the Kubernetes API server (instead of --pods-dir).
+#[derive(Args, Debug, Clone)]
+pub struct KubeArgs {
+    /// Enrol this node's pods that carry an Istio sidecar, from the API server, instead of the
+    /// specs in --pods-dir.
+    #[arg(long, env = "MESHSTEER_KUBERNETES")]
+    pub kubernetes: bool,
+    /// This node's name (default: $NODE_NAME, which the DaemonSet sets from spec.nodeName).
+    #[arg(long, env = "MESHSTEER_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Kubeconfig file (default: $KUBECONFIG, else the pod's service account).
+    #[arg(long, env = "MESHSTEER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the container runtime keeps pod network namespaces, with `{uid}`, `{namespace}`
+    /// and `{name}` filled in (default: the namespace of a process of the pod).
+    #[arg(long, env = "MESHSTEER_NETNS_PATH_TEMPLATE")]
+    pub netns_path_template: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -128,4 +214,39 @@ pub struct LogArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let mut argv = vec!["meshsteer", "run"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn metrics_addr() {
+        let addr = |extra: &[&str]| run_args(extra).map(|a| a.metrics.addr.0);
+        assert_eq!(addr(&[]).unwrap(), Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(
+            addr(&["--metrics-addr", "127.0.0.1:0"]).unwrap(),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(addr(&["--metrics-addr", ""]).unwrap(), None);
+        assert_eq!(addr(&["--metrics-addr", "off"]).unwrap(), None);
+        assert!(addr(&["--metrics-addr", "9090"]).is_err());
+    }
+
+    #[test]
+    fn accelerate_switch() {
+        assert_eq!(run_args(&[]).unwrap().accelerate, Switch::Off);
+        let on = run_args(&["--accelerate", "on"]).unwrap();
+        assert!(on.accelerate.on());
+        assert!(run_args(&["--accelerate", "yes"]).is_err());
+    }
 }

@@ -76,6 +76,19 @@ impl Pins {
     pub fn link(&self, program: &str) -> PathBuf {
         self.root.join("links").join(program)
     }
+    /// Opens the pinned map `name` (a handle of the caller's own: `status`, `trace`, the
+    /// metrics endpoint, tests).
+    pub fn open_map(&self, name: &str) -> Result<aya::maps::Map> {
+        let path = self.map(name);
+        let data = aya::maps::MapData::from_pin(&path).with_context(|| {
+            format!(
+                "opening {} (is the agent running, and are you root?)",
+                path.display()
+            )
+        })?;
+        aya::maps::Map::from_map_data(data).context("unexpected map type")
+    }
+
     /// A pod's sk_lookup link, by pod cgroup id.
     pub fn netns_link(&self, pod_cgroup: u64) -> PathBuf {
         self.root
@@ -114,6 +127,8 @@ pub struct Datapath {
     pub pins: Pins,
     /// The sk_lookup program, attached per pod network namespace at enrolment.
     pub sk_lookup: OwnedFd,
+    /// Whether sockets can be accelerated on this kernel.
+    pub accel: crate::accel::Support,
     /// Must outlive the programs' use of the log ring: dropping it closes the ring.
     logger: Option<crate::agent::EbpfLogger>,
 }
@@ -145,6 +160,8 @@ impl Datapath {
         let cgroup = File::open(cgroup_root)
             .with_context(|| format!("opening cgroup root {}", cgroup_root.display()))?;
         let cgroup_id = host::cgroup_id(cgroup_root)?;
+        // Before sockops: a socket must never enter MS_SOCKS before its program is attached.
+        let accel = crate::accel::attach(&mut bpf, &pins)?;
         for (name, attach, what) in CGROUP_PROGRAMS {
             let program = bpf
                 .program_mut(name)
@@ -166,6 +183,7 @@ impl Datapath {
             bpf,
             pins,
             sk_lookup,
+            accel,
             logger,
         })
     }
@@ -234,6 +252,14 @@ pub fn uninstall(bpffs_dir: &Path) -> Result<()> {
     if !pins.root.exists() {
         info!(path = %pins.root.display(), "nothing pinned");
         return Ok(());
+    }
+    // Freeing MS_SOCKS drops what its sockets hold: bytes redirected to them and not read yet.
+    match crate::accel::open_sockets(&pins) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => tracing::warn!(
+            sockets = n,
+            "accelerated connections are open: bytes they have not read yet are lost with MS_SOCKS"
+        ),
     }
     // Unpinned with no fd open, links detach and maps are freed.
     fs::remove_dir_all(&pins.root).with_context(|| format!("unpinning {}", pins.root.display()))?;

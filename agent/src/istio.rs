@@ -189,16 +189,24 @@ impl Capture {
         let mut c = Self::default();
         while let Some(word) = words.next() {
             let (flag, inline) = split_flag(&word)?;
-            let opt = Opt::lookup(&flag)?;
+            // Looked up before its value is taken: an unknown flag is named as such.
+            Opt::lookup(&flag)?;
             let value = match inline {
                 Some(v) => v,
                 None => words
                     .next()
                     .ok_or_else(|| ArgsError::MissingValue(flag.clone()))?,
             };
-            c.set(opt, &flag, &value)?;
+            c.set_option(&flag, &value)?;
         }
         Ok(c)
+    }
+
+    /// Sets one option as istio-iptables would take it from its command line: `flag` is its
+    /// short or long name (`-x`, `--istio-service-exclude-cidr`), `value` its argument.
+    /// Options meshsteer does not implement are refused by name, as in [`Capture::from_args`].
+    pub fn set_option(&mut self, flag: &str, value: &str) -> Result<(), ArgsError> {
+        self.set(Opt::lookup(flag)?, flag, value)
     }
 
     fn set(&mut self, opt: Opt, flag: &str, v: &str) -> Result<(), ArgsError> {

@@ -2,7 +2,7 @@ use clap::Parser;
 use meshsteer::{
     agent,
     cli::{Cli, Command, LogFormat},
-    datapath, explain, status,
+    datapath, explain, status, trace,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -10,10 +10,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log.log, cli.log.log_format);
     let result = match cli.command {
-        Command::Run(args) => tokio::runtime::Runtime::new()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(agent::run(args))),
+        Command::Run(args) => block_on(agent::run(args)),
         Command::Status(a) => status::show(&a.status.status_file, &a.pins.bpffs_dir, a.json),
+        Command::Trace(a) => block_on(trace::run(a)),
         Command::Explain(a) => explain::run(&a),
         Command::Uninstall(a) => datapath::uninstall(&a.bpffs_dir),
     };
@@ -24,6 +23,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn block_on(f: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(f))
 }
 
 /// `tracing` to stderr; eBPF logs arrive through the `log` crate and are bridged in.

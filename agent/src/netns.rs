@@ -88,6 +88,37 @@ pub fn existing_listeners(cgroup: &Path, port: u16) -> Result<Vec<(OwnedFd, u32)
     Ok(found)
 }
 
+/// The network namespace the processes of the cgroup subtree `cgroup` run in, as a path that
+/// stays valid while the namespace lives: its name under `named` (where container runtimes
+/// bind-mount pod namespaces, `/run/netns`) if it has one there, else `/proc/<pid>/ns/net` of
+/// the subtree's oldest process (the pod sandbox's, which lives as long as the pod). `None`
+/// while the subtree has no process.
+pub fn of_cgroup(cgroup: &Path, named: &Path) -> Option<PathBuf> {
+    let pid = cgroup_pids(cgroup)
+        .into_iter()
+        .filter_map(|pid| Some((start_time(pid)?, pid)))
+        .min()?
+        .1;
+    let by_pid = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let ns = fs::metadata(&by_pid).ok()?;
+    let same = |p: &Path| fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (ns.dev(), ns.ino()));
+    let by_name = fs::read_dir(named)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| same(p));
+    Some(by_name.unwrap_or(by_pid))
+}
+
+/// When a process started (clock ticks after boot): field 22 of `/proc/<pid>/stat`.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Pids of every process in the cgroup subtree.
 fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
     let mut pids = Vec::new();
@@ -190,5 +221,12 @@ mod tests {
         assert_eq!(parse_listeners(text, 15006), vec![4242]);
         assert!(parse_listeners(text, 80).is_empty());
         assert_eq!(socket_inode(Path::new("socket:[4242]")), Some(4242));
+    }
+
+    #[test]
+    fn reads_process_start_times() {
+        let me = std::process::id() as i32;
+        let (mine, init) = (start_time(me).unwrap(), start_time(1).unwrap());
+        assert!(init <= mine);
     }
 }

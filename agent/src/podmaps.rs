@@ -6,19 +6,13 @@
 use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context, Result};
-use aya::maps::{
-    HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, SockHash,
-    lpm_trie::Key,
-};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, SockHash, lpm_trie::Key};
 use meshsteer_common::{
     Addr,
-    maps::{
-        CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, TupleKey,
-        counter, names,
-    },
+    maps::{CidrKey, ListenerKey, LocalKey, PodConfig, PodCounters, PortKey, names},
 };
 
-use crate::podspec::Plan;
+use crate::{counters::Counters, podspec::Plan};
 
 pub struct PodMaps {
     pods: HashMap<MapData, u64, PodConfig>,
@@ -26,9 +20,7 @@ pub struct PodMaps {
     cidr_exclude: LpmTrie<MapData, CidrKey, u8>,
     cidr_include: LpmTrie<MapData, CidrKey, u8>,
     local: HashMap<MapData, LocalKey, u8>,
-    stats: PerCpuHashMap<MapData, u64, PodCounters>,
-    node_stats: PerCpuArray<MapData, u64>,
-    orig_dst: HashMap<MapData, TupleKey, OrigDst>,
+    counters: Counters,
     inbound_addrs: HashMap<MapData, Addr, u64>,
     listeners: SockHash<MapData, ListenerKey>,
 }
@@ -44,29 +36,18 @@ impl PodMaps {
 
     /// From the pins (`status`, tests): read-only use while an agent runs.
     pub fn from_pins(pins: &crate::datapath::Pins) -> Result<Self> {
-        Self::open(|name| {
-            let path = pins.map(name);
-            let data = MapData::from_pin(&path).with_context(|| {
-                format!(
-                    "opening {} (is the agent running, and are you root?)",
-                    path.display()
-                )
-            })?;
-            Map::from_map_data(data).context("unexpected map type")
-        })
+        Self::open(|name| pins.open_map(name))
     }
 
     fn open(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
         let mut typed = |name: &str| get(name);
         Ok(Self {
+            counters: Counters::open(&mut typed)?,
             pods: typed(names::PODS)?.try_into()?,
             ports: typed(names::PORTS)?.try_into()?,
             cidr_exclude: typed(names::CIDR_EXCLUDE)?.try_into()?,
             cidr_include: typed(names::CIDR_INCLUDE)?.try_into()?,
             local: typed(names::LOCAL_ADDRS)?.try_into()?,
-            stats: typed(names::POD_STATS)?.try_into()?,
-            node_stats: typed(names::NODE_STATS)?.try_into()?,
-            orig_dst: typed(names::ORIG_DST)?.try_into()?,
             inbound_addrs: typed(names::INBOUND_ADDRS)?.try_into()?,
             listeners: typed(names::LISTENERS)?.try_into()?,
         })
@@ -84,12 +65,7 @@ impl PodMaps {
             self.remove_sets(plan);
             return Err(e);
         }
-        if self.stats.get(&cgroup_id, 0).is_err() {
-            let zero = PerCpuValues::try_from(vec![PodCounters::default(); nr_cpus()?])?;
-            self.stats
-                .insert(cgroup_id, zero, 0)
-                .context("creating the pod's counters")?;
-        }
+        self.counters.ensure_pod(cgroup_id)?;
         if let Err(e) = self.pods.insert(cgroup_id, plan.config, 0) {
             self.remove_sets(plan);
             return Err(e).context("writing the pod's config");
@@ -114,7 +90,7 @@ impl PodMaps {
                 _pad: 0,
             });
         }
-        let _ = self.stats.remove(&cgroup_id);
+        self.counters.remove_pod(cgroup_id);
     }
 
     /// Points exactly `addrs` at the pod for sk_lookup (addresses are keys of their own, so
@@ -245,46 +221,13 @@ impl PodMaps {
 
     /// A pod's counters summed over CPUs.
     pub fn counters(&self, cgroup_id: u64) -> Option<PodCounters> {
-        let per_cpu = self.stats.get(&cgroup_id, 0).ok()?;
-        let mut sum = PodCounters::default();
-        for c in per_cpu.iter() {
-            for (s, v) in sum.0.iter_mut().zip(c.0.iter()) {
-                *s += v;
-            }
-        }
-        Some(sum)
-    }
-
-    pub fn node_counter(&self, index: u32) -> u64 {
-        self.node_stats
-            .get(&index, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        self.counters.pod(cgroup_id)
     }
 
     /// Live published original destinations (the map's idle size is 0).
     pub fn orig_dst_entries(&self) -> usize {
-        self.orig_dst.keys().count()
+        self.counters.orig_dst_entries()
     }
-}
-
-fn nr_cpus() -> Result<usize> {
-    aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("possible CPUs: {e}"))
-}
-
-/// Counter names for display, in index order.
-pub fn counter_names() -> Vec<(usize, String)> {
-    let mut v: Vec<(usize, String)> = meshsteer_common::outbound::Rule::ALL
-        .iter()
-        .map(|r| (counter::outbound(*r), format!("outbound_{}", r.name())))
-        .collect();
-    v.extend(
-        meshsteer_common::inbound::InRule::ALL
-            .iter()
-            .map(|r| (counter::inbound(*r), format!("inbound_{}", r.name()))),
-    );
-    v.extend(counter::NAMES.iter().map(|(i, n)| (*i, n.to_string())));
-    v
 }
 
 /// Whether `path` looks like our pin dir (used by `status` to give a clear error).

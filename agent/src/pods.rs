@@ -1,5 +1,6 @@
-//! Per-pod state: which spec file enrolled which cgroup under which plan, and whether its
-//! capture is in effect. Every change is applied to the maps before it is reported.
+//! Per-pod state: which pod (spec file or Kubernetes pod) enrolled which cgroup under which
+//! plan, and whether its capture is in effect. Every change is applied to the maps before it
+//! is reported.
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, OwnedFd},
@@ -17,6 +18,7 @@ use crate::{
     host, netns,
     podmaps::PodMaps,
     podspec::{Plan, PodSpec},
+    source::Rejected,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -32,6 +34,9 @@ pub struct PodStatus {
     pub cgroup_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_id: Option<u32>,
+    /// Socket-level acceleration is on for the enrolled pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accelerate: Option<bool>,
 }
 
 struct Enrolled {
@@ -53,9 +58,12 @@ pub struct Registry {
     pins: Pins,
     /// The sk_lookup program, attached to each capturing pod's network namespace.
     sk_lookup: OwnedFd,
-    /// Keyed by spec file.
+    /// Keyed by source key (see [`crate::source::Change`]).
     pods: BTreeMap<PathBuf, Entry>,
     next_pod_id: u32,
+    /// `--accelerate`: acceleration for pods whose spec does not say.
+    accelerate: bool,
+    accel_support: crate::accel::Support,
 }
 
 impl Registry {
@@ -74,7 +82,17 @@ impl Registry {
             sk_lookup,
             pods: BTreeMap::new(),
             next_pod_id,
+            accelerate: false,
+            accel_support: crate::accel::Support::Unavailable("not probed".into()),
         }
+    }
+
+    /// Socket-level acceleration: `default` for pods whose spec does not say; `support`,
+    /// whether this kernel can have it at all.
+    pub fn with_acceleration(mut self, default: bool, support: crate::accel::Support) -> Self {
+        self.accelerate = default;
+        self.accel_support = support;
+        self
     }
 
     pub fn maps(&self) -> &PodMaps {
@@ -92,16 +110,13 @@ impl Registry {
         self.maps.garbage_collect(&keep);
     }
 
-    /// A spec file was added or changed (`Err`: it could not be read or parsed).
-    pub fn upsert(&mut self, file: &Path, spec: Result<PodSpec, String>) {
+    /// A pod was added or changed (`Err`: its source has no valid spec for it).
+    pub fn upsert(&mut self, file: &Path, spec: Result<PodSpec, Rejected>) {
         let name = match &spec {
             Ok(s) => s.name.clone(),
-            Err(_) => file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            Err(r) => r.name.clone(),
         };
-        let span = info_span!("pod", name = %name);
+        let span = info_span!("pod", pod = %name);
         let _g = span.enter();
         if let Some(e) = self.pods.get(file)
             && e.spec.as_ref() == spec.as_ref().ok()
@@ -116,14 +131,16 @@ impl Registry {
             enrolled: None,
             error: None,
         };
-        let result = spec.map_err(anyhow::Error::msg).and_then(|s| {
-            entry.spec = Some(s.clone());
-            self.enrol(
-                file,
-                &s,
-                previous.as_ref().and_then(|p| p.enrolled.as_ref()),
-            )
-        });
+        let result = spec
+            .map_err(|r| anyhow::Error::msg(r.reason))
+            .and_then(|s| {
+                entry.spec = Some(s.clone());
+                self.enrol(
+                    file,
+                    &s,
+                    previous.as_ref().and_then(|p| p.enrolled.as_ref()),
+                )
+            });
         match result {
             Ok(enrolled) => {
                 info!(
@@ -184,8 +201,14 @@ impl Registry {
         if let Some(ns) = &spec.netns {
             netns::check(ns)?;
         }
-        let plan = Plan::new(spec, self.next_pod_id)?;
+        let mut plan = Plan::new(spec, self.next_pod_id)?;
         self.next_pod_id += 1;
+        plan.set_accelerate(spec.accelerate.unwrap_or(self.accelerate));
+        if let (true, crate::accel::Support::Unavailable(why)) =
+            (plan.accelerates(), &self.accel_support)
+        {
+            warn!(reason = %why, "acceleration asked for but unavailable: normal path");
+        }
         let inbound = plan.config.flags & pod_flags::IN_CAPTURE != 0;
         let link = self.pins.netns_link(cgroup_id);
         match (&spec.netns, inbound) {
@@ -257,7 +280,7 @@ impl Registry {
             if let Some(e) = self.pods.get_mut(file)
                 && let Some(x) = e.enrolled.take()
             {
-                let _g = info_span!("pod", name = %e.name).entered();
+                let _g = info_span!("pod", pod = %e.name).entered();
                 self.maps.remove(x.cgroup_id, Some(&x.plan));
                 netns::detach(&self.pins.netns_link(x.cgroup_id));
                 let ns = x.netns.map(|p| p.display().to_string()).unwrap_or_default();
@@ -270,10 +293,10 @@ impl Registry {
         !gone.is_empty()
     }
 
-    /// A spec file went away: capture for that pod stops and its map entries are freed.
+    /// A pod went away: capture for that pod stops and its map entries are freed.
     pub fn remove(&mut self, file: &Path) {
         if let Some(e) = self.pods.remove(file) {
-            let _g = info_span!("pod", name = %e.name).entered();
+            let _g = info_span!("pod", pod = %e.name).entered();
             if let Some(x) = e.enrolled {
                 self.maps.remove(x.cgroup_id, Some(&x.plan));
                 netns::detach(&self.pins.netns_link(x.cgroup_id));
@@ -295,6 +318,7 @@ impl Registry {
                 cgroup: e.spec.as_ref().map(|s| s.cgroup.clone()),
                 cgroup_id: e.enrolled.as_ref().map(|x| x.cgroup_id),
                 pod_id: e.enrolled.as_ref().map(|x| x.plan.config.pod_id),
+                accelerate: e.enrolled.as_ref().map(|x| x.plan.accelerates()),
             })
             .collect()
     }

@@ -34,6 +34,9 @@ pub struct PodSpec {
     /// The same settings as structured fields (exclusive with `args`).
     #[serde(default)]
     pub capture: Option<Capture>,
+    /// Socket-level acceleration for this pod (default: the agent's `--accelerate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerate: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Turns socket-level acceleration on or off for the pod.
+    pub fn set_accelerate(&mut self, on: bool) {
+        if on {
+            self.config.flags |= pod_flags::ACCELERATE;
+        } else {
+            self.config.flags &= !pod_flags::ACCELERATE;
+        }
+    }
+
+    pub fn accelerates(&self) -> bool {
+        self.config.flags & pod_flags::ACCELERATE != 0
+    }
+
     pub fn new(spec: &PodSpec, pod_id: u32) -> Result<Self, SpecError> {
         let c = spec.capture()?;
         let (uids, gids) = (ids(&c.proxy_uids)?, ids(c.gids())?);
@@ -289,6 +305,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.args.as_deref(), Some("-i '*'"));
+    }
+
+    #[test]
+    fn accelerate_is_optional_and_sets_the_flag() {
+        let s = spec("name: a\ncgroup: /x\n");
+        assert_eq!(s.accelerate, None);
+        let mut p = Plan::new(&s, 1).unwrap();
+        assert!(!p.accelerates());
+        p.set_accelerate(true);
+        assert_ne!(p.config.flags & pod_flags::ACCELERATE, 0);
+        let s = spec("name: a\ncgroup: /x\naccelerate: false\n");
+        assert_eq!(s.accelerate, Some(false));
+        assert!(
+            PodSpec::parse(
+                "name: a\ncgroup: /x\naccelerate: maybe\n",
+                Path::new("p.yaml")
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -41,6 +41,15 @@ impl InRule {
         InRule::Captured,
     ];
 
+    /// The rule `v` stands for (`InRule as u8`, e.g. from a trace event).
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        if (v as usize) < Self::ALL.len() {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             InRule::NotCaptured => "not_captured",
@@ -138,6 +147,15 @@ mod tests {
             tunnel_port: 15008,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn rules_round_trip_through_u8() {
+        for (i, r) in InRule::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(InRule::from_u8(*r as u8), Some(*r));
+        }
+        assert_eq!(InRule::from_u8(InRule::ALL.len() as u8), None);
     }
 
     #[test]

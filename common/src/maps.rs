@@ -5,7 +5,8 @@ use crate::Addr;
 
 /// Bumped whenever a pinned map's key/value layout changes; pins live under a directory named
 /// after it, so an agent never adopts maps it would misread.
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: per-pod counters grew to 48 (socket-level acceleration).
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// istio-iptables accepts comma lists for `-u`/`-g`; more than this is refused at enrolment.
 pub const MAX_PROXY_IDS: usize = 4;
@@ -27,6 +28,12 @@ pub mod names {
     pub const NODE_STATS: &str = "MS_NODE_STATS";
     pub const INBOUND_ADDRS: &str = "MS_INBOUND_ADDRS";
     pub const LISTENERS: &str = "MS_LISTENERS";
+    pub const TRACE_CTL: &str = "MS_TRACE_CTL";
+    pub const TRACE: &str = "MS_TRACE";
+    pub const SOCKS: &str = "MS_SOCKS";
+    pub const ACCEL_STATE: &str = "MS_ACCEL_STATE";
+    pub const ACCEL_PENDING: &str = "MS_ACCEL_PENDING";
+    pub const ACCEL_CFG: &str = "MS_ACCEL_CFG";
 
     /// Every map the agent pins (and adopts on restart).
     pub const PINNED: &[&str] = &[
@@ -41,6 +48,12 @@ pub mod names {
         NODE_STATS,
         INBOUND_ADDRS,
         LISTENERS,
+        TRACE_CTL,
+        TRACE,
+        SOCKS,
+        ACCEL_STATE,
+        ACCEL_PENDING,
+        ACCEL_CFG,
     ];
 }
 
@@ -53,6 +66,8 @@ pub mod capacity {
     pub const LOCAL_ADDRS: u32 = 64 * 1024;
     /// Live redirected connections on the node.
     pub const ORIG_DST: u32 = 128 * 1024;
+    /// Accelerated sockets on the node (two per connection).
+    pub const SOCKS: u32 = 64 * 1024;
 }
 
 /// `MS_PODS` value, keyed by the pod-level cgroup id (`u64`, the cgroup directory's inode).
@@ -104,6 +119,9 @@ pub mod pod_flags {
     pub const HAS_IN_EXCLUDE_PORTS: u32 = 1 << 12;
     pub const HAS_IN_INCLUDE_PORTS: u32 = 1 << 13;
     pub const HAS_LOCAL_ADDRS: u32 = 1 << 14;
+    /// Socket-level acceleration: connections within the pod's network namespace skip the
+    /// TCP/IP stack (sockops + sk_msg, see [`super::accel`]).
+    pub const ACCELERATE: u32 = 1 << 16;
 }
 
 /// Which port set a [`PortKey`] belongs to.
@@ -270,14 +288,38 @@ pub mod counter {
     /// A connection to steer, but the pod's proxy has no inbound listener: refused, as
     /// iptables REDIRECT to a closed port is.
     pub const IN_NO_LISTENER: usize = 28;
-    pub const COUNT: usize = 32;
+    /// Socket-level acceleration (pods with `ACCELERATE`): sockets put into `MS_SOCKS`.
+    pub const ACCEL_SOCKETS: usize = 32;
+    /// Connections left on the normal path, by reason. `MS_SOCKS` was full.
+    pub const ACCEL_MAP_FULL: usize = 33;
+    /// The peer socket was not in `MS_SOCKS` at the first send (its side was not established
+    /// yet, or is outside meshsteer's cgroup root).
+    pub const ACCEL_NO_PEER: usize = 34;
+    /// The peer held more unread redirected bytes than the limit: the rest of the connection
+    /// takes the normal path, where TCP's own buffers push back on the writer.
+    pub const ACCEL_BACKPRESSURE: usize = 35;
+    /// A connection to another pod's address on this node: sockets in two network namespaces
+    /// cannot be keyed without collisions, so it stays on the normal path.
+    pub const ACCEL_CROSS_POD: usize = 36;
+    /// The kernel lacks what bounding redirected bytes needs (see `MS_ACCEL_CFG`).
+    pub const ACCEL_UNSUPPORTED: usize = 37;
+    /// The socket half-closed while acceleration was on (see the README).
+    pub const ACCEL_HALF_CLOSE: usize = 38;
+    pub const COUNT: usize = 48;
 
-    pub const NAMES: [(usize, &str); 5] = [
+    pub const NAMES: [(usize, &str); 12] = [
         (ORIG_DST_HIT, "orig_dst_hit"),
         (ORIG_DST_MISS, "orig_dst_miss"),
         (ORIG_DST_MAP_FULL, "orig_dst_map_full"),
         (ORIG_DST_EVICTED, "orig_dst_evicted"),
         (IN_NO_LISTENER, "inbound_no_listener"),
+        (ACCEL_SOCKETS, "accel_sockets"),
+        (ACCEL_MAP_FULL, "accel_map_full"),
+        (ACCEL_NO_PEER, "accel_no_peer"),
+        (ACCEL_BACKPRESSURE, "accel_backpressure"),
+        (ACCEL_CROSS_POD, "accel_cross_pod"),
+        (ACCEL_UNSUPPORTED, "accel_unsupported"),
+        (ACCEL_HALF_CLOSE, "accel_half_close"),
     ];
 }
 
@@ -297,7 +339,134 @@ pub mod node_counter {
     /// Sockets that connect from an enrolled pod but were created before the agent ran:
     /// their owner is taken from the connecting task instead of the creator.
     pub const OWNER_FROM_TASK: u32 = 0;
+    /// Trace events lost because the ring buffer was full (`meshsteer trace` too slow).
+    pub const TRACE_DROPPED: u32 = 1;
     pub const COUNT: u32 = 4;
+}
+
+/// `meshsteer trace`: capture decisions streamed through the `MS_TRACE` ring buffer while a
+/// trace holds the lease in `MS_TRACE_CTL`. With no lease, the datapath's only cost is one
+/// array lookup per decision.
+pub mod trace {
+    use crate::Addr;
+
+    /// Size of the `MS_TRACE` ring buffer (a power-of-2 multiple of the page size).
+    pub const RING_BYTES: usize = 256 * 1024;
+    /// How long a lease lasts unless renewed: a `meshsteer trace` that dies without releasing
+    /// it stops costing the datapath anything within this time.
+    pub const LEASE_NS: u64 = 3_000_000_000;
+
+    /// `MS_TRACE_CTL[0]`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct TraceCtl {
+        /// Events are emitted while `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) is below this;
+        /// 0: tracing is off.
+        pub deadline_ns: u64,
+        /// The `meshsteer trace` process holding the lease.
+        pub owner_pid: u32,
+        pub _pad: u32,
+    }
+
+    /// [`TraceEvent::direction`].
+    pub mod direction {
+        pub const OUTBOUND: u8 = 0;
+        pub const INBOUND: u8 = 1;
+    }
+
+    /// [`TraceEvent::action`]: where the connection landed.
+    pub mod action {
+        /// Untouched: it goes where it was going.
+        pub const PASSED: u8 = 0;
+        /// Outbound: connect() rewritten to the family's localhost at `landed_port`.
+        pub const REDIRECTED: u8 = 1;
+        /// Inbound: handed to the proxy's listener on `landed_port`.
+        pub const STEERED: u8 = 2;
+        /// Inbound: to be steered, but the proxy has no listener: refused with a RST.
+        pub const REFUSED: u8 = 3;
+    }
+
+    /// One capture decision (`MS_TRACE` record).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct TraceEvent {
+        /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+        pub ktime_ns: u64,
+        /// The pod-level cgroup id.
+        pub pod_cgroup: u64,
+        /// Outbound: the socket's bound source (unspecified if none). Inbound: the peer.
+        pub src: Addr,
+        /// Outbound: the original destination. Inbound: the pod address it arrived at.
+        pub dst: Addr,
+        /// Outbound: the socket owner. Inbound: 0.
+        pub uid: u32,
+        pub gid: u32,
+        /// Host byte order; `src_port` is 0 for outbound (not chosen yet at connect()).
+        pub src_port: u16,
+        pub dst_port: u16,
+        /// The port it landed on ([`action`]), or 0 when refused.
+        pub landed_port: u16,
+        /// [`direction`].
+        pub direction: u8,
+        /// [`crate::outbound::Rule`] or [`crate::inbound::InRule`], as `u8`.
+        pub rule: u8,
+        /// [`action`].
+        pub action: u8,
+        pub _pad: [u8; 7],
+    }
+}
+
+/// Socket-level acceleration: established sockets of a pod with [`pod_flags::ACCELERATE`] go
+/// into the `MS_SOCKS` sockhash under a [`TupleKey`] (the socket's own view: local, remote),
+/// and the sk_msg program hands each send to the peer found under the mirrored key.
+pub mod accel {
+    /// `MS_ACCEL_CFG[0]`: node-wide settings the agent writes at start.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct AccelConfig {
+        /// [`cfg_flags`].
+        pub flags: u32,
+        /// Unread redirected bytes a peer may hold before its writer falls back to the normal
+        /// path (where TCP's own buffers push back).
+        pub max_backlog: u32,
+        /// Kernel struct offsets, from the kernel's BTF: `struct sk_msg::sk_redir`,
+        /// `struct sock::sk_user_data`, `struct sk_psock::msg_tot_len`. With them the sk_msg
+        /// program reads how many redirected bytes the peer has not read yet.
+        pub off_msg_sk_redir: u32,
+        pub off_sock_user_data: u32,
+        pub off_psock_msg_tot_len: u32,
+        pub _pad: u32,
+    }
+
+    pub mod cfg_flags {
+        /// The offsets are valid: the peer's backlog can be bounded, so sockets may be
+        /// accelerated. Without it, no socket is.
+        pub const CAPABLE: u32 = 1 << 0;
+    }
+
+    /// `MS_ACCEL_STATE`: socket-local storage of every socket put into `MS_SOCKS`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub struct AccelState {
+        /// The pod charged for the socket's counters.
+        pub pod_cgroup: u64,
+        /// [`state_flags`].
+        pub flags: u32,
+        pub _pad: u32,
+    }
+
+    pub mod state_flags {
+        /// At least one send was redirected to the peer.
+        pub const REDIRECTED: u32 = 1 << 0;
+        /// Sends take the normal path for the rest of the connection. One-way: once a byte
+        /// went through TCP, a later redirected byte could overtake it in the peer's queue.
+        pub const NORMAL_PATH: u32 = 1 << 1;
+    }
+
+    /// `sk_user_data` low bits (include/net/sock.h): the pointer is a psock when
+    /// `SK_USER_DATA_PSOCK` is set; the mask strips the flags.
+    pub const SK_USER_DATA_PSOCK: u64 = 1 << 2;
+    pub const SK_USER_DATA_PTRMASK: u64 = !0b111;
 }
 
 #[cfg(test)]
@@ -319,6 +488,15 @@ mod tests {
         assert_eq!(size_of::<TupleKey>(), 8 + 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<OrigDst>(), 24);
         assert_eq!(size_of::<ListenerKey>(), 16);
+        assert_eq!(size_of::<trace::TraceCtl>(), 16);
+        assert_eq!(size_of::<accel::AccelConfig>(), 6 * 4);
+        assert_eq!(size_of::<accel::AccelState>(), 16);
+        const { assert!(counter::ACCEL_HALF_CLOSE < counter::COUNT) };
+        assert_eq!(
+            size_of::<trace::TraceEvent>(),
+            8 + 8 + 16 + 16 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 7
+        );
+        const { assert!(node_counter::TRACE_DROPPED < node_counter::COUNT) };
         assert!(counter::inbound(crate::inbound::InRule::Captured) < counter::IN_NO_LISTENER);
     }
 

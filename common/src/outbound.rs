@@ -55,6 +55,24 @@ impl Rule {
         Rule::NotIncluded,
     ];
 
+    /// The rule `v` stands for (`Rule as u8`, e.g. from a trace event).
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        if (v as usize) < Self::ALL.len() {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
+    /// Whether [`decide`] redirects the connections this rule matches (to the proxy's
+    /// outbound port, or R9's inbound port).
+    pub const fn redirects(self) -> bool {
+        matches!(
+            self,
+            Rule::ProxyToLocal | Rule::IncludedPort | Rule::IncludedCidr
+        )
+    }
+
     /// Stable short name (metrics labels, `status --json`).
     pub const fn name(self) -> &'static str {
         match self {
@@ -299,7 +317,17 @@ mod tests {
 
     fn rule(cfg: &PodConfig, c: Connection) -> (Rule, u16) {
         let v = decide(cfg, &Fixed, &c);
+        assert_eq!(v.is_redirect(), v.rule.redirects(), "{v:?}");
         (v.rule, v.redirect_port)
+    }
+
+    #[test]
+    fn rules_round_trip_through_u8() {
+        for (i, r) in Rule::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(Rule::from_u8(*r as u8), Some(*r));
+        }
+        assert_eq!(Rule::from_u8(Rule::ALL.len() as u8), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::{
     maps::{
         CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, SockState,
         TupleKey,
+        trace::{TraceCtl, TraceEvent},
     },
 };
 
@@ -28,3 +29,11 @@ unsafe impl aya::Pod for OrigDst {}
 unsafe impl aya::Pod for PodCounters {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ListenerKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TraceCtl {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TraceEvent {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::maps::accel::AccelConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::maps::accel::AccelState {}

@@ -20,6 +20,7 @@ use crate::{
         sock_state_or_create,
     },
     sockaddr::{SockaddrIn, SockaddrIn6},
+    trace,
 };
 
 pub const SOCK_STREAM: u32 = 1;
@@ -76,18 +77,18 @@ pub fn steer(
     };
     let cfg = pod_config(pod_cgroup)?;
     let tables = MapTables::new(cfg);
-    let verdict = decide(
-        cfg,
-        &tables,
-        &Connection {
-            uid,
-            gid,
-            src,
-            dst,
-            dport,
-        },
-    );
+    let conn = Connection {
+        uid,
+        gid,
+        src,
+        dst,
+        dport,
+    };
+    let verdict = decide(cfg, &tables, &conn);
     count(pod_cgroup, verdict.rule as usize);
+    if trace::enabled() {
+        trace::outbound(pod_cgroup, &conn, verdict.rule, verdict.redirect_port);
+    }
     if !verdict.is_redirect() {
         return None;
     }

@@ -6,17 +6,21 @@
 //! | `connect4.rs`     | cgroup/connect4        | outbound capture (ISTIO_OUTPUT), IPv4           |
 //! | `connect6.rs`     | cgroup/connect6        | the same for AF_INET6 sockets (and v4-mapped)   |
 //! | `sockops.rs`      | sockops                | publish/free a redirected connection's tuple;   |
-//! |                   |                        | register the proxy's inbound listener           |
+//! |                   |                        | register the proxy's inbound listener;          |
+//! |                   |                        | accelerated pods' sockets → `MS_SOCKS`          |
 //! | `sk_lookup.rs`    | sk_lookup (per netns)  | inbound capture (ISTIO_INBOUND), no NAT         |
 //! | `getsockopt.rs`   | cgroup/getsockopt      | answer SO_ORIGINAL_DST for the proxy            |
 //! | `getpeername4.rs` | cgroup/getpeername4    | the app sees the original peer, IPv4            |
 //! | `getpeername6.rs` | cgroup/getpeername6    | the same for AF_INET6 sockets                   |
+//! | `sk_msg.rs`       | sk_msg (on `MS_SOCKS`) | socket-level acceleration: send → peer's queue  |
 //!
 //! Shared pieces: `maps.rs` (every map), `pod.rs` (socket → pod → config, counters),
-//! `capture.rs` (the connect-time steering both connect hooks use), `sockaddr.rs`.
+//! `capture.rs` (the connect-time steering both connect hooks use), `trace.rs` (decision
+//! records for `meshsteer trace`), `accel.rs` (sockops' half of acceleration), `sockaddr.rs`.
 #![no_std]
 #![no_main]
 
+mod accel;
 mod capture;
 mod connect4;
 mod connect6;
@@ -26,9 +30,11 @@ mod getsockopt;
 mod maps;
 mod pod;
 mod sk_lookup;
+mod sk_msg;
 mod sock_create;
 mod sockaddr;
 mod sockops;
+mod trace;
 mod tuple;
 
 /// GPL-compatible: the kernel refuses GPL-only helpers (sk_storage, sock_ops callback flags)

@@ -1,13 +1,19 @@
 //! Every map of the object. Names are the pin names the agent uses (`common::maps::names`).
 use aya_ebpf::{
-    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage, SockHash},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage,
+        SockHash,
+    },
     macros::btf_map,
 };
 use meshsteer_common::{
     Addr,
     maps::{
         CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, SockState,
-        TupleKey, capacity, node_counter,
+        TupleKey,
+        accel::{AccelConfig, AccelState},
+        capacity, node_counter,
+        trace::{self, TraceCtl, TraceEvent},
     },
 };
 
@@ -61,3 +67,32 @@ pub static INBOUND_ADDRS: HashMap<Addr, u64, { capacity::LOCAL_ADDRS as usize }>
 /// listen() and by the agent for listeners older than it. The kernel drops closed sockets.
 #[btf_map(name = "MS_LISTENERS")]
 pub static LISTENERS: SockHash<ListenerKey, { capacity::PODS as usize * 2 }> = SockHash::new();
+
+/// `meshsteer trace`'s lease ([`TraceCtl`]): while it is unexpired, decisions are traced.
+#[btf_map(name = "MS_TRACE_CTL")]
+pub static TRACE_CTL: Array<TraceCtl, 1> = Array::new();
+
+/// Capture decisions for `meshsteer trace`, written only while it holds the lease.
+#[btf_map(name = "MS_TRACE")]
+pub static TRACE: RingBuf<TraceEvent, { trace::RING_BYTES }> = RingBuf::new();
+
+/// Established sockets of accelerated pods, each under its own view of the connection
+/// (netns cookie, local, remote): a socket finds its peer under the mirrored key. The kernel
+/// removes a socket when it closes. The sk_msg program is attached to this map.
+#[btf_map(name = "MS_SOCKS")]
+pub static SOCKS: SockHash<TupleKey, { capacity::SOCKS as usize }> = SockHash::new();
+
+/// Acceleration state of each socket in `MS_SOCKS`, freed with the socket.
+#[btf_map(name = "MS_ACCEL_STATE")]
+pub static ACCEL_STATE: SkStorage<AccelState> = SkStorage::new();
+
+/// Connections whose connecting side is in `MS_SOCKS` while the accepting side is not
+/// established yet: (netns, the accepting side's view) → pod cgroup id. LRU: an accepting
+/// side that never comes (its socket outside the cgroup root) cannot leak an entry.
+#[btf_map(name = "MS_ACCEL_PENDING")]
+pub static ACCEL_PENDING: LruHashMap<TupleKey, u64, { capacity::SOCKS as usize }> =
+    LruHashMap::new();
+
+/// Node-wide acceleration settings ([`AccelConfig`]), written by the agent at start.
+#[btf_map(name = "MS_ACCEL_CFG")]
+pub static ACCEL_CFG: Array<AccelConfig, 1> = Array::new();

@@ -4,7 +4,7 @@ use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    btf_maps::lpm_trie::Key,
+    btf_maps::{SkStorage, lpm_trie::Key},
     helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_sk_storage_get},
 };
 use meshsteer_common::{
@@ -33,10 +33,17 @@ pub fn sock_state_or_create(sk: *mut c_void) -> Option<&'static mut SockState> {
 
 #[inline(always)]
 fn storage_get(sk: *mut c_void, flags: u64) -> Option<&'static mut SockState> {
-    let map = ptr::from_ref(&crate::maps::SOCK_STATE).cast_mut().cast();
+    sk_storage(&crate::maps::SOCK_STATE, sk, flags)
+}
+
+/// `sk`'s value in the socket-local storage `map` (with `BPF_SK_STORAGE_GET_F_CREATE` in
+/// `flags`: created zeroed if absent).
+#[inline(always)]
+pub fn sk_storage<T>(map: &SkStorage<T>, sk: *mut c_void, flags: u64) -> Option<&'static mut T> {
+    let map = ptr::from_ref(map).cast_mut().cast();
     // SAFETY: the map pointer is the map definition the loader relocates; the kernel
     // returns NULL or a pointer to a live, properly sized value owned by the socket.
-    let p = unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) }.cast::<SockState>();
+    let p = unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) }.cast::<T>();
     // SAFETY: non-null values stay valid for the whole program run.
     unsafe { p.as_mut() }
 }

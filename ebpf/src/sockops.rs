@@ -1,11 +1,12 @@
 //! sockops: once a redirected connect() has its source port (TCP_CONNECT_CB), publish its
 //! original destination under the tuple the proxy will see; drop it when the socket closes.
 //! And when a pod's proxy listens on its inbound port (TCP_LISTEN_CB), register that listener
-//! for sk_lookup.
+//! for sk_lookup. Established connections of accelerated pods go to `accel.rs`.
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
     },
     helpers::generated::bpf_get_netns_cookie,
@@ -16,6 +17,7 @@ use aya_log_ebpf::warn;
 use meshsteer_common::maps::{ListenerKey, OrigDst, SockState, TupleKey, counter, sock_flags};
 
 use crate::{
+    accel,
     maps::{LISTENERS, ORIG_DST},
     pod::{count, pod_config, sock_state},
     tuple,
@@ -26,6 +28,8 @@ pub fn ms_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => publish(&ctx),
         BPF_SOCK_OPS_TCP_LISTEN_CB => register_listener(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => accel::connected(&ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => accel::accepted(&ctx),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => unpublish(&ctx),
         _ => {}
     }
@@ -70,31 +74,27 @@ fn redirected(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
     sock_state(sk.cast()).filter(|s| s.flags & sock_flags::REDIRECTED != 0)
 }
 
+/// The connecting socket's connection as the proxy's accepted socket sees it.
 #[inline(always)]
 fn connection_key(ctx: &SockOpsContext) -> TupleKey {
-    let family = ctx.family();
+    tuple::mirrored(&own_view(ctx))
+}
+
+/// The socket's own view of its connection.
+#[inline(always)]
+pub fn own_view(ctx: &SockOpsContext) -> TupleKey {
     let ops = ctx.ops;
-    // SAFETY: fields of the hook's ctx.
-    let (proxy, app) = unsafe {
-        (
-            tuple::addr(
-                family,
-                &raw const (*ops).remote_ip4,
-                &raw const (*ops).remote_ip6,
-            ),
-            tuple::addr(
-                family,
-                &raw const (*ops).local_ip4,
-                &raw const (*ops).local_ip6,
-            ),
+    // SAFETY: plain helper call on the ctx; the pointers are fields of the hook's ctx.
+    unsafe {
+        tuple::own_view(
+            bpf_get_netns_cookie(ctx.as_ptr()),
+            ctx.family(),
+            (&raw const (*ops).local_ip4, &raw const (*ops).local_ip6),
+            (&raw const (*ops).remote_ip4, &raw const (*ops).remote_ip6),
+            ctx.local_port(),
+            ctx.remote_port(),
         )
-    };
-    // remote_port holds the network-order port in its upper half; local_port is host order.
-    let proxy_port_be = (ctx.remote_port() >> 16) as u16;
-    let app_port_be = (ctx.local_port() as u16).to_be();
-    // SAFETY: plain helper call on the ctx.
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    tuple::key(netns, (proxy, proxy_port_be), (app, app_port_be))
+    }
 }
 
 #[inline(always)]

@@ -1,6 +1,7 @@
-//! The key under which a redirected connection's original destination is published: the
-//! connection as the proxy's accepted socket sees it, plus the network namespace cookie so
-//! equal tuples in two pods never meet.
+//! Connection keys: a socket's view of its connection (local, remote) plus the network
+//! namespace cookie, so equal tuples in two pods never meet. A redirected connection's
+//! original destination is published under the view of the proxy's accepted socket; an
+//! accelerated socket is stored under its own view and finds its peer under the mirror.
 use core::ptr;
 
 use meshsteer_common::{Addr, maps::TupleKey};
@@ -54,4 +55,43 @@ pub const fn key(netns_cookie: u64, proxy: (Addr, u16), app: (Addr, u16)) -> Tup
         remote_port_be: app.1,
         _pad: 0,
     }
+}
+
+/// The socket's own view of its connection from a sockops or sk_msg ctx's fields, which
+/// share their conventions: `remote_port` holds the network-order port in its upper half,
+/// `local_port` is in host order.
+///
+/// # Safety
+/// The address pointers must point into the hook's ctx.
+#[inline(always)]
+pub unsafe fn own_view(
+    netns_cookie: u64,
+    family: u32,
+    local: (*const u32, *const [u32; 4]),
+    remote: (*const u32, *const [u32; 4]),
+    local_port: u32,
+    remote_port: u32,
+) -> TupleKey {
+    // SAFETY: caller's contract.
+    let (l, r) = unsafe {
+        (
+            addr(family, local.0, local.1),
+            addr(family, remote.0, remote.1),
+        )
+    };
+    key(
+        netns_cookie,
+        (l, (local_port as u16).to_be()),
+        (r, (remote_port >> 16) as u16),
+    )
+}
+
+/// The same connection as the other end sees it (same network namespace).
+#[inline(always)]
+pub const fn mirrored(k: &TupleKey) -> TupleKey {
+    key(
+        k.netns_cookie,
+        (k.remote, k.remote_port_be),
+        (k.local, k.local_port_be),
+    )
 }

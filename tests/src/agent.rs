@@ -1,6 +1,8 @@
 //! The real `meshsteer` binary, run against a simulated node.
 use std::{
     fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -27,10 +29,17 @@ pub struct Agent {
     pub status_file: PathBuf,
     work: PathBuf,
     cgroup_root: PathBuf,
+    /// Appended to `meshsteer run`'s arguments.
+    extra_args: Vec<String>,
 }
 
 impl Agent {
     pub fn start(node: &Node) -> Result<Self> {
+        Self::start_with(node, &[])
+    }
+
+    /// Starts the agent with more `run` arguments (e.g. `--kubernetes …`).
+    pub fn start_with(node: &Node, extra_args: &[&str]) -> Result<Self> {
         let work = std::env::temp_dir().join("meshsteer-tests").join(&node.id);
         let agent = Self {
             proc: None,
@@ -39,6 +48,7 @@ impl Agent {
             status_file: work.join("status.json"),
             work,
             cgroup_root: node.cgroup_root.clone(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         fs::create_dir_all(&agent.pods_dir)?;
         let mut agent = agent;
@@ -49,7 +59,7 @@ impl Agent {
     fn launch(&mut self) -> Result<()> {
         let _ = fs::remove_file(&self.status_file);
         let bin = agent_bin();
-        let args = [
+        let mut args = vec![
             "run",
             "--cgroup-root",
             path_str(&self.cgroup_root),
@@ -59,7 +69,11 @@ impl Agent {
             path_str(&self.pods_dir),
             "--status-file",
             path_str(&self.status_file),
+            // Parallel tests' agents never collide: the port is published in the status file.
+            "--metrics-addr",
+            "127.0.0.1:0",
         ];
+        args.extend(self.extra_args.iter().map(String::as_str));
         let proc = Proc::spawn_logged(&Place::default(), path_str(&bin), &args, &self.log_file())?;
         self.proc = Some(proc);
         self.wait_until(
@@ -119,20 +133,49 @@ impl Agent {
 
     /// Runs the agent binary with these arguments plus this agent's locations.
     pub fn cli(&self, args: &[&str]) -> Result<Vec<u8>> {
+        Ok(cmd::host(path_str(&agent_bin()), &self.located(args))?.stdout)
+    }
+
+    /// `args` plus the locations of this agent the subcommand needs.
+    fn located<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut full: Vec<&str> = args.to_vec();
-        if args.first().is_some_and(|a| *a == "status") {
+        let sub = args.first().copied().unwrap_or_default();
+        if matches!(sub, "status" | "trace") {
             full.extend(["--status-file", path_str(&self.status_file)]);
         }
-        if args
-            .first()
-            .is_some_and(|a| *a == "status" || *a == "uninstall")
-        {
+        if matches!(sub, "status" | "uninstall" | "trace") {
             full.extend(["--bpffs-dir", path_str(&self.bpffs_dir)]);
         }
-        if args.first().is_some_and(|a| *a == "explain") {
+        if sub == "explain" {
             full.extend(["--pods-dir", path_str(&self.pods_dir)]);
         }
-        Ok(cmd::host(path_str(&agent_bin()), &full)?.stdout)
+        full
+    }
+
+    /// Starts `meshsteer trace <args>` in the background, its output going to `out`.
+    pub fn trace(&self, args: &[&str], out: &Path) -> Result<Proc> {
+        let mut full = vec!["trace"];
+        full.extend_from_slice(args);
+        Proc::spawn_logged(
+            &Place::default(),
+            path_str(&agent_bin()),
+            &self.located(&full),
+            out,
+        )
+    }
+
+    /// Where the agent serves /metrics, /healthz and /readyz (from its status file).
+    pub fn metrics_addr(&self) -> Result<SocketAddr> {
+        let status: Value = serde_json::from_slice(&fs::read(&self.status_file)?)?;
+        let addr = status["metricsAddr"]
+            .as_str()
+            .context("no metricsAddr in the status file")?;
+        Ok(addr.parse()?)
+    }
+
+    /// `GET path` from the agent's endpoints: (status code, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.metrics_addr()?, path)
     }
 
     /// The state string of pod `name` (`ready`, `error: …`), if listed.
@@ -192,4 +235,23 @@ impl Drop for Agent {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
+}
+
+/// A plain HTTP/1.0 GET (the agent closes the connection after its response).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no header end in {response:?}"))?;
+    let code = head
+        .split_ascii_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status code in {head:?}"))?;
+    Ok((code, body.to_string()))
 }

@@ -8,10 +8,15 @@
 //! pid and a counter, so tests run in parallel; everything is torn down on drop, including
 //! when a test panics. No namespace made here has a route to the host's networks: traffic
 //! only ever goes to loopback or to addresses inside these namespaces.
+//!
+//! [`kube::cluster`] is a real Kubernetes API server on loopback, shared by the tests of one
+//! binary, for the agent's pod discovery.
+pub mod accel;
 pub mod agent;
 pub mod apps;
 pub mod cmd;
 pub mod istio_rules;
+pub mod kube;
 pub mod matrix;
 pub mod topology;
 

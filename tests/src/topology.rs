@@ -112,7 +112,15 @@ impl Node {
     pub fn add_pod(&mut self, name: &str) -> Result<Pod> {
         self.next_pod += 1;
         let n = self.next_pod + 9;
-        Pod::new(self, name, n).with_context(|| format!("creating pod {name}"))
+        Pod::new(self, name, n, Path::new(name)).with_context(|| format!("creating pod {name}"))
+    }
+
+    /// A pod whose pod-level cgroup is `cgroup`, relative to the node's cgroup root (as a
+    /// kubelet lays it out, e.g. `kubepods.slice/…/kubepods-besteffort-pod<uid>.slice`).
+    pub fn add_pod_at(&mut self, name: &str, cgroup: &Path) -> Result<Pod> {
+        self.next_pod += 1;
+        let n = self.next_pod + 9;
+        Pod::new(self, name, n, cgroup).with_context(|| format!("creating pod {name}"))
     }
 }
 
@@ -169,13 +177,16 @@ pub struct Pod {
     pub ip4: String,
     pub ip6: String,
     procs: Vec<Proc>,
+    /// The node's cgroup root: cgroups between it and the pod's are removed with the pod.
+    node_cgroup_root: PathBuf,
 }
 
 impl Pod {
-    fn new(node: &Node, name: &str, n: u32) -> Result<Self> {
+    fn new(node: &Node, name: &str, n: u32, cgroup: &Path) -> Result<Self> {
         let ns = format!("{}-{name}", node.id);
-        let cgroup = node.cgroup_root.join(name);
+        let cgroup = node.cgroup_root.join(cgroup);
         let pod = Self {
+            node_cgroup_root: node.cgroup_root.clone(),
             name: name.into(),
             netns: netns_path(&ns),
             app_cgroup: cgroup.join("app"),
@@ -250,6 +261,23 @@ impl Pod {
         self.procs.push(p);
     }
 
+    /// Waits until a connection from the pod's app (uid 1000) to `dst` lands on `port`;
+    /// returns how long that took.
+    pub fn lands_on(&self, dst: &str, port: u64) -> Result<std::time::Duration> {
+        let start = std::time::Instant::now();
+        loop {
+            let v = self.probe(1000, 1000, dst, &[])?;
+            if v["listener"].as_u64() == Some(port) {
+                return Ok(start.elapsed());
+            }
+            anyhow::ensure!(
+                start.elapsed().as_secs() < 5,
+                "{dst} still lands on {} after 5 s, not on {port}",
+                v["listener"]
+            );
+        }
+    }
+
     /// Runs `mst-probe connect` in the pod and returns its JSON line.
     pub fn probe(
         &self,
@@ -289,6 +317,15 @@ impl Drop for Pod {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let _ = fs::remove_dir(&self.cgroup);
+        // The pod's cgroup, then its parents up to the node's root while they are empty.
+        for dir in self
+            .cgroup
+            .ancestors()
+            .take_while(|d| *d != self.node_cgroup_root)
+        {
+            if fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
     }
 }

@@ -1,27 +1,9 @@
 //! Pod specs drive capture live: adding, changing and deleting a spec file applies at once;
 //! an option meshsteer does not implement is a clear error and never half-enrols a pod.
-use std::time::Instant;
-
 use meshsteer::{datapath::Pins, podmaps::PodMaps};
 use meshsteer_tests::{Agent, Node};
 
 const WORLD: &str = "10.200.0.1:80";
-
-/// Waits until a connection from the pod's app lands on `port`; returns how long it took.
-fn lands_on(pod: &meshsteer_tests::Pod, port: u64) -> anyhow::Result<std::time::Duration> {
-    let start = Instant::now();
-    loop {
-        let v = pod.probe(1000, 1000, WORLD, &[])?;
-        if v["listener"].as_u64() == Some(port) {
-            return Ok(start.elapsed());
-        }
-        anyhow::ensure!(
-            start.elapsed().as_secs() < 5,
-            "still landing on {} after 5 s",
-            v["listener"]
-        );
-    }
-}
 
 #[test]
 fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
@@ -33,12 +15,12 @@ fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
     let name = "test/a";
 
     agent.write_spec("a", &pod.spec("-i '*'"))?;
-    let took = lands_on(&pod, 15001)?;
+    let took = pod.lands_on(WORLD, 15001)?;
     eprintln!("enrolment took effect after {took:?}");
 
     // A change (exclude the destination) applies without restarting anything.
     agent.write_spec("a", &pod.spec("-i '*' -x 10.200.0.0/16"))?;
-    let took = lands_on(&pod, 80)?;
+    let took = pod.lands_on(WORLD, 80)?;
     eprintln!("update took effect after {took:?}");
     agent.wait_state(name, |s| s == "ready")?;
 
@@ -65,7 +47,7 @@ fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
     // Deleting a spec stops capture and frees the pod's map entries.
     agent.remove_spec("a")?;
     agent.remove_spec("b")?;
-    lands_on(&other, 80)?;
+    other.lands_on(WORLD, 80)?;
     agent.wait_until(
         std::time::Duration::from_secs(5),
         "pods to leave the status",

@@ -3,6 +3,7 @@
 mod apt;
 mod ebpf_build;
 mod elf;
+mod k8s_box;
 mod process;
 mod setup;
 
@@ -31,7 +32,8 @@ struct Cli {
 enum Task {
     /// Install the nightly toolchain, rust-src and bpf-linker (idempotent).
     Setup {
-        /// Also install the Debian packages the privileged tests need.
+        /// Also install what the privileged tests need: Debian packages, kubectl, and the test
+        /// Kubernetes API server (built once, cached).
         #[arg(long)]
         test_deps: bool,
     },

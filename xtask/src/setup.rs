@@ -4,7 +4,7 @@
 
 use crate::ebpf_build::{self, TOOLCHAIN};
 use crate::process::{cargo_home, find_in_path, probe, run};
-use crate::{apt, elf};
+use crate::{apt, elf, k8s_box};
 use anyhow::{Context, Result, bail};
 use std::fs;
 use std::io::ErrorKind;
@@ -29,6 +29,7 @@ pub fn run_setup(test_deps: bool) -> Result<()> {
     ensure_bpf_linker(&sysroot)?;
     if test_deps {
         apt::ensure_installed(apt::TEST_PACKAGES)?;
+        k8s_box::ensure(&crate::workspace_root()?)?;
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! `mst-bench` (run by `cargo xtask bench`): meshsteer against Istio's own iptables rules and
-//! against no capture at all, in one run, on one simulated node, through a real proxy.
+//! against no capture at all, in one run, on one simulated node, through a real proxy; and
+//! meshsteer with socket-level acceleration (`meshsteer+accel`: pods enrolled with
+//! `accelerate: true`).
 //!
 //! Each mode gets its own pair of pods: a client (load generator as uid 1000, plus a sidecar)
 //! and a server (nginx and iperf3, plus a sidecar). The sidecar is HAProxy as uid 1337 at
@@ -8,6 +10,12 @@
 //! stays hooked in a namespace once iptables' nat table has been used there). Every
 //! measurement checks the proxies' session counters: a captured mode whose traffic did not go
 //! through both sidecars, or a direct mode whose traffic did, fails the run.
+//!
+//! In `meshsteer+accel`, acceleration applies where both sockets of a connection are in one
+//! pod: app → client sidecar (loopback) and server sidecar → app (127.0.0.6 → pod address);
+//! the sidecar-to-sidecar hop between pods stays on TCP. A second, loopback-only set of
+//! workloads isolates that: the app talks to a stand-in sidecar (`mst-stream`) on 15001 in its
+//! own pod, with bulk throughput, small-message round trips and CPU per round trip.
 //!
 //! Repetitions alternate the order of the modes; the table shows medians with their range and
 //! every figure as a ratio to `iptables` and to `direct` from the same run. JSON lines go to
@@ -23,7 +31,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use meshsteer::istio::{Capture, INJECTOR_DEFAULT_ARGS};
 use meshsteer_tests::{
-    Agent, Node, Pod,
+    Agent, Node, Pod, accel,
     apps::{self, Scratch},
     cmd::{self, Proc},
     istio_rules,
@@ -39,16 +47,45 @@ enum Mode {
     Direct,
     Iptables,
     Meshsteer,
+    MeshsteerAccel,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Direct, Mode::Iptables, Mode::Meshsteer];
+    const ALL: [Mode; 4] = [
+        Mode::Direct,
+        Mode::Iptables,
+        Mode::Meshsteer,
+        Mode::MeshsteerAccel,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
             Mode::Iptables => "iptables",
             Mode::Meshsteer => "meshsteer",
+            Mode::MeshsteerAccel => "meshsteer+accel",
+        }
+    }
+
+    /// For pod names (a veth name must stay under 16 bytes).
+    fn short(self) -> &'static str {
+        match self {
+            Mode::Direct => "dir",
+            Mode::Iptables => "ipt",
+            Mode::Meshsteer => "ms",
+            Mode::MeshsteerAccel => "msa",
+        }
+    }
+
+    /// Puts `pod` under this mode's capture.
+    fn capture(self, agent: &Agent, pod: &Pod) -> Result<()> {
+        match self {
+            Mode::Direct => Ok(()),
+            Mode::Iptables => {
+                istio_rules::install(&pod.netns, &Capture::from_args(INJECTOR_DEFAULT_ARGS)?)
+            }
+            Mode::Meshsteer => accel::enrol(agent, pod, INJECTOR_DEFAULT_ARGS, false),
+            Mode::MeshsteerAccel => accel::enrol(agent, pod, INJECTOR_DEFAULT_ARGS, true),
         }
     }
 
@@ -95,16 +132,10 @@ struct Pair {
 
 impl Pair {
     fn new(node: &mut Node, agent: &Agent, scratch: &Scratch, mode: Mode) -> Result<Self> {
-        let mut client = node.add_pod(&format!("{}c", &mode.name()[..3]))?;
-        let mut server = node.add_pod(&format!("{}s", &mode.name()[..3]))?;
+        let mut client = node.add_pod(&format!("{}c", mode.short()))?;
+        let mut server = node.add_pod(&format!("{}s", mode.short()))?;
         for pod in [&client, &server] {
-            match mode {
-                Mode::Direct => {}
-                Mode::Iptables => {
-                    istio_rules::install(&pod.netns, &Capture::from_args(INJECTOR_DEFAULT_ARGS)?)?
-                }
-                Mode::Meshsteer => agent.enrol(pod, INJECTOR_DEFAULT_ARGS)?,
-            }
+            mode.capture(agent, pod)?;
         }
         server.keep(apps::start_nginx(&server, scratch, APP.0, APP.1)?);
         let mut iperf = Proc::spawn(&server.place(APP.0, APP.1), "iperf3", &["-s", "-p", "5201"])?;
@@ -151,14 +182,16 @@ impl Pair {
 
     /// CPU time (µs) the two pods' cgroups have used so far.
     fn cpu_usec(&self) -> Result<u64> {
-        let usage = |pod: &Pod| -> Result<u64> {
-            let stat = fs::read_to_string(pod.cgroup.join("cpu.stat"))?;
-            stat.lines()
-                .find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.parse().ok()))
-                .context("cpu.stat without usage_usec")
-        };
-        Ok(usage(&self.client)? + usage(&self.server)?)
+        Ok(cpu_usec(&self.client)? + cpu_usec(&self.server)?)
     }
+}
+
+/// CPU time (µs) a pod's cgroup has used so far.
+fn cpu_usec(pod: &Pod) -> Result<u64> {
+    let stat = fs::read_to_string(pod.cgroup.join("cpu.stat"))?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.parse().ok()))
+        .context("cpu.stat without usage_usec")
 }
 
 /// One wrk run's outcome.
@@ -267,8 +300,24 @@ impl Results {
     }
 
     fn table(&self) -> String {
-        let mut t = String::from(
-            "| workload | unit | direct | iptables | meshsteer | meshsteer / iptables | meshsteer / direct | iptables / direct |\n|---|---|---|---|---|---|---|---|\n",
+        use Mode::*;
+        /// (numerator, denominator, column title) of every ratio column.
+        const RATIOS: [(Mode, Mode, &str); 5] = [
+            (Meshsteer, Iptables, "meshsteer / iptables"),
+            (MeshsteerAccel, Iptables, "accel / iptables"),
+            (MeshsteerAccel, Meshsteer, "accel / meshsteer"),
+            (Meshsteer, Direct, "meshsteer / direct"),
+            (Iptables, Direct, "iptables / direct"),
+        ];
+        let titles: Vec<&str> = Mode::ALL
+            .iter()
+            .map(|m| m.name())
+            .chain(RATIOS.iter().map(|r| r.2))
+            .collect();
+        let mut t = format!(
+            "| workload | unit | {} |\n|---|---|{}\n",
+            titles.join(" | "),
+            "---|".repeat(titles.len())
         );
         for (w, (unit, _)) in &self.units {
             let cell = |m| match self.median(w, m) {
@@ -279,16 +328,12 @@ impl Results {
                 (Some((x, ..)), Some((y, ..))) if y != 0.0 => format!("{:.2}×", x / y),
                 _ => "–".into(),
             };
-            let _ = writeln!(
-                t,
-                "| {w} | {unit} | {} | {} | {} | {} | {} | {} |",
-                cell(Mode::Direct),
-                cell(Mode::Iptables),
-                cell(Mode::Meshsteer),
-                ratio(Mode::Meshsteer, Mode::Iptables),
-                ratio(Mode::Meshsteer, Mode::Direct),
-                ratio(Mode::Iptables, Mode::Direct),
-            );
+            let cells: Vec<String> = Mode::ALL
+                .iter()
+                .map(|m| cell(*m))
+                .chain(RATIOS.iter().map(|(a, b, _)| ratio(*a, *b)))
+                .collect();
+            let _ = writeln!(t, "| {w} | {unit} | {} |", cells.join(" | "));
         }
         t
     }
@@ -329,6 +374,107 @@ fn run_workloads(s: &Settings, pairs: &[Pair], scratch: &Scratch, r: &mut Result
         }
     }
     Ok(())
+}
+
+/// What the datapath did with the accelerated pair's sockets (JSON lines, and the run fails if
+/// nothing was accelerated): sockets accelerated, and connections left on or sent back to the
+/// normal path by reason.
+fn acceleration_counters(agent: &Agent, pods: &[&Pod], r: &mut Results) -> Result<()> {
+    const KEYS: [&str; 4] = [
+        "accel_sockets",
+        "accel_backpressure",
+        "accel_no_peer",
+        "accel_cross_pod",
+    ];
+    for pod in pods {
+        let counts: serde_json::Map<String, Value> = KEYS
+            .iter()
+            .map(|k| Ok((k.to_string(), accel::counter(agent, pod, k)?.into())))
+            .collect::<Result<_>>()?;
+        eprintln!("  {} counters: {}", pod.name, Value::from(counts.clone()));
+        ensure!(
+            counts["accel_sockets"].as_u64() > Some(0),
+            "{}: no socket was accelerated",
+            pod.name
+        );
+        r.lines.push(
+            json!({ "workload": "acceleration counters", "pod": pod.name, "counters": counts }),
+        );
+    }
+    Ok(())
+}
+
+/// The app and its sidecar over loopback and nothing else, where acceleration applies end to
+/// end: bulk throughput, round trips of 64-byte messages, and the pod's CPU per round trip.
+/// The sidecar is a stand-in (`mst-stream serve`, uid 1337) on 15001; the app connects to an
+/// outside address that capture sends there (direct: to 15001 itself).
+fn run_loopback(s: &Settings, node: &mut Node, agent: &Agent, r: &mut Results) -> Result<()> {
+    let mut pods = Vec::new();
+    for mode in Mode::ALL {
+        let mut pod = node.add_pod(&format!("lo{}", mode.short()))?;
+        mode.capture(agent, &pod)?;
+        let place = pod.place(PROXY.0, PROXY.1);
+        let sidecar = Proc::spawn_ready(&place, &accel::stream_bin(), &["serve", "0.0.0.0:15001"])?;
+        pod.keep(sidecar);
+        pods.push((mode, pod));
+    }
+    let secs = s.secs.to_string();
+    for rep in 0..s.reps {
+        for i in 0..pods.len() {
+            let (mode, pod) = &pods[(i + rep) % pods.len()];
+            let dst = match mode {
+                Mode::Direct => "127.0.0.1:15001",
+                _ => "10.200.0.1:80",
+            };
+            let place = pod.place(APP.0, APP.1);
+            let bulk = loopback(&place, "bulk", dst, &[&secs, "131072"])?;
+            r.add(
+                "loopback bulk",
+                "Gbit/s",
+                true,
+                *mode,
+                rep,
+                num(&bulk, "gbit_per_s")?,
+            );
+            let cpu_before = cpu_usec(pod)?;
+            let rr = loopback(&place, "rr", dst, &[&secs, "64"])?;
+            let cpu = (cpu_usec(pod)? - cpu_before) as f64;
+            r.add(
+                "loopback round trips, 64 B",
+                "per s",
+                true,
+                *mode,
+                rep,
+                num(&rr, "per_s")?,
+            );
+            let per_rt = cpu / num(&rr, "round_trips")?;
+            r.add(
+                "loopback CPU per round trip",
+                "µs",
+                false,
+                *mode,
+                rep,
+                per_rt,
+            );
+        }
+    }
+    let accelerated: Vec<&Pod> = pods
+        .iter()
+        .filter(|(m, _)| *m == Mode::MeshsteerAccel)
+        .map(|(_, p)| p)
+        .collect();
+    acceleration_counters(agent, &accelerated, r)
+}
+
+/// One `mst-stream` measurement; a failed transfer fails the run.
+fn loopback(place: &cmd::Place<'_>, scenario: &str, dst: &str, args: &[&str]) -> Result<Value> {
+    let v = accel::stream(place, scenario, dst, args)?;
+    ensure!(v["failures"] == json!([]), "{scenario} to {dst}: {v}");
+    Ok(v)
+}
+
+fn num(v: &Value, key: &str) -> Result<f64> {
+    v[key].as_f64().with_context(|| format!("no {key} in {v}"))
 }
 
 /// Cost of the capture decision at connect() against the number of excluded CIDRs: the
@@ -493,7 +639,14 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let mut r = Results::default();
     run_workloads(&s, &pairs, &scratch, &mut r)?;
+    let accelerated: Vec<&Pod> = pairs
+        .iter()
+        .filter(|p| p.mode == Mode::MeshsteerAccel)
+        .flat_map(|p| [&p.client, &p.server])
+        .collect();
+    acceleration_counters(&agent, &accelerated, &mut r)?;
     drop(pairs);
+    run_loopback(&s, &mut node, &agent, &mut r)?;
     run_cidr_scaling(&s, &mut node, &agent, &mut r)?;
     enrolment_latency(&mut node, &agent, &mut r)?;
     agent_footprint(&agent, &mut r)?;

@@ -1,0 +1,519 @@
+//! `meshsteer trace`: live capture decisions, one line each, like a tiny tcpdump for capture.
+//!
+//! While a trace holds the lease in `MS_TRACE_CTL`, the datapath writes one record per
+//! decision to the `MS_TRACE` ring buffer. This command takes the lease, renews it every
+//! second, prints the records, and gives the lease back when it stops (SIGINT, SIGTERM, or its
+//! output closed). A trace that dies without giving it back costs the datapath nothing once the
+//! lease runs out ([`LEASE_NS`]). One trace at a time: a ring buffer has a single reader.
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, Write},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{Array, MapData, RingBuf};
+use meshsteer_common::{
+    Addr,
+    inbound::InRule,
+    maps::{
+        names, node_counter,
+        trace::{LEASE_NS, TraceCtl, TraceEvent, action, direction},
+    },
+    outbound::Rule,
+};
+use serde::Serialize;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{cli::TraceArgs, counters::Counters, datapath::Pins, status};
+
+/// How often the lease is renewed (well within [`LEASE_NS`]).
+const RENEW: Duration = Duration::from_secs(1);
+
+pub async fn run(args: TraceArgs) -> Result<()> {
+    let pins = Pins::new(&args.pins.bpffs_dir);
+    let ring = RingBuf::try_from(pins.open_map(names::TRACE)?)
+        .context("MS_TRACE is not a ring buffer: is the agent as recent as this command?")?;
+    // SAFETY: the fd is the ring buffer map's own, open as long as the AsyncFd owns the map.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .context("polling the trace ring buffer")?;
+    let counters = Counters::from_pins(&pins)?;
+    let dropped_before = counters.node(node_counter::TRACE_DROPPED);
+    let mut printer = Printer::new(&args);
+    let mut lease = Lease::acquire(&pins)?;
+    printer.since_ns = lease.since_ns;
+    eprintln!(
+        "meshsteer trace: capture decisions{}; Ctrl-C to stop",
+        args.pod
+            .as_ref()
+            .map(|p| format!(" of {p}"))
+            .unwrap_or_default()
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut renew = tokio::time::interval(RENEW);
+    let result = loop {
+        let step = tokio::select! {
+            _ = renew.tick() => lease.renew().and_then(|()| printer.drain(ring.get_mut())),
+            guard = ring.readable_mut() => match guard {
+                Ok(mut guard) => {
+                    let r = printer.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                    r
+                }
+                Err(e) => Err(e).context("waiting for trace records"),
+            },
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+        };
+        match step {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::OutputClosed) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    drop(lease);
+    let dropped = counters
+        .node(node_counter::TRACE_DROPPED)
+        .saturating_sub(dropped_before);
+    if dropped > 0 {
+        eprintln!("meshsteer trace: {dropped} records lost (ring buffer full)");
+    }
+    result
+}
+
+/// The lease state in the pins (tests: is tracing off after a trace stopped?).
+pub fn current_lease(pins: &Pins) -> Result<TraceCtl> {
+    let ctl: Array<MapData, TraceCtl> = pins.open_map(names::TRACE_CTL)?.try_into()?;
+    Ok(ctl.get(&0, 0)?)
+}
+
+/// Whether the printer wants more.
+enum Flow {
+    Continue,
+    OutputClosed,
+}
+
+/// This process's lease on tracing; given back on drop.
+struct Lease {
+    ctl: Array<MapData, TraceCtl>,
+    pid: u32,
+    /// When it was taken: older records in the ring are a previous trace's leftovers.
+    since_ns: u64,
+}
+
+impl Lease {
+    fn acquire(pins: &Pins) -> Result<Self> {
+        let ctl: Array<MapData, TraceCtl> = pins.open_map(names::TRACE_CTL)?.try_into()?;
+        let pid = std::process::id();
+        let now = monotonic_ns();
+        let held = ctl.get(&0, 0).context("reading MS_TRACE_CTL")?;
+        if let Some(other) = other_holder(&held, now, pid, pid_alive) {
+            bail!(
+                "another `meshsteer trace` (pid {other}) is running: one trace at a time, as \
+                 the ring buffer has a single reader"
+            );
+        }
+        let mut lease = Self {
+            ctl,
+            pid,
+            since_ns: now,
+        };
+        lease.renew()?;
+        Ok(lease)
+    }
+
+    fn renew(&mut self) -> Result<()> {
+        let ctl = TraceCtl {
+            deadline_ns: monotonic_ns() + LEASE_NS,
+            owner_pid: self.pid,
+            _pad: 0,
+        };
+        self.ctl
+            .set(0, ctl, 0)
+            .context("renewing the trace lease in MS_TRACE_CTL")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Only our own lease: a trace that took over after ours expired keeps its own.
+        if self.ctl.get(&0, 0).is_ok_and(|c| c.owner_pid == self.pid) {
+            let _ = self.ctl.set(0, TraceCtl::default(), 0);
+        }
+    }
+}
+
+/// The pid of another live trace holding an unexpired lease, if any.
+fn other_holder(held: &TraceCtl, now_ns: u64, me: u32, alive: impl Fn(u32) -> bool) -> Option<u32> {
+    let live = held.deadline_ns > now_ns && held.owner_pid != me && alive(held.owner_pid);
+    live.then_some(held.owner_pid)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec; these clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The clock of `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// Turns records into lines on stdout.
+struct Printer {
+    pod: Option<String>,
+    json: bool,
+    names: PodNames,
+    since_ns: u64,
+    /// Wall clock minus monotonic clock, to date records.
+    wall_offset_ns: i128,
+}
+
+impl Printer {
+    fn new(args: &TraceArgs) -> Self {
+        Self {
+            pod: args.pod.clone(),
+            json: args.json,
+            names: PodNames::new(&args.status.status_file),
+            since_ns: 0,
+            wall_offset_ns: i128::from(clock_ns(libc::CLOCK_REALTIME)) - i128::from(monotonic_ns()),
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<Flow> {
+        let mut out = io::stdout().lock();
+        while let Some(item) = ring.next() {
+            let Some(ev) = parse(&item) else {
+                continue;
+            };
+            drop(item);
+            if ev.ktime_ns < self.since_ns {
+                continue;
+            }
+            let pod = self
+                .names
+                .get(ev.pod_cgroup)
+                .unwrap_or_else(|| format!("cgroup:{}", ev.pod_cgroup));
+            if self.pod.as_ref().is_some_and(|p| *p != pod) {
+                continue;
+            }
+            let unix_ns = i128::from(ev.ktime_ns) + self.wall_offset_ns;
+            let Some(d) = Decision::new(&ev, pod, rfc3339(unix_ns)) else {
+                continue;
+            };
+            let line = if self.json {
+                serde_json::to_string(&d)?
+            } else {
+                d.to_string()
+            };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(Flow::OutputClosed);
+            }
+        }
+        if out.flush().is_err() {
+            return Ok(Flow::OutputClosed);
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+fn parse(bytes: &[u8]) -> Option<TraceEvent> {
+    if bytes.len() < size_of::<TraceEvent>() {
+        return None;
+    }
+    // SAFETY: the length is checked, the read is unaligned, and `TraceEvent` is plain data
+    // for which every bit pattern is valid.
+    Some(unsafe { bytes.as_ptr().cast::<TraceEvent>().read_unaligned() })
+}
+
+/// Pod names by pod cgroup id, from the agent's status file (re-read when it changed and an
+/// unknown id shows up).
+struct PodNames {
+    status_file: PathBuf,
+    names: HashMap<u64, String>,
+    read_at: Option<SystemTime>,
+}
+
+impl PodNames {
+    fn new(status_file: &Path) -> Self {
+        Self {
+            status_file: status_file.to_path_buf(),
+            names: HashMap::new(),
+            read_at: None,
+        }
+    }
+
+    fn get(&mut self, cgroup_id: u64) -> Option<String> {
+        if !self.names.contains_key(&cgroup_id) {
+            self.refresh();
+        }
+        self.names.get(&cgroup_id).cloned()
+    }
+
+    fn refresh(&mut self) {
+        let mtime = fs::metadata(&self.status_file)
+            .and_then(|m| m.modified())
+            .ok();
+        if mtime.is_none() || mtime == self.read_at {
+            return;
+        }
+        self.read_at = mtime;
+        let Ok(doc) = status::read(&self.status_file) else {
+            return;
+        };
+        self.names = doc
+            .pods
+            .iter()
+            .filter_map(|p| Some((p["cgroupId"].as_u64()?, p["name"].as_str()?.to_string())))
+            .collect();
+    }
+}
+
+/// One decision, as printed.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Decision {
+    time: String,
+    pod: String,
+    cgroup_id: u64,
+    direction: &'static str,
+    /// The socket owner (outbound only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gid: Option<u32>,
+    /// Outbound: the bound source address, if any. Inbound: the peer.
+    src: Option<String>,
+    dst: SocketAddr,
+    rule: &'static str,
+    action: &'static str,
+    /// Where it went: the proxy's port, or its own destination (None: refused).
+    landed: Option<SocketAddr>,
+}
+
+impl Decision {
+    fn new(ev: &TraceEvent, pod: String, time: String) -> Option<Self> {
+        let dst = socket(ev.dst, ev.dst_port);
+        let (direction, rule, uid, gid, src) = match ev.direction {
+            direction::OUTBOUND => (
+                "outbound",
+                Rule::from_u8(ev.rule)?.name(),
+                Some(ev.uid),
+                Some(ev.gid),
+                (!ev.src.is_unspecified()).then(|| ev.src.to_string()),
+            ),
+            direction::INBOUND => (
+                "inbound",
+                InRule::from_u8(ev.rule)?.name(),
+                None,
+                None,
+                Some(socket(ev.src, ev.src_port).to_string()),
+            ),
+            _ => return None,
+        };
+        let (action, landed) = match ev.action {
+            action::PASSED => ("passed", Some(dst)),
+            action::REDIRECTED => (
+                "redirected",
+                Some(socket(ev.dst.localhost_like(), ev.landed_port)),
+            ),
+            action::STEERED => ("steered", Some(socket(ev.dst, ev.landed_port))),
+            action::REFUSED => ("refused", None),
+            _ => return None,
+        };
+        Some(Self {
+            time,
+            pod,
+            cgroup_id: ev.pod_cgroup,
+            direction,
+            uid,
+            gid,
+            src,
+            dst,
+            rule,
+            action,
+            landed,
+        })
+    }
+}
+
+impl std::fmt::Display for Decision {
+    /// `12:00:01.123456 default/web-0 outbound uid=1000 gid=1000 * -> 10.96.0.10:80
+    /// included_cidr redirected -> 127.0.0.1:15001`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let clock = self
+            .time
+            .split_once('T')
+            .map_or(self.time.as_str(), |(_, t)| t.trim_end_matches('Z'));
+        write!(f, "{clock} {} {}", self.pod, self.direction)?;
+        if let (Some(uid), Some(gid)) = (self.uid, self.gid) {
+            write!(f, " uid={uid} gid={gid}")?;
+        }
+        let src = self.src.as_deref().unwrap_or("*");
+        write!(f, " {src} -> {} {} {}", self.dst, self.rule, self.action)?;
+        match self.landed {
+            Some(to) if self.action != "passed" => write!(f, " -> {to}"),
+            Some(_) => Ok(()),
+            None => write!(f, " (no proxy listener: RST)"),
+        }
+    }
+}
+
+fn socket(addr: Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::from(addr), port)
+}
+
+/// `2024-05-01T12:00:01.123456Z` (UTC) for nanoseconds since the Unix epoch.
+fn rfc3339(unix_ns: i128) -> String {
+    let micros = unix_ns.max(0) / 1_000;
+    let (secs, micros) = (micros / 1_000_000, micros % 1_000_000);
+    let (days, day_secs) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        day_secs / 3600,
+        day_secs / 60 % 60,
+        day_secs % 60
+    )
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> TraceEvent {
+        TraceEvent {
+            ktime_ns: 0,
+            pod_cgroup: 42,
+            src: Addr::UNSPECIFIED_V6,
+            dst: Addr::v4([10, 96, 0, 10]),
+            uid: 1000,
+            gid: 1000,
+            dst_port: 80,
+            landed_port: 15001,
+            direction: direction::OUTBOUND,
+            rule: Rule::IncludedCidr as u8,
+            action: action::REDIRECTED,
+            ..Default::default()
+        }
+    }
+
+    fn decision(ev: &TraceEvent) -> Decision {
+        Decision::new(
+            ev,
+            "default/web-0".into(),
+            rfc3339(1_714_564_801_123_456_789),
+        )
+        .expect("valid event")
+    }
+
+    #[test]
+    fn outbound_redirect() {
+        let d = decision(&event());
+        assert_eq!(d.time, "2024-05-01T12:00:01.123456Z");
+        assert_eq!(
+            d.to_string(),
+            "12:00:01.123456 default/web-0 outbound uid=1000 gid=1000 * -> 10.96.0.10:80 \
+             included_cidr redirected -> 127.0.0.1:15001"
+        );
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["landed"], "127.0.0.1:15001");
+        assert_eq!(json["src"], serde_json::Value::Null);
+        assert_eq!(json["cgroupId"], 42);
+    }
+
+    #[test]
+    fn inbound_steered_passed_refused() {
+        let mut ev = event();
+        ev.direction = direction::INBOUND;
+        ev.src = Addr::v4([10, 88, 0, 11]);
+        ev.src_port = 40000;
+        ev.dst = Addr::v4([10, 88, 0, 10]);
+        ev.dst_port = 8080;
+        ev.rule = InRule::Captured as u8;
+        ev.action = action::STEERED;
+        ev.landed_port = 15006;
+        let d = decision(&ev);
+        assert_eq!(d.uid, None);
+        assert!(
+            d.to_string().ends_with(
+                "inbound 10.88.0.11:40000 -> 10.88.0.10:8080 captured steered -> 10.88.0.10:15006"
+            ),
+            "{d}"
+        );
+        ev.action = action::REFUSED;
+        ev.landed_port = 0;
+        assert_eq!(decision(&ev).landed, None);
+        ev.rule = InRule::ExcludedPort as u8;
+        ev.action = action::PASSED;
+        ev.landed_port = 8080;
+        let d = decision(&ev);
+        assert_eq!(d.landed, Some("10.88.0.10:8080".parse().unwrap()));
+        assert!(d.to_string().ends_with("excluded_port passed"), "{d}");
+    }
+
+    #[test]
+    fn malformed_records_are_skipped() {
+        let mut ev = event();
+        ev.rule = 200;
+        assert!(Decision::new(&ev, String::new(), String::new()).is_none());
+        let mut ev = event();
+        ev.direction = 9;
+        assert!(Decision::new(&ev, String::new(), String::new()).is_none());
+        assert!(parse(&[0u8; 8]).is_none());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn lease_holders() {
+        let held = TraceCtl {
+            deadline_ns: 100,
+            owner_pid: 7,
+            _pad: 0,
+        };
+        assert_eq!(other_holder(&held, 50, 1, |_| true), Some(7));
+        assert_eq!(other_holder(&held, 50, 7, |_| true), None, "our own");
+        assert_eq!(other_holder(&held, 150, 1, |_| true), None, "expired");
+        assert_eq!(other_holder(&held, 50, 1, |_| false), None, "holder died");
+        assert_eq!(other_holder(&TraceCtl::default(), 50, 1, |_| true), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! Socket-level acceleration, sockops side: when a connection of an accelerated pod is
+//! established within the pod's network namespace (app ↔ its sidecar over loopback, sidecar →
+//! app from 127.0.0.6, anything to the pod's own addresses), both of its sockets go into
+//! `MS_SOCKS` under their own view of the connection. `sk_msg.rs` then hands each send to the
+//! peer found under the mirrored view.
+//!
+//! The connecting side is established first (its ACK makes the other side), so it is inserted
+//! and leaves the accepting side's view in `MS_ACCEL_PENDING`; the accepting side joins when
+//! it finds itself there. Nothing else is needed at close: the kernel drops a closing socket
+//! from every sockmap, and its storage goes with it.
+use core::ffi::c_void;
+
+use aya_ebpf::{bindings::BPF_ANY, programs::SockOpsContext};
+use meshsteer_common::maps::{
+    PodConfig, TupleKey,
+    accel::{AccelState, cfg_flags, state_flags},
+    counter, pod_flags,
+};
+
+use crate::{
+    maps::{ACCEL_CFG, ACCEL_PENDING, ACCEL_STATE, INBOUND_ADDRS, SOCKS},
+    pod::{MapTables, count, pod_config, sk_storage, sock_state},
+    sockops::own_view,
+};
+
+const CREATE: u64 = aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64;
+
+/// ACTIVE_ESTABLISHED_CB: the connecting side of a connection.
+#[inline(never)]
+pub fn connected(ctx: &SockOpsContext) {
+    let sk = socket(ctx);
+    if sk.is_null() {
+        return;
+    }
+    // Sockets created in an enrolled pod carry their pod since sock_create.
+    let Some(pod_cgroup) = sock_state(sk).map(|s| s.pod_cgroup).filter(|p| *p != 0) else {
+        return;
+    };
+    let Some(cfg) = pod_config(pod_cgroup) else {
+        return;
+    };
+    if cfg.flags & pod_flags::ACCELERATE == 0 {
+        return;
+    }
+    let view = own_view(ctx);
+    if !stays_in_pod(cfg, &view) {
+        if INBOUND_ADDRS.get_ptr(view.remote).is_some() {
+            // Another pod on this node: its socket lives in another network namespace.
+            count(pod_cgroup, counter::ACCEL_CROSS_POD);
+        }
+        return;
+    }
+    if !capable() {
+        count(pod_cgroup, counter::ACCEL_UNSUPPORTED);
+        return;
+    }
+    if insert(ctx, sk, view, pod_cgroup) {
+        let peer = crate::tuple::mirrored(&view);
+        let _ = ACCEL_PENDING.insert(peer, pod_cgroup, BPF_ANY.into());
+    }
+}
+
+/// PASSIVE_ESTABLISHED_CB: the accepting side joins if its connecting side was inserted.
+#[inline(never)]
+pub fn accepted(ctx: &SockOpsContext) {
+    let sk = socket(ctx);
+    if sk.is_null() {
+        return;
+    }
+    let view = own_view(ctx);
+    // SAFETY: plain data, copied out at once.
+    let Some(pod_cgroup) = ACCEL_PENDING.get_ptr(view).map(|p| unsafe { *p }) else {
+        return;
+    };
+    let _ = ACCEL_PENDING.remove(view);
+    insert(ctx, sk, view, pod_cgroup);
+}
+
+/// Loopback, or one of the pod's own addresses: the peer socket is in the same namespace.
+#[inline(always)]
+fn stays_in_pod(cfg: &PodConfig, view: &TupleKey) -> bool {
+    use meshsteer_common::outbound::PodTables;
+    view.remote.is_loopback() || MapTables::new(cfg).is_pod_address(&view.remote)
+}
+
+#[inline(always)]
+fn capable() -> bool {
+    ACCEL_CFG
+        .get(0)
+        .is_some_and(|c| c.flags & cfg_flags::CAPABLE != 0)
+}
+
+/// State first (the sk_msg program needs it from the first send), then the sockhash.
+#[inline(never)]
+fn insert(ctx: &SockOpsContext, sk: *mut c_void, mut view: TupleKey, pod_cgroup: u64) -> bool {
+    let Some(state) = sk_storage(&ACCEL_STATE, sk, CREATE) else {
+        return false;
+    };
+    *state = AccelState {
+        pod_cgroup,
+        flags: 0,
+        _pad: 0,
+    };
+    // SAFETY: the ctx is the bpf_sock_ops the helper expects, valid for the whole run.
+    let ops = unsafe { &mut *ctx.ops };
+    if SOCKS.update(&mut view, ops, BPF_ANY.into()).is_err() {
+        state.flags = state_flags::NORMAL_PATH;
+        count(pod_cgroup, counter::ACCEL_MAP_FULL);
+        return false;
+    }
+    count(pod_cgroup, counter::ACCEL_SOCKETS);
+    true
+}
+
+#[inline(always)]
+fn socket(ctx: &SockOpsContext) -> *mut c_void {
+    // SAFETY: valid ctx; `sk` may be NULL (checked by the callers).
+    unsafe { (*ctx.ops).__bindgen_anon_2.sk }.cast()
+}

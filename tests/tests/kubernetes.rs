@@ -1,0 +1,262 @@
+//! Pod discovery against a real API server (kube-apiserver v1.20 + etcd on loopback): pods
+//! are created through the API for a node name, their status set as a kubelet would, and each
+//! is backed by a simulated pod whose cgroup sits where a systemd-driver kubelet puts it. The
+//! agent (`run --kubernetes`, as the unprivileged `node-agent` user bound to the deployment's
+//! ClusterRole) must find them by UID and capture them. Also: the deployment's manifests
+//! validate server-side and its ServiceAccount can do what the agent needs and no more.
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use meshsteer::{datapath::Pins, podmaps::PodMaps};
+use meshsteer_tests::{
+    Agent, Node, Pod,
+    agent::path_str,
+    kube::{Cluster, cluster, repo_root},
+};
+
+const WORLD: &str = "10.200.0.1:80";
+const EXCLUDE_OUTBOUND: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
+const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+
+/// Where a systemd-driver kubelet puts a best-effort pod's cgroup.
+fn besteffort_cgroup(uid: &str) -> PathBuf {
+    let uid = uid.replace('-', "_");
+    PathBuf::from(format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice"
+    ))
+}
+
+/// One test's world: a namespace of its own on the shared API server, a simulated node with
+/// its world listening, and an agent watching that node's pods as `node-agent`.
+struct Scene {
+    k8s: &'static Cluster,
+    ns: String,
+    // Stopped before the node goes.
+    agent: Agent,
+    node: Node,
+}
+
+impl Scene {
+    fn new() -> Result<Self> {
+        let k8s = cluster()?;
+        let ns = k8s.namespace()?;
+        let mut node = Node::new()?;
+        node.start_world()?;
+        let kubeconfig = k8s.agent_kubeconfig();
+        let agent = Agent::start_with(
+            &node,
+            &[
+                "--kubernetes",
+                "--node-name",
+                &node.id,
+                "--kubeconfig",
+                path_str(&kubeconfig),
+            ],
+        )?;
+        Ok(Self {
+            k8s,
+            ns,
+            agent,
+            node,
+        })
+    }
+
+    /// The pod's name in `meshsteer status`.
+    fn status_name(&self, pod: &str) -> String {
+        format!("{}/{pod}", self.ns)
+    }
+
+    /// A pod made through the API for node `on` (default: this one), backed by a simulated pod
+    /// of this node with its app listening and its addresses published, as a kubelet would.
+    fn running_pod(&mut self, name: &str, on: Option<&str>, sidecar: bool) -> Result<Pod> {
+        let on = on.unwrap_or(&self.node.id).to_string();
+        let uid = self
+            .k8s
+            .create_pod(&self.ns, name, &on, sidecar, &BTreeMap::new())?;
+        let mut pod = self.node.add_pod_at(name, &besteffort_cgroup(&uid))?;
+        pod.start_listener()?;
+        self.publish_ips(&pod)?;
+        Ok(pod)
+    }
+
+    fn publish_ips(&self, pod: &Pod) -> Result<()> {
+        self.k8s
+            .set_pod_ips(&self.ns, &pod.name, &[pod.ip4.parse()?, pod.ip6.parse()?])
+    }
+
+    fn enrolled_pods(&self) -> Result<usize> {
+        Ok(PodMaps::from_pins(&Pins::new(&self.agent.bpffs_dir))?
+            .enrolled()
+            .len())
+    }
+}
+
+#[test]
+fn capture_follows_the_pod_through_the_api_server() -> Result<()> {
+    let mut s = Scene::new()?;
+    let pod = s.running_pod("a", None, true)?;
+    let (k8s, ns, name) = (s.k8s, s.ns.as_str(), s.status_name("a"));
+
+    s.agent.wait_state(&name, |st| st == "ready")?;
+    let took = pod.lands_on(WORLD, 15001)?;
+    eprintln!("captured {took:?} after ready");
+
+    // Annotations apply live, both ways.
+    k8s.annotate(ns, "a", EXCLUDE_OUTBOUND, Some("10.200.0.0/16"))?;
+    let took = pod.lands_on(WORLD, 80)?;
+    eprintln!("annotation added: in effect after {took:?}");
+    k8s.annotate(ns, "a", EXCLUDE_OUTBOUND, None)?;
+    let took = pod.lands_on(WORLD, 15001)?;
+    eprintln!("annotation removed: in effect after {took:?}");
+
+    // What meshsteer does not implement is a clear error; the last good capture stays.
+    k8s.annotate(ns, "a", INTERCEPTION_MODE, Some("TPROXY"))?;
+    s.agent.wait_state(&name, |st| {
+        st.contains("interceptionMode") && st.contains("TPROXY")
+    })?;
+    assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
+
+    // Deletion stops capture and frees the pod's map entries.
+    k8s.delete_pod(ns, "a")?;
+    let took = pod.lands_on(WORLD, 80)?;
+    eprintln!("deleted: capture gone after {took:?}");
+    s.agent
+        .wait_until(Duration::from_secs(5), "the pod to leave the status", |a| {
+            a.state(&name).is_none()
+        })?;
+    assert_eq!(s.enrolled_pods()?, 0);
+    Ok(())
+}
+
+#[test]
+fn pods_wait_for_the_node_and_other_pods_are_left_alone() -> Result<()> {
+    let mut s = Scene::new()?;
+    // Another node's pod and a pod without a sidecar, both with cgroups the agent could find.
+    let elsewhere = s.running_pod("o", Some("some-other-node"), true)?;
+    let plain = s.running_pod("n", None, false)?;
+
+    // Known to the API server before it exists on the node: reported as waiting, in order.
+    let w = s.status_name("w");
+    let uid = s
+        .k8s
+        .create_pod(&s.ns, "w", &s.node.id, true, &BTreeMap::new())?;
+    s.agent
+        .wait_state(&w, |st| st.contains("waiting for the pod's addresses"))?;
+    let mut pod = s.node.add_pod_at("w", &besteffort_cgroup(&uid))?;
+    s.publish_ips(&pod)?;
+    s.agent.wait_state(&w, |st| {
+        st.contains("waiting for the pod's network namespace")
+    })?;
+    pod.start_listener()?;
+    s.agent.wait_state(&w, |st| st == "ready")?;
+    pod.lands_on(WORLD, 15001)?;
+
+    for p in [&elsewhere, &plain] {
+        assert_eq!(s.agent.state(&s.status_name(&p.name)), None);
+        assert_eq!(
+            p.probe(1000, 1000, WORLD, &[])?["listener"],
+            80,
+            "{}",
+            p.name
+        );
+    }
+    assert_eq!(s.enrolled_pods()?, 1);
+    Ok(())
+}
+
+/// SIGKILL leaves capture in effect; changes made through the API while the agent was down
+/// are reconciled by the next agent, from its first list.
+#[test]
+fn a_restarted_agent_reconciles_what_changed_while_it_was_down() -> Result<()> {
+    let mut s = Scene::new()?;
+    let a = s.running_pod("a", None, true)?;
+    let b = s.running_pod("b", None, true)?;
+    for p in [&a, &b] {
+        s.agent
+            .wait_state(&s.status_name(&p.name), |st| st == "ready")?;
+    }
+
+    s.agent.stop(libc::SIGKILL);
+    s.k8s
+        .annotate(&s.ns, "a", EXCLUDE_OUTBOUND, Some("10.200.0.0/16"))?;
+    s.k8s.delete_pod(&s.ns, "b")?;
+    for p in [&a, &b] {
+        assert_eq!(p.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
+    }
+
+    let start = Instant::now();
+    s.agent.restart(libc::SIGKILL)?;
+    a.lands_on(WORLD, 80)?;
+    b.lands_on(WORLD, 80)?;
+    eprintln!("restarted agent reconciled after {:?}", start.elapsed());
+    s.agent
+        .wait_state(&s.status_name("a"), |st| st == "ready")?;
+    ensure!(
+        s.agent.state(&s.status_name("b")).is_none(),
+        "deleted pod still listed"
+    );
+    assert_eq!(s.enrolled_pods()?, 1);
+    Ok(())
+}
+
+/// `deploy/` as the API server sees it: every manifest passes server-side validation, and the
+/// ServiceAccount may read pods and nothing else.
+#[test]
+fn deploy_manifests_validate_and_grant_only_pod_reads() -> Result<()> {
+    let k8s = cluster()?;
+    let deploy = repo_root().join("deploy");
+    let out = k8s
+        .kubectl()
+        .args(["apply", "--dry-run=server", "-f"])
+        .arg(&deploy)
+        .output()
+        .context("running kubectl")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "kubectl apply --dry-run=server -f deploy/ failed: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for kind in [
+        "daemonset.apps/meshsteer",
+        "clusterrole.rbac.authorization.k8s.io/meshsteer",
+    ] {
+        ensure!(text.contains(kind), "{kind} not applied: {text}");
+    }
+
+    let sa = "system:serviceaccount:meshsteer:meshsteer";
+    let can = |verb: &str, resource: &str, namespace: Option<&str>| -> Result<bool> {
+        let mut cmd = k8s.kubectl();
+        cmd.args(["auth", "can-i", verb, resource, "--as", sa]);
+        match namespace {
+            Some(n) => cmd.args(["--namespace", n]),
+            None => cmd.arg("--all-namespaces"),
+        };
+        let out = cmd.output().context("running kubectl auth can-i")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+    };
+    for verb in ["get", "list", "watch"] {
+        ensure!(can(verb, "pods", None)?, "the agent cannot {verb} pods");
+    }
+    for (verb, resource) in [
+        ("list", "secrets"),
+        ("get", "secrets"),
+        ("create", "pods"),
+        ("delete", "pods"),
+        ("patch", "pods"),
+        ("list", "nodes"),
+        ("list", "configmaps"),
+        ("create", "pods/exec"),
+    ] {
+        ensure!(
+            !can(verb, resource, None)?,
+            "the agent may {verb} {resource}"
+        );
+    }
+    ensure!(!can("get", "secrets", Some("meshsteer"))?);
+    Ok(())
+}
