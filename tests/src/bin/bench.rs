@@ -138,7 +138,14 @@ impl Pair {
             mode.capture(agent, pod)?;
         }
         server.keep(apps::start_nginx(&server, scratch, APP.0, APP.1)?);
-        let mut iperf = Proc::spawn(&server.place(APP.0, APP.1), "iperf3", &["-s", "-p", "5201"])?;
+        // Its per-test report would interleave with the table: to a file.
+        let log = scratch.path.join(format!("iperf3-{}.log", server.name));
+        let mut iperf = Proc::spawn_logged(
+            &server.place(APP.0, APP.1),
+            "iperf3",
+            &["-s", "-p", "5201"],
+            &log,
+        )?;
         apps::wait_listening(&server, &mut iperf, 5201, 1)?;
         server.keep(iperf);
         for pod in [&mut client, &mut server] {
