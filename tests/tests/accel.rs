@@ -21,6 +21,7 @@ use meshsteer::istio::INJECTOR_DEFAULT_ARGS;
 use meshsteer_tests::{
     Agent, Node, Pod,
     accel::{self, stream, stream_bin},
+    apps,
     cmd::{self, Proc},
 };
 use serde_json::{Value, json};
@@ -346,4 +347,44 @@ fn agent_restart_keeps_and_reattaches() -> Result<()> {
     assert_exact(&r);
     assert_exact_and_accelerated(&bed.app("sizes", &["65536"])?);
     bed.assert_idle()
+}
+
+/// Real event-driven programs on both accelerated hops: wrk (app) → HAProxy (client sidecar)
+/// → the server pod's HAProxy (inbound) → nginx from 127.0.0.6, as in the benchmark. Every
+/// request is answered, on one keep-alive connection and on 32, and both hops were accelerated.
+#[test]
+fn real_proxies_answer_every_request() -> Result<()> {
+    let mut node = Node::new()?;
+    let agent = Agent::start(&node)?;
+    let scratch = apps::Scratch::new("accel-e2e")?;
+    let mut client = node.add_pod("c")?;
+    let mut server = node.add_pod("s")?;
+    for pod in [&client, &server] {
+        accel::enrol(&agent, pod, INJECTOR_DEFAULT_ARGS, true)?;
+    }
+    server.keep(apps::start_nginx(&server, &scratch, APP.0, APP.1)?);
+    for pod in [&mut client, &mut server] {
+        let sidecar = apps::start_sidecar(pod, &scratch, PROXY.0, PROXY.1)?;
+        pod.keep(sidecar);
+    }
+    let url = format!("http://{}:80/", server.ip4);
+    for conns in ["1", "32", "1"] {
+        let args = ["-t1", "-c", conns, "-d", "1s", &url];
+        let out = cmd::run(&client.place(APP.0, APP.1), "wrk", &args)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains(" 0 requests in")
+                && !text.contains("Non-2xx")
+                && !text.contains("errors"),
+            "wrk -c {conns}:\n{text}"
+        );
+    }
+    for pod in [&client, &server] {
+        assert!(
+            accel::counter(&agent, pod, "accel_sockets")? > 0,
+            "{}",
+            pod.name
+        );
+    }
+    Ok(())
 }

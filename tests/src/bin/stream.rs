@@ -753,10 +753,14 @@ impl Client {
                 s.write_all(&buf)?;
             }
             s.shutdown(Shutdown::Write)?;
-            let mut reply = String::new();
-            s.read_to_string(&mut reply)?;
-            let bytes = reply.trim().parse().map_err(io::Error::other)?;
-            Ok((bytes, start.elapsed().as_secs_f64()))
+            let mut reply = Vec::new();
+            let e = drain(&mut s, &SHUT, |b| reply.extend_from_slice(b))?;
+            r.eagain_after_shutdown += e.after_shutdown;
+            let bytes = String::from_utf8_lossy(&reply).trim().parse();
+            Ok((
+                bytes.map_err(io::Error::other)?,
+                start.elapsed().as_secs_f64(),
+            ))
         })();
         match res {
             Ok((bytes, t)) => {
