@@ -236,6 +236,8 @@ pub mod sock_flags {
     pub const REDIRECTED: u32 = 1 << 1;
     /// The original destination was published in `MS_ORIG_DST`.
     pub const PUBLISHED: u32 = 1 << 2;
+    /// A proxy's accepted socket that owns its connection's `MS_ORIG_DST` entry.
+    pub const ORIG_OWNER: u32 = 1 << 3;
 }
 
 /// `MS_ORIG_DST` key: a redirected connection as the proxy's accepted socket sees it,
@@ -260,7 +262,13 @@ pub struct TupleKey {
 pub struct OrigDst {
     pub addr: Addr,
     pub port_be: u16,
-    pub _pad: [u8; 6],
+    /// 1 once the proxy's accepted socket owns the entry: it frees it at its close, so a
+    /// proxy that accepts after the app has closed still learns the destination (conntrack
+    /// keeps its entry that long too). Until then the app's socket frees it.
+    pub claimed: u16,
+    pub _pad: u32,
+    /// The app's pod, for counting on the proxy's side.
+    pub pod_cgroup: u64,
 }
 
 /// Per-pod counters (`MS_POD_STATS`, per-CPU, keyed by pod cgroup id) are indexed by this. The first
@@ -486,7 +494,7 @@ mod tests {
         assert_eq!(size_of::<LocalKey>(), 20);
         assert_eq!(size_of::<SockState>(), 8 + 4 + 4 + 4 + 2 + 2 + 16);
         assert_eq!(size_of::<TupleKey>(), 8 + 16 + 16 + 2 + 2 + 4);
-        assert_eq!(size_of::<OrigDst>(), 24);
+        assert_eq!(size_of::<OrigDst>(), 32);
         assert_eq!(size_of::<ListenerKey>(), 16);
         assert_eq!(size_of::<trace::TraceCtl>(), 16);
         assert_eq!(size_of::<accel::AccelConfig>(), 6 * 4);

@@ -20,7 +20,7 @@ use meshsteer_common::maps::{
 use crate::{
     maps::{ACCEL_CFG, ACCEL_PENDING, ACCEL_STATE, INBOUND_ADDRS, SOCKS},
     pod::{MapTables, count, pod_config, sk_storage, sock_state},
-    sockops::own_view,
+    sockops::{own_view, socket},
 };
 
 const CREATE: u64 = aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64;
@@ -28,10 +28,7 @@ const CREATE: u64 = aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64;
 /// ACTIVE_ESTABLISHED_CB: the connecting side of a connection.
 #[inline(never)]
 pub fn connected(ctx: &SockOpsContext) {
-    let sk = socket(ctx);
-    if sk.is_null() {
-        return;
-    }
+    let Some(sk) = socket(ctx) else { return };
     // Sockets created in an enrolled pod carry their pod since sock_create.
     let Some(pod_cgroup) = sock_state(sk).map(|s| s.pod_cgroup).filter(|p| *p != 0) else {
         return;
@@ -63,10 +60,7 @@ pub fn connected(ctx: &SockOpsContext) {
 /// PASSIVE_ESTABLISHED_CB: the accepting side joins if its connecting side was inserted.
 #[inline(never)]
 pub fn accepted(ctx: &SockOpsContext) {
-    let sk = socket(ctx);
-    if sk.is_null() {
-        return;
-    }
+    let Some(sk) = socket(ctx) else { return };
     let view = own_view(ctx);
     // SAFETY: plain data, copied out at once.
     let Some(pod_cgroup) = ACCEL_PENDING.get_ptr(view).map(|p| unsafe { *p }) else {
@@ -110,10 +104,4 @@ fn insert(ctx: &SockOpsContext, sk: *mut c_void, mut view: TupleKey, pod_cgroup:
     }
     count(pod_cgroup, counter::ACCEL_SOCKETS);
     true
-}
-
-#[inline(always)]
-fn socket(ctx: &SockOpsContext) -> *mut c_void {
-    // SAFETY: valid ctx; `sk` may be NULL (checked by the callers).
-    unsafe { (*ctx.ops).__bindgen_anon_2.sk }.cast()
 }

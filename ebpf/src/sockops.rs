@@ -2,6 +2,8 @@
 //! original destination under the tuple the proxy will see; drop it when the socket closes.
 //! And when a pod's proxy listens on its inbound port (TCP_LISTEN_CB), register that listener
 //! for sk_lookup. Established connections of accelerated pods go to `accel.rs`.
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{
@@ -19,7 +21,7 @@ use meshsteer_common::maps::{ListenerKey, OrigDst, SockState, TupleKey, counter,
 use crate::{
     accel,
     maps::{LISTENERS, ORIG_DST},
-    pod::{count, pod_config, sock_state},
+    pod::{count, pod_config, sock_state, sock_state_or_create},
     tuple,
 };
 
@@ -29,7 +31,10 @@ pub fn ms_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_TCP_CONNECT_CB => publish(&ctx),
         BPF_SOCK_OPS_TCP_LISTEN_CB => register_listener(&ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => accel::connected(&ctx),
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => accel::accepted(&ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            claim(&ctx);
+            accel::accepted(&ctx);
+        }
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => unpublish(&ctx),
         _ => {}
     }
@@ -40,12 +45,8 @@ pub fn ms_sockops(ctx: SockOpsContext) -> u32 {
 /// steers inbound connections to this socket (no agent round trip, no race with restarts).
 #[inline(always)]
 fn register_listener(ctx: &SockOpsContext) {
-    // SAFETY: valid ctx; `sk` may be NULL.
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return;
-    }
-    let Some(state) = sock_state(sk.cast()) else {
+    let Some(sk) = socket(ctx) else { return };
+    let Some(state) = sock_state(sk) else {
         return;
     };
     let Some(cfg) = pod_config(state.pod_cgroup) else {
@@ -63,15 +64,18 @@ fn register_listener(ctx: &SockOpsContext) {
     let _ = LISTENERS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY.into());
 }
 
+/// The callback's socket (NULL for some callbacks).
+#[inline(always)]
+pub fn socket(ctx: &SockOpsContext) -> Option<*mut c_void> {
+    // SAFETY: valid ctx; the field is a plain pointer, checked here.
+    let sk: *mut c_void = unsafe { (*ctx.ops).__bindgen_anon_2.sk }.cast();
+    (!sk.is_null()).then_some(sk)
+}
+
 /// The redirected socket's state, if this socket is one.
 #[inline(always)]
 fn redirected(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
-    // SAFETY: valid ctx; `sk` may be NULL (checked by `sock_state`'s helper contract below).
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return None;
-    }
-    sock_state(sk.cast()).filter(|s| s.flags & sock_flags::REDIRECTED != 0)
+    sock_state(socket(ctx)?).filter(|s| s.flags & sock_flags::REDIRECTED != 0)
 }
 
 /// The connecting socket's connection as the proxy's accepted socket sees it.
@@ -103,7 +107,9 @@ fn publish(ctx: &SockOpsContext) {
     let orig = OrigDst {
         addr: state.orig_addr,
         port_be: state.orig_port_be,
-        _pad: [0; 6],
+        claimed: 0,
+        _pad: 0,
+        pod_cgroup: state.pod_cgroup,
     };
     if ORIG_DST.insert(connection_key(ctx), orig, 0).is_ok() {
         state.flags |= sock_flags::PUBLISHED;
@@ -118,15 +124,53 @@ fn publish(ctx: &SockOpsContext) {
     }
 }
 
+/// A proxy accepted a redirected connection: from now on its side frees the original
+/// destination. Conntrack keeps it while either side lives; a proxy that accepts after the app
+/// has already closed must still learn it (else it would connect to itself).
+#[inline(always)]
+fn claim(ctx: &SockOpsContext) {
+    let Some(entry) = ORIG_DST.get_ptr_mut(own_view(ctx)) else {
+        return;
+    };
+    let Some(sk) = socket(ctx) else { return };
+    let Some(state) = sock_state_or_create(sk) else {
+        return;
+    };
+    state.flags |= sock_flags::ORIG_OWNER;
+    // SAFETY: a value of the map, valid for this run.
+    unsafe {
+        (*entry).claimed = 1;
+        state.pod_cgroup = (*entry).pod_cgroup;
+    }
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+/// At close: the proxy's side frees the entry it claimed; the app's side frees it only if the
+/// proxy never took the connection.
 #[inline(always)]
 fn unpublish(ctx: &SockOpsContext) {
-    let Some(state) = redirected(ctx) else { return };
-    if state.flags & sock_flags::PUBLISHED == 0 {
+    let Some(sk) = socket(ctx) else { return };
+    let Some(state) = sock_state(sk) else {
+        return;
+    };
+    if state.flags & sock_flags::ORIG_OWNER != 0 {
+        state.flags &= !sock_flags::ORIG_OWNER;
+        if ORIG_DST.remove(own_view(ctx)).is_err() {
+            // The LRU evicted a live connection's entry: its proxy may have asked in vain.
+            count(state.pod_cgroup, counter::ORIG_DST_EVICTED);
+        }
+        return;
+    }
+    if state.flags & sock_flags::REDIRECTED == 0 || state.flags & sock_flags::PUBLISHED == 0 {
         return;
     }
     state.flags &= !sock_flags::PUBLISHED;
-    if ORIG_DST.remove(connection_key(ctx)).is_err() {
-        // The LRU evicted a live connection's entry: its proxy may have asked in vain.
-        count(state.pod_cgroup, counter::ORIG_DST_EVICTED);
+    let key = connection_key(ctx);
+    // SAFETY: a value of the map, read at once.
+    let claimed = ORIG_DST
+        .get_ptr(key)
+        .is_some_and(|e| unsafe { (*e).claimed } != 0);
+    if !claimed {
+        let _ = ORIG_DST.remove(key);
     }
 }

@@ -97,3 +97,40 @@ fn include_list_only() -> anyhow::Result<()> {
 fn loopback_include_and_separate_gid() -> anyhow::Result<()> {
     differential("-p 15001 -z 15006 -u 1337 -g 1000 -i 127.0.0.5/32,10.200.0.0/16 -b ''")
 }
+
+/// A client that sends and closes before its proxy gets round to accept(): conntrack keeps the
+/// original destination until both sides are gone, so the proxy still learns it under
+/// iptables, and must under meshsteer (else it would forward to itself).
+#[test]
+fn a_proxy_that_accepts_after_the_client_closed_still_learns_the_destination() -> anyhow::Result<()>
+{
+    let mut node = Node::new()?;
+    node.start_world()?;
+    let agent = Agent::start(&node)?;
+    let ipt = node.add_pod("ipt")?;
+    let ebpf = node.add_pod("ebpf")?;
+    let args = meshsteer::istio::INJECTOR_DEFAULT_ARGS;
+    istio_rules::install(&ipt.netns, &Capture::from_args(args)?)?;
+    agent.enrol(&ebpf, args)?;
+    for dst in ["10.200.0.1:80", "[fd00:200::1]:80"] {
+        let listen = if dst.starts_with('[') {
+            "[::]:15001"
+        } else {
+            "0.0.0.0:15001"
+        };
+        let late = |pod: &meshsteer_tests::Pod| -> anyhow::Result<Value> {
+            let out = meshsteer_tests::cmd::run(
+                &pod.place(1000, 1000),
+                meshsteer_tests::topology::probe_bin(),
+                &["late", listen, dst, "300"],
+            )?;
+            Ok(serde_json::from_slice(&out.stdout)?)
+        };
+        let want = late(&ipt)?;
+        let got = late(&ebpf)?;
+        assert_eq!(want["orig_dst"], dst, "iptables: {want}");
+        assert_eq!(want["payload"], "hello", "iptables: {want}");
+        assert_eq!(got, want, "meshsteer vs iptables for {dst}");
+    }
+    Ok(())
+}

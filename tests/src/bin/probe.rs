@@ -3,6 +3,9 @@
 //! - `mst-probe listen ADDR:PORT...`: accepts on every address given; for each connection it
 //!   answers one JSON line saying where the connection landed (listener port, local and peer
 //!   address, SO_ORIGINAL_DST if the kernel or meshsteer has one) and closes.
+//! - `mst-probe late LISTEN DST DELAY_MS`: a proxy slower than its client: listens on LISTEN,
+//!   lets a client connect to DST, send and close, and only DELAY_MS later accepts, reads and
+//!   reports what it learnt (as `listen` does, plus the payload).
 //! - `mst-probe connect DST [--bind IP] [--v6] [--create-as UID:GID --connect-as UID:GID]`:
 //!   connects as the process's uid/gid (or, started as root, creates the socket as one owner
 //!   and connects as another: a socket handed over) and prints the server's line, or
@@ -25,6 +28,7 @@ fn main() {
         Some("connect") => connect(&args[1..]),
         Some("churn") => churn(&args[1..]),
         Some("sockopts") => sockopts(&args[1..]),
+        Some("late") => late(&args[1..]),
         _ => {
             eprintln!(
                 "usage: mst-probe listen ADDR:PORT... | connect DST [--bind IP] [--v6] [--create-as UID:GID]"
@@ -109,6 +113,30 @@ fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
         }
         from_storage(&ss)
     }
+}
+
+fn late(args: &[String]) {
+    let listen: SocketAddr = args[0].parse().expect("listen address");
+    let dst: SocketAddr = args[1].parse().expect("destination");
+    let delay: u64 = args[2].parse().expect("delay in ms");
+    let l = bind_listener(listen);
+    let sent = TcpStream::connect(dst).and_then(|mut s| s.write_all(b"hello"));
+    if let Err(e) = sent {
+        println!("{}", json!({ "error": e.kind().to_string() }));
+        return;
+    }
+    // The client's socket is closed now (dropped above): only the accept queue holds the
+    // connection when the proxy finally takes it.
+    thread::sleep(std::time::Duration::from_millis(delay));
+    let (s, _) = l.accept().expect("accept");
+    let mut payload = String::new();
+    let _ = std::io::Read::read_to_string(&mut &s, &mut payload);
+    let report = json!({
+        "listener": listen.port(),
+        "orig_dst": original_dst(&s).map(|a| a.to_string()),
+        "payload": payload,
+    });
+    println!("{report}");
 }
 
 /// `churn DST COUNT THREADS`: COUNT short connections (connect, read the server's line until
