@@ -192,7 +192,10 @@ fn resets_end_transfers_promptly() -> Result<()> {
 
 /// A reader asleep for 1.5 s while the writer pushes 64 MiB: the writer must block once the
 /// normal socket buffer limits are reached (net.ipv4.tcp_wmem + tcp_rmem maxima), then
-/// everything arrives. Measured with and without acceleration, in one pod each.
+/// everything arrives. Measured with and without acceleration, in one pod each. The
+/// accelerated connection falls back to TCP midway, so its reader finds bytes in two queues:
+/// it is also read as edge-triggered event loops read (a short read taken for an empty
+/// socket), which must not stall on the bytes left in the second queue.
 #[test]
 fn slow_reader_is_bounded_and_loses_nothing() -> Result<()> {
     let mut bed = Bed::accelerated()?;
@@ -200,8 +203,13 @@ fn slow_reader_is_bounded_and_loses_nothing() -> Result<()> {
     let place = bed.pod.place(0, 0);
     let limit =
         accel::tcp_buffer_max(&place, "tcp_wmem")? + accel::tcp_buffer_max(&place, "tcp_rmem")?;
-    for (what, pod) in [("accelerated", &bed.pod), ("normal path", &plain)] {
-        let r = app(pod, "slow", &["67108864", "1500"])?;
+    let readers = [
+        ("accelerated", &bed.pod, "0"),
+        ("accelerated, edge-triggered reader", &bed.pod, "1"),
+        ("normal path", &plain, "0"),
+    ];
+    for (what, pod, edge_triggered) in readers {
+        let r = app(pod, "slow", &["67108864", "1500", edge_triggered])?;
         eprintln!("slow reader, {what}: {r} (limit {limit})");
         assert_exact(&r);
         let asleep = r["written_while_asleep"].as_u64().unwrap_or(u64::MAX);
@@ -210,8 +218,8 @@ fn slow_reader_is_bounded_and_loses_nothing() -> Result<()> {
             "{what}: the writer got {asleep} bytes queued while the reader slept (limit {limit})"
         );
     }
-    // The accelerated connection hit the bound and went on through TCP.
-    assert_eq!(bed.counter("accel_backpressure")?, 1);
+    // Each accelerated connection hit the bound and went on through TCP.
+    assert_eq!(bed.counter("accel_backpressure")?, 2);
     bed.assert_idle()
 }
 

@@ -4,6 +4,7 @@
 //!   peers land there too). Each connection starts with one request line:
 //!   - `sink`: read to EOF, answer `<bytes> <fnv64 hex> <eagain>`, close;
 //!   - `sleep_sink MS`: the same after not reading for MS milliseconds (a slow reader);
+//!   - `sleep_sink_et MS`: the same, read as edge-triggered event loops read;
 //!   - `source N SEED CHUNK [PAUSE_MS]`: send N pattern bytes in writes of CHUNK (PAUSE_MS
 //!     apart), shut down writing, read to EOF;
 //!   - `sendfile N SEED` / `splice N SEED`: the same through sendfile(2) / splice(2);
@@ -233,6 +234,10 @@ fn handle(mut s: TcpStream) -> io::Result<()> {
             thread::sleep(Duration::from_millis(num(1)?));
             sink_reply(&mut s)
         }
+        Some("sleep_sink_et") => {
+            thread::sleep(Duration::from_millis(num(1)?));
+            sink_edge_triggered(&mut s)
+        }
         Some("source") => {
             let data = Pattern::bytes(num(2)?, num(1)? as usize);
             let pause = Duration::from_millis(num(4).unwrap_or(0));
@@ -278,6 +283,49 @@ fn sink_reply(s: &mut TcpStream) -> io::Result<()> {
     let e = drain(s, &OPEN, |b| d.update(b))?;
     SERVER_EAGAIN.fetch_add(e.before_shutdown, Ordering::SeqCst);
     writeln!(s, "{} {:016x} {}", d.count, d.hash, e.before_shutdown)?;
+    s.shutdown(Shutdown::Write)
+}
+
+/// [`sink_reply`] as event-driven servers read (nginx, for one): non-blocking, edge-triggered
+/// epoll, and a read shorter than the buffer taken to mean the socket is empty until the next
+/// event. A socket with bytes left and no event for 3 s ends the read: the answer then says
+/// how much arrived.
+fn sink_edge_triggered(s: &mut TcpStream) -> io::Result<()> {
+    s.set_nonblocking(true)?;
+    // SAFETY: plain epoll syscalls on fds we own; `ev` outlives the calls.
+    let ep = unsafe { OwnedFd::from_raw_fd(check(libc::epoll_create1(0) as isize)? as i32) };
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+        u64: 0,
+    };
+    let (epfd, fd) = (ep.as_raw_fd(), s.as_raw_fd());
+    // SAFETY: as above.
+    let added = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+    check(added as isize)?;
+    let (mut d, mut buf) = (Digest::new(), vec![0u8; 100_000]);
+    'events: loop {
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break 'events,
+                Ok(n) => {
+                    d.update(&buf[..n]);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // SAFETY: as above; one event fits.
+        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), &mut ev, 1, 3000) };
+        if check(n as isize)? == 0 {
+            break;
+        }
+    }
+    s.set_nonblocking(false)?;
+    writeln!(s, "{} {:016x} 0", d.count, d.hash)?;
     s.shutdown(Shutdown::Write)
 }
 
@@ -485,7 +533,7 @@ fn run(scenario: &str, dst: SocketAddr, o: &Opts) -> Value {
         "concurrent" => c.concurrent(&mut r, o.arg(0, 64), o.arg(1, 1 << 20)),
         "halfclose" => c.halfclose(&mut r, o.arg(0, 500), o.arg(1, 1000)),
         "abort" => c.abort(&mut r),
-        "slow" => c.slow(&mut r, o.arg(0, 64 << 20), o.arg(1, 1500)),
+        "slow" => c.slow(&mut r, o.arg(0, 64 << 20), o.arg(1, 1500), o.arg(2, 0)),
         "sendfile" => c.zero_copy(&mut r, "sendfile", o.arg(0, 8 << 20)),
         "splice" => c.zero_copy(&mut r, "splice", o.arg(0, 8 << 20)),
         "stress" => c.stress(&mut r, o.arg(0, 5), o.arg(1, 1), o.arg(2, 8)),
@@ -873,7 +921,8 @@ impl Client {
     /// A reader that sleeps `sleep_ms` before reading `size` bytes: how much the writer got
     /// the kernel to accept meanwhile (bounded by socket buffers, or the writer never blocks),
     /// and that everything still arrives.
-    fn slow(&self, r: &mut Report, size: u64, sleep_ms: u64) {
+    /// `edge_triggered` (not 0): the server reads as [`sink_edge_triggered`] does.
+    fn slow(&self, r: &mut Report, size: u64, sleep_ms: u64, edge_triggered: u64) {
         let data = Arc::new(Pattern::bytes(42, size as usize));
         let written = Arc::new(AtomicU64::new(0));
         let mem_before = tcp_mem_pages();
@@ -889,7 +938,11 @@ impl Client {
             thread::sleep(Duration::from_millis(sleep_ms.saturating_sub(200)));
             *s2.lock().expect("lock") = (w.load(Ordering::SeqCst), tcp_mem_pages());
         });
-        let res = self.sink_request(&format!("sleep_sink {sleep_ms}"), &data, |s| {
+        let request = match edge_triggered {
+            0 => format!("sleep_sink {sleep_ms}"),
+            _ => format!("sleep_sink_et {sleep_ms}"),
+        };
+        let res = self.sink_request(&request, &data, |s| {
             for chunk in d.chunks(64 * 1024) {
                 s.write_all(chunk)?;
                 written.fetch_add(chunk.len() as u64, Ordering::SeqCst);
