@@ -1,6 +1,6 @@
 //! A real Kubernetes API server for the tests: kube-apiserver v1.20 and etcd on loopback, run
-//! by `k8s-box.sh` from the `shared/tools` directory beside the repository (`K8S_BOX` names
-//! another copy; `BOX_DIR` and its port variables are passed on to it).
+//! by the repository's `tests/k8s-box.sh` (`K8S_BOX` names another copy; `BOX_DIR` and its
+//! port variables are passed on to it).
 //!
 //! One server per test binary: the first test that asks starts it, and it stops when the
 //! process exits. Tests share it and keep apart by namespace and node name. The agent runs
@@ -57,7 +57,7 @@ pub fn repo_root() -> PathBuf {
 fn box_script() -> PathBuf {
     std::env::var_os("K8S_BOX")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/tools/k8s-box.sh"))
+        .unwrap_or_else(|| repo_root().join("tests/k8s-box.sh"))
 }
 
 fn box_dir() -> PathBuf {

@@ -1,5 +1,5 @@
 //! The test API server: kube-apiserver v1.20 built from Debian's source package by
-//! `shared/tools/k8s-box.sh` (beside the repository; `K8S_BOX` names another copy), plus
+//! `tests/k8s-box.sh` (`K8S_BOX` names another copy), plus
 //! `kubectl` for the tests that check the deployment's manifests. The build takes minutes once
 //! and is cached under `$BOX_DIR` (`~/.cache/k8s-box`); later runs only check for it.
 
@@ -51,7 +51,7 @@ pub fn ensure(workspace_root: &Path) -> Result<()> {
 fn script(workspace_root: &Path) -> PathBuf {
     env::var_os("K8S_BOX")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root.join("../shared/tools/k8s-box.sh"))
+        .unwrap_or_else(|| workspace_root.join("tests/k8s-box.sh"))
 }
 
 /// Where the script keeps its build, as it computes it.
