@@ -1,6 +1,7 @@
 //! The agent can stop, crash or be upgraded without disruption: programs stay attached through
 //! pinned links and pods stay enrolled through pinned maps while no agent runs; a new agent
-//! adopts both (swapping programs atomically) and reconciles with the pod specs.
+//! adopts both (swapping programs atomically) and reconciles with the pod specs. Connections
+//! made while no agent runs keep their original destination across the next agent's start.
 use std::{
     sync::{
         Arc,
@@ -23,6 +24,9 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     let mut pod = node.add_pod("a")?;
     pod.start_listener()?;
     agent.enrol(&pod, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    // A pod whose proxy is slow to accept (it has no other listener on 15001).
+    let slow = node.add_pod("c")?;
+    agent.enrol(&slow, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
 
     // New connections are attempted continuously from the pod's app while the agent is
     // killed and while none runs.
@@ -64,6 +68,21 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     other.start_listener()?;
     agent.write_spec("b", &other.spec(meshsteer::istio::INJECTOR_DEFAULT_ARGS))?;
     agent.remove_spec("a")?;
+    // A connection made while no agent runs, whose proxy accepts it only after the next agent
+    // has swapped its programs in: it still arrives whole, and the proxy learns where it went.
+    let (ns, cg) = (slow.netns.clone(), slow.app_cgroup.clone());
+    let late = thread::spawn(move || -> anyhow::Result<Value> {
+        let place = cmd::Place {
+            netns: Some(&ns),
+            cgroup: Some(&cg),
+            uid: 1000,
+            gid: 1000,
+        };
+        let args = ["late", "0.0.0.0:15001", WORLD, "1500"];
+        let out = cmd::run(&place, probe_bin(), &args)?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    });
+    thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
     agent.restart(libc::SIGKILL)?;
     agent.wait_state("test/b", |s| s == "ready")?;
@@ -75,5 +94,11 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     eprintln!("restarted agent reconciled in {took:?}");
     assert!(took < Duration::from_secs(1), "reconcile took {took:?}");
     assert_eq!(other.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
+    let late = late.join().expect("late-accept thread")?;
+    assert_eq!(
+        late,
+        serde_json::json!({ "listener": 15001, "orig_dst": WORLD, "payload": "hello" }),
+        "a connection from across the restart"
+    );
     Ok(())
 }
