@@ -18,6 +18,7 @@ pub mod cmd;
 pub mod istio_rules;
 pub mod kube;
 pub mod matrix;
+pub mod profile;
 pub mod topology;
 
 pub use agent::Agent;

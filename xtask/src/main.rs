@@ -184,6 +184,8 @@ fn test(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
 fn bench(root: &Path) -> Result<ExitCode> {
     ensure_root_or_reexec("`cargo xtask bench` (it attaches eBPF programs and builds netns)")?;
     setup::run_setup(true)?;
+    // The profile of where each mode's CPU goes.
+    apt::ensure_installed(&["linux-perf"])?;
     let agent = build_agent(root, true)?;
     // The harness binaries in release too: the load generator's own pods are measured.
     let mut cmd = cargo(root);

@@ -17,6 +17,10 @@
 //! workloads isolates that: the app talks to a stand-in sidecar (`mst-stream`) on 15001 in its
 //! own pod, with bulk throughput, small-message round trips and CPU per round trip.
 //!
+//! A profile follows: the keep-alive and new-connection workloads once more per mode under a
+//! machine-wide `perf record`, with CPU per request split into netfilter, eBPF, the rest of
+//! the kernel and each program's user space (`meshsteer_tests::profile`).
+//!
 //! Repetitions alternate the order of the modes; the table shows medians with their range and
 //! every figure as a ratio to `iptables` and to `direct` from the same run. JSON lines go to
 //! `target/bench/results.jsonl`.
@@ -34,7 +38,7 @@ use meshsteer_tests::{
     Agent, Node, Pod, accel,
     apps::{self, Scratch},
     cmd::{self, Proc},
-    istio_rules,
+    istio_rules, profile,
     topology::{probe_bin, start_listener_on},
 };
 use serde_json::{Value, json};
@@ -203,6 +207,7 @@ fn cpu_usec(pod: &Pod) -> Result<u64> {
 
 /// One wrk run's outcome.
 struct Wrk {
+    requests: f64,
     rps: f64,
     p50_us: f64,
     p99_us: f64,
@@ -250,6 +255,7 @@ fn wrk(pair: &Pair, scratch: &Scratch, conns: u32, secs: u32, close: bool) -> Re
     ensure!(requests > 0.0, "wrk made no request: {text}");
     ensure!(v["errors"] == 0, "wrk saw errors: {line}");
     Ok(Wrk {
+        requests,
         rps: requests / (v["duration_us"].as_f64().unwrap_or(1.0) / 1e6),
         p50_us: v["p50_us"].as_f64().unwrap_or(0.0),
         p99_us: v["p99_us"].as_f64().unwrap_or(0.0),
@@ -378,6 +384,49 @@ fn run_workloads(s: &Settings, pairs: &[Pair], scratch: &Scratch, r: &mut Result
             r.add("single-connection p99", "µs", false, m, rep, one.p99_us);
             let gbps = pair.checked(scratch, || iperf(pair, s.secs))?;
             r.add("bulk throughput", "Gbit/s", true, m, rep, gbps);
+        }
+    }
+    Ok(())
+}
+
+/// Where each mode's CPU goes, per request: the keep-alive and new-connection workloads again,
+/// under a machine-wide `perf record` (runs of their own: sampling slows them, so they give
+/// no rates). Every CPU is sampled, so the softirq work that loopback and veth traffic does on
+/// behalf of the pods counts too.
+fn run_profile(s: &Settings, pairs: &[Pair], scratch: &Scratch, r: &mut Results) -> Result<()> {
+    let data = scratch.path.join("perf.data");
+    for (workload, conns, close) in [
+        ("keep-alive", s.conns, false),
+        ("new-connection", s.conns / 2, true),
+    ] {
+        for pair in pairs {
+            let recording = profile::Recording::start(&data)?;
+            let run = pair.checked(scratch, || wrk(pair, scratch, conns, s.secs, close));
+            let cpu = recording.finish()?;
+            let requests = run?.requests;
+            let mut add = |what: &str, us: f64| {
+                let name = format!("profile: {workload} µs/req, {what}");
+                r.add(&name, "µs", false, pair.mode, 0, us / requests);
+            };
+            for class in profile::CLASSES {
+                add(&class.name(), cpu.usec(class));
+            }
+            add("all", cpu.total());
+            let top: Vec<String> = cpu
+                .top_capture_symbols(6)
+                .iter()
+                .map(|(sym, us)| format!("{sym} {:.2}", us / requests))
+                .collect();
+            eprintln!(
+                "  {workload} {}: netfilter and eBPF, µs/req: {}",
+                pair.mode.name(),
+                top.join(", ")
+            );
+            r.lines.push(json!({
+                "workload": format!("profile: {workload}, capture symbols"),
+                "mode": pair.mode.name(),
+                "usec_per_req": top,
+            }));
         }
     }
     Ok(())
@@ -646,6 +695,7 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     let mut r = Results::default();
     run_workloads(&s, &pairs, &scratch, &mut r)?;
+    run_profile(&s, &pairs, &scratch, &mut r)?;
     let accelerated: Vec<&Pod> = pairs
         .iter()
         .filter(|p| p.mode == Mode::MeshsteerAccel)
