@@ -12,9 +12,10 @@ use clap::{Parser, Subcommand};
 use process::{ensure_root_or_reexec, find_in_path, is_root, run};
 use std::env;
 use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
 /// The agent's package, which is also the name of its binary.
 const AGENT: &str = "meshsteer";
@@ -176,9 +177,60 @@ fn test(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
         cmd.args(["--package", package]);
     }
     cmd.args(extra).env("MESHSTEER_BIN", &agent);
-    let status = cmd.status().context("could not start cargo test")?;
+    cmd.stdout(Stdio::piped());
+    let mut child = cmd.spawn().context("could not start cargo test")?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    // Passed through line by line, and added up: cargo prints one summary per test binary
+    // (the last ones are doc tests, often of nothing), so the run ends with one for all.
+    let mut total = TestTotals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test's output")?;
+        println!("{line}");
+        total.add(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("\n{total}");
     // Exit codes are 0..=255 on Unix; a signal death has none.
     Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
+}
+
+/// The sum of cargo test's `test result:` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TestTotals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "total: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        )
+    }
 }
 
 fn bench(root: &Path) -> Result<ExitCode> {
@@ -244,6 +296,23 @@ fn lint(root: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn test_totals_add_up_cargo_summaries() {
+        let mut t = TestTotals::default();
+        t.add("test result: ok. 37 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add("test result: FAILED. 3 passed; 1 failed; 2 ignored; 0 measured; 4 filtered out; finished in 1.00s");
+        t.add("running 1 test");
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 40,
+                failed: 1,
+                ignored: 2
+            }
+        );
+        assert_eq!(t.to_string(), "total: 40 passed, 1 failed, 2 skipped");
+    }
 
     #[test]
     fn cli_is_consistent() {
