@@ -112,17 +112,20 @@ fn a_proxy_that_accepts_after_the_client_closed_still_learns_the_destination() -
     let args = meshsteer::istio::INJECTOR_DEFAULT_ARGS;
     istio_rules::install(&ipt.netns, &Capture::from_args(args)?)?;
     agent.enrol(&ebpf, args)?;
-    for dst in ["10.200.0.1:80", "[fd00:200::1]:80"] {
-        let listen = if dst.starts_with('[') {
-            "[::]:15001"
-        } else {
-            "0.0.0.0:15001"
-        };
+    // The proxy's listener: IPv4, IPv6, and a dual-stack `[::]` one taking IPv4.
+    let cases = [
+        ("10.200.0.1:80", &["0.0.0.0:15001"][..]),
+        ("[fd00:200::1]:80", &["[::]:15001"][..]),
+        ("10.200.0.1:80", &["[::]:15001", "dual"][..]),
+    ];
+    for (dst, listen) in cases {
         let late = |pod: &meshsteer_tests::Pod| -> anyhow::Result<Value> {
+            let mut args = vec!["late", listen[0], dst, "300"];
+            args.extend_from_slice(&listen[1..]);
             let out = meshsteer_tests::cmd::run(
                 &pod.place(1000, 1000),
                 meshsteer_tests::topology::probe_bin(),
-                &["late", listen, dst, "300"],
+                &args,
             )?;
             Ok(serde_json::from_slice(&out.stdout)?)
         };
@@ -130,7 +133,7 @@ fn a_proxy_that_accepts_after_the_client_closed_still_learns_the_destination() -
         let got = late(&ebpf)?;
         assert_eq!(want["orig_dst"], dst, "iptables: {want}");
         assert_eq!(want["payload"], "hello", "iptables: {want}");
-        assert_eq!(got, want, "meshsteer vs iptables for {dst}");
+        assert_eq!(got, want, "meshsteer vs iptables for {dst} to {listen:?}");
     }
     Ok(())
 }

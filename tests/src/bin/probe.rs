@@ -3,7 +3,8 @@
 //! - `mst-probe listen ADDR:PORT...`: accepts on every address given; for each connection it
 //!   answers one JSON line saying where the connection landed (listener port, local and peer
 //!   address, SO_ORIGINAL_DST if the kernel or meshsteer has one) and closes.
-//! - `mst-probe late LISTEN DST DELAY_MS`: a proxy slower than its client: listens on LISTEN,
+//! - `mst-probe late LISTEN DST DELAY_MS [dual]`: a proxy slower than its client: listens on
+//!   LISTEN (`dual`: an IPv6 listener that takes IPv4 too),
 //!   lets a client connect to DST, send and close, and only DELAY_MS later accepts, reads and
 //!   reports what it learnt (as `listen` does, plus the payload).
 //! - `mst-probe connect DST [--bind IP] [--v6] [--create-as UID:GID --connect-as UID:GID]`:
@@ -55,6 +56,12 @@ fn listen(addrs: &[String]) {
 
 /// IPv6 listeners are v6-only so IPv4 (and IPv4-mapped) traffic lands on the IPv4 ones.
 fn bind_listener(addr: SocketAddr) -> TcpListener {
+    bind_listener_with(addr, true)
+}
+
+/// With `v6_only` false, an IPv6 listener takes IPv4 traffic too (as IPv4-mapped addresses),
+/// as a dual-stack proxy's `[::]` listener does.
+fn bind_listener_with(addr: SocketAddr, v6_only: bool) -> TcpListener {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -69,7 +76,9 @@ fn bind_listener(addr: SocketAddr) -> TcpListener {
         let len = size_of::<libc::c_int>() as u32;
         libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, p, len);
         if addr.is_ipv6() {
-            libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, p, len);
+            let v6_only = libc::c_int::from(v6_only);
+            let v = (&raw const v6_only).cast();
+            libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v, len);
         }
         let (sa, sl) = sockaddr(&addr);
         assert!(
@@ -99,9 +108,13 @@ fn serve(l: TcpListener, port: u16) {
     }
 }
 
-/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` (or the IPv6 variant) as a proxy asks it.
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` (or the IPv6 variant) as a proxy asks it: like
+/// Envoy, the IPv4 question for IPv4 traffic on a dual-stack socket too.
 fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
-    let v6 = s.local_addr().ok()?.is_ipv6();
+    let v6 = match s.local_addr().ok()?.ip() {
+        IpAddr::V6(ip) => ip.to_ipv4_mapped().is_none(),
+        IpAddr::V4(_) => false,
+    };
     // SAFETY: the buffer is a zeroed sockaddr_storage and len its size.
     unsafe {
         let mut ss: libc::sockaddr_storage = zeroed();
@@ -119,7 +132,7 @@ fn late(args: &[String]) {
     let listen: SocketAddr = args[0].parse().expect("listen address");
     let dst: SocketAddr = args[1].parse().expect("destination");
     let delay: u64 = args[2].parse().expect("delay in ms");
-    let l = bind_listener(listen);
+    let l = bind_listener_with(listen, args.get(3).map(String::as_str) != Some("dual"));
     let sent = TcpStream::connect(dst).and_then(|mut s| s.write_all(b"hello"));
     if let Err(e) = sent {
         println!("{}", json!({ "error": e.kind().to_string() }));
