@@ -161,7 +161,8 @@ fn unpublish(ctx: &SockOpsContext) {
         }
         return;
     }
-    if state.flags & sock_flags::REDIRECTED == 0 || state.flags & sock_flags::PUBLISHED == 0 {
+    // Only redirected sockets publish.
+    if state.flags & sock_flags::PUBLISHED == 0 {
         return;
     }
     state.flags &= !sock_flags::PUBLISHED;

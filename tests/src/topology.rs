@@ -152,6 +152,21 @@ pub fn start_listener_on(place: &Place<'_>, ports: &[u16]) -> Result<Proc> {
     Proc::spawn_ready(place, probe_bin(), &refs)
 }
 
+/// `mst-probe late`: a client at `place` sends to `dst` and closes, and only `delay_ms` later
+/// a proxy listening on `listen` (`[addr]` or `[addr, "dual"]`) accepts; what the proxy learnt.
+pub fn late_accept(
+    place: &Place<'_>,
+    listen: &[&str],
+    dst: &str,
+    delay_ms: u32,
+) -> Result<serde_json::Value> {
+    let delay = delay_ms.to_string();
+    let mut args = vec!["late", listen[0], dst, &delay];
+    args.extend_from_slice(&listen[1..]);
+    let out = cmd::run(place, probe_bin(), &args)?;
+    serde_json::from_slice(&out.stdout).context("mst-probe late output")
+}
+
 /// The `mst-probe` binary cargo builds beside the test binaries (`target/<profile>/`, whether
 /// we run from `target/<profile>/deps` as a test or from `target/<profile>` as `mst-bench`).
 pub fn probe_bin() -> &'static str {

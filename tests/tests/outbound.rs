@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use meshsteer::istio::Capture;
-use meshsteer_tests::{Agent, Node, istio_rules, matrix};
+use meshsteer_tests::{Agent, Node, istio_rules, matrix, topology::late_accept};
 use serde_json::Value;
 
 fn differential(args: &str) -> anyhow::Result<()> {
@@ -119,16 +119,8 @@ fn a_proxy_that_accepts_after_the_client_closed_still_learns_the_destination() -
         ("10.200.0.1:80", &["[::]:15001", "dual"][..]),
     ];
     for (dst, listen) in cases {
-        let late = |pod: &meshsteer_tests::Pod| -> anyhow::Result<Value> {
-            let mut args = vec!["late", listen[0], dst, "300"];
-            args.extend_from_slice(&listen[1..]);
-            let out = meshsteer_tests::cmd::run(
-                &pod.place(1000, 1000),
-                meshsteer_tests::topology::probe_bin(),
-                &args,
-            )?;
-            Ok(serde_json::from_slice(&out.stdout)?)
-        };
+        let late =
+            |pod: &meshsteer_tests::Pod| late_accept(&pod.place(1000, 1000), listen, dst, 300);
         let want = late(&ipt)?;
         let got = late(&ebpf)?;
         assert_eq!(want["orig_dst"], dst, "iptables: {want}");

@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshsteer_tests::{Agent, Node, cmd, topology::probe_bin};
+use meshsteer_tests::{
+    Agent, Node, cmd,
+    topology::{late_accept, probe_bin},
+};
 use serde_json::Value;
 
 const WORLD: &str = "10.200.0.1:80";
@@ -78,9 +81,7 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
             uid: 1000,
             gid: 1000,
         };
-        let args = ["late", "0.0.0.0:15001", WORLD, "1500"];
-        let out = cmd::run(&place, probe_bin(), &args)?;
-        Ok(serde_json::from_slice(&out.stdout)?)
+        late_accept(&place, &["0.0.0.0:15001"], WORLD, 1500)
     });
     thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
