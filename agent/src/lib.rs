@@ -19,6 +19,7 @@ pub mod datapath;
 pub mod explain;
 pub mod features;
 pub mod host;
+pub mod inspect;
 pub mod istio;
 pub mod kube_source;
 pub mod metrics;

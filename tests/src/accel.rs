@@ -3,7 +3,7 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
-use meshsteer::datapath::Pins;
+use meshsteer::inspect::Pins;
 use serde_json::Value;
 
 use crate::{
@@ -48,7 +48,7 @@ pub fn stream(place: &Place<'_>, scenario: &str, dst: &str, args: &[&str]) -> Re
 
 /// Sockets in `MS_SOCKS` now (its idle size is 0).
 pub fn socks_entries(agent: &Agent) -> Result<usize> {
-    meshsteer::accel::open_sockets(&Pins::new(&agent.bpffs_dir))
+    meshsteer::inspect::open_sockets(&Pins::new(&agent.bpffs_dir))
 }
 
 /// Waits until `MS_SOCKS` holds `n` sockets; the last count seen if it never does.

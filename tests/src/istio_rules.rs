@@ -3,7 +3,7 @@
 //! meshsteer, and the landing tables must match.
 use std::fmt::Write as _;
 
-use meshsteer::istio::{Capture, Cidr, Ports, Ranges};
+use meshsteer::inspect::{Capture, Cidr, Ports, Ranges};
 
 use crate::cmd::{self, Place};
 
@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn default_rules_match_istio() {
-        let c = Capture::from_args(meshsteer::istio::INJECTOR_DEFAULT_ARGS).unwrap();
+        let c = Capture::from_args(meshsteer::inspect::INJECTOR_DEFAULT_ARGS).unwrap();
         let v4 = restore(&c, Family::V4);
         let expected = "\
 -A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN

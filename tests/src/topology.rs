@@ -54,7 +54,7 @@ impl Node {
         crate::require_root();
         let id = unique_id();
         let ns = format!("{id}-node");
-        let cg2 = meshsteer::host::cgroup2_mount()?;
+        let cg2 = meshsteer::inspect::cgroup2_mount()?;
         let cgroup_root = cg2.join("meshsteer-tests").join(&id);
         let mut node = Self {
             netns: netns_path(&ns),

@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use meshsteer::istio::INJECTOR_DEFAULT_ARGS;
+use meshsteer::inspect::INJECTOR_DEFAULT_ARGS;
 use meshsteer_tests::{
     Agent, Node, Pod,
     accel::{self, stream, stream_bin},

@@ -1,7 +1,7 @@
 //! State is freed when connections close: after a million short redirected connections the
 //! original-destination map is back to its idle size, and no live entry was ever evicted.
 use anyhow::Context;
-use meshsteer::{datapath::Pins, podmaps::PodMaps};
+use meshsteer::inspect::{Pins, PodMaps};
 use meshsteer_common::maps::counter;
 use meshsteer_tests::{Agent, Node, cmd, topology::probe_bin};
 
@@ -20,7 +20,7 @@ fn a_million_connections_leave_no_state_behind() -> anyhow::Result<()> {
     let agent = Agent::start(&node)?;
     let mut pod = node.add_pod("churn")?;
     pod.start_listener()?;
-    agent.enrol(&pod, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     let maps = PodMaps::from_pins(&Pins::new(&agent.bpffs_dir))?;
     let idle = maps.orig_dst_entries();
 
@@ -42,7 +42,7 @@ fn a_million_connections_leave_no_state_behind() -> anyhow::Result<()> {
             |_| maps.orig_dst_entries() == idle,
         )
         .with_context(|| format!("{} entries left", maps.orig_dst_entries()))?;
-    let cgroup_id = meshsteer::host::cgroup_id(&pod.cgroup)?;
+    let cgroup_id = meshsteer::inspect::cgroup_id(&pod.cgroup)?;
     let c = maps.counters(cgroup_id).expect("pod counters");
     let redirected = c.0[counter::outbound(meshsteer_common::outbound::Rule::IncludedCidr)];
     assert_eq!(redirected, connections(), "every connection was redirected");

@@ -43,7 +43,7 @@ impl Mesh {
         let mut srv = node.add_pod("srv")?;
         let mut cli = node.add_pod("cli")?;
         srv.keep(apps::start_nginx(&srv, &scratch, WWW_DATA, WWW_DATA)?);
-        agent.enrol(&cli, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+        agent.enrol(&cli, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
         cli.keep(apps::start_haproxy(
             &cli, &scratch, PROXY_UID, PROXY_UID, PROXY_PORT,
         )?);
@@ -135,7 +135,7 @@ fn ipv6_request_is_captured_into_haproxy() -> anyhow::Result<()> {
 fn request_traverses_both_sidecars() -> anyhow::Result<()> {
     let mut mesh = Mesh::new()?;
     let agent = &mesh._agent;
-    agent.enrol(&mesh.srv, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    agent.enrol(&mesh.srv, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     let inbound =
         apps::start_haproxy_inbound(&mesh.srv, &mesh.scratch, PROXY_UID, PROXY_UID, 15006)?;
     mesh.srv.keep(inbound);

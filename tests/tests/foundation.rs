@@ -11,7 +11,7 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
     let mut plain = node.add_pod("b")?;
     enrolled.start_listener()?;
     plain.start_listener()?;
-    agent.enrol(&enrolled, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    agent.enrol(&enrolled, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
 
     // Enrolled pod, app identity: steered to its own proxy port, original destination kept.
     let v = enrolled.probe(1000, 1000, "10.200.0.1:80", &[])?;
@@ -39,7 +39,7 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
     std::fs::remove_dir(&stray)?;
 
     // Every link is attached to the test's own subtree, not to the machine's root cgroup.
-    let root_id = meshsteer::host::cgroup_id(&node.cgroup_root)?;
+    let root_id = meshsteer::inspect::cgroup_id(&node.cgroup_root)?;
     let links = agent
         .bpffs_dir
         .join(format!("v{}/links", meshsteer_common::maps::LAYOUT_VERSION));
@@ -49,8 +49,8 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
         if path.is_dir() {
             continue; // links/netns: per-pod sk_lookup links, attached to namespaces
         }
-        let fd = meshsteer::bpf_sys::obj_get(&path)?;
-        let info = meshsteer::bpf_sys::cgroup_link_info(std::os::fd::AsFd::as_fd(&fd))?;
+        let fd = meshsteer::inspect::obj_get(&path)?;
+        let info = meshsteer::inspect::cgroup_link_info(std::os::fd::AsFd::as_fd(&fd))?;
         assert_eq!(info.cgroup_id, root_id);
         n += 1;
     }
@@ -68,7 +68,7 @@ fn other_socket_options_pass_through_untouched() -> anyhow::Result<()> {
     let agent = Agent::start(&node)?;
     let enrolled = node.add_pod("a")?;
     let plain = node.add_pod("b")?;
-    agent.enrol(&enrolled, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    agent.enrol(&enrolled, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     // As the proxy (R11: not redirected), both connections take the same path.
     let ask = |pod: &meshsteer_tests::Pod| -> anyhow::Result<serde_json::Value> {
         let out = meshsteer_tests::cmd::run(

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use meshsteer::istio::Capture;
+use meshsteer::inspect::Capture;
 use meshsteer_tests::{
     Agent, Node, Pod, istio_rules,
     topology::{PROBE_PORTS, start_listener_on},
@@ -99,7 +99,7 @@ fn differential(args: &str) -> anyhow::Result<()> {
 
 #[test]
 fn istio_default_inbound() -> anyhow::Result<()> {
-    differential(meshsteer::istio::INJECTOR_DEFAULT_ARGS)
+    differential(meshsteer::inspect::INJECTOR_DEFAULT_ARGS)
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
     pod.keep(start_listener_on(&pod.place(1000, 1000), &APP_PORTS)?);
     // The proxy listens before the pod is enrolled: no sockops callback can have seen it.
     let mut proxy = start_listener_on(&pod.place(1337, 1337), &[15006])?;
-    agent.enrol(&pod, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     let dst = format!("{}:80", pod.ip4);
     assert_eq!(
         peer.probe(1000, 1000, &dst, &[])?["listener"],
@@ -200,15 +200,15 @@ fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
     let agent = Agent::start(&node)?;
     let pod = node.add_pod("gone")?;
     let ino = std::fs::metadata(&pod.netns)?.ino();
-    agent.enrol(&pod, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
-    assert_eq!(meshsteer::bpf_sys::netns_links(ino)?.len(), 1);
+    agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    assert_eq!(meshsteer::inspect::netns_links(ino)?.len(), 1);
     agent.remove_spec("gone")?;
     agent.wait_until(Duration::from_secs(5), "the sk_lookup link to go", |_| {
-        meshsteer::bpf_sys::netns_links(ino).is_ok_and(|l| l.is_empty())
+        meshsteer::inspect::netns_links(ino).is_ok_and(|l| l.is_empty())
     })?;
 
     let other = node.add_pod("vanish")?;
-    agent.enrol(&other, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    agent.enrol(&other, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     let name = format!("test/{}", other.name);
     drop(other);
     agent.wait_state(&name, |s| s.contains("disappeared"))?;

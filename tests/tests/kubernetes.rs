@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use meshsteer::{datapath::Pins, podmaps::PodMaps};
+use meshsteer::inspect::{Pins, PodMaps};
 use meshsteer_tests::{
     Agent, Node, Pod,
     agent::path_str,

@@ -1,6 +1,6 @@
 //! Pod specs drive capture live: adding, changing and deleting a spec file applies at once;
 //! an option meshsteer does not implement is a clear error and never half-enrols a pod.
-use meshsteer::{datapath::Pins, podmaps::PodMaps};
+use meshsteer::inspect::{Pins, PodMaps};
 use meshsteer_tests::{Agent, Node};
 
 const WORLD: &str = "10.200.0.1:80";

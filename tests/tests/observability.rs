@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use meshsteer::{datapath::Pins, istio::INJECTOR_DEFAULT_ARGS};
+use meshsteer::inspect::{INJECTOR_DEFAULT_ARGS, Pins};
 use meshsteer_tests::{Agent, Node, Pod};
 use serde_json::Value;
 
@@ -134,7 +134,7 @@ fn trace_streams_decisions_and_stops_cleanly() -> Result<()> {
     let mut trace = s.agent.trace(&["--json", "--pod", "test/a"], &out)?;
     s.agent
         .wait_until(Duration::from_secs(10), "trace to turn tracing on", |_| {
-            meshsteer::trace::current_lease(&pins).is_ok_and(|l| l.deadline_ns != 0)
+            meshsteer::inspect::current_lease(&pins).is_ok_and(|l| l.deadline_ns != 0)
         })?;
     s.connect_each_way()?;
 
@@ -143,7 +143,7 @@ fn trace_streams_decisions_and_stops_cleanly() -> Result<()> {
     let exit = trace.wait().context("reaping trace")?;
     assert!(exit.success(), "trace exited with {exit}");
     assert_eq!(
-        meshsteer::trace::current_lease(&pins)?.deadline_ns,
+        meshsteer::inspect::current_lease(&pins)?.deadline_ns,
         0,
         "tracing still on after trace stopped"
     );
@@ -152,7 +152,7 @@ fn trace_streams_decisions_and_stops_cleanly() -> Result<()> {
     let mut crashed = s.agent.trace(&[], &out.with_file_name("crashed.out"))?;
     s.agent
         .wait_until(Duration::from_secs(10), "a second trace", |_| {
-            meshsteer::trace::current_lease(&pins).is_ok_and(|l| l.owner_pid == crashed.pid())
+            meshsteer::inspect::current_lease(&pins).is_ok_and(|l| l.owner_pid == crashed.pid())
         })?;
     crashed.kill(libc::SIGKILL);
     crashed.wait();
@@ -160,11 +160,11 @@ fn trace_streams_decisions_and_stops_cleanly() -> Result<()> {
     s.agent.wait_until(
         Duration::from_secs(10),
         "a trace after a crashed one",
-        |_| meshsteer::trace::current_lease(&pins).is_ok_and(|l| l.owner_pid == next.pid()),
+        |_| meshsteer::inspect::current_lease(&pins).is_ok_and(|l| l.owner_pid == next.pid()),
     )?;
     next.kill(libc::SIGTERM);
     assert!(next.wait().is_some_and(|e| e.success()));
-    assert_eq!(meshsteer::trace::current_lease(&pins)?.deadline_ns, 0);
+    assert_eq!(meshsteer::inspect::current_lease(&pins)?.deadline_ns, 0);
 
     let find = |rule: &str, action: &str| -> Result<&Value> {
         lines

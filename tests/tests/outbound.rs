@@ -5,7 +5,7 @@
 //! be identical. `meshsteer explain` must agree with the datapath on every case.
 use std::collections::BTreeMap;
 
-use meshsteer::istio::Capture;
+use meshsteer::inspect::Capture;
 use meshsteer_tests::{Agent, Node, istio_rules, matrix, topology::late_accept};
 use serde_json::Value;
 
@@ -78,7 +78,7 @@ fn check_explain(
 
 #[test]
 fn istio_default_rule_set() -> anyhow::Result<()> {
-    differential(meshsteer::istio::INJECTOR_DEFAULT_ARGS)
+    differential(meshsteer::inspect::INJECTOR_DEFAULT_ARGS)
 }
 
 #[test]
@@ -109,7 +109,7 @@ fn a_proxy_that_accepts_after_the_client_closed_still_learns_the_destination() -
     let agent = Agent::start(&node)?;
     let ipt = node.add_pod("ipt")?;
     let ebpf = node.add_pod("ebpf")?;
-    let args = meshsteer::istio::INJECTOR_DEFAULT_ARGS;
+    let args = meshsteer::inspect::INJECTOR_DEFAULT_ARGS;
     istio_rules::install(&ipt.netns, &Capture::from_args(args)?)?;
     agent.enrol(&ebpf, args)?;
     // The proxy's listener: IPv4, IPv6, and a dual-stack `[::]` one taking IPv4.

@@ -26,10 +26,10 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     let mut agent = Agent::start(&node)?;
     let mut pod = node.add_pod("a")?;
     pod.start_listener()?;
-    agent.enrol(&pod, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     // A pod whose proxy is slow to accept (it has no other listener on 15001).
     let slow = node.add_pod("c")?;
-    agent.enrol(&slow, meshsteer::istio::INJECTOR_DEFAULT_ARGS)?;
+    agent.enrol(&slow, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
 
     // New connections are attempted continuously from the pod's app while the agent is
     // killed and while none runs.
@@ -69,7 +69,7 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     // Specs changed while no agent ran are picked up by the next one within a second.
     let mut other = node.add_pod("b")?;
     other.start_listener()?;
-    agent.write_spec("b", &other.spec(meshsteer::istio::INJECTOR_DEFAULT_ARGS))?;
+    agent.write_spec("b", &other.spec(meshsteer::inspect::INJECTOR_DEFAULT_ARGS))?;
     agent.remove_spec("a")?;
     // A connection made while no agent runs, whose proxy accepts it only after the next agent
     // has swapped its programs in: it still arrives whole, and the proxy learns where it went.

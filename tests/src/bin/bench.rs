@@ -33,7 +33,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use meshsteer::istio::{Capture, INJECTOR_DEFAULT_ARGS};
+use meshsteer::inspect::{Capture, INJECTOR_DEFAULT_ARGS};
 use meshsteer_tests::{
     Agent, Node, Pod, accel,
     apps::{self, Scratch},
@@ -678,7 +678,7 @@ fn machine() -> String {
     let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     format!(
         "{cores} × {cpu}, Linux {}",
-        meshsteer::features::kernel_release()
+        meshsteer::inspect::kernel_release()
     )
 }
 
