@@ -1,12 +1,11 @@
 //! What the privileged tests and the benchmark may read of the agent: a small, stable facade,
-//! so that they don't reach into internal modules (which move as the crate is reorganised).
+//! so that they don't reach into internal modules.
 pub use crate::{
-    accel::open_sockets,
-    bpf_sys::{CgroupLinkInfo, cgroup_link_info, netns_links, obj_get},
-    datapath::Pins,
-    features::kernel_release,
-    host::{cgroup_id, cgroup2_mount},
-    istio::{Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges},
-    podmaps::PodMaps,
-    trace::current_lease,
+    bpf::{
+        accel::open_sockets, features::kernel_release, maps::PodMaps, pins::Pins,
+        trace::current_lease,
+    },
+    host::cgroup::{cgroup_id, cgroup2_mount},
+    spec::istio::{Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges},
+    sys::bpf::{CgroupLinkInfo, cgroup_link_info, netns_links, obj_get},
 };

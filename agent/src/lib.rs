@@ -1,32 +1,24 @@
-//! The meshsteer node agent, split by responsibility:
+//! The meshsteer node agent, in layers. Each imports only from the layers below it (`cargo
+//! xtask lint` checks this), and only `sys` may use `unsafe`:
 //!
-//! - [`cli`]: flags and `MESHSTEER_*` variables;
-//! - [`features`], [`host`]: what the kernel and host provide;
-//! - [`datapath`], [`bpf_sys`]: loading, attaching and pinning the eBPF side; [`accel`]:
-//!   what socket-level acceleration needs from the kernel;
-//! - [`istio`], [`podspec`]: pod specs and the istio-iptables options they carry;
-//! - [`podmaps`], [`pods`]: per-pod state and the map writes behind it;
-//! - [`source`], [`kube_source`]: where pods come from: the pod-spec directory, or this
-//!   node's pods on the Kubernetes API server;
-//! - [`status`], [`explain`], [`trace`]: what users ask the agent;
-//! - [`counters`], [`metrics`]: the datapath's counters, and `/metrics`, `/healthz`, `/readyz`.
-pub mod accel;
-pub mod agent;
-pub mod bpf_sys;
-pub mod cli;
-pub mod counters;
-pub mod datapath;
-pub mod explain;
-pub mod features;
+//! - [`cmd`]: the commands (`run`, `status`, `trace`, `explain`, `uninstall`) and their flags;
+//! - [`registry`]: the per-pod state machine;
+//! - [`telemetry`]: the status file, the counter catalogue, the HTTP endpoints;
+//! - [`source`]: where pods come from (the pod-spec directory, the Kubernetes API server);
+//! - [`bpf`]: loading, attaching, pinning, and the map writes;
+//! - [`host`]: cgroups, the bpffs, /proc;
+//! - [`spec`]: pure and kernel-free: istio-iptables options, pod specs, plans;
+//! - [`sys`]: the syscall wrappers.
+//!
+//! [`inspect`] is the small facade the privileged tests and the benchmark read.
+#![deny(unsafe_code)]
+
+pub mod bpf;
+pub mod cmd;
 pub mod host;
 pub mod inspect;
-pub mod istio;
-pub mod kube_source;
-pub mod metrics;
-pub mod netns;
-pub mod podmaps;
-pub mod pods;
-pub mod podspec;
+pub mod registry;
 pub mod source;
-pub mod status;
-pub mod trace;
+pub mod spec;
+pub mod sys;
+pub mod telemetry;

@@ -1,8 +1,7 @@
 use clap::Parser;
-use meshsteer::{
-    agent,
-    cli::{Cli, Command, LogFormat},
-    datapath, explain, status, trace,
+use meshsteer::cmd::{
+    self,
+    args::{Cli, Command, LogFormat},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -10,11 +9,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log.log, cli.log.log_format);
     let result = match cli.command {
-        Command::Run(args) => block_on(agent::run(args)),
-        Command::Status(a) => status::show(&a.status.status_file, &a.pins.bpffs_dir, a.json),
-        Command::Trace(a) => block_on(trace::run(a)),
-        Command::Explain(a) => explain::run(&a),
-        Command::Uninstall(a) => datapath::uninstall(&a.bpffs_dir),
+        Command::Run(args) => block_on(cmd::run::run(args)),
+        Command::Status(a) => cmd::status::show(&a.status.status_file, &a.pins.bpffs_dir, a.json),
+        Command::Trace(a) => block_on(cmd::trace::run(a)),
+        Command::Explain(a) => cmd::explain::run(&a),
+        Command::Uninstall(a) => cmd::uninstall::uninstall(&a.bpffs_dir),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,58 +1,15 @@
-//! Inbound capture's per-pod half: the sk_lookup program attached to the pod's network
-//! namespace through a pinned bpf_link (an agent restart adopts it; `BPF_LINK_UPDATE` swaps in
-//! the new program), and the proxy listeners that existed before the agent, fetched with
-//! `pidfd_getfd` so steering works for them too.
+//! What /proc says of a pod's processes: their network namespace, and the proxy listeners
+//! that existed before the agent, fetched with `pidfd_getfd` so steering works for them too.
 use std::{
-    fs::{self, File},
-    os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-        unix::fs::MetadataExt,
-    },
+    fs,
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
-use tracing::{debug, info};
+use anyhow::Result;
+use tracing::debug;
 
-use crate::bpf_sys::{self, AttachType};
-
-/// Attaches (or adopts and updates) the sk_lookup link of one pod.
-pub fn attach(prog: BorrowedFd<'_>, netns: &Path, pin: &Path) -> Result<()> {
-    let ns = File::open(netns).with_context(|| format!("opening netns {}", netns.display()))?;
-    let ino = ns.metadata()?.ino();
-    if pin.exists() {
-        let link = bpf_sys::obj_get(pin)?;
-        let (linked_ino, _) = bpf_sys::netns_link_info(link.as_fd())?;
-        if linked_ino == ino {
-            bpf_sys::link_update(link.as_fd(), prog)
-                .context("BPF_LINK_UPDATE on sk_lookup link")?;
-            debug!(pin = %pin.display(), "adopted sk_lookup link");
-            return Ok(());
-        }
-        // A stale pin (namespace replaced): its link is gone with the old namespace.
-        fs::remove_file(pin).ok();
-    }
-    let link = bpf_sys::link_create(prog, ns.as_fd(), AttachType::SkLookup)
-        .context("attaching sk_lookup to the pod's network namespace (Linux 5.9)")?;
-    if let Some(dir) = pin.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    bpf_sys::obj_pin(link.as_fd(), pin).with_context(|| format!("pinning {}", pin.display()))?;
-    info!(netns = %netns.display(), "inbound capture attached");
-    Ok(())
-}
-
-/// Removes the pod's sk_lookup link: unpinned with no fd open, the kernel detaches it.
-pub fn detach(pin: &Path) {
-    if fs::remove_file(pin).is_ok() {
-        info!(pin = %pin.display(), "inbound capture detached");
-    }
-}
-
-/// Is the namespace this pin's link is attached to still the one at `netns`?
-pub fn alive(netns: &Path) -> bool {
-    netns.exists()
-}
+use crate::sys::pidfd::pidfd_getfd;
 
 /// Listening TCP sockets on `port` held by processes of the cgroup subtree `cgroup`, as fds
 /// duplicated into this process with `pidfd_getfd` (and their family).
@@ -178,35 +135,6 @@ fn parse_listeners(text: &str, port: u16) -> Vec<u64> {
 fn socket_inode(link: &Path) -> Option<u64> {
     let s = link.to_str()?;
     s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-}
-
-fn pidfd_getfd(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: raw syscalls with plain integer arguments; returned fds are owned here.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
-        if pidfd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
-        let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
-        if dup < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(dup as i32))
-    }
-}
-
-/// A pod spec's netns must be a network namespace file (or a /proc/PID/ns/net link).
-pub fn check(netns: &Path) -> Result<()> {
-    let md =
-        fs::metadata(netns).with_context(|| format!("network namespace {}", netns.display()))?;
-    if md.is_dir() {
-        bail!(
-            "{} is a directory, not a network namespace",
-            netns.display()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -61,61 +61,6 @@ pub fn cgroup_id(dir: &Path) -> Result<u64> {
     Ok(md.ino())
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-/// Makes `dir` exist on a bpffs, mounting one at /sys/fs/bpf if `dir` is not on bpffs yet.
-pub fn ensure_bpffs(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).ok();
-    if is_bpffs(dir) {
-        return Ok(());
-    }
-    let root = Path::new("/sys/fs/bpf");
-    if dir.starts_with(root) && !is_bpffs(root) {
-        mount_bpffs(root)?;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if !is_bpffs(dir) {
-        bail!(
-            "{} is not on a bpf filesystem: pins there would not survive the agent; \
-             use a --bpffs-dir under /sys/fs/bpf",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: zeroed statfs is a valid out-buffer; `c` is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    r == 0 && st.f_type as i64 == BPF_FS_MAGIC
-}
-
-fn mount_bpffs(at: &Path) -> Result<()> {
-    fs::create_dir_all(at).ok();
-    let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let r = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context(format!("mounting bpffs at {}", at.display()));
-    }
-    tracing::info!(path = %at.display(), "mounted bpffs");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,12 +28,13 @@ use kube::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, info_span, warn};
 
+use super::change::{Batch, Change, Rejected, SourceKey};
 use crate::{
-    cli::KubeArgs,
-    istio::{Capture, INJECTOR_DEFAULT_ARGS},
-    netns,
-    podspec::PodSpec,
-    source::{Batch, Change, Rejected},
+    host::proc as netns,
+    spec::{
+        istio::{Capture, INJECTOR_DEFAULT_ARGS},
+        pod::PodSpec,
+    },
 };
 
 /// Updates queued between the watcher task and the agent's loop: when the loop falls behind,
@@ -234,11 +235,8 @@ impl Resolver {
 
     /// The pod's spec, or why there is none yet.
     pub fn spec(&self, view: &PodView) -> Result<PodSpec, Rejected> {
-        let reject = |reason: String| Rejected {
-            name: view.name.clone(),
-            reason,
-        };
-        let capture = capture(&view.annotations).map_err(reject)?;
+        let reject = |reason: String| Rejected::waiting(&view.name, reason);
+        let capture = capture(&view.annotations).map_err(|r| Rejected::refused(&view.name, r))?;
         if view.ips.is_empty() {
             return Err(reject(
                 "waiting for the pod's addresses (status.podIPs)".into(),
@@ -347,9 +345,20 @@ struct Tracked {
     sent: Result<PodSpec, Rejected>,
 }
 
+/// How to reach the API server and find pods on this node (from the `run` flags).
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// This node's name (else $NODE_NAME).
+    pub node_name: Option<String>,
+    /// A kubeconfig file (else $KUBECONFIG, else the pod's service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the runtime keeps pod network namespaces, with `{uid}`, `{namespace}`, `{name}`.
+    pub netns_path_template: Option<String>,
+}
+
 impl KubePods {
     /// Connects to the API server and starts watching this node's pods.
-    pub async fn start(args: &KubeArgs, cgroup_root: &Path) -> Result<Self> {
+    pub async fn start(args: &Settings, cgroup_root: &Path) -> Result<Self> {
         let node = args
             .node_name
             .clone()
@@ -450,7 +459,7 @@ impl KubePods {
             return None;
         }
         if let Err(r) = &sent {
-            debug!(reason = %r.reason, "not ready for capture");
+            debug!(why = ?r.why, "not ready for capture");
         }
         Some(Change::Upsert(key, Box::new(sent)))
     }
@@ -468,8 +477,12 @@ impl Drop for KubePods {
 }
 
 /// The registry's key for a Kubernetes pod.
-fn key(name: &str) -> PathBuf {
-    PathBuf::from(format!("k8s://{name}"))
+fn key(name: &str) -> SourceKey {
+    let (namespace, name) = name.split_once('/').unwrap_or(("", name));
+    SourceKey::Kube {
+        namespace: namespace.into(),
+        name: name.into(),
+    }
 }
 
 /// A client from `kubeconfig`, else the pod's service account (in-cluster config).
@@ -543,7 +556,10 @@ fn view(pod: &Pod) -> Option<PodView> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::istio::{Ports, Ranges};
+    use crate::{
+        source::change::Unready,
+        spec::istio::{Ports, Ranges},
+    };
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).unwrap()
@@ -735,13 +751,15 @@ mod tests {
             .unwrap();
         let e = resolver.spec(&v).unwrap_err();
         assert!(
-            e.reason
-                .contains("waiting for the pod's cgroup (pod UID 1-2)"),
+            matches!(&e.why, Unready::Waiting(w) if w.contains("waiting for the pod's cgroup (pod UID 1-2)")),
             "{e:?}"
         );
         assert_eq!(e.name, "ns/a");
         v.ips.clear();
         let e = resolver.spec(&v).unwrap_err();
-        assert!(e.reason.contains("status.podIPs"), "{e:?}");
+        assert!(
+            matches!(&e.why, Unready::Waiting(w) if w.contains("status.podIPs")),
+            "{e:?}"
+        );
     }
 }

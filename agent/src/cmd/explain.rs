@@ -7,10 +7,8 @@ use meshsteer_common::{
     outbound::{Connection, Verdict, decide},
 };
 
-use crate::{
-    cli::ExplainArgs,
-    podspec::{Plan, PodSpec},
-};
+use super::args::ExplainArgs;
+use crate::spec::{plan::Plan, pod::PodSpec};
 
 pub fn run(a: &ExplainArgs) -> Result<()> {
     let spec = find_spec(&a.pods_dir, &a.pod)?;

@@ -8,36 +8,17 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use serde::Serialize;
 use tracing::{info, info_span, warn};
 
 use meshsteer_common::{Addr, maps::pod_flags};
 
 use crate::{
-    datapath::Pins,
-    host, netns,
-    podmaps::PodMaps,
-    podspec::{Plan, PodSpec},
-    source::Rejected,
+    bpf::{accel::Support, maps::PodMaps, netns, pins::Pins},
+    host::{cgroup as host, proc},
+    source::change::{Rejected, SourceKey, Unready},
+    spec::{plan::Plan, pod::PodSpec},
+    telemetry::status::{PodState, PodStatus},
 };
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PodStatus {
-    pub name: String,
-    pub file: PathBuf,
-    /// `ready`, or `error: <reason>`.
-    pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup_id: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_id: Option<u32>,
-    /// Socket-level acceleration is on for the enrolled pod.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub accelerate: Option<bool>,
-}
 
 struct Enrolled {
     cgroup_id: u64,
@@ -49,7 +30,8 @@ struct Entry {
     name: String,
     spec: Option<PodSpec>,
     enrolled: Option<Enrolled>,
-    error: Option<String>,
+    /// Why the pod is not (or no longer) as its source says (None: it is).
+    unready: Option<Unready>,
 }
 
 pub struct Registry {
@@ -58,12 +40,12 @@ pub struct Registry {
     pins: Pins,
     /// The sk_lookup program, attached to each capturing pod's network namespace.
     sk_lookup: OwnedFd,
-    /// Keyed by source key (see [`crate::source::Change`]).
-    pods: BTreeMap<PathBuf, Entry>,
+    /// Keyed by where each pod comes from.
+    pods: BTreeMap<SourceKey, Entry>,
     next_pod_id: u32,
     /// `--accelerate`: acceleration for pods whose spec does not say.
     accelerate: bool,
-    accel_support: crate::accel::Support,
+    accel_support: Support,
 }
 
 impl Registry {
@@ -83,13 +65,13 @@ impl Registry {
             pods: BTreeMap::new(),
             next_pod_id,
             accelerate: false,
-            accel_support: crate::accel::Support::Unavailable("not probed".into()),
+            accel_support: Support::Unavailable("not probed".into()),
         }
     }
 
     /// Socket-level acceleration: `default` for pods whose spec does not say; `support`,
     /// whether this kernel can have it at all.
-    pub fn with_acceleration(mut self, default: bool, support: crate::accel::Support) -> Self {
+    pub fn with_acceleration(mut self, default: bool, support: Support) -> Self {
         self.accelerate = default;
         self.accel_support = support;
         self
@@ -111,36 +93,31 @@ impl Registry {
     }
 
     /// A pod was added or changed (`Err`: its source has no valid spec for it).
-    pub fn upsert(&mut self, file: &Path, spec: Result<PodSpec, Rejected>) {
+    pub fn upsert(&mut self, key: &SourceKey, spec: Result<PodSpec, Rejected>) {
         let name = match &spec {
             Ok(s) => s.name.clone(),
             Err(r) => r.name.clone(),
         };
         let span = info_span!("pod", pod = %name);
         let _g = span.enter();
-        if let Some(e) = self.pods.get(file)
+        if let Some(e) = self.pods.get(key)
             && e.spec.as_ref() == spec.as_ref().ok()
-            && e.error.is_none()
+            && e.unready.is_none()
         {
             return;
         }
-        let previous = self.pods.remove(file);
+        let previous = self.pods.remove(key);
         let mut entry = Entry {
             name,
             spec: None,
             enrolled: None,
-            error: None,
+            unready: None,
         };
-        let result = spec
-            .map_err(|r| anyhow::Error::msg(r.reason))
-            .and_then(|s| {
-                entry.spec = Some(s.clone());
-                self.enrol(
-                    file,
-                    &s,
-                    previous.as_ref().and_then(|p| p.enrolled.as_ref()),
-                )
-            });
+        let result = spec.map_err(|r| r.why).and_then(|s| {
+            entry.spec = Some(s.clone());
+            self.enrol(key, &s, previous.as_ref().and_then(|p| p.enrolled.as_ref()))
+                .map_err(|e| Unready::Refused(format!("{e:#}")))
+        });
         match result {
             Ok(enrolled) => {
                 info!(
@@ -150,33 +127,31 @@ impl Registry {
                 );
                 entry.enrolled = Some(enrolled);
             }
-            Err(e) => {
-                let reason = format!("{e:#}");
-                warn!(error = %reason, "not enrolled");
+            Err(why) => {
+                match &why {
+                    Unready::Waiting(reason) => info!(%reason, "waiting"),
+                    Unready::Refused(reason) => warn!(error = %reason, "not enrolled"),
+                }
                 // A failed update leaves the pod's previous capture in effect: keep it.
                 entry.enrolled = previous.and_then(|p| p.enrolled);
-                entry.error = Some(reason);
+                entry.unready = Some(why);
             }
         }
-        self.pods.insert(file.to_path_buf(), entry);
+        self.pods.insert(key.clone(), entry);
     }
 
     fn enrol(
         &mut self,
-        file: &Path,
+        key: &SourceKey,
         spec: &PodSpec,
         previous: Option<&Enrolled>,
     ) -> Result<Enrolled> {
         if let Some((other, _)) = self
             .pods
             .iter()
-            .find(|(f, e)| f.as_path() != file && e.name == spec.name)
+            .find(|(k, e)| *k != key && e.name == spec.name)
         {
-            bail!(
-                "pod name {:?} is already used by {}",
-                spec.name,
-                other.display()
-            );
+            bail!("pod name {:?} is already used by {other}", spec.name);
         }
         if !spec.cgroup.starts_with(&self.cgroup_root) {
             bail!(
@@ -186,16 +161,15 @@ impl Registry {
             );
         }
         let cgroup_id = host::cgroup_id(&spec.cgroup)?;
-        if let Some((other, _)) = self.pods.iter().find(|(f, e)| {
-            f.as_path() != file
+        if let Some((other, _)) = self.pods.iter().find(|(k, e)| {
+            *k != key
                 && e.enrolled
                     .as_ref()
                     .is_some_and(|x| x.cgroup_id == cgroup_id)
         }) {
             bail!(
-                "cgroup {} is already enrolled by {}",
-                spec.cgroup.display(),
-                other.display()
+                "cgroup {} is already enrolled by {other}",
+                spec.cgroup.display()
             );
         }
         if let Some(ns) = &spec.netns {
@@ -204,9 +178,7 @@ impl Registry {
         let mut plan = Plan::new(spec, self.next_pod_id)?;
         self.next_pod_id += 1;
         plan.set_accelerate(spec.accelerate.unwrap_or(self.accelerate));
-        if let (true, crate::accel::Support::Unavailable(why)) =
-            (plan.accelerates(), &self.accel_support)
-        {
+        if let (true, Support::Unavailable(why)) = (plan.accelerates(), &self.accel_support) {
             warn!(reason = %why, "acceleration asked for but unavailable: normal path");
         }
         let inbound = plan.config.flags & pod_flags::IN_CAPTURE != 0;
@@ -248,7 +220,7 @@ impl Registry {
     /// Listeners the proxy opened before the agent ran never passed through sockops: fetch
     /// them from the pod's processes so their pod is steered at once.
     fn register_existing_listeners(&mut self, cgroup_id: u64, cgroup: &Path, port: u16) {
-        match netns::existing_listeners(cgroup, port) {
+        match proc::existing_listeners(cgroup, port) {
             Ok(found) => {
                 for (fd, family) in found {
                     if let Err(e) = self.maps.add_listener(cgroup_id, family, &fd) {
@@ -265,7 +237,7 @@ impl Registry {
     /// Pods whose network namespace went away (the pod died without its spec being removed):
     /// their capture is removed and the pod reported, instead of left dangling.
     pub fn check_namespaces(&mut self) -> bool {
-        let gone: Vec<PathBuf> = self
+        let gone: Vec<SourceKey> = self
             .pods
             .iter()
             .filter(|(_, e)| {
@@ -274,19 +246,19 @@ impl Registry {
                     .and_then(|x| x.netns.as_ref())
                     .is_some_and(|ns| !netns::alive(ns))
             })
-            .map(|(f, _)| f.clone())
+            .map(|(k, _)| k.clone())
             .collect();
-        for file in &gone {
-            if let Some(e) = self.pods.get_mut(file)
+        for key in &gone {
+            if let Some(e) = self.pods.get_mut(key)
                 && let Some(x) = e.enrolled.take()
             {
                 let _g = info_span!("pod", pod = %e.name).entered();
                 self.maps.remove(x.cgroup_id, Some(&x.plan));
                 netns::detach(&self.pins.netns_link(x.cgroup_id));
                 let ns = x.netns.map(|p| p.display().to_string()).unwrap_or_default();
-                e.error = Some(format!(
+                e.unready = Some(Unready::Refused(format!(
                     "network namespace {ns} disappeared; capture removed"
-                ));
+                )));
                 warn!(netns = %ns, "network namespace gone: pod removed from the datapath");
             }
         }
@@ -294,8 +266,8 @@ impl Registry {
     }
 
     /// A pod went away: capture for that pod stops and its map entries are freed.
-    pub fn remove(&mut self, file: &Path) {
-        if let Some(e) = self.pods.remove(file) {
+    pub fn remove(&mut self, key: &SourceKey) {
+        if let Some(e) = self.pods.remove(key) {
             let _g = info_span!("pod", pod = %e.name).entered();
             if let Some(x) = e.enrolled {
                 self.maps.remove(x.cgroup_id, Some(&x.plan));
@@ -308,17 +280,19 @@ impl Registry {
     pub fn status(&self) -> Vec<PodStatus> {
         self.pods
             .iter()
-            .map(|(file, e)| PodStatus {
+            .map(|(key, e)| PodStatus {
                 name: e.name.clone(),
-                file: file.clone(),
-                state: match &e.error {
-                    None => "ready".into(),
-                    Some(r) => format!("error: {r}"),
+                source: key.clone(),
+                state: match &e.unready {
+                    None => PodState::Ready,
+                    Some(Unready::Waiting(r)) => PodState::Waiting(r.clone()),
+                    Some(Unready::Refused(r)) => PodState::Error(r.clone()),
                 },
                 cgroup: e.spec.as_ref().map(|s| s.cgroup.clone()),
                 cgroup_id: e.enrolled.as_ref().map(|x| x.cgroup_id),
                 pod_id: e.enrolled.as_ref().map(|x| x.plan.config.pod_id),
                 accelerate: e.enrolled.as_ref().map(|x| x.plan.accelerates()),
+                counters: None,
             })
             .collect()
     }

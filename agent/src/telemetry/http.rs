@@ -5,7 +5,7 @@
 //! handles of their own, at scrape time, and the agent loop publishes the rest (pods, whether
 //! the source is reconciled, its heartbeat) through a [`watch`] channel ([`Reporter`]).
 //!
-//! [`Reporter`]: crate::status::Reporter
+//! [`Reporter`]: super::reporter::Reporter
 use std::{
     fmt,
     net::SocketAddr,
@@ -29,11 +29,12 @@ use tracing::{debug, info, warn};
 
 use meshsteer_common::maps::{LAYOUT_VERSION, PodCounters, node_counter};
 
-use crate::{
-    counters::{self, CounterInfo, Counters, POD_FAMILIES},
-    datapath::Pins,
-    status::AgentView,
+use super::{
+    catalog::{self, CounterInfo, POD_FAMILIES},
+    reporter::AgentView,
+    status::PodState,
 };
+use crate::bpf::{counters::Counters, pins::Pins};
 
 /// An agent loop that has not turned for this long is reported unhealthy.
 pub const STALL: Duration = Duration::from_secs(10);
@@ -271,7 +272,7 @@ impl Scrape {
             .borrow()
             .pods
             .iter()
-            .map(|p| (p.name.clone(), p.cgroup_id, p.state == "ready"))
+            .map(|p| (p.name.clone(), p.cgroup_id, p.state == PodState::Ready))
             .collect();
         let c = &service.counters;
         let ready_pods = pods.iter().filter(|p| p.2).count() as u64;
@@ -289,7 +290,7 @@ impl Scrape {
     }
 
     fn encode_pod_families(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
-        let catalog = counters::catalog();
+        let catalog = catalog::catalog();
         for family in POD_FAMILIES {
             let mut metric =
                 encoder.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;

@@ -2,24 +2,26 @@
 use std::{fs, path::Path};
 
 use anyhow::{Context, Result};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
-
+use super::args::{KubeArgs, RunArgs};
 use crate::{
-    cli::{KubeArgs, RunArgs},
-    datapath::Datapath,
-    features, host,
-    kube_source::KubePods,
-    metrics::Endpoints,
-    podmaps::PodMaps,
-    pods::Registry,
-    source::{Batch, Change, POLL, PodDir, Source},
-    status::Reporter,
+    bpf::{
+        features,
+        load::{Datapath, EbpfLogger},
+        maps::PodMaps,
+    },
+    host::cgroup as host,
+    registry::Registry,
+    source::{
+        POLL, Source,
+        change::{Batch, Change},
+        dir::PodDir,
+        kube::{self, KubePods},
+    },
+    sys::async_fd,
+    telemetry::{http::Endpoints, reporter::Reporter},
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -80,7 +82,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// The pod-spec directory, or with `--kubernetes` this node's pods on the API server.
 async fn open_source(kube: &KubeArgs, pods_dir: &Path, cgroup_root: &Path) -> Result<Source> {
     if kube.kubernetes {
-        let pods = KubePods::start(kube, cgroup_root).await?;
+        let settings = kube::Settings {
+            node_name: kube.node_name.clone(),
+            kubeconfig: kube.kubeconfig.clone(),
+            netns_path_template: kube.netns_path_template.clone(),
+        };
+        let pods = KubePods::start(&settings, cgroup_root).await?;
         return Ok(Source::Kubernetes(pods));
     }
     fs::create_dir_all(pods_dir)
@@ -92,8 +99,8 @@ async fn open_source(kube: &KubeArgs, pods_dir: &Path, cgroup_root: &Path) -> Re
 fn apply(registry: &mut Registry, batch: Batch, reconciled: &mut bool) {
     for c in batch.changes {
         match c {
-            Change::Upsert(file, spec) => registry.upsert(&file, *spec),
-            Change::Remove(file) => registry.remove(&file),
+            Change::Upsert(key, spec) => registry.upsert(&key, *spec),
+            Change::Remove(key) => registry.remove(&key),
         }
     }
     if batch.complete && !*reconciled {
@@ -110,10 +117,7 @@ fn publish(reporter: &Reporter, registry: &Registry) {
 
 /// Drains the eBPF log ring into `tracing` (through the `log` bridge) whenever it has data.
 async fn forward_ebpf_logs(logger: EbpfLogger) {
-    // SAFETY: the fd is the logger's own ring buffer fd, which the logger keeps open until it
-    // is dropped together with the AsyncFd.
-    let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) })
-    else {
+    let Ok(mut fd) = async_fd::readable(logger) else {
         warn!("cannot poll the eBPF log ring; eBPF logs are dropped");
         return;
     };

@@ -14,24 +14,30 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context, Result, bail};
-use aya::maps::{Array, MapData, RingBuf};
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
 use meshsteer_common::{
     Addr,
     inbound::InRule,
     maps::{
         names, node_counter,
-        trace::{LEASE_NS, TraceCtl, TraceEvent, action, direction},
+        trace::{TraceEvent, action, direction},
     },
     outbound::Rule,
 };
 use serde::Serialize;
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{cli::TraceArgs, counters::Counters, datapath::Pins, status};
+use super::args::TraceArgs;
+use crate::{
+    bpf::{counters::Counters, pins::Pins, trace::Lease},
+    sys::{
+        async_fd,
+        bytes::read_pod,
+        clock::{monotonic_ns, realtime_ns},
+    },
+    telemetry::status::AgentStatus,
+};
 
 /// How often the lease is renewed (well within [`LEASE_NS`]).
 const RENEW: Duration = Duration::from_secs(1);
@@ -40,9 +46,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let pins = Pins::new(&args.pins.bpffs_dir);
     let ring = RingBuf::try_from(pins.open_map(names::TRACE)?)
         .context("MS_TRACE is not a ring buffer: is the agent as recent as this command?")?;
-    // SAFETY: the fd is the ring buffer map's own, open as long as the AsyncFd owns the map.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .context("polling the trace ring buffer")?;
+    let mut ring = async_fd::readable(ring).context("polling the trace ring buffer")?;
     let counters = Counters::from_pins(&pins)?;
     let dropped_before = counters.node(node_counter::TRACE_DROPPED);
     let mut printer = Printer::new(&args);
@@ -88,91 +92,10 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     result
 }
 
-/// The lease state in the pins (tests: is tracing off after a trace stopped?).
-pub fn current_lease(pins: &Pins) -> Result<TraceCtl> {
-    let ctl: Array<MapData, TraceCtl> = pins.open_map(names::TRACE_CTL)?.try_into()?;
-    Ok(ctl.get(&0, 0)?)
-}
-
 /// Whether the printer wants more.
 enum Flow {
     Continue,
     OutputClosed,
-}
-
-/// This process's lease on tracing; given back on drop.
-struct Lease {
-    ctl: Array<MapData, TraceCtl>,
-    pid: u32,
-    /// When it was taken: older records in the ring are a previous trace's leftovers.
-    since_ns: u64,
-}
-
-impl Lease {
-    fn acquire(pins: &Pins) -> Result<Self> {
-        let ctl: Array<MapData, TraceCtl> = pins.open_map(names::TRACE_CTL)?.try_into()?;
-        let pid = std::process::id();
-        let now = monotonic_ns();
-        let held = ctl.get(&0, 0).context("reading MS_TRACE_CTL")?;
-        if let Some(other) = other_holder(&held, now, pid, pid_alive) {
-            bail!(
-                "another `meshsteer trace` (pid {other}) is running: one trace at a time, as \
-                 the ring buffer has a single reader"
-            );
-        }
-        let mut lease = Self {
-            ctl,
-            pid,
-            since_ns: now,
-        };
-        lease.renew()?;
-        Ok(lease)
-    }
-
-    fn renew(&mut self) -> Result<()> {
-        let ctl = TraceCtl {
-            deadline_ns: monotonic_ns() + LEASE_NS,
-            owner_pid: self.pid,
-            _pad: 0,
-        };
-        self.ctl
-            .set(0, ctl, 0)
-            .context("renewing the trace lease in MS_TRACE_CTL")
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        // Only our own lease: a trace that took over after ours expired keeps its own.
-        if self.ctl.get(&0, 0).is_ok_and(|c| c.owner_pid == self.pid) {
-            let _ = self.ctl.set(0, TraceCtl::default(), 0);
-        }
-    }
-}
-
-/// The pid of another live trace holding an unexpired lease, if any.
-fn other_holder(held: &TraceCtl, now_ns: u64, me: u32, alive: impl Fn(u32) -> bool) -> Option<u32> {
-    let live = held.deadline_ns > now_ns && held.owner_pid != me && alive(held.owner_pid);
-    live.then_some(held.owner_pid)
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec; these clocks always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The clock of `bpf_ktime_get_ns()`.
-fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Turns records into lines on stdout.
@@ -192,7 +115,7 @@ impl Printer {
             json: args.json,
             names: PodNames::new(&args.status.status_file),
             since_ns: 0,
-            wall_offset_ns: i128::from(clock_ns(libc::CLOCK_REALTIME)) - i128::from(monotonic_ns()),
+            wall_offset_ns: i128::from(realtime_ns()) - i128::from(monotonic_ns()),
         }
     }
 
@@ -234,12 +157,7 @@ impl Printer {
 }
 
 fn parse(bytes: &[u8]) -> Option<TraceEvent> {
-    if bytes.len() < size_of::<TraceEvent>() {
-        return None;
-    }
-    // SAFETY: the length is checked, the read is unaligned, and `TraceEvent` is plain data
-    // for which every bit pattern is valid.
-    Some(unsafe { bytes.as_ptr().cast::<TraceEvent>().read_unaligned() })
+    read_pod(bytes)
 }
 
 /// Pod names by pod cgroup id, from the agent's status file (re-read when it changed and an
@@ -274,13 +192,13 @@ impl PodNames {
             return;
         }
         self.read_at = mtime;
-        let Ok(doc) = status::read(&self.status_file) else {
+        let Ok(doc) = AgentStatus::read(&self.status_file) else {
             return;
         };
         self.names = doc
             .pods
             .iter()
-            .filter_map(|p| Some((p["cgroupId"].as_u64()?, p["name"].as_str()?.to_string())))
+            .filter_map(|p| Some((p.cgroup_id?, p.name.clone())))
             .collect();
     }
 }
@@ -501,19 +419,5 @@ mod tests {
             "2000-02-29T00:00:00.000000Z"
         );
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
-    }
-
-    #[test]
-    fn lease_holders() {
-        let held = TraceCtl {
-            deadline_ns: 100,
-            owner_pid: 7,
-            _pad: 0,
-        };
-        assert_eq!(other_holder(&held, 50, 1, |_| true), Some(7));
-        assert_eq!(other_holder(&held, 50, 7, |_| true), None, "our own");
-        assert_eq!(other_holder(&held, 150, 1, |_| true), None, "expired");
-        assert_eq!(other_holder(&held, 50, 1, |_| false), None, "holder died");
-        assert_eq!(other_holder(&TraceCtl::default(), 50, 1, |_| true), None);
     }
 }

@@ -12,13 +12,17 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, Program, SkLookup, SockOps},
 };
-use meshsteer_common::maps::{LAYOUT_VERSION, names};
+use meshsteer_common::maps::names;
 use tracing::{debug, info};
 
+use super::{accel, pins::Pins};
 use crate::{
-    bpf_sys::{self, AttachType},
-    host,
+    host::{bpffs, cgroup},
+    sys::bpf::{self as bpf_sys, AttachType},
 };
+
+/// The eBPF log ring's reader (aya-log), drained by the agent loop into `tracing`.
+pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// The object built by build.rs from `ebpf/` (same code as `cargo xtask build-ebpf`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshsteer.bpf.o"));
@@ -58,69 +62,6 @@ const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
     ),
 ];
 
-/// The pin layout under `--bpffs-dir`.
-#[derive(Clone, Debug)]
-pub struct Pins {
-    pub root: PathBuf,
-}
-
-impl Pins {
-    pub fn new(bpffs_dir: &Path) -> Self {
-        Self {
-            root: bpffs_dir.join(format!("v{LAYOUT_VERSION}")),
-        }
-    }
-    pub fn map(&self, name: &str) -> PathBuf {
-        self.root.join("maps").join(name)
-    }
-    pub fn link(&self, program: &str) -> PathBuf {
-        self.root.join("links").join(program)
-    }
-    /// Opens the pinned map `name` (a handle of the caller's own: `status`, `trace`, the
-    /// metrics endpoint, tests).
-    pub fn open_map(&self, name: &str) -> Result<aya::maps::Map> {
-        let path = self.map(name);
-        let data = aya::maps::MapData::from_pin(&path).with_context(|| {
-            format!(
-                "opening {} (is the agent running, and are you root?)",
-                path.display()
-            )
-        })?;
-        aya::maps::Map::from_map_data(data).context("unexpected map type")
-    }
-
-    /// A pod's sk_lookup link, by pod cgroup id.
-    pub fn netns_link(&self, pod_cgroup: u64) -> PathBuf {
-        self.root
-            .join("links")
-            .join("netns")
-            .join(pod_cgroup.to_string())
-    }
-
-    /// Refuses pins of another layout: adopting maps whose key/value layout differs would
-    /// misread them silently.
-    fn check_layout(bpffs_dir: &Path) -> Result<()> {
-        let current = format!("v{LAYOUT_VERSION}");
-        let Ok(entries) = fs::read_dir(bpffs_dir) else {
-            return Ok(());
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('v')
-                && name[1..].chars().all(|c| c.is_ascii_digit())
-                && name != current
-            {
-                bail!(
-                    "{} holds pins of layout {name}, this agent uses {current}: run the matching \
-                     agent's `meshsteer uninstall`, or remove that directory, before switching",
-                    bpffs_dir.display()
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The loaded object; its programs stay attached through their pinned links.
 pub struct Datapath {
     pub bpf: Ebpf,
@@ -128,15 +69,15 @@ pub struct Datapath {
     /// The sk_lookup program, attached per pod network namespace at enrolment.
     pub sk_lookup: OwnedFd,
     /// Whether sockets can be accelerated on this kernel.
-    pub accel: crate::accel::Support,
+    pub accel: accel::Support,
     /// Must outlive the programs' use of the log ring: dropping it closes the ring.
-    logger: Option<crate::agent::EbpfLogger>,
+    logger: Option<EbpfLogger>,
 }
 
 impl Datapath {
     /// Loads (adopting existing pinned maps) and attaches every program at `cgroup_root`.
     pub fn load(bpffs_dir: &Path, cgroup_root: &Path) -> Result<Self> {
-        host::ensure_bpffs(bpffs_dir)?;
+        bpffs::ensure_bpffs(bpffs_dir)?;
         Pins::check_layout(bpffs_dir)?;
         let pins = Pins::new(bpffs_dir);
         for sub in ["maps", "links"] {
@@ -159,9 +100,9 @@ impl Datapath {
         };
         let cgroup = File::open(cgroup_root)
             .with_context(|| format!("opening cgroup root {}", cgroup_root.display()))?;
-        let cgroup_id = host::cgroup_id(cgroup_root)?;
+        let cgroup_id = cgroup::cgroup_id(cgroup_root)?;
         // Before sockops: a socket must never enter MS_SOCKS before its program is attached.
-        let accel = crate::accel::attach(&mut bpf, &pins)?;
+        let accel = accel::attach(&mut bpf, &pins)?;
         for (name, attach, what) in CGROUP_PROGRAMS {
             let program = bpf
                 .program_mut(name)
@@ -187,11 +128,9 @@ impl Datapath {
             logger,
         })
     }
-}
 
-impl Datapath {
-    /// The eBPF log ring, for the caller to drain (see `agent::forward_ebpf_logs`).
-    pub fn take_logger(&mut self) -> Option<crate::agent::EbpfLogger> {
+    /// The eBPF log ring, for the caller to drain (see `cmd::run`).
+    pub fn take_logger(&mut self) -> Option<EbpfLogger> {
         self.logger.take()
     }
 }
@@ -243,28 +182,5 @@ fn attach_or_update(
     }
     let link = bpf_sys::link_create(prog, cgroup.as_fd(), attach).context("BPF_LINK_CREATE")?;
     bpf_sys::obj_pin(link.as_fd(), pin).with_context(|| format!("pinning {}", pin.display()))?;
-    Ok(())
-}
-
-/// Detaches everything and removes the pins: capture stops for every pod on the node.
-pub fn uninstall(bpffs_dir: &Path) -> Result<()> {
-    let pins = Pins::new(bpffs_dir);
-    if !pins.root.exists() {
-        info!(path = %pins.root.display(), "nothing pinned");
-        return Ok(());
-    }
-    // Freeing MS_SOCKS drops what its sockets hold: bytes redirected to them and not read yet.
-    match crate::accel::open_sockets(&pins) {
-        Ok(0) | Err(_) => {}
-        Ok(n) => tracing::warn!(
-            sockets = n,
-            "accelerated connections are open: bytes they have not read yet are lost with MS_SOCKS"
-        ),
-    }
-    // Unpinned with no fd open, links detach and maps are freed.
-    fs::remove_dir_all(&pins.root).with_context(|| format!("unpinning {}", pins.root.display()))?;
-    // The base dir too, unless something else lives there.
-    let _ = fs::remove_dir(bpffs_dir);
-    info!(path = %pins.root.display(), "uninstalled");
     Ok(())
 }

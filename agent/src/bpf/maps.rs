@@ -12,7 +12,8 @@ use meshsteer_common::{
     maps::{CidrKey, ListenerKey, LocalKey, PodConfig, PodCounters, PortKey, names},
 };
 
-use crate::{counters::Counters, podspec::Plan};
+use super::{counters::Counters, pins::Pins};
+use crate::spec::plan::Plan;
 
 pub struct PodMaps {
     pods: HashMap<MapData, u64, PodConfig>,
@@ -35,7 +36,7 @@ impl PodMaps {
     }
 
     /// From the pins (`status`, tests): read-only use while an agent runs.
-    pub fn from_pins(pins: &crate::datapath::Pins) -> Result<Self> {
+    pub fn from_pins(pins: &Pins) -> Result<Self> {
         Self::open(|name| pins.open_map(name))
     }
 
@@ -231,6 +232,6 @@ impl PodMaps {
 }
 
 /// Whether `path` looks like our pin dir (used by `status` to give a clear error).
-pub fn pinned(pins: &crate::datapath::Pins) -> bool {
+pub fn pinned(pins: &Pins) -> bool {
     Path::new(&pins.map(names::PODS)).exists()
 }

@@ -1,78 +1,16 @@
-//! Pod specs (files in `--pods-dir`) and what enrolling one writes into the maps.
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+//! What enrolling a pod writes into the maps, computed up front from its spec.
+use std::{collections::BTreeSet, net::IpAddr};
 
 use meshsteer_common::{
     Addr,
     maps::{CidrKey, LocalKey, MAX_PROXY_IDS, PodConfig, PortKey, PortSet, pod_flags},
     outbound::PodTables,
 };
-use serde::{Deserialize, Serialize};
 
-use crate::istio::{ArgsError, Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges};
-
-/// A pod spec file, YAML or JSON.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PodSpec {
-    /// Unique, e.g. `namespace/name`.
-    pub name: String,
-    /// The pod-level cgroup v2 directory.
-    pub cgroup: PathBuf,
-    /// The pod's network namespace file (used by inbound capture).
-    #[serde(default)]
-    pub netns: Option<PathBuf>,
-    /// The pod's addresses (first of each family = its source for off-pod traffic).
-    #[serde(default)]
-    pub ips: Vec<IpAddr>,
-    /// An istio-iptables command line, verbatim.
-    #[serde(default)]
-    pub args: Option<String>,
-    /// The same settings as structured fields (exclusive with `args`).
-    #[serde(default)]
-    pub capture: Option<Capture>,
-    /// Socket-level acceleration for this pod (default: the agent's `--accelerate`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accelerate: Option<bool>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SpecError {
-    #[error("not a valid pod spec: {0}")]
-    Syntax(String),
-    #[error("give either `args` or `capture`, not both")]
-    BothForms,
-    #[error(transparent)]
-    Args(#[from] ArgsError),
-    #[error("at most {MAX_PROXY_IDS} proxy uids/gids are supported, got {0}")]
-    TooManyIds(usize),
-    #[error("a proxy uid and gid list cannot be empty")]
-    NoIds,
-}
-
-impl PodSpec {
-    pub fn parse(text: &str, path: &Path) -> Result<Self, SpecError> {
-        let json = path.extension().is_some_and(|e| e == "json");
-        if json {
-            serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))
-        } else {
-            serde_yaml::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))
-        }
-    }
-
-    /// The capture settings, from `args`, `capture`, or the injector's default command line.
-    pub fn capture(&self) -> Result<Capture, SpecError> {
-        match (&self.args, &self.capture) {
-            (Some(_), Some(_)) => Err(SpecError::BothForms),
-            (Some(a), None) => Ok(Capture::from_args(a)?),
-            (None, Some(c)) => Ok(c.clone()),
-            (None, None) => Ok(Capture::from_args(INJECTOR_DEFAULT_ARGS)?),
-        }
-    }
-}
+use super::{
+    istio::{Capture, Cidr, Ports, Ranges},
+    pod::{PodSpec, SpecError},
+};
 
 /// Everything enrolling a pod writes, computed up front so a bad spec never half-enrolls.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -261,6 +199,8 @@ impl PodTables for Plan {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn spec(yaml: &str) -> PodSpec {

@@ -1,0 +1,12 @@
+//! The eBPF side, from user space: loading and attaching the object ([`load`]), the pin layout
+//! ([`pins`]), the per-pod map writes ([`maps`]), counters, per-netns sk_lookup links
+//! ([`netns`]), the trace lease, acceleration, and the kernel feature probes.
+pub mod accel;
+pub mod btf;
+pub mod counters;
+pub mod features;
+pub mod load;
+pub mod maps;
+pub mod netns;
+pub mod pins;
+pub mod trace;

@@ -1,0 +1,67 @@
+//! Inbound capture's per-pod half: the sk_lookup program attached to the pod's network
+//! namespace through a pinned bpf_link (an agent restart adopts it; `BPF_LINK_UPDATE` swaps in
+//! the new program).
+use std::{
+    fs::{self, File},
+    os::{
+        fd::{AsFd, BorrowedFd},
+        unix::fs::MetadataExt,
+    },
+    path::Path,
+};
+
+use anyhow::{Context, Result, bail};
+use tracing::{debug, info};
+
+use crate::sys::bpf::{self as bpf_sys, AttachType};
+
+/// Attaches (or adopts and updates) the sk_lookup link of one pod.
+pub fn attach(prog: BorrowedFd<'_>, netns: &Path, pin: &Path) -> Result<()> {
+    let ns = File::open(netns).with_context(|| format!("opening netns {}", netns.display()))?;
+    let ino = ns.metadata()?.ino();
+    if pin.exists() {
+        let link = bpf_sys::obj_get(pin)?;
+        let (linked_ino, _) = bpf_sys::netns_link_info(link.as_fd())?;
+        if linked_ino == ino {
+            bpf_sys::link_update(link.as_fd(), prog)
+                .context("BPF_LINK_UPDATE on sk_lookup link")?;
+            debug!(pin = %pin.display(), "adopted sk_lookup link");
+            return Ok(());
+        }
+        // A stale pin (namespace replaced): its link is gone with the old namespace.
+        fs::remove_file(pin).ok();
+    }
+    let link = bpf_sys::link_create(prog, ns.as_fd(), AttachType::SkLookup)
+        .context("attaching sk_lookup to the pod's network namespace (Linux 5.9)")?;
+    if let Some(dir) = pin.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    bpf_sys::obj_pin(link.as_fd(), pin).with_context(|| format!("pinning {}", pin.display()))?;
+    info!(netns = %netns.display(), "inbound capture attached");
+    Ok(())
+}
+
+/// Removes the pod's sk_lookup link: unpinned with no fd open, the kernel detaches it.
+pub fn detach(pin: &Path) {
+    if fs::remove_file(pin).is_ok() {
+        info!(pin = %pin.display(), "inbound capture detached");
+    }
+}
+
+/// Is the namespace this pin's link is attached to still the one at `netns`?
+pub fn alive(netns: &Path) -> bool {
+    netns.exists()
+}
+
+/// A pod spec's netns must be a network namespace file (or a /proc/PID/ns/net link).
+pub fn check(netns: &Path) -> Result<()> {
+    let md =
+        fs::metadata(netns).with_context(|| format!("network namespace {}", netns.display()))?;
+    if md.is_dir() {
+        bail!(
+            "{} is a directory, not a network namespace",
+            netns.display()
+        );
+    }
+    Ok(())
+}

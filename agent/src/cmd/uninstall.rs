@@ -1,0 +1,30 @@
+//! `meshsteer uninstall`: detach everything and remove the pins.
+use std::{fs, path::Path};
+
+use anyhow::{Context, Result};
+use tracing::info;
+
+use crate::bpf::{accel, pins::Pins};
+
+/// Detaches everything and removes the pins: capture stops for every pod on the node.
+pub fn uninstall(bpffs_dir: &Path) -> Result<()> {
+    let pins = Pins::new(bpffs_dir);
+    if !pins.root.exists() {
+        info!(path = %pins.root.display(), "nothing pinned");
+        return Ok(());
+    }
+    // Freeing MS_SOCKS drops what its sockets hold: bytes redirected to them and not read yet.
+    match accel::open_sockets(&pins) {
+        Ok(0) | Err(_) => {}
+        Ok(n) => tracing::warn!(
+            sockets = n,
+            "accelerated connections are open: bytes they have not read yet are lost with MS_SOCKS"
+        ),
+    }
+    // Unpinned with no fd open, links detach and maps are freed.
+    fs::remove_dir_all(&pins.root).with_context(|| format!("unpinning {}", pins.root.display()))?;
+    // The base dir too, unless something else lives there.
+    let _ = fs::remove_dir(bpffs_dir);
+    info!(path = %pins.root.display(), "uninstalled");
+    Ok(())
+}

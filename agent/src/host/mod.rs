@@ -1,0 +1,5 @@
+//! The host as the agent finds it: the cgroup2 mount and cgroup ids ([`cgroup`]), the bpffs
+//! ([`bpffs`]), and what /proc says of a pod's processes ([`proc`]).
+pub mod bpffs;
+pub mod cgroup;
+pub mod proc;

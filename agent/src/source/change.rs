@@ -1,0 +1,75 @@
+//! What a pod source reports: one pod appeared, changed, is not ready or went away. The leaf
+//! of `source/`: the registry and the status file name pods by [`SourceKey`].
+use std::{fmt, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::pod::PodSpec;
+
+/// Where a pod comes from: the key its source knows it by, stable across its updates.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SourceKey {
+    /// A spec file in `--pods-dir`.
+    File(PathBuf),
+    /// A pod on this node, from the Kubernetes API server.
+    Kube { namespace: String, name: String },
+}
+
+impl fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Kube { namespace, name } => write!(f, "pod {namespace}/{name}"),
+        }
+    }
+}
+
+/// Why a source has no spec for a pod it knows of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unready {
+    /// The pod is not there yet (no addresses, cgroup or network namespace): a later look
+    /// may find it.
+    Waiting(String),
+    /// Its spec is invalid or asks for what meshsteer cannot do: it stays refused until it
+    /// changes.
+    Refused(String),
+}
+
+/// A pod its source knows of but cannot give a spec for, with the name `meshsteer status`
+/// shows it under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub name: String,
+    pub why: Unready,
+}
+
+impl Rejected {
+    pub fn refused(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            why: Unready::Refused(reason.into()),
+        }
+    }
+
+    pub fn waiting(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            why: Unready::Waiting(reason.into()),
+        }
+    }
+}
+
+/// One pod of a source appeared, changed or went away.
+pub enum Change {
+    Upsert(SourceKey, Box<Result<PodSpec, Rejected>>),
+    Remove(SourceKey),
+}
+
+/// Changes from one look at a source.
+pub struct Batch {
+    pub changes: Vec<Change>,
+    /// The source listed all its pods: every pod it did not name is gone, so what a previous
+    /// agent enrolled for pods that no longer exist can be forgotten.
+    pub complete: bool,
+}

@@ -1,0 +1,11 @@
+//! The only place allowed `unsafe`: thin, typed wrappers over the syscalls that neither std,
+//! tokio nor aya offer (bpf commands aya keeps private, inotify, pidfd, mount, raw clocks).
+#![allow(unsafe_code)]
+
+pub mod async_fd;
+pub mod bpf;
+pub mod bytes;
+pub mod clock;
+pub mod inotify;
+pub mod mount;
+pub mod pidfd;

@@ -1,0 +1,181 @@
+//! The status file: what the running agent reports of itself and of each pod, written on every
+//! change and read by `meshsteer status`, `trace`, `explain` and the tests. Its JSON shape is
+//! a contract: field names are camelCase and stay stable.
+use std::{
+    fmt, fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::source::change::SourceKey;
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub pid: u32,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (the bound address: with port 0
+    /// in `--metrics-addr`, the port the kernel picked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
+    pub pods: Vec<PodStatus>,
+}
+
+/// One pod the agent knows of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    /// `namespace/name` (Kubernetes) or the spec's `name`.
+    pub name: String,
+    /// Where the pod came from.
+    pub source: SourceKey,
+    pub state: PodState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_id: Option<u32>,
+    /// Socket-level acceleration is on for the enrolled pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerate: Option<bool>,
+    /// Live counters, added by `meshsteer status` from the pinned maps (never in the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Whether a pod's capture is in effect. In the file it is one string: `ready`,
+/// `waiting: <reason>` or `error: <reason>`, so that a person and a script read it alike.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum PodState {
+    /// Its capture is in effect.
+    Ready,
+    /// Not on the node yet (no addresses, cgroup or network namespace); retried.
+    Waiting(String),
+    /// Refused or failed. A pod that was ready before keeps its previous capture.
+    Error(String),
+}
+
+impl PodState {
+    /// The state's name alone, as `/metrics` labels it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Waiting(_) => "waiting",
+            Self::Error(_) => "error",
+        }
+    }
+}
+
+impl fmt::Display for PodState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ready => f.write_str("ready"),
+            Self::Waiting(why) => write!(f, "waiting: {why}"),
+            Self::Error(why) => write!(f, "error: {why}"),
+        }
+    }
+}
+
+impl FromStr for PodState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "ready" {
+            return Ok(Self::Ready);
+        }
+        if let Some(why) = s.strip_prefix("waiting: ") {
+            return Ok(Self::Waiting(why.into()));
+        }
+        if let Some(why) = s.strip_prefix("error: ") {
+            return Ok(Self::Error(why.into()));
+        }
+        Err(format!("unknown pod state {s:?}"))
+    }
+}
+
+impl From<PodState> for String {
+    fn from(s: PodState) -> Self {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for PodState {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl AgentStatus {
+    /// Atomically replaces the status file (readers never see half a file).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// The running agent's status file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("reading {} (is `meshsteer run` running?)", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_as_one_string() {
+        for (state, text) in [
+            (PodState::Ready, "\"ready\""),
+            (
+                PodState::Waiting("no cgroup".into()),
+                "\"waiting: no cgroup\"",
+            ),
+            (PodState::Error("bad -p".into()), "\"error: bad -p\""),
+        ] {
+            assert_eq!(serde_json::to_string(&state).unwrap(), text);
+            assert_eq!(serde_json::from_str::<PodState>(text).unwrap(), state);
+        }
+        assert!(serde_json::from_str::<PodState>("\"fine\"").is_err());
+    }
+
+    #[test]
+    fn file_round_trips() {
+        let doc = AgentStatus {
+            pid: 7,
+            metrics_addr: Some("127.0.0.1:9102".parse().unwrap()),
+            pods: vec![PodStatus {
+                name: "default/web".into(),
+                source: SourceKey::Kube {
+                    namespace: "default".into(),
+                    name: "web".into(),
+                },
+                state: PodState::Ready,
+                cgroup: Some("/sys/fs/cgroup/kubepods/podx".into()),
+                cgroup_id: Some(42),
+                pod_id: Some(1),
+                accelerate: Some(false),
+                counters: None,
+            }],
+        };
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(text.contains(r#""cgroupId":42"#), "{text}");
+        assert!(text.contains(r#""source":{"kube":{"namespace":"default","name":"web"}}"#));
+        assert_eq!(serde_json::from_str::<AgentStatus>(&text).unwrap(), doc);
+    }
+}
