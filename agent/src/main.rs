@@ -1,3 +1,6 @@
+//! The `meshsteer` binary: parse the command line, set up logging, run the command.
+#![deny(unsafe_code)]
+
 use clap::Parser;
 use meshsteer::cmd::{
     self,

@@ -20,7 +20,10 @@ pub fn spec(pod: &Pod, args: &str, accelerate: bool) -> String {
 /// Enrols `pod` with `args` and acceleration on or off, and waits until it is ready.
 pub fn enrol(agent: &Agent, pod: &Pod, args: &str, accelerate: bool) -> Result<()> {
     agent.write_spec(&pod.name, &spec(pod, args, accelerate))?;
-    agent.wait_state(&format!("test/{}", pod.name), |s| s == "ready")
+    // Ready with the asked-for acceleration: a re-enrolled pod is ready before the change.
+    agent.wait_pod(&format!("test/{}", pod.name), |p| {
+        p["state"] == "ready" && p["accelerate"] == accelerate
+    })
 }
 
 /// The `mst-stream` binary, beside `mst-probe`.

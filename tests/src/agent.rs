@@ -199,6 +199,25 @@ impl Agent {
             .and_then(|p| p["state"].as_str().map(String::from))
     }
 
+    /// Pod `name`'s entry in `status --json`, if listed.
+    pub fn pod_status(&self, name: &str) -> Option<Value> {
+        let status = self.status().ok()?;
+        status["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+    }
+
+    /// Waits until pod `name`'s status entry satisfies `ok` (e.g. a changed spec took effect:
+    /// a pod that was ready before is "ready" at once, before the agent read the change).
+    pub fn wait_pod(&self, name: &str, ok: impl Fn(&Value) -> bool) -> Result<()> {
+        self.wait_until(Duration::from_secs(5), &format!("pod {name}"), |a| {
+            a.pod_status(name).is_some_and(|p| ok(&p))
+        })
+        .with_context(|| format!("last status of {name}: {:?}", self.pod_status(name)))
+    }
+
     pub fn wait_state(&self, name: &str, ok: impl Fn(&str) -> bool) -> Result<()> {
         self.wait_until(Duration::from_secs(5), &format!("pod {name}"), |a| {
             a.state(name).is_some_and(|s| ok(&s))
