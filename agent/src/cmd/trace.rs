@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
+use jiff::Timestamp;
 use meshsteer_common::{
     Addr,
     inbound::InRule,
@@ -297,32 +298,12 @@ fn socket(addr: Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::from(addr), port)
 }
 
-/// `2024-05-01T12:00:01.123456Z` (UTC) for nanoseconds since the Unix epoch.
+/// `2024-05-01T12:00:01.123456Z` (UTC, microseconds, truncated) for nanoseconds since the
+/// Unix epoch. Out of range (before 1970, or past 9999) is clamped: a record is never dropped
+/// for its date.
 fn rfc3339(unix_ns: i128) -> String {
-    let micros = unix_ns.max(0) / 1_000;
-    let (secs, micros) = (micros / 1_000_000, micros % 1_000_000);
-    let (days, day_secs) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        day_secs / 3600,
-        day_secs / 60 % 60,
-        day_secs % 60
-    )
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let ts = Timestamp::from_nanosecond(unix_ns.max(0)).unwrap_or(Timestamp::MAX);
+    format!("{ts:.6}")
 }
 
 #[cfg(test)]
@@ -418,6 +399,11 @@ mod tests {
             rfc3339(951_782_400_000_000_000),
             "2000-02-29T00:00:00.000000Z"
         );
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(
+            rfc3339(86_399_999_999_999),
+            "1970-01-01T23:59:59.999999Z",
+            "truncated, not rounded"
+        );
+        assert_eq!(rfc3339(-1), "1970-01-01T00:00:00.000000Z");
     }
 }

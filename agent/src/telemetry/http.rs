@@ -1,49 +1,55 @@
-//! `--metrics-addr`: `/metrics` (Prometheus text format 0.0.4), `/healthz` and `/readyz`, from a
-//! minimal HTTP/1.x server on the agent's runtime (GET and HEAD, one request per connection).
+//! `--metrics-addr`: `/metrics` ([`metrics`]), `/healthz` and `/readyz` ([`probes`]) over
+//! HTTP/1.x, served by hyper on the agent's runtime: GET and HEAD, one request per connection.
 //!
 //! The endpoints never touch the agent loop's state: they read the counter maps through
 //! handles of their own, at scrape time, and the agent loop publishes the rest (pods, whether
 //! the source is reconciled, its heartbeat) through a [`watch`] channel ([`Reporter`]).
 //!
+//! A client that connects and says nothing must not keep the kubelet's probes out, so:
+//! - the request head must arrive within [`Limits::head_timeout`] and fit in
+//!   [`Limits::max_head`] (hyper answers 431 past that);
+//! - a connection has [`Limits::connection_timeout`] from accept to the end of its response;
+//! - at most [`Limits::max_connections`] are served at once. At the limit, a new connection
+//!   takes the place of the oldest one still waiting for its request head; only when every one
+//!   is busy answering is the new one closed (scrapers and probes retry).
+//!
 //! [`Reporter`]: super::reporter::Reporter
 use std::{
-    fmt,
+    collections::VecDeque,
+    convert::Infallible,
+    future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
-    registry::Registry,
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::{Semaphore, watch},
-};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use meshsteer_common::maps::{LAYOUT_VERSION, PodCounters, node_counter};
-
 use super::{
-    catalog::{self, CounterInfo, POD_FAMILIES},
+    metrics,
+    probes::{self, Unwell},
     reporter::AgentView,
-    status::PodState,
 };
 use crate::bpf::{counters::Counters, pins::Pins};
 
-/// An agent loop that has not turned for this long is reported unhealthy.
-pub const STALL: Duration = Duration::from_secs(10);
-/// Connections served at once; more are closed at once (scrapers and probes retry).
-const MAX_CONNECTIONS: usize = 16;
-/// A request head larger than this is refused.
-const MAX_HEAD: usize = 8 * 1024;
-/// Time for one connection, request to response.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole response, its body in one buffer.
+type Reply = Response<Full<Bytes>>;
+
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The endpoints' listener, bound before the datapath is loaded (a taken port fails the agent
 /// before it changes anything), or nothing with `--metrics-addr off`.
@@ -77,22 +83,120 @@ impl Endpoints {
             return Ok(());
         };
         let counters = Counters::from_pins(pins).context("opening counters for /metrics")?;
+        let routes = Arc::new(Routes { counters, view });
         info!(%addr, "serving /metrics, /healthz and /readyz");
-        tokio::spawn(accept_loop(listener, Arc::new(Service { counters, view })));
+        tokio::spawn(accept_loop(listener, Limits::DEFAULT, move |req| {
+            routes.clone().answer(req)
+        }));
         Ok(())
     }
 }
 
-struct Service {
+/// What each path answers.
+struct Routes {
     counters: Counters,
     view: watch::Receiver<AgentView>,
 }
 
-async fn accept_loop(listener: TcpListener, service: Arc<Service>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+impl Routes {
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        // hyper leaves the body out of a HEAD response, and keeps its length.
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            let mut reply = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and HEAD are served\n",
+            );
+            reply
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return reply;
+        }
+        match req.uri().path() {
+            "/metrics" => self.metrics().await,
+            "/healthz" => probe(probes::health(&self.view.borrow(), Instant::now())),
+            "/readyz" => probe(probes::readiness(&self.view.borrow(), Instant::now())),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /healthz or /readyz\n",
+            ),
+        }
+    }
+
+    async fn metrics(self: Arc<Self>) -> Reply {
+        // Map reads are syscalls: off the runtime's worker threads.
+        let read = move || metrics::scrape(&self.counters, &self.view);
+        match tokio::task::spawn_blocking(read).await {
+            Ok(Ok(body)) => reply(StatusCode::OK, metrics::CONTENT_TYPE, body),
+            Ok(Err(e)) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding metrics: {e}\n"),
+            ),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading metrics: {e}\n"),
+            ),
+        }
+    }
+}
+
+fn probe(result: Result<(), Unwell>) -> Reply {
+    match result {
+        Ok(()) => text(StatusCode::OK, "ok\n"),
+        Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    reply(status, TEXT, body.into())
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(body)));
+    *reply.status_mut() = status;
+    let headers = reply.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    reply
+}
+
+/// What one client may hold of the server.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_connections: usize,
+    /// From accept to the end of the request head.
+    head_timeout: Duration,
+    /// From accept to the end of the response.
+    connection_timeout: Duration,
+    /// Request line and headers, in bytes.
+    max_head: usize,
+}
+
+impl Limits {
+    const DEFAULT: Self = Self {
+        max_connections: 16,
+        // A probe or a scrape sends its head in one packet; this is for the ones that don't.
+        head_timeout: Duration::from_secs(5),
+        connection_timeout: Duration::from_secs(10),
+        max_head: 8 * 1024,
+    };
+}
+
+/// Accepts until the runtime stops, each connection's one request answered by `answer`.
+async fn accept_loop<A, F>(listener: TcpListener, limits: Limits, answer: A)
+where
+    A: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Reply> + Send + 'static,
+{
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.head_timeout)
+        .max_header_size(limits.max_head)
+        // One request per connection: hyper then answers with `Connection: close` and closes.
+        .keep_alive(false);
+    let mut live = Live::default();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of fds, most likely: back off instead of spinning.
                 warn!(error = %e, "metrics listener: accept failed");
@@ -100,376 +204,157 @@ async fn accept_loop(listener: TcpListener, service: Arc<Service>) {
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!("metrics listener: too many connections, closing one");
+        if !live.make_room(limits.max_connections) {
+            debug!(%peer, "metrics listener: every connection is answering, closing a new one");
             continue;
+        }
+        let answering = Arc::new(AtomicBool::new(false));
+        let service = {
+            let (answering, answer) = (answering.clone(), answer.clone());
+            service_fn(move |req| {
+                answering.store(true, Ordering::Relaxed);
+                let reply = answer(req);
+                async move { Ok::<_, Infallible>(reply.await) }
+            })
         };
-        let service = service.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            match tokio::time::timeout(IO_TIMEOUT, handle(stream, service)).await {
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let task = tokio::spawn(async move {
+            match tokio::time::timeout(limits.connection_timeout, connection).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(error = %format!("{e:#}"), "metrics connection"),
-                Err(_) => debug!("metrics connection timed out"),
+                Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection"),
+                Err(_) => debug!(%peer, "metrics connection timed out"),
             }
         });
+        live.conns.push_back(Conn { task, answering });
     }
 }
 
-async fn handle(mut stream: TcpStream, service: Arc<Service>) -> Result<()> {
-    let head = read_head(&mut stream).await?;
-    let response = match parse_request_line(&head) {
-        Some((method @ ("GET" | "HEAD"), path)) => {
-            let mut r = route(path, service).await;
-            r.head_only = method == "HEAD";
-            r
+/// The connections being served, oldest first.
+#[derive(Default)]
+struct Live {
+    conns: VecDeque<Conn>,
+}
+
+struct Conn {
+    task: JoinHandle<()>,
+    /// Set once its request head is in: from then on it is answering, not idling.
+    answering: Arc<AtomicBool>,
+}
+
+impl Live {
+    /// Whether there is room for one more connection: at the limit, the oldest one still
+    /// waiting for its request head is closed to make it.
+    fn make_room(&mut self, max: usize) -> bool {
+        self.conns.retain(|c| !c.task.is_finished());
+        if self.conns.len() < max {
+            return true;
         }
-        Some(_) => Response::text(405, "only GET and HEAD are served\n"),
-        None => Response::text(400, "malformed request\n"),
-    };
-    stream.write_all(&response.to_bytes()).await?;
-    stream.shutdown().await?;
-    Ok(())
-}
-
-/// Reads up to the end of the request head (the only part these endpoints need).
-async fn read_head(stream: &mut TcpStream) -> Result<String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !head_complete(&buf) {
-        anyhow::ensure!(buf.len() < MAX_HEAD, "request head over {MAX_HEAD} bytes");
-        let n = stream.read(&mut chunk).await.context("reading request")?;
-        anyhow::ensure!(n > 0, "connection closed before the request head ended");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-fn head_complete(buf: &[u8]) -> bool {
-    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
-}
-
-/// `("GET", "/metrics")` from `GET /metrics?x=y HTTP/1.1`.
-fn parse_request_line(head: &str) -> Option<(&str, &str)> {
-    let line = head.lines().next()?;
-    let mut parts = line.split_ascii_whitespace();
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
-        return None;
-    }
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    Some((method, path))
-}
-
-async fn route(path: &str, service: Arc<Service>) -> Response {
-    match path {
-        "/metrics" => {
-            // Map reads are syscalls (one per pod, plus a walk of MS_ORIG_DST): off the
-            // runtime's worker threads.
-            match tokio::task::spawn_blocking(move || render(Scrape::take(&service))).await {
-                Ok(Ok(body)) => Response {
-                    status: 200,
-                    content_type: prometheus_text::CONTENT_TYPE,
-                    body,
-                    head_only: false,
-                },
-                Ok(Err(e)) => Response::text(500, &format!("encoding metrics: {e}\n")),
-                Err(e) => Response::text(500, &format!("reading metrics: {e}\n")),
-            }
-        }
-        "/healthz" => probe(health(&service.view.borrow(), Instant::now())),
-        "/readyz" => probe(readiness(&service.view.borrow(), Instant::now())),
-        _ => Response::text(404, "not found: try /metrics, /healthz or /readyz\n"),
-    }
-}
-
-fn probe(result: Result<(), String>) -> Response {
-    match result {
-        Ok(()) => Response::text(200, "ok\n"),
-        Err(why) => Response::text(503, &format!("{why}\n")),
-    }
-}
-
-/// Alive: the endpoints only run once the datapath is loaded and attached, so this checks that
-/// the agent loop still turns.
-pub fn health(view: &AgentView, now: Instant) -> Result<(), String> {
-    match view.heartbeat {
-        Some(t) if now.saturating_duration_since(t) > STALL => Err(format!(
-            "the agent loop has not run for {:.1}s",
-            now.saturating_duration_since(t).as_secs_f64()
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Ready: healthy, and the pod source was listed in full and reconciled once.
-pub fn readiness(view: &AgentView, now: Instant) -> Result<(), String> {
-    health(view, now)?;
-    if view.reconciled {
-        Ok(())
-    } else {
-        Err("waiting for the first full reconcile of the pod source".into())
-    }
-}
-
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-    head_only: bool,
-}
-
-impl Response {
-    fn text(status: u16, body: &str) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into(),
-            head_only: false,
-        }
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            503 => "Service Unavailable",
-            _ => "Internal Server Error",
-        };
-        let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
-             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
-        if !self.head_only {
-            out.extend_from_slice(self.body.as_bytes());
-        }
-        out
-    }
-}
-
-/// Everything one scrape exposes, read at once.
-#[derive(Debug, Default)]
-struct Scrape {
-    /// (pod name, its counters), enrolled pods only.
-    pods: Vec<(String, PodCounters)>,
-    ready_pods: u64,
-    error_pods: u64,
-    orig_dst_entries: u64,
-    owner_from_task: u64,
-    trace_dropped: u64,
-}
-
-impl Scrape {
-    fn take(service: &Service) -> Self {
-        let pods: Vec<(String, Option<u64>, bool)> = service
-            .view
-            .borrow()
-            .pods
+        let idle = self
+            .conns
             .iter()
-            .map(|p| (p.name.clone(), p.cgroup_id, p.state == PodState::Ready))
-            .collect();
-        let c = &service.counters;
-        let ready_pods = pods.iter().filter(|p| p.2).count() as u64;
-        Self {
-            ready_pods,
-            error_pods: pods.len() as u64 - ready_pods,
-            pods: pods
-                .into_iter()
-                .filter_map(|(name, id, _)| Some((name, c.pod(id?)?)))
-                .collect(),
-            orig_dst_entries: c.orig_dst_entries() as u64,
-            owner_from_task: c.node(node_counter::OWNER_FROM_TASK),
-            trace_dropped: c.node(node_counter::TRACE_DROPPED),
-        }
-    }
-
-    fn encode_pod_families(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
-        let catalog = catalog::catalog();
-        for family in POD_FAMILIES {
-            let mut metric =
-                encoder.encode_descriptor(family.name, family.help, None, MetricType::Counter)?;
-            for info in catalog.iter().filter(|i| i.family == family) {
-                for (pod, values) in &self.pods {
-                    let labels = pod_labels(pod, info);
-                    ConstCounter::new(values.0[info.index])
-                        .encode(metric.encode_family(&labels)?)?;
-                }
+            .position(|c| !c.answering.load(Ordering::Relaxed));
+        match idle.and_then(|i| self.conns.remove(i)) {
+            Some(oldest) => {
+                debug!("metrics listener: at the limit, closing the oldest idle connection");
+                oldest.task.abort();
+                true
             }
+            None => false,
         }
-        Ok(())
     }
-
-    fn encode_node(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
-        let mut pods = encoder.encode_descriptor(
-            "meshsteer_pods",
-            "Pods the agent knows of, by state (error: not enrolled, or an update refused)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (state, n) in [("ready", self.ready_pods), ("error", self.error_pods)] {
-            ConstGauge::new(n).encode(pods.encode_family(&[("state", state)])?)?;
-        }
-        gauge(
-            encoder,
-            "meshsteer_orig_dst_entries",
-            "Live original destinations of redirected connections (MS_ORIG_DST)",
-            self.orig_dst_entries,
-        )?;
-        counter(
-            encoder,
-            "meshsteer_owner_from_task",
-            "connect()s on sockets created before the agent ran: owner taken from the \
-             connecting task instead of the socket's creator",
-            self.owner_from_task,
-        )?;
-        counter(
-            encoder,
-            "meshsteer_trace_events_dropped",
-            "meshsteer trace records lost to a full ring buffer",
-            self.trace_dropped,
-        )
-    }
-}
-
-impl Collector for Scrape {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        self.encode_pod_families(&mut encoder)?;
-        self.encode_node(&mut encoder)
-    }
-}
-
-fn pod_labels<'a>(pod: &'a str, info: &CounterInfo) -> Vec<(&'static str, &'a str)> {
-    std::iter::once(("pod", pod))
-        .chain(info.labels.iter().copied())
-        .collect()
-}
-
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
-    let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    ConstGauge::new(value).encode(metric)
-}
-
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
-    let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    ConstCounter::new(value).encode(metric)
-}
-
-fn render(scrape: Scrape) -> Result<String, fmt::Error> {
-    let mut registry = Registry::default();
-    registry.register(
-        "meshsteer_build",
-        "The agent's version and pin layout",
-        Info::new(vec![
-            ("version", env!("CARGO_PKG_VERSION").to_string()),
-            ("layout", LAYOUT_VERSION.to_string()),
-        ]),
-    );
-    registry.register_collector(Box::new(scrape));
-    let mut out = String::new();
-    prometheus_text::encode(&mut out, &registry)?;
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use meshsteer_common::{maps::counter, outbound::Rule};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
 
     use super::*;
 
-    #[test]
-    fn request_lines() {
-        assert_eq!(
-            parse_request_line("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(("GET", "/metrics"))
-        );
-        assert_eq!(
-            parse_request_line("HEAD /readyz?verbose=1 HTTP/1.0\r\n\r\n"),
-            Some(("HEAD", "/readyz"))
-        );
-        assert_eq!(parse_request_line("GET /metrics\r\n\r\n"), None);
-        assert_eq!(parse_request_line("GET / SPDY/3\r\n\r\n"), None);
-        assert_eq!(parse_request_line(""), None);
-        assert!(head_complete(b"GET / HTTP/1.0\r\n\r\n"));
-        assert!(head_complete(b"GET / HTTP/1.0\n\n"));
-        assert!(!head_complete(b"GET / HTTP/1.0\r\nHost: x\r\n"));
+    /// A server on loopback whose every answer is the request's path.
+    async fn server(limits: Limits) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(accept_loop(listener, limits, |req: Request<Incoming>| {
+            let path = req.uri().path().to_string();
+            async move { text(StatusCode::OK, path) }
+        }));
+        addr
     }
 
-    #[test]
-    fn responses_carry_length_and_close() {
-        let r = Response::text(503, "no\n").to_bytes();
-        let text = String::from_utf8(r).unwrap();
-        assert!(
-            text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-            "{text}"
-        );
-        assert!(text.contains("Content-Length: 3\r\n"), "{text}");
-        assert!(text.contains("Connection: close\r\n"), "{text}");
-        assert!(text.ends_with("\r\n\r\nno\n"), "{text}");
-        let mut head = Response::text(200, "ok\n");
-        head.head_only = true;
-        assert!(
-            String::from_utf8(head.to_bytes())
-                .unwrap()
-                .ends_with("\r\n\r\n")
-        );
+    /// Everything the server sends on `stream` until it closes it, after `request`.
+    async fn exchange(stream: &mut TcpStream, request: &str) -> String {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+            .await
+            .expect("the server closes the connection after its answer")
+            .unwrap();
+        String::from_utf8(out).unwrap()
     }
 
-    #[test]
-    fn health_and_readiness() {
-        let now = Instant::now();
-        let mut view = AgentView::default();
-        assert_eq!(health(&view, now), Ok(()), "starting up is healthy");
-        assert!(readiness(&view, now).is_err(), "but not ready");
-        view.heartbeat = Some(now);
-        view.reconciled = true;
-        assert_eq!(readiness(&view, now), Ok(()));
-        let later = now + STALL + Duration::from_secs(1);
-        assert!(health(&view, later).unwrap_err().contains("has not run"));
-        assert!(readiness(&view, later).is_err());
+    /// How long `f` took.
+    async fn timed(f: impl Future) -> Duration {
+        let start = Instant::now();
+        f.await;
+        start.elapsed()
     }
 
-    #[test]
-    fn exposition() {
-        let mut c = PodCounters::default();
-        c.0[counter::outbound(Rule::IncludedCidr)] = 3;
-        c.0[counter::outbound(Rule::ProxyOwner)] = 2;
-        c.0[counter::ORIG_DST_HIT] = 1;
-        let text = render(Scrape {
-            pods: vec![("default/web-0".into(), c)],
-            ready_pods: 1,
-            error_pods: 2,
-            orig_dst_entries: 4,
-            ..Default::default()
-        })
-        .unwrap();
-        for line in [
-            "# TYPE meshsteer_outbound_connections_total counter",
-            r#"meshsteer_outbound_connections_total{pod="default/web-0",rule="included_cidr",action="redirected"} 3"#,
-            r#"meshsteer_outbound_connections_total{pod="default/web-0",rule="proxy_owner",action="passed"} 2"#,
-            r#"meshsteer_inbound_connections_total{pod="default/web-0",rule="captured",action="steered"} 0"#,
-            r#"meshsteer_original_dst_lookups_total{pod="default/web-0",result="hit"} 1"#,
-            r#"meshsteer_original_dst_map_full_total{pod="default/web-0"} 0"#,
-            r#"meshsteer_inbound_no_listener_total{pod="default/web-0"} 0"#,
-            r#"meshsteer_pods{state="ready"} 1"#,
-            r#"meshsteer_pods{state="error"} 2"#,
-            "meshsteer_orig_dst_entries 4",
-            "meshsteer_trace_events_dropped_total 0",
-        ] {
-            assert!(
-                text.lines().any(|l| l == line),
-                "{line:?} missing from:\n{text}"
-            );
-        }
-        let build = format!(
-            r#"meshsteer_build_info{{version="{}",layout="{LAYOUT_VERSION}"}} 1"#,
-            env!("CARGO_PKG_VERSION")
-        );
-        assert!(text.lines().any(|l| l == build), "{build:?} missing");
+    #[tokio::test]
+    async fn one_request_per_connection() {
+        let addr = server(Limits::DEFAULT).await;
+
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let got = exchange(&mut c, "GET /healthz?x=1 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(got.contains("connection: close\r\n"), "{got}");
+        assert!(got.contains("content-length: 8\r\n"), "{got}");
+        assert!(got.contains("cache-control: no-store\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\n/healthz"), "{got}");
+
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let got = exchange(&mut c, "HEAD /metrics HTTP/1.0\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+        assert!(got.contains("content-length: 8\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\n"), "no body for HEAD: {got}");
+
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let max = Limits::DEFAULT.max_head;
+        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(max));
+        let got = exchange(&mut c, &long).await;
+        assert!(got.starts_with("HTTP/1.1 431 "), "{got}");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_make_way() {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::DEFAULT
+        };
+        let addr = server(limits).await;
+        // Idlers fill the server; the next connection still gets its answer, and the oldest
+        // idler is closed for it (long before its head times out).
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let _idle = TcpStream::connect(addr).await.unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let got = exchange(&mut c, "GET /healthz HTTP/1.0\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+        let waited = timed(async { assert_eq!(exchange(&mut idle, "").await, "") }).await;
+        assert!(waited < limits.head_timeout / 2, "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn late_heads_time_out() {
+        let limits = Limits {
+            head_timeout: Duration::from_millis(200),
+            ..Limits::DEFAULT
+        };
+        let addr = server(limits).await;
+        let mut late = TcpStream::connect(addr).await.unwrap();
+        let waited = timed(async { assert_eq!(exchange(&mut late, "GET /heal").await, "") }).await;
+        assert!(waited >= limits.head_timeout, "{waited:?}");
+        assert!(waited < limits.connection_timeout / 2, "{waited:?}");
     }
 }
