@@ -2,7 +2,8 @@
 //! plan, and whether its capture is in effect. Every change is applied to the maps before it
 //! is reported.
 //!
-//! The registry decides and a [`Dataplane`] carries it out ([`Kernel`] on a node).
+//! The registry decides and a [`Dataplane`] carries it out: [`Kernel`] on a node; in its unit
+//! tests an in-memory fake, so the state machine is tested without root.
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
@@ -20,6 +21,11 @@ mod dataplane;
 mod enrol;
 mod kernel;
 mod view;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 pub use self::{
     dataplane::{Adopted, Dataplane, ExistingListener},
