@@ -13,7 +13,7 @@ use crate::{
         maps::PodMaps,
     },
     host::cgroup as host,
-    registry::Registry,
+    registry::{Kernel, Registry},
     source::{
         POLL, Source,
         change::{Batch, Change},
@@ -42,7 +42,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let maps = PodMaps::take(&mut datapath.bpf)?;
     let sk_lookup = datapath.sk_lookup.try_clone()?;
     let mut source = open_source(&args.kube, &args.pods_dir, &cgroup_root).await?;
-    let mut registry = Registry::new(maps, cgroup_root, datapath.pins.clone(), sk_lookup)
+    let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookup);
+    let mut registry = Registry::new(dataplane, cgroup_root)
         .with_acceleration(args.accelerate.on(), datapath.accel.clone());
     // Set once the source has listed every pod (at once for a directory; after the first
     // list for Kubernetes): only then can a previous agent's enrolments be reconciled.

@@ -1,23 +1,36 @@
 //! Per-pod state: which pod (spec file or Kubernetes pod) enrolled which cgroup under which
 //! plan, and whether its capture is in effect. Every change is applied to the maps before it
 //! is reported.
+//!
+//! The registry decides and a [`Dataplane`] carries it out: [`Kernel`] on a node; in its unit
+//! tests an in-memory fake, so the state machine is tested without root.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::fd::{AsFd, OwnedFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
-use anyhow::{Result, bail};
 use tracing::{info, info_span, warn};
 
-use meshsteer_common::{Addr, maps::pod_flags};
-
 use crate::{
-    bpf::{accel::Support, maps::PodMaps, netns, pins::Pins},
-    host::{cgroup as host, proc},
+    bpf::accel::Support,
     source::change::{Rejected, SourceKey, Unready},
     spec::{plan::Plan, pod::PodSpec},
-    telemetry::status::{PodState, PodStatus},
+};
+
+mod dataplane;
+mod enrol;
+mod kernel;
+mod view;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use self::{
+    dataplane::{Adopted, Dataplane, ExistingListener},
+    enrol::EnrolError,
+    kernel::Kernel,
 };
 
 struct Enrolled {
@@ -34,12 +47,9 @@ struct Entry {
     unready: Option<Unready>,
 }
 
-pub struct Registry {
-    maps: PodMaps,
+pub struct Registry<D = Kernel> {
+    dataplane: D,
     cgroup_root: PathBuf,
-    pins: Pins,
-    /// The sk_lookup program, attached to each capturing pod's network namespace.
-    sk_lookup: OwnedFd,
     /// Keyed by where each pod comes from.
     pods: BTreeMap<SourceKey, Entry>,
     next_pod_id: u32,
@@ -48,20 +58,19 @@ pub struct Registry {
     accel_support: Support,
 }
 
-impl Registry {
-    pub fn new(maps: PodMaps, cgroup_root: PathBuf, pins: Pins, sk_lookup: OwnedFd) -> Self {
-        let next_pod_id = maps
-            .enrolled()
+impl<D: Dataplane> Registry<D> {
+    pub fn new(dataplane: D, cgroup_root: PathBuf) -> Self {
+        // Pod ids a previous agent used may still key live sets: never reuse them.
+        let next_pod_id = dataplane
+            .adopted()
             .iter()
-            .map(|(_, c)| c.pod_id)
+            .map(|a| a.pod_id)
             .max()
             .unwrap_or(0)
             + 1;
         Self {
-            maps,
+            dataplane,
             cgroup_root,
-            pins,
-            sk_lookup,
             pods: BTreeMap::new(),
             next_pod_id,
             accelerate: false,
@@ -77,8 +86,8 @@ impl Registry {
         self
     }
 
-    pub fn maps(&self) -> &PodMaps {
-        &self.maps
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
     }
 
     /// After the first full read of the pod source: forget what a previous agent enrolled for
@@ -89,7 +98,7 @@ impl Registry {
             .values()
             .filter_map(|e| e.enrolled.as_ref().map(|x| x.cgroup_id))
             .collect();
-        self.maps.garbage_collect(&keep);
+        self.dataplane.garbage_collect(&keep);
     }
 
     /// A pod was added or changed (`Err`: its source has no valid spec for it).
@@ -116,7 +125,8 @@ impl Registry {
         let result = spec.map_err(|r| r.why).and_then(|s| {
             entry.spec = Some(s.clone());
             self.enrol(key, &s, previous.as_ref().and_then(|p| p.enrolled.as_ref()))
-                .map_err(|e| Unready::Refused(format!("{e:#}")))
+                // The status file's reason: the whole chain, as anyhow shows it.
+                .map_err(|e| Unready::Refused(format!("{:#}", anyhow::Error::new(e))))
         });
         match result {
             Ok(enrolled) => {
@@ -140,100 +150,6 @@ impl Registry {
         self.pods.insert(key.clone(), entry);
     }
 
-    fn enrol(
-        &mut self,
-        key: &SourceKey,
-        spec: &PodSpec,
-        previous: Option<&Enrolled>,
-    ) -> Result<Enrolled> {
-        if let Some((other, _)) = self
-            .pods
-            .iter()
-            .find(|(k, e)| *k != key && e.name == spec.name)
-        {
-            bail!("pod name {:?} is already used by {other}", spec.name);
-        }
-        if !spec.cgroup.starts_with(&self.cgroup_root) {
-            bail!(
-                "cgroup {} is outside the cgroup root {} where capture is attached",
-                spec.cgroup.display(),
-                self.cgroup_root.display()
-            );
-        }
-        let cgroup_id = host::cgroup_id(&spec.cgroup)?;
-        if let Some((other, _)) = self.pods.iter().find(|(k, e)| {
-            *k != key
-                && e.enrolled
-                    .as_ref()
-                    .is_some_and(|x| x.cgroup_id == cgroup_id)
-        }) {
-            bail!(
-                "cgroup {} is already enrolled by {other}",
-                spec.cgroup.display()
-            );
-        }
-        if let Some(ns) = &spec.netns {
-            netns::check(ns)?;
-        }
-        let mut plan = Plan::new(spec, self.next_pod_id)?;
-        self.next_pod_id += 1;
-        plan.set_accelerate(spec.accelerate.unwrap_or(self.accelerate));
-        if let (true, Support::Unavailable(why)) = (plan.accelerates(), &self.accel_support) {
-            warn!(reason = %why, "acceleration asked for but unavailable: normal path");
-        }
-        let inbound = plan.config.flags & pod_flags::IN_CAPTURE != 0;
-        let link = self.pins.netns_link(cgroup_id);
-        match (&spec.netns, inbound) {
-            // Attached before the pod's addresses are mapped: until then it passes everything.
-            (Some(ns), true) => netns::attach(self.sk_lookup.as_fd(), ns, &link)?,
-            (None, true) => bail!(
-                "inbound capture (-b) needs the pod's network namespace: add `netns:` to the spec, \
-                 or `-b \"\"` to capture outbound only"
-            ),
-            (_, false) => netns::detach(&link),
-        }
-        // Same cgroup as before: swap in place. A different one: the old one is removed.
-        let same = previous.filter(|p| p.cgroup_id == cgroup_id);
-        if let Err(e) = self.maps.apply(cgroup_id, &plan, same.map(|p| &p.plan)) {
-            if same.is_none() {
-                netns::detach(&link);
-            }
-            return Err(e);
-        }
-        if let Some(old) = previous.filter(|p| p.cgroup_id != cgroup_id) {
-            self.maps.remove(old.cgroup_id, Some(&old.plan));
-            netns::detach(&self.pins.netns_link(old.cgroup_id));
-        }
-        let addrs: Vec<Addr> = plan.local.iter().map(|k| k.addr).collect();
-        self.maps
-            .set_inbound_addrs(cgroup_id, if inbound { &addrs } else { &[] });
-        if inbound {
-            self.register_existing_listeners(cgroup_id, &spec.cgroup, plan.config.inbound_port);
-        }
-        Ok(Enrolled {
-            cgroup_id,
-            plan,
-            netns: spec.netns.clone(),
-        })
-    }
-
-    /// Listeners the proxy opened before the agent ran never passed through sockops: fetch
-    /// them from the pod's processes so their pod is steered at once.
-    fn register_existing_listeners(&mut self, cgroup_id: u64, cgroup: &Path, port: u16) {
-        match proc::existing_listeners(cgroup, port) {
-            Ok(found) => {
-                for (fd, family) in found {
-                    if let Err(e) = self.maps.add_listener(cgroup_id, family, &fd) {
-                        warn!(error = %format!("{e:#}"), "could not register an existing listener");
-                    } else {
-                        info!(port, family, "registered an existing inbound listener");
-                    }
-                }
-            }
-            Err(e) => warn!(error = %format!("{e:#}"), "scanning for existing listeners"),
-        }
-    }
-
     /// Pods whose network namespace went away (the pod died without its spec being removed):
     /// their capture is removed and the pod reported, instead of left dangling.
     pub fn check_namespaces(&mut self) -> bool {
@@ -244,7 +160,7 @@ impl Registry {
                 e.enrolled
                     .as_ref()
                     .and_then(|x| x.netns.as_ref())
-                    .is_some_and(|ns| !netns::alive(ns))
+                    .is_some_and(|ns| !self.dataplane.netns_alive(ns))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -253,8 +169,8 @@ impl Registry {
                 && let Some(x) = e.enrolled.take()
             {
                 let _g = info_span!("pod", pod = %e.name).entered();
-                self.maps.remove(x.cgroup_id, Some(&x.plan));
-                netns::detach(&self.pins.netns_link(x.cgroup_id));
+                self.dataplane.remove(x.cgroup_id, &x.plan);
+                self.dataplane.detach_netns(x.cgroup_id);
                 let ns = x.netns.map(|p| p.display().to_string()).unwrap_or_default();
                 e.unready = Some(Unready::Refused(format!(
                     "network namespace {ns} disappeared; capture removed"
@@ -270,30 +186,10 @@ impl Registry {
         if let Some(e) = self.pods.remove(key) {
             let _g = info_span!("pod", pod = %e.name).entered();
             if let Some(x) = e.enrolled {
-                self.maps.remove(x.cgroup_id, Some(&x.plan));
-                netns::detach(&self.pins.netns_link(x.cgroup_id));
+                self.dataplane.remove(x.cgroup_id, &x.plan);
+                self.dataplane.detach_netns(x.cgroup_id);
             }
             info!("removed");
         }
-    }
-
-    pub fn status(&self) -> Vec<PodStatus> {
-        self.pods
-            .iter()
-            .map(|(key, e)| PodStatus {
-                name: e.name.clone(),
-                source: key.clone(),
-                state: match &e.unready {
-                    None => PodState::Ready,
-                    Some(Unready::Waiting(r)) => PodState::Waiting(r.clone()),
-                    Some(Unready::Refused(r)) => PodState::Error(r.clone()),
-                },
-                cgroup: e.spec.as_ref().map(|s| s.cgroup.clone()),
-                cgroup_id: e.enrolled.as_ref().map(|x| x.cgroup_id),
-                pod_id: e.enrolled.as_ref().map(|x| x.plan.config.pod_id),
-                accelerate: e.enrolled.as_ref().map(|x| x.plan.accelerates()),
-                counters: None,
-            })
-            .collect()
     }
 }

@@ -1,0 +1,79 @@
+//! What the registry asks of the node: the map writes, the per-netns sk_lookup links, and the
+//! few facts it reads from the host. Behind a trait so that the state machine runs without
+//! root ([`super::kernel::Kernel`] is the real one; tests use an in-memory fake).
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::Result;
+use meshsteer_common::Addr;
+
+use crate::spec::plan::Plan;
+
+/// A pod a previous agent left in the maps: still captured until it is re-enrolled or
+/// garbage-collected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Adopted {
+    pub cgroup_id: u64,
+    pub pod_id: u32,
+}
+
+/// A proxy listener that predates the agent, found among a pod's processes.
+#[derive(Debug)]
+pub struct ExistingListener<S> {
+    pub socket: S,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+}
+
+/// Every effect the registry has outside itself. Pods are named by cgroup id, as the
+/// datapath names them.
+pub trait Dataplane {
+    /// How an [`ExistingListener`] is held until it is registered.
+    type Socket;
+
+    /// The pods enrolled before this agent started (by a previous agent).
+    fn adopted(&self) -> Vec<Adopted>;
+
+    /// Forgets every pod whose cgroup is not in `keep`, and whatever their sets left behind.
+    fn garbage_collect(&mut self, keep: &BTreeSet<u64>);
+
+    /// The id the datapath knows the cgroup v2 directory `cgroup` by.
+    fn cgroup_id(&self, cgroup: &Path) -> Result<u64>;
+
+    /// Whether `netns` can be a network namespace at all (it exists and is not a directory).
+    fn check_netns(&self, netns: &Path) -> Result<()>;
+
+    /// Whether the pod's network namespace is still there.
+    fn netns_alive(&self, netns: &Path) -> bool;
+
+    /// Attaches (or adopts) inbound capture's sk_lookup link for the pod in `netns`. Until
+    /// the pod's addresses are set it passes everything.
+    fn attach_netns(&mut self, cgroup_id: u64, netns: &Path) -> Result<()>;
+
+    /// Detaches the pod's sk_lookup link, if it has one.
+    fn detach_netns(&mut self, cgroup_id: u64);
+
+    /// Points the pod at `plan`. `previous` (a plan of the same cgroup) stays in effect until
+    /// the swap, and on error nothing of `plan` stays behind.
+    fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()>;
+
+    /// Stops capture for the pod and frees its entries.
+    fn remove(&mut self, cgroup_id: u64, plan: &Plan);
+
+    /// The pod's addresses for inbound capture: exactly `addrs`, none when empty.
+    fn set_inbound_addrs(&mut self, cgroup_id: u64, addrs: &[Addr]);
+
+    /// Listening sockets on `port` held by the processes of `cgroup`.
+    fn existing_listeners(
+        &self,
+        cgroup: &Path,
+        port: u16,
+    ) -> Result<Vec<ExistingListener<Self::Socket>>>;
+
+    /// Steers the pod's inbound connections to a listener found by
+    /// [`Dataplane::existing_listeners`].
+    fn add_listener(
+        &mut self,
+        cgroup_id: u64,
+        listener: &ExistingListener<Self::Socket>,
+    ) -> Result<()>;
+}

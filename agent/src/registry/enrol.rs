@@ -1,0 +1,140 @@
+//! Enrolling one pod: the checks that refuse it, then the dataplane writes, in the order the
+//! datapath needs (link before addresses, new plan before the old one goes).
+use std::path::{Path, PathBuf};
+
+use meshsteer_common::{Addr, maps::pod_flags};
+use tracing::{info, warn};
+
+use super::{Dataplane, Enrolled, Registry};
+use crate::{
+    bpf::accel::Support,
+    source::change::SourceKey,
+    spec::{
+        plan::Plan,
+        pod::{PodSpec, SpecError},
+    },
+};
+
+/// Why a pod was not enrolled (or not updated: then its previous capture stays).
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    #[error("pod name {name:?} is already used by {other}")]
+    NameTaken { name: String, other: SourceKey },
+    #[error(
+        "cgroup {} is outside the cgroup root {} where capture is attached",
+        .cgroup.display(),
+        .root.display()
+    )]
+    OutsideRoot { cgroup: PathBuf, root: PathBuf },
+    #[error("cgroup {} is already enrolled by {other}", .cgroup.display())]
+    CgroupTaken { cgroup: PathBuf, other: SourceKey },
+    #[error(
+        "inbound capture (-b) needs the pod's network namespace: add `netns:` to the spec, \
+         or `-b \"\"` to capture outbound only"
+    )]
+    InboundNeedsNetns,
+    /// The spec asks for what meshsteer cannot do.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The host or the maps said no.
+    #[error(transparent)]
+    Dataplane(#[from] anyhow::Error),
+}
+
+impl<D: Dataplane> Registry<D> {
+    pub(super) fn enrol(
+        &mut self,
+        key: &SourceKey,
+        spec: &PodSpec,
+        previous: Option<&Enrolled>,
+    ) -> Result<Enrolled, EnrolError> {
+        if let Some((other, _)) = self
+            .pods
+            .iter()
+            .find(|(k, e)| *k != key && e.name == spec.name)
+        {
+            return Err(EnrolError::NameTaken {
+                name: spec.name.clone(),
+                other: other.clone(),
+            });
+        }
+        if !spec.cgroup.starts_with(&self.cgroup_root) {
+            return Err(EnrolError::OutsideRoot {
+                cgroup: spec.cgroup.clone(),
+                root: self.cgroup_root.clone(),
+            });
+        }
+        let cgroup_id = self.dataplane.cgroup_id(&spec.cgroup)?;
+        if let Some((other, _)) = self.pods.iter().find(|(k, e)| {
+            *k != key
+                && e.enrolled
+                    .as_ref()
+                    .is_some_and(|x| x.cgroup_id == cgroup_id)
+        }) {
+            return Err(EnrolError::CgroupTaken {
+                cgroup: spec.cgroup.clone(),
+                other: other.clone(),
+            });
+        }
+        if let Some(ns) = &spec.netns {
+            self.dataplane.check_netns(ns)?;
+        }
+        let mut plan = Plan::new(spec, self.next_pod_id)?;
+        self.next_pod_id += 1;
+        plan.set_accelerate(spec.accelerate.unwrap_or(self.accelerate));
+        if let (true, Support::Unavailable(why)) = (plan.accelerates(), &self.accel_support) {
+            warn!(reason = %why, "acceleration asked for but unavailable: normal path");
+        }
+        let inbound = plan.config.flags & pod_flags::IN_CAPTURE != 0;
+        match (&spec.netns, inbound) {
+            // Attached before the pod's addresses are mapped: until then it passes everything.
+            (Some(ns), true) => self.dataplane.attach_netns(cgroup_id, ns)?,
+            (None, true) => return Err(EnrolError::InboundNeedsNetns),
+            (_, false) => self.dataplane.detach_netns(cgroup_id),
+        }
+        // Same cgroup as before: swap in place. A different one: the old one is removed.
+        let same = previous.filter(|p| p.cgroup_id == cgroup_id);
+        if let Err(e) = self
+            .dataplane
+            .apply(cgroup_id, &plan, same.map(|p| &p.plan))
+        {
+            if same.is_none() {
+                self.dataplane.detach_netns(cgroup_id);
+            }
+            return Err(e.into());
+        }
+        if let Some(old) = previous.filter(|p| p.cgroup_id != cgroup_id) {
+            self.dataplane.remove(old.cgroup_id, &old.plan);
+            self.dataplane.detach_netns(old.cgroup_id);
+        }
+        let addrs: Vec<Addr> = plan.local.iter().map(|k| k.addr).collect();
+        self.dataplane
+            .set_inbound_addrs(cgroup_id, if inbound { &addrs } else { &[] });
+        if inbound {
+            self.register_existing_listeners(cgroup_id, &spec.cgroup, plan.config.inbound_port);
+        }
+        Ok(Enrolled {
+            cgroup_id,
+            plan,
+            netns: spec.netns.clone(),
+        })
+    }
+
+    /// Listeners the proxy opened before the agent ran never passed through sockops: fetch
+    /// them from the pod's processes so their pod is steered at once.
+    fn register_existing_listeners(&mut self, cgroup_id: u64, cgroup: &Path, port: u16) {
+        match self.dataplane.existing_listeners(cgroup, port) {
+            Ok(found) => {
+                for listener in found {
+                    let family = listener.family;
+                    if let Err(e) = self.dataplane.add_listener(cgroup_id, &listener) {
+                        warn!(error = %format!("{e:#}"), "could not register an existing listener");
+                    } else {
+                        info!(port, family, "registered an existing inbound listener");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "scanning for existing listeners"),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! An in-memory [`Dataplane`] for the registry's tests: it keeps what the maps and links
+//! would hold, records every write in order, and fails on demand.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use meshsteer_common::Addr;
+
+use super::dataplane::{Adopted, Dataplane, ExistingListener};
+use crate::spec::plan::Plan;
+
+/// A write the registry asked for (pods by cgroup id; plans by pod id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    GarbageCollect {
+        keep: Vec<u64>,
+    },
+    Attach {
+        cgroup_id: u64,
+        netns: PathBuf,
+    },
+    Detach {
+        cgroup_id: u64,
+    },
+    Apply {
+        cgroup_id: u64,
+        pod_id: u32,
+        previous: Option<u32>,
+    },
+    Remove {
+        cgroup_id: u64,
+        pod_id: u32,
+    },
+    InboundAddrs {
+        cgroup_id: u64,
+        addrs: Vec<Addr>,
+    },
+    AddListener {
+        cgroup_id: u64,
+        family: u32,
+    },
+}
+
+/// What can be made to fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    Apply,
+    Attach,
+    ScanListeners,
+    AddListener,
+}
+
+#[derive(Default)]
+pub struct Fake {
+    /// Cgroup directories on the "host", and their ids.
+    cgroups: BTreeMap<PathBuf, u64>,
+    /// Network namespaces on the "host".
+    namespaces: BTreeSet<PathBuf>,
+    /// Families of the listeners the processes of each cgroup hold.
+    listeners: BTreeMap<PathBuf, Vec<u32>>,
+    failing: BTreeSet<Op>,
+    /// Every write, in order.
+    pub calls: Vec<Call>,
+    /// The maps: pod id by cgroup id.
+    pub enrolled: BTreeMap<u64, u32>,
+    /// The sk_lookup links: namespace by cgroup id.
+    pub links: BTreeMap<u64, PathBuf>,
+    /// Inbound addresses by cgroup id.
+    pub inbound: BTreeMap<u64, Vec<Addr>>,
+}
+
+impl Fake {
+    pub fn with_cgroup(mut self, path: &str, id: u64) -> Self {
+        self.cgroups.insert(path.into(), id);
+        self
+    }
+
+    pub fn with_netns(mut self, path: &str) -> Self {
+        self.namespaces.insert(path.into());
+        self
+    }
+
+    pub fn with_listener(mut self, cgroup: &str, family: u32) -> Self {
+        self.listeners
+            .entry(cgroup.into())
+            .or_default()
+            .push(family);
+        self
+    }
+
+    /// A pod a previous agent left in the maps.
+    pub fn with_adopted(mut self, cgroup_id: u64, pod_id: u32) -> Self {
+        self.enrolled.insert(cgroup_id, pod_id);
+        self
+    }
+
+    /// `op` fails from now on, until [`Fake::recover`].
+    pub fn fail(&mut self, op: Op) {
+        self.failing.insert(op);
+    }
+
+    pub fn recover(&mut self, op: Op) {
+        self.failing.remove(&op);
+    }
+
+    /// The pod's namespace goes away (the pod died).
+    pub fn delete_netns(&mut self, path: &str) {
+        self.namespaces.remove(Path::new(path));
+    }
+
+    /// The calls since the last look.
+    pub fn take_calls(&mut self) -> Vec<Call> {
+        std::mem::take(&mut self.calls)
+    }
+
+    fn check(&self, op: Op) -> Result<()> {
+        if self.failing.contains(&op) {
+            bail!("injected {op:?} failure");
+        }
+        Ok(())
+    }
+}
+
+impl Dataplane for Fake {
+    type Socket = ();
+
+    fn adopted(&self) -> Vec<Adopted> {
+        self.enrolled
+            .iter()
+            .map(|(&cgroup_id, &pod_id)| Adopted { cgroup_id, pod_id })
+            .collect()
+    }
+
+    fn garbage_collect(&mut self, keep: &BTreeSet<u64>) {
+        self.calls.push(Call::GarbageCollect {
+            keep: keep.iter().copied().collect(),
+        });
+        self.enrolled.retain(|c, _| keep.contains(c));
+        self.inbound.retain(|c, _| keep.contains(c));
+    }
+
+    fn cgroup_id(&self, cgroup: &Path) -> Result<u64> {
+        self.cgroups
+            .get(cgroup)
+            .copied()
+            .ok_or_else(|| anyhow!("No such file or directory (os error 2)"))
+            .with_context(|| format!("cgroup {}", cgroup.display()))
+    }
+
+    fn check_netns(&self, netns: &Path) -> Result<()> {
+        if !self.namespaces.contains(netns) {
+            bail!("network namespace {}: no such file", netns.display());
+        }
+        Ok(())
+    }
+
+    fn netns_alive(&self, netns: &Path) -> bool {
+        self.namespaces.contains(netns)
+    }
+
+    fn attach_netns(&mut self, cgroup_id: u64, netns: &Path) -> Result<()> {
+        self.calls.push(Call::Attach {
+            cgroup_id,
+            netns: netns.into(),
+        });
+        self.check(Op::Attach)?;
+        self.links.insert(cgroup_id, netns.into());
+        Ok(())
+    }
+
+    fn detach_netns(&mut self, cgroup_id: u64) {
+        self.calls.push(Call::Detach { cgroup_id });
+        self.links.remove(&cgroup_id);
+    }
+
+    fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()> {
+        self.calls.push(Call::Apply {
+            cgroup_id,
+            pod_id: plan.config.pod_id,
+            previous: previous.map(|p| p.config.pod_id),
+        });
+        self.check(Op::Apply).context("writing the pod's config")?;
+        self.enrolled.insert(cgroup_id, plan.config.pod_id);
+        Ok(())
+    }
+
+    fn remove(&mut self, cgroup_id: u64, plan: &Plan) {
+        self.calls.push(Call::Remove {
+            cgroup_id,
+            pod_id: plan.config.pod_id,
+        });
+        self.enrolled.remove(&cgroup_id);
+        self.inbound.remove(&cgroup_id);
+    }
+
+    fn set_inbound_addrs(&mut self, cgroup_id: u64, addrs: &[Addr]) {
+        self.calls.push(Call::InboundAddrs {
+            cgroup_id,
+            addrs: addrs.to_vec(),
+        });
+        if addrs.is_empty() {
+            self.inbound.remove(&cgroup_id);
+        } else {
+            self.inbound.insert(cgroup_id, addrs.to_vec());
+        }
+    }
+
+    fn existing_listeners(&self, cgroup: &Path, _port: u16) -> Result<Vec<ExistingListener<()>>> {
+        self.check(Op::ScanListeners)?;
+        let families = self.listeners.get(cgroup).cloned().unwrap_or_default();
+        Ok(families
+            .into_iter()
+            .map(|family| ExistingListener { socket: (), family })
+            .collect())
+    }
+
+    fn add_listener(&mut self, cgroup_id: u64, listener: &ExistingListener<()>) -> Result<()> {
+        self.calls.push(Call::AddListener {
+            cgroup_id,
+            family: listener.family,
+        });
+        self.check(Op::AddListener)
+    }
+}

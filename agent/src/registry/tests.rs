@@ -1,0 +1,639 @@
+//! The state machine against an in-memory dataplane: the cases that otherwise only the
+//! privileged tests reach (renames, moves, failed updates, restarts, dying namespaces).
+use meshsteer_common::Addr;
+
+use super::{
+    Registry,
+    fake::{Call, Fake, Op},
+};
+use crate::{
+    bpf::accel::Support,
+    source::change::{Rejected, SourceKey},
+    spec::pod::PodSpec,
+    telemetry::status::PodState,
+};
+
+const ROOT: &str = "/sys/fs/cgroup";
+const CG_A: &str = "/sys/fs/cgroup/kubepods/pod-a";
+const CG_B: &str = "/sys/fs/cgroup/kubepods/pod-b";
+const NS_A: &str = "/run/netns/a";
+const NS_B: &str = "/run/netns/b";
+const IP: Addr = Addr::v4([10, 0, 0, 5]);
+
+fn file(stem: &str) -> SourceKey {
+    SourceKey::File(format!("/etc/meshsteer/pods/{stem}.yaml").into())
+}
+
+/// The injector's defaults: inbound and outbound capture.
+fn pod(name: &str, cgroup: &str, netns: &str) -> PodSpec {
+    PodSpec {
+        name: name.into(),
+        cgroup: cgroup.into(),
+        netns: Some(netns.into()),
+        ips: vec!["10.0.0.5".parse().unwrap()],
+        args: None,
+        capture: None,
+        accelerate: None,
+    }
+}
+
+fn outbound_only(name: &str, cgroup: &str) -> PodSpec {
+    PodSpec {
+        netns: None,
+        args: Some("-i '*' -b \"\"".into()),
+        ..pod(name, cgroup, "")
+    }
+}
+
+/// Two pod cgroups (ids 11 and 12) and their namespaces.
+fn host() -> Fake {
+    Fake::default()
+        .with_cgroup(CG_A, 11)
+        .with_cgroup(CG_B, 12)
+        .with_netns(NS_A)
+        .with_netns(NS_B)
+}
+
+fn registry(fake: Fake) -> Registry<Fake> {
+    Registry::new(fake, ROOT.into())
+}
+
+impl Registry<Fake> {
+    fn fake(&mut self) -> &mut Fake {
+        &mut self.dataplane
+    }
+
+    fn state(&self, key: &SourceKey) -> Option<PodState> {
+        self.status()
+            .into_iter()
+            .find(|p| p.source == *key)
+            .map(|p| p.state)
+    }
+
+    /// (cgroup id, pod id) of the capture in effect for the pod.
+    fn captured(&self, key: &SourceKey) -> Option<(u64, u32)> {
+        let p = self.status().into_iter().find(|p| p.source == *key)?;
+        Some((p.cgroup_id?, p.pod_id?))
+    }
+
+    fn error(&self, key: &SourceKey) -> String {
+        match self.state(key) {
+            Some(PodState::Error(why)) => why,
+            other => panic!("{key}: expected an error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn enrols_with_the_link_first_and_the_addresses_last() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert_eq!(
+        r.fake().take_calls(),
+        [
+            Call::Attach {
+                cgroup_id: 11,
+                netns: NS_A.into()
+            },
+            Call::Apply {
+                cgroup_id: 11,
+                pod_id: 1,
+                previous: None
+            },
+            Call::InboundAddrs {
+                cgroup_id: 11,
+                addrs: vec![IP]
+            },
+        ]
+    );
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+    assert_eq!(r.captured(&file("a")), Some((11, 1)));
+
+    // The same spec again (every poll of an unchanged source) writes nothing.
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert_eq!(r.fake().take_calls(), []);
+}
+
+#[test]
+fn outbound_only_pods_have_no_link_and_no_addresses() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(outbound_only("test/a", CG_A)));
+    assert_eq!(
+        r.fake().take_calls(),
+        [
+            Call::Detach { cgroup_id: 11 },
+            Call::Apply {
+                cgroup_id: 11,
+                pod_id: 1,
+                previous: None
+            },
+            Call::InboundAddrs {
+                cgroup_id: 11,
+                addrs: vec![]
+            },
+        ]
+    );
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+}
+
+#[test]
+fn inbound_capture_without_a_namespace_is_refused() {
+    let mut r = registry(host());
+    let spec = PodSpec {
+        netns: None,
+        ..pod("test/a", CG_A, "")
+    };
+    r.upsert(&file("a"), Ok(spec));
+    assert_eq!(
+        r.error(&file("a")),
+        "inbound capture (-b) needs the pod's network namespace: add `netns:` to the spec, \
+         or `-b \"\"` to capture outbound only"
+    );
+    assert_eq!(r.fake().take_calls(), []);
+    assert_eq!(r.captured(&file("a")), None);
+}
+
+#[test]
+fn a_cgroup_outside_the_root_is_refused() {
+    let mut r = registry(host().with_cgroup("/sys/fs/cgroup2/x", 20));
+    r.upsert(&file("a"), Ok(pod("test/a", "/sys/fs/cgroup2/x", NS_A)));
+    assert_eq!(
+        r.error(&file("a")),
+        "cgroup /sys/fs/cgroup2/x is outside the cgroup root /sys/fs/cgroup where capture is \
+         attached"
+    );
+    assert_eq!(r.fake().take_calls(), []);
+}
+
+#[test]
+fn refusals_keep_the_whole_error_chain() {
+    let mut r = registry(host());
+    let gone = "/sys/fs/cgroup/kubepods/gone";
+    r.upsert(&file("a"), Ok(pod("test/a", gone, NS_A)));
+    assert_eq!(
+        r.error(&file("a")),
+        format!("cgroup {gone}: No such file or directory (os error 2)")
+    );
+}
+
+#[test]
+fn a_renamed_spec_file_moves_the_pod_to_its_new_key() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.remove(&file("a"));
+    r.upsert(&file("renamed"), Ok(pod("test/a", CG_A, NS_A)));
+    assert_eq!(
+        r.fake().take_calls(),
+        [
+            Call::Remove {
+                cgroup_id: 11,
+                pod_id: 1
+            },
+            Call::Detach { cgroup_id: 11 },
+            Call::Attach {
+                cgroup_id: 11,
+                netns: NS_A.into()
+            },
+            Call::Apply {
+                cgroup_id: 11,
+                pod_id: 2,
+                previous: None
+            },
+            Call::InboundAddrs {
+                cgroup_id: 11,
+                addrs: vec![IP]
+            },
+        ]
+    );
+    assert_eq!(r.state(&file("a")), None);
+    assert_eq!(r.state(&file("renamed")), Some(PodState::Ready));
+    assert_eq!(r.fake().enrolled, [(11, 2)].into());
+}
+
+/// The pod-spec directory's scan lists its upserts before its removes, so a rename seen in
+/// one scan reaches the registry new-key-first. Pinned as it is (reported, not changed
+/// here): the new key is refused as a duplicate, then removing the old key removes the
+/// capture, and the pod stays uncaptured until its file changes again.
+#[test]
+fn a_rename_seen_in_one_scan_drops_capture_until_the_file_changes() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+
+    r.upsert(&file("renamed"), Ok(pod("test/a", CG_A, NS_A)));
+    r.remove(&file("a"));
+    assert_eq!(
+        r.error(&file("renamed")),
+        "pod name \"test/a\" is already used by /etc/meshsteer/pods/a.yaml"
+    );
+    assert!(r.fake().enrolled.is_empty());
+    assert!(r.fake().links.is_empty());
+
+    // The next upsert of that key (a change to the file) enrols it.
+    r.upsert(&file("renamed"), Ok(pod("test/a", CG_A, NS_A)));
+    assert_eq!(r.state(&file("renamed")), Some(PodState::Ready));
+}
+
+#[test]
+fn a_pod_whose_cgroup_moves_is_applied_on_the_new_one_before_the_old_one_goes() {
+    let key = SourceKey::Kube {
+        namespace: "test".into(),
+        name: "a".into(),
+    };
+    let mut r = registry(host());
+    r.upsert(&key, Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.upsert(&key, Ok(pod("test/a", CG_B, NS_B)));
+    assert_eq!(
+        r.fake().take_calls(),
+        [
+            Call::Attach {
+                cgroup_id: 12,
+                netns: NS_B.into()
+            },
+            Call::Apply {
+                cgroup_id: 12,
+                pod_id: 2,
+                previous: None
+            },
+            Call::Remove {
+                cgroup_id: 11,
+                pod_id: 1
+            },
+            Call::Detach { cgroup_id: 11 },
+            Call::InboundAddrs {
+                cgroup_id: 12,
+                addrs: vec![IP]
+            },
+        ]
+    );
+    assert_eq!(r.fake().enrolled, [(12, 2)].into());
+    assert_eq!(r.fake().links, [(12, NS_B.into())].into());
+    assert_eq!(r.captured(&key), Some((12, 2)));
+}
+
+#[test]
+fn a_failed_update_keeps_the_previous_capture_and_says_why() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    let changed = PodSpec {
+        ips: vec!["10.0.0.6".parse().unwrap()],
+        ..pod("test/a", CG_A, NS_A)
+    };
+    r.fake().fail(Op::Apply);
+    r.upsert(&file("a"), Ok(changed.clone()));
+    assert_eq!(
+        r.error(&file("a")),
+        "writing the pod's config: injected Apply failure"
+    );
+    // Same cgroup: the link stays, the old addresses stay, the old plan stays.
+    assert_eq!(
+        r.fake().take_calls(),
+        [
+            Call::Attach {
+                cgroup_id: 11,
+                netns: NS_A.into()
+            },
+            Call::Apply {
+                cgroup_id: 11,
+                pod_id: 2,
+                previous: Some(1)
+            },
+        ]
+    );
+    assert_eq!(r.captured(&file("a")), Some((11, 1)));
+    assert_eq!(r.fake().enrolled, [(11, 1)].into());
+    assert_eq!(r.fake().inbound, [(11, vec![IP])].into());
+
+    // Not ready, so the same spec is tried again, and swaps from the plan still in effect.
+    r.fake().recover(Op::Apply);
+    r.upsert(&file("a"), Ok(changed));
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+    assert!(r.fake().take_calls().contains(&Call::Apply {
+        cgroup_id: 11,
+        pod_id: 3,
+        previous: Some(1)
+    }));
+    assert_eq!(
+        r.fake().inbound,
+        [(11, vec![Addr::v4([10, 0, 0, 6])])].into()
+    );
+}
+
+#[test]
+fn a_failed_move_leaves_the_old_cgroup_captured() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.fake().fail(Op::Apply);
+    r.upsert(&file("a"), Ok(pod("test/a", CG_B, NS_B)));
+    assert_eq!(
+        r.fake().take_calls(),
+        [
+            Call::Attach {
+                cgroup_id: 12,
+                netns: NS_B.into()
+            },
+            Call::Apply {
+                cgroup_id: 12,
+                pod_id: 2,
+                previous: None
+            },
+            // Only the new cgroup's link: the old one still captures.
+            Call::Detach { cgroup_id: 12 },
+        ]
+    );
+    assert_eq!(r.fake().enrolled, [(11, 1)].into());
+    assert_eq!(r.fake().links, [(11, NS_A.into())].into());
+    assert_eq!(r.captured(&file("a")), Some((11, 1)));
+}
+
+#[test]
+fn an_unsupported_option_writes_nothing_and_keeps_the_previous_capture() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    let bad = PodSpec {
+        args: Some("-i '*' -k eth1".into()),
+        ..pod("test/a", CG_A, NS_A)
+    };
+    r.upsert(&file("a"), Ok(bad));
+    assert!(
+        r.error(&file("a"))
+            .contains("unsupported istio-iptables option -k"),
+    );
+    assert_eq!(r.fake().take_calls(), []);
+    assert_eq!(r.captured(&file("a")), Some((11, 1)));
+}
+
+#[test]
+fn a_second_pod_of_the_same_name_is_refused() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.upsert(&file("b"), Ok(pod("test/a", CG_B, NS_B)));
+    assert_eq!(
+        r.error(&file("b")),
+        "pod name \"test/a\" is already used by /etc/meshsteer/pods/a.yaml"
+    );
+    assert_eq!(r.fake().take_calls(), []);
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+}
+
+#[test]
+fn a_second_pod_in_the_same_cgroup_is_refused() {
+    let kube = SourceKey::Kube {
+        namespace: "test".into(),
+        name: "a".into(),
+    };
+    let mut r = registry(host());
+    r.upsert(&kube, Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.upsert(&file("b"), Ok(pod("test/b", CG_A, NS_A)));
+    assert_eq!(
+        r.error(&file("b")),
+        format!("cgroup {CG_A} is already enrolled by pod test/a")
+    );
+    assert_eq!(r.fake().take_calls(), []);
+    assert_eq!(r.captured(&kube), Some((11, 1)));
+}
+
+#[test]
+fn after_a_restart_ids_continue_and_only_pods_not_re_enrolled_are_collected() {
+    // A previous agent enrolled cgroups 11 (pod id 7), 12 (pod id 9) and 30 (pod id 4).
+    let fake = host()
+        .with_adopted(11, 7)
+        .with_adopted(12, 9)
+        .with_adopted(30, 4);
+    let mut r = registry(fake);
+
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    // Pod b's spec is now refused: it is not re-enrolled, so its old capture is collected.
+    let bad = PodSpec {
+        args: Some("-m TPROXY".into()),
+        ..pod("test/b", CG_B, NS_B)
+    };
+    r.upsert(&file("b"), Ok(bad));
+    assert!(r.error(&file("b")).contains("TPROXY"));
+    assert!(r.fake().take_calls().contains(&Call::Apply {
+        cgroup_id: 11,
+        pod_id: 10,
+        previous: None
+    }));
+
+    r.reconcile_adopted();
+    assert_eq!(
+        r.fake().take_calls(),
+        [Call::GarbageCollect { keep: vec![11] }]
+    );
+    assert_eq!(r.fake().enrolled, [(11, 10)].into());
+}
+
+#[test]
+fn a_fresh_node_starts_pod_ids_at_one() {
+    let mut r = registry(host());
+    r.reconcile_adopted();
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert_eq!(r.captured(&file("a")), Some((11, 1)));
+}
+
+#[test]
+fn a_vanished_namespace_removes_capture_and_reports_it() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.upsert(&file("b"), Ok(outbound_only("test/b", CG_B)));
+    assert!(!r.check_namespaces());
+    r.fake().take_calls();
+
+    r.fake().delete_netns(NS_A);
+    assert!(r.check_namespaces());
+    assert_eq!(
+        r.fake().take_calls(),
+        [
+            Call::Remove {
+                cgroup_id: 11,
+                pod_id: 1
+            },
+            Call::Detach { cgroup_id: 11 },
+        ]
+    );
+    assert_eq!(
+        r.error(&file("a")),
+        "network namespace /run/netns/a disappeared; capture removed"
+    );
+    assert_eq!(r.captured(&file("a")), None);
+    // A pod without a namespace of its own is not affected.
+    assert_eq!(r.state(&file("b")), Some(PodState::Ready));
+
+    // Reported once.
+    assert!(!r.check_namespaces());
+    assert_eq!(r.fake().take_calls(), []);
+}
+
+#[test]
+fn waiting_and_refused_pods_are_told_apart_and_write_nothing() {
+    let mut r = registry(host());
+    r.upsert(
+        &file("a"),
+        Err(Rejected::waiting("test/a", "no pod IP yet")),
+    );
+    r.upsert(
+        &file("b"),
+        Err(Rejected::refused("test/b", "not a pod spec")),
+    );
+    assert_eq!(
+        r.state(&file("a")),
+        Some(PodState::Waiting("no pod IP yet".into()))
+    );
+    assert_eq!(
+        r.state(&file("b")),
+        Some(PodState::Error("not a pod spec".into()))
+    );
+    assert_eq!(r.fake().take_calls(), []);
+    let status = r.status();
+    assert!(
+        status
+            .iter()
+            .all(|p| p.cgroup.is_none() && p.pod_id.is_none())
+    );
+
+    // Once it is there, the waiting pod enrols.
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+}
+
+#[test]
+fn a_ready_pod_its_source_no_longer_has_keeps_its_capture_while_waiting() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.upsert(&file("a"), Err(Rejected::waiting("test/a", "no netns yet")));
+    assert_eq!(
+        r.state(&file("a")),
+        Some(PodState::Waiting("no netns yet".into()))
+    );
+    assert_eq!(r.captured(&file("a")), Some((11, 1)));
+    assert_eq!(r.fake().take_calls(), []);
+}
+
+#[test]
+fn existing_listeners_are_registered_and_failures_only_warn() {
+    let (v4, v6) = (libc::AF_INET as u32, libc::AF_INET6 as u32);
+    let mut r = registry(host().with_listener(CG_A, v4).with_listener(CG_A, v6));
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    let calls = r.fake().take_calls();
+    assert_eq!(
+        calls[calls.len() - 2..],
+        [
+            Call::AddListener {
+                cgroup_id: 11,
+                family: v4
+            },
+            Call::AddListener {
+                cgroup_id: 11,
+                family: v6
+            },
+        ]
+    );
+
+    // A listener that cannot be registered, or a scan that fails, does not refuse the pod.
+    for op in [Op::AddListener, Op::ScanListeners] {
+        r.remove(&file("a"));
+        r.fake().fail(op);
+        r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+        assert_eq!(r.state(&file("a")), Some(PodState::Ready), "{op:?}");
+        r.fake().recover(op);
+    }
+
+    // Outbound-only pods are not scanned.
+    r.remove(&file("a"));
+    r.fake().take_calls();
+    r.upsert(&file("a"), Ok(outbound_only("test/a", CG_A)));
+    assert!(
+        !r.fake()
+            .take_calls()
+            .iter()
+            .any(|c| matches!(c, Call::AddListener { .. }))
+    );
+}
+
+#[test]
+fn a_removed_pod_stops_capture_and_leaves_the_status() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.remove(&file("a"));
+    assert_eq!(
+        r.fake().take_calls(),
+        [
+            Call::Remove {
+                cgroup_id: 11,
+                pod_id: 1
+            },
+            Call::Detach { cgroup_id: 11 },
+        ]
+    );
+    assert!(r.status().is_empty());
+    assert!(r.fake().enrolled.is_empty() && r.fake().inbound.is_empty());
+
+    // Unknown keys (and refused pods) have nothing to undo.
+    r.remove(&file("a"));
+    r.upsert(&file("b"), Err(Rejected::refused("test/b", "bad")));
+    r.remove(&file("b"));
+    assert_eq!(r.fake().take_calls(), []);
+}
+
+#[test]
+fn acceleration_follows_the_spec_then_the_agent_default() {
+    let mut r = registry(host()).with_acceleration(true, Support::Available);
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    let off = PodSpec {
+        accelerate: Some(false),
+        ..pod("test/b", CG_B, NS_B)
+    };
+    r.upsert(&file("b"), Ok(off));
+    let accel: Vec<_> = r.status().into_iter().map(|p| p.accelerate).collect();
+    assert_eq!(accel, [Some(true), Some(false)]);
+}
+
+#[test]
+fn a_new_pod_whose_link_cannot_attach_is_refused_before_any_map_write() {
+    let mut r = registry(host());
+    r.fake().fail(Op::Attach);
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert_eq!(r.error(&file("a")), "injected Attach failure");
+    assert!(
+        !r.fake()
+            .take_calls()
+            .iter()
+            .any(|c| matches!(c, Call::Apply { .. }))
+    );
+    assert!(r.fake().enrolled.is_empty());
+}
+
+/// Pinned as it is (reported, not changed here): an update that turns inbound capture off
+/// detaches the pod's link before the new plan is written, so when that write fails the
+/// previous plan stays in the maps but its inbound half (the link) is gone.
+#[test]
+fn a_failed_update_to_outbound_only_has_already_detached_the_link() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.fake().fail(Op::Apply);
+    r.upsert(&file("a"), Ok(outbound_only("test/a", CG_A)));
+    assert!(r.error(&file("a")).contains("injected Apply failure"));
+    assert_eq!(r.captured(&file("a")), Some((11, 1)));
+    assert_eq!(r.fake().enrolled, [(11, 1)].into());
+    assert!(r.fake().links.is_empty());
+}

@@ -1,0 +1,26 @@
+//! What the registry reports of each pod, for the status file and `/metrics`.
+use super::Registry;
+use crate::source::change::Unready;
+use crate::telemetry::status::{PodState, PodStatus};
+
+impl<D> Registry<D> {
+    pub fn status(&self) -> Vec<PodStatus> {
+        self.pods
+            .iter()
+            .map(|(key, e)| PodStatus {
+                name: e.name.clone(),
+                source: key.clone(),
+                state: match &e.unready {
+                    None => PodState::Ready,
+                    Some(Unready::Waiting(r)) => PodState::Waiting(r.clone()),
+                    Some(Unready::Refused(r)) => PodState::Error(r.clone()),
+                },
+                cgroup: e.spec.as_ref().map(|s| s.cgroup.clone()),
+                cgroup_id: e.enrolled.as_ref().map(|x| x.cgroup_id),
+                pod_id: e.enrolled.as_ref().map(|x| x.plan.config.pod_id),
+                accelerate: e.enrolled.as_ref().map(|x| x.plan.accelerates()),
+                counters: None,
+            })
+            .collect()
+    }
+}
