@@ -271,10 +271,10 @@ pub struct OrigDst {
     pub pod_cgroup: u64,
 }
 
-/// Per-pod counters (`MS_POD_STATS`, per-CPU, keyed by pod cgroup id) are indexed by this. The first
-/// entries mirror [`crate::outbound::Rule`] so "passed by reason" is one index per rule.
+/// Per-pod counters (`MS_POD_STATS`, per-CPU, keyed by pod cgroup id) are indexed by this. The
+/// first entries mirror [`Rule`](crate::rules::Rule) so "passed by reason" is one index per rule.
 pub mod counter {
-    use crate::outbound::Rule;
+    use crate::rules::{InRule, Rule};
 
     pub const fn outbound(rule: Rule) -> usize {
         rule as usize
@@ -288,9 +288,9 @@ pub mod counter {
     pub const ORIG_DST_MAP_FULL: usize = 18;
     /// A live entry was gone at close (LRU eviction): its proxy may have asked in vain.
     pub const ORIG_DST_EVICTED: usize = 19;
-    /// Inbound decisions start here, one per [`crate::inbound::InRule`].
+    /// Inbound decisions start here, one per [`InRule`].
     pub const INBOUND_BASE: usize = 20;
-    pub const fn inbound(rule: crate::inbound::InRule) -> usize {
+    pub const fn inbound(rule: InRule) -> usize {
         INBOUND_BASE + rule as usize
     }
     /// A connection to steer, but the pod's proxy has no inbound listener: refused, as
@@ -416,7 +416,7 @@ pub mod trace {
         pub landed_port: u16,
         /// [`direction`].
         pub direction: u8,
-        /// [`crate::outbound::Rule`] or [`crate::inbound::InRule`], as `u8`.
+        /// [`crate::rules::Rule`] or [`crate::rules::InRule`], as `u8`.
         pub rule: u8,
         /// [`action`].
         pub action: u8,
@@ -505,7 +505,7 @@ mod tests {
             8 + 8 + 16 + 16 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 7
         );
         const { assert!(node_counter::TRACE_DROPPED < node_counter::COUNT) };
-        assert!(counter::inbound(crate::inbound::InRule::Captured) < counter::IN_NO_LISTENER);
+        assert!(counter::inbound(crate::rules::InRule::Captured) < counter::IN_NO_LISTENER);
     }
 
     #[test]
