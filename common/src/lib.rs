@@ -9,14 +9,24 @@
 //! them, and the decisions ([`outbound`], [`inbound`]) on all of it through [`tables`].
 #![no_std]
 
+/// Marks map keys and values as aya `Pod` (with the `user` feature), so the agent can read and
+/// write them in maps. Only for `#[repr(C)]` types made of integers and integer arrays, with
+/// every padding byte an explicit field.
+macro_rules! plain_data {
+    ($($t:ty),+ $(,)?) => {$(
+        // SAFETY: `#[repr(C)]` with no implicit padding and only integer fields (the caller's
+        // contract, checked by the layout tests): any bit pattern is a valid value and no byte
+        // is ever uninitialised.
+        #[cfg(feature = "user")]
+        unsafe impl aya::Pod for $t {}
+    )+};
+}
+
 pub mod addr;
 pub mod inbound;
 pub mod maps;
 pub mod outbound;
 pub mod rules;
 pub mod tables;
-
-#[cfg(feature = "user")]
-mod user;
 
 pub use addr::Addr;

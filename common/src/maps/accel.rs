@@ -22,6 +22,7 @@ pub struct AccelConfig {
     pub off_psock_msg_tot_len: u32,
     pub _pad: u32,
 }
+plain_data!(AccelConfig);
 
 pub mod cfg_flags {
     /// The offsets are valid: the peer's backlog can be bounded, so sockets may be
@@ -39,6 +40,7 @@ pub struct AccelState {
     pub flags: u32,
     pub _pad: u32,
 }
+plain_data!(AccelState);
 
 pub mod state_flags {
     /// At least one send was redirected to the peer.

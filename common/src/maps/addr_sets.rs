@@ -10,6 +10,7 @@ pub struct CidrKey {
     pub pod_id_be: [u8; 4],
     pub addr: Addr,
 }
+plain_data!(CidrKey);
 
 impl CidrKey {
     /// Bits of the key that are the pod id.
@@ -40,6 +41,7 @@ pub struct LocalKey {
     pub pod_id: u32,
     pub addr: Addr,
 }
+plain_data!(LocalKey);
 
 #[cfg(test)]
 mod tests {

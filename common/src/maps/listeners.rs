@@ -11,3 +11,4 @@ pub struct ListenerKey {
     pub family: u32,
     pub _pad: u32,
 }
+plain_data!(ListenerKey);

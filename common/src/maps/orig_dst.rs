@@ -16,6 +16,7 @@ pub struct TupleKey {
     pub remote_port_be: u16,
     pub _pad: u32,
 }
+plain_data!(TupleKey);
 
 /// `MS_ORIG_DST` value.
 #[repr(C)]
@@ -31,3 +32,4 @@ pub struct OrigDst {
     /// The app's pod, for counting on the proxy's side.
     pub pod_cgroup: u64,
 }
+plain_data!(OrigDst);

@@ -30,6 +30,7 @@ pub struct PodConfig {
     pub primary_v4: Addr,
     pub primary_v6: Addr,
 }
+plain_data!(PodConfig);
 
 pub mod pod_flags {
     /// `-i '*'`: every outbound IPv4 destination not excluded is captured.

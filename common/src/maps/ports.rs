@@ -23,6 +23,7 @@ pub struct PortKey {
     pub set: u8,
     pub _pad: u8,
 }
+plain_data!(PortKey);
 
 impl PortKey {
     pub const fn new(pod_id: u32, set: PortSet, port: u16) -> Self {

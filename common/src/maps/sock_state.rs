@@ -18,6 +18,7 @@ pub struct SockState {
     /// Original destination, valid with `REDIRECTED`.
     pub orig_addr: Addr,
 }
+plain_data!(SockState);
 
 pub mod sock_flags {
     /// uid/gid were recorded at creation (else: the socket predates the agent).

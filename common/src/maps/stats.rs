@@ -64,6 +64,7 @@ pub mod counter {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PodCounters(pub [u64; counter::COUNT]);
+plain_data!(PodCounters);
 
 impl Default for PodCounters {
     fn default() -> Self {

@@ -21,6 +21,7 @@ pub struct TraceCtl {
     pub owner_pid: u32,
     pub _pad: u32,
 }
+plain_data!(TraceCtl);
 
 /// [`TraceEvent::direction`].
 pub mod direction {
@@ -68,3 +69,4 @@ pub struct TraceEvent {
     pub action: u8,
     pub _pad: [u8; 7],
 }
+plain_data!(TraceEvent);
