@@ -20,7 +20,7 @@ use meshsteer_common::maps::{
 use crate::{
     maps::{ACCEL_CFG, ACCEL_PENDING, ACCEL_STATE, INBOUND_ADDRS, SOCKS},
     pod::{MapTables, count, pod_config, sk_storage, sock_state},
-    sockops::{own_view, socket},
+    tuple::{mirrored, own_view, socket},
 };
 
 const CREATE: u64 = aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64;
@@ -52,7 +52,7 @@ pub fn connected(ctx: &SockOpsContext) {
         return;
     }
     if insert(ctx, sk, view, pod_cgroup) {
-        let peer = crate::tuple::mirrored(&view);
+        let peer = mirrored(&view);
         let _ = ACCEL_PENDING.insert(peer, pod_cgroup, BPF_ANY.into());
     }
 }

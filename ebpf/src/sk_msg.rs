@@ -113,7 +113,7 @@ fn own_view(ctx: &SkMsgContext) -> TupleKey {
     let m = ctx.msg;
     // SAFETY: plain helper call on the ctx; the pointers are fields of the hook's ctx.
     unsafe {
-        tuple::own_view(
+        tuple::view_from_fields(
             bpf_get_netns_cookie(ctx.as_ptr()),
             core::ptr::read_volatile(&raw const (*m).family),
             (&raw const (*m).local_ip4, &raw const (*m).local_ip6),

@@ -2,8 +2,9 @@
 //! namespace cookie, so equal tuples in two pods never meet. A redirected connection's
 //! original destination is published under the view of the proxy's accepted socket; an
 //! accelerated socket is stored under its own view and finds its peer under the mirror.
-use core::ptr;
+use core::{ffi::c_void, ptr};
 
+use aya_ebpf::{EbpfContext, helpers::generated::bpf_get_netns_cookie, programs::SockOpsContext};
 use meshsteer_common::{Addr, maps::TupleKey};
 
 use crate::sockaddr::AF_INET6;
@@ -64,7 +65,7 @@ pub const fn key(netns_cookie: u64, proxy: (Addr, u16), app: (Addr, u16)) -> Tup
 /// # Safety
 /// The address pointers must point into the hook's ctx.
 #[inline(always)]
-pub unsafe fn own_view(
+pub unsafe fn view_from_fields(
     netns_cookie: u64,
     family: u32,
     local: (*const u32, *const [u32; 4]),
@@ -84,6 +85,31 @@ pub unsafe fn own_view(
         (l, (local_port as u16).to_be()),
         (r, (remote_port >> 16) as u16),
     )
+}
+
+/// A sockops callback's socket (NULL for some callbacks).
+#[inline(always)]
+pub fn socket(ctx: &SockOpsContext) -> Option<*mut c_void> {
+    // SAFETY: valid ctx; the field is a plain pointer, checked here.
+    let sk: *mut c_void = unsafe { (*ctx.ops).__bindgen_anon_2.sk }.cast();
+    (!sk.is_null()).then_some(sk)
+}
+
+/// A sockops socket's own view of its connection.
+#[inline(always)]
+pub fn own_view(ctx: &SockOpsContext) -> TupleKey {
+    let ops = ctx.ops;
+    // SAFETY: plain helper call on the ctx; the pointers are fields of the hook's ctx.
+    unsafe {
+        view_from_fields(
+            bpf_get_netns_cookie(ctx.as_ptr()),
+            ctx.family(),
+            (&raw const (*ops).local_ip4, &raw const (*ops).local_ip6),
+            (&raw const (*ops).remote_ip4, &raw const (*ops).remote_ip6),
+            ctx.local_port(),
+            ctx.remote_port(),
+        )
+    }
 }
 
 /// The same connection as the other end sees it (same network namespace).
