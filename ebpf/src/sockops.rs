@@ -4,7 +4,7 @@
 //! for sk_lookup. Established connections of accelerated pods go to `accel.rs`.
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
     },
@@ -16,9 +16,10 @@ use meshsteer_common::maps::{ListenerKey, OrigDst, SockState, TupleKey, counter,
 
 use crate::{
     accel,
+    ctx::SockOpsCtx,
     maps::{LISTENERS, ORIG_DST},
     pod::{count, pod_config, sock_state, sock_state_or_create},
-    tuple::{mirrored, own_view, socket},
+    tuple::{mirrored, own_view},
 };
 
 #[sock_ops]
@@ -41,7 +42,7 @@ pub fn ms_sockops(ctx: SockOpsContext) -> u32 {
 /// steers inbound connections to this socket (no agent round trip, no race with restarts).
 #[inline(always)]
 fn register_listener(ctx: &SockOpsContext) {
-    let Some(sk) = socket(ctx) else { return };
+    let Some(sk) = ctx.sock() else { return };
     let Some(state) = sock_state(sk) else {
         return;
     };
@@ -56,14 +57,13 @@ fn register_listener(ctx: &SockOpsContext) {
         family: ctx.family(),
         _pad: 0,
     };
-    // SAFETY: the ctx is the bpf_sock_ops the helper expects.
-    let _ = LISTENERS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY.into());
+    let _ = ctx.store_in(&LISTENERS, &mut key);
 }
 
 /// The redirected socket's state, if this socket is one.
 #[inline(always)]
 fn redirected(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
-    sock_state(socket(ctx)?).filter(|s| s.flags & sock_flags::REDIRECTED != 0)
+    sock_state(ctx.sock()?).filter(|s| s.flags & sock_flags::REDIRECTED != 0)
 }
 
 /// The connecting socket's connection as the proxy's accepted socket sees it.
@@ -103,7 +103,7 @@ fn claim(ctx: &SockOpsContext) {
     let Some(entry) = ORIG_DST.get_ptr_mut(own_view(ctx)) else {
         return;
     };
-    let Some(sk) = socket(ctx) else { return };
+    let Some(sk) = ctx.sock() else { return };
     let Some(state) = sock_state_or_create(sk) else {
         return;
     };
@@ -120,7 +120,7 @@ fn claim(ctx: &SockOpsContext) {
 /// proxy never took the connection.
 #[inline(always)]
 fn unpublish(ctx: &SockOpsContext) {
-    let Some(sk) = socket(ctx) else { return };
+    let Some(sk) = ctx.sock() else { return };
     let Some(state) = sock_state(sk) else {
         return;
     };
