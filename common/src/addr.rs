@@ -8,6 +8,7 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Addr(pub [u32; 4]);
+plain_data!(Addr);
 
 /// `::ffff:0:0/96`, the IPv4-mapped prefix's third word.
 const MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);

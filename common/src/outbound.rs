@@ -9,108 +9,7 @@ use crate::{
     Addr,
     maps::{MAX_PROXY_IDS, PodConfig, PortSet, pod_flags},
 };
-
-/// Which rule decided, in chain order.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Rule {
-    /// IPv6 traffic of a pod without IPv6 rules (istio writes ip6tables rules only for
-    /// pods with an IPv6 address).
-    NoIpv6Rules = 0,
-    /// `-o`: `-p tcp --dport P -j RETURN`, first in the chain.
-    ExcludedPort = 1,
-    /// R8: `-o lo -s 127.0.0.6/32 -j RETURN` (Envoy's inbound passthrough to the app).
-    Passthrough = 2,
-    /// R9: `-o lo ! -d 127.0.0.1/32 -p tcp ! --dport <-e> -m owner --uid-owner|--gid-owner P
-    /// -j ISTIO_IN_REDIRECT`: the proxy calling its own pod goes through inbound.
-    ProxyToLocal = 3,
-    /// R10: `-o lo -m owner ! --uid-owner|--gid-owner P -j RETURN`: the app calling itself.
-    AppToLocal = 4,
-    /// R11: `-m owner --uid-owner|--gid-owner P -j RETURN`: the proxy's own traffic.
-    ProxyOwner = 5,
-    /// R12: `-d 127.0.0.1/32 -j RETURN`.
-    Localhost = 6,
-    /// `-x`: `-d CIDR -j RETURN`.
-    ExcludedCidr = 7,
-    /// `-q`: `-p tcp --dport P -j ISTIO_REDIRECT`.
-    IncludedPort = 8,
-    /// `-i`: `-j ISTIO_REDIRECT`, or `-d CIDR -j ISTIO_REDIRECT` per CIDR.
-    IncludedCidr = 9,
-    /// Fell off the end of ISTIO_OUTPUT (an `-i` list that does not cover the destination).
-    NotIncluded = 10,
-}
-
-impl Rule {
-    pub const ALL: [Rule; 11] = [
-        Rule::NoIpv6Rules,
-        Rule::ExcludedPort,
-        Rule::Passthrough,
-        Rule::ProxyToLocal,
-        Rule::AppToLocal,
-        Rule::ProxyOwner,
-        Rule::Localhost,
-        Rule::ExcludedCidr,
-        Rule::IncludedPort,
-        Rule::IncludedCidr,
-        Rule::NotIncluded,
-    ];
-
-    /// The rule `v` stands for (`Rule as u8`, e.g. from a trace event).
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        if (v as usize) < Self::ALL.len() {
-            Some(Self::ALL[v as usize])
-        } else {
-            None
-        }
-    }
-
-    /// Whether [`decide`] redirects the connections this rule matches (to the proxy's
-    /// outbound port, or R9's inbound port).
-    pub const fn redirects(self) -> bool {
-        matches!(
-            self,
-            Rule::ProxyToLocal | Rule::IncludedPort | Rule::IncludedCidr
-        )
-    }
-
-    /// Stable short name (metrics labels, `status --json`).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Rule::NoIpv6Rules => "no_ipv6_rules",
-            Rule::ExcludedPort => "excluded_port",
-            Rule::Passthrough => "passthrough_source",
-            Rule::ProxyToLocal => "proxy_to_local",
-            Rule::AppToLocal => "app_to_local",
-            Rule::ProxyOwner => "proxy_owner",
-            Rule::Localhost => "localhost",
-            Rule::ExcludedCidr => "excluded_cidr",
-            Rule::IncludedPort => "included_port",
-            Rule::IncludedCidr => "included_cidr",
-            Rule::NotIncluded => "not_included",
-        }
-    }
-
-    /// The istio-iptables rule this stands for, for `explain`.
-    pub const fn describe(self) -> &'static str {
-        match self {
-            Rule::NoIpv6Rules => {
-                "IPv6 destination, but the pod has no IPv6 address: no ip6tables rules"
-            }
-            Rule::ExcludedPort => "-o excluded outbound port: -p tcp --dport P -j RETURN",
-            Rule::Passthrough => "R8: -o lo -s 127.0.0.6/32 -j RETURN (inbound passthrough source)",
-            Rule::ProxyToLocal => {
-                "R9: -o lo ! -d 127.0.0.1/32 -p tcp ! --dport <tunnel> -m owner --uid-owner/--gid-owner <proxy> -j ISTIO_IN_REDIRECT"
-            }
-            Rule::AppToLocal => "R10: -o lo -m owner ! --uid-owner/--gid-owner <proxy> -j RETURN",
-            Rule::ProxyOwner => "R11: -m owner --uid-owner/--gid-owner <proxy> -j RETURN",
-            Rule::Localhost => "R12: -d 127.0.0.1/32 -j RETURN",
-            Rule::ExcludedCidr => "-x excluded CIDR: -d CIDR -j RETURN",
-            Rule::IncludedPort => "-q included outbound port: -p tcp --dport P -j ISTIO_REDIRECT",
-            Rule::IncludedCidr => "-i included range: -j ISTIO_REDIRECT",
-            Rule::NotIncluded => "end of ISTIO_OUTPUT: destination not in -i",
-        }
-    }
-}
+pub use crate::{rules::Rule, tables::PodTables};
 
 /// Where a connection goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,17 +48,6 @@ pub struct Connection {
     pub dst: Addr,
     /// Host byte order.
     pub dport: u16,
-}
-
-/// The pod's sets, wherever they live (BPF maps, or the agent's parsed config).
-pub trait PodTables {
-    fn port_in(&self, set: PortSet, port: u16) -> bool;
-    /// `-x`: longest-prefix match over the pod's excluded CIDRs.
-    fn cidr_excluded(&self, addr: &Addr) -> bool;
-    /// `-i` when it is a list.
-    fn cidr_included(&self, addr: &Addr) -> bool;
-    /// An address assigned inside the pod's network namespace (besides loopback).
-    fn is_pod_address(&self, addr: &Addr) -> bool;
 }
 
 /// Which of the owner rules an id list produces: istio emits R9, R10, R11 for each uid, then
@@ -319,15 +207,6 @@ mod tests {
         let v = decide(cfg, &Fixed, &c);
         assert_eq!(v.is_redirect(), v.rule.redirects(), "{v:?}");
         (v.rule, v.redirect_port)
-    }
-
-    #[test]
-    fn rules_round_trip_through_u8() {
-        for (i, r) in Rule::ALL.iter().enumerate() {
-            assert_eq!(*r as usize, i);
-            assert_eq!(Rule::from_u8(*r as u8), Some(*r));
-        }
-        assert_eq!(Rule::from_u8(Rule::ALL.len() as u8), None);
     }
 
     #[test]

@@ -8,19 +8,21 @@
 //! and leaves the accepting side's view in `MS_ACCEL_PENDING`; the accepting side joins when
 //! it finds itself there. Nothing else is needed at close: the kernel drops a closing socket
 //! from every sockmap, and its storage goes with it.
-use core::ffi::c_void;
-
 use aya_ebpf::{bindings::BPF_ANY, programs::SockOpsContext};
-use meshsteer_common::maps::{
-    PodConfig, TupleKey,
-    accel::{AccelState, cfg_flags, state_flags},
-    counter, pod_flags,
+use meshsteer_common::{
+    maps::{
+        PodConfig, TupleKey,
+        accel::{AccelState, cfg_flags, state_flags},
+        counter, pod_flags,
+    },
+    tables::PodTables,
 };
 
 use crate::{
+    ctx::{Sock, SockOpsCtx},
     maps::{ACCEL_CFG, ACCEL_PENDING, ACCEL_STATE, INBOUND_ADDRS, SOCKS},
     pod::{MapTables, count, pod_config, sk_storage, sock_state},
-    sockops::{own_view, socket},
+    tuple::{mirrored, own_view},
 };
 
 const CREATE: u64 = aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64;
@@ -28,7 +30,7 @@ const CREATE: u64 = aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64;
 /// ACTIVE_ESTABLISHED_CB: the connecting side of a connection.
 #[inline(never)]
 pub fn connected(ctx: &SockOpsContext) {
-    let Some(sk) = socket(ctx) else { return };
+    let Some(sk) = ctx.sock() else { return };
     // Sockets created in an enrolled pod carry their pod since sock_create.
     let Some(pod_cgroup) = sock_state(sk).map(|s| s.pod_cgroup).filter(|p| *p != 0) else {
         return;
@@ -52,7 +54,7 @@ pub fn connected(ctx: &SockOpsContext) {
         return;
     }
     if insert(ctx, sk, view, pod_cgroup) {
-        let peer = crate::tuple::mirrored(&view);
+        let peer = mirrored(&view);
         let _ = ACCEL_PENDING.insert(peer, pod_cgroup, BPF_ANY.into());
     }
 }
@@ -60,7 +62,7 @@ pub fn connected(ctx: &SockOpsContext) {
 /// PASSIVE_ESTABLISHED_CB: the accepting side joins if its connecting side was inserted.
 #[inline(never)]
 pub fn accepted(ctx: &SockOpsContext) {
-    let Some(sk) = socket(ctx) else { return };
+    let Some(sk) = ctx.sock() else { return };
     let view = own_view(ctx);
     // SAFETY: plain data, copied out at once.
     let Some(pod_cgroup) = ACCEL_PENDING.get_ptr(view).map(|p| unsafe { *p }) else {
@@ -73,7 +75,6 @@ pub fn accepted(ctx: &SockOpsContext) {
 /// Loopback, or one of the pod's own addresses: the peer socket is in the same namespace.
 #[inline(always)]
 fn stays_in_pod(cfg: &PodConfig, view: &TupleKey) -> bool {
-    use meshsteer_common::outbound::PodTables;
     view.remote.is_loopback() || MapTables::new(cfg).is_pod_address(&view.remote)
 }
 
@@ -86,7 +87,7 @@ fn capable() -> bool {
 
 /// State first (the sk_msg program needs it from the first send), then the sockhash.
 #[inline(never)]
-fn insert(ctx: &SockOpsContext, sk: *mut c_void, mut view: TupleKey, pod_cgroup: u64) -> bool {
+fn insert(ctx: &SockOpsContext, sk: Sock, mut view: TupleKey, pod_cgroup: u64) -> bool {
     let Some(state) = sk_storage(&ACCEL_STATE, sk, CREATE) else {
         return false;
     };
@@ -95,9 +96,7 @@ fn insert(ctx: &SockOpsContext, sk: *mut c_void, mut view: TupleKey, pod_cgroup:
         flags: 0,
         _pad: 0,
     };
-    // SAFETY: the ctx is the bpf_sock_ops the helper expects, valid for the whole run.
-    let ops = unsafe { &mut *ctx.ops };
-    if SOCKS.update(&mut view, ops, BPF_ANY.into()).is_err() {
+    if ctx.store_in(&SOCKS, &mut view).is_err() {
         state.flags = state_flags::NORMAL_PATH;
         count(pod_cgroup, counter::ACCEL_MAP_FULL);
         return false;

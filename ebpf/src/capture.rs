@@ -1,20 +1,14 @@
 //! Connect-time steering, shared by `connect4` and `connect6`: find the socket's pod and
 //! owner, run the decision model, and on a redirect remember where the connection was going.
-use core::{ffi::c_void, mem::size_of, ptr};
-
-use aya_ebpf::{
-    EbpfContext,
-    bindings::{bpf_sock, bpf_sock_addr, sockaddr},
-    helpers::generated::bpf_bind,
-    programs::SockAddrContext,
-};
+use aya_ebpf::programs::SockAddrContext;
 use meshsteer_common::{
     Addr,
-    maps::{PodConfig, node_counter, sock_flags},
+    maps::{PodConfig, SockState, node_counter, sock_flags},
     outbound::{Connection, PodTables, decide},
 };
 
 use crate::{
+    ctx::SockAddrCtx,
     pod::{
         MapTables, count, count_node, current_owner, pod_config, pod_of_current_task, sock_state,
         sock_state_or_create,
@@ -33,27 +27,6 @@ pub struct Redirect {
     pub port: u16,
 }
 
-/// Writes an IPv6 `user_ip6` one 4-byte word at a time: the verifier rejects wider stores
-/// into that ctx field, and LLVM would otherwise merge them.
-#[inline(always)]
-pub fn set_user_ip6(sa: *mut bpf_sock_addr, addr: &Addr) {
-    let w = addr.be_words();
-    // SAFETY: `sa` is the hook's ctx; the four words are in bounds.
-    unsafe {
-        ptr::write_volatile(&raw mut (*sa).user_ip6[0], w[0]);
-        ptr::write_volatile(&raw mut (*sa).user_ip6[1], w[1]);
-        ptr::write_volatile(&raw mut (*sa).user_ip6[2], w[2]);
-        ptr::write_volatile(&raw mut (*sa).user_ip6[3], w[3]);
-    }
-}
-
-/// The socket the hook runs for.
-#[inline(always)]
-pub fn socket(ctx: &SockAddrContext) -> *mut bpf_sock {
-    // SAFETY: `sk` is always set for cgroup/connect and getpeername hooks.
-    unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }
-}
-
 /// Decides a TCP connect() from `src` (bound source, unspecified if none) to `dst:dport`.
 #[inline(always)]
 pub fn steer(
@@ -63,7 +36,7 @@ pub fn steer(
     dst: Addr,
     dport: u16,
 ) -> Option<Redirect> {
-    let sk = socket(ctx).cast::<c_void>();
+    let sk = ctx.sock();
     // Owner and pod as recorded at socket creation; sockets older than the agent fall back to
     // the connecting task (counted: that is where iptables' creator-based match could differ).
     let (pod_cgroup, uid, gid) = match sock_state(sk) {
@@ -94,7 +67,7 @@ pub fn steer(
     }
     let state = sock_state_or_create(sk)?;
     if state.pod_cgroup == 0 {
-        *state = meshsteer_common::maps::SockState {
+        *state = SockState {
             pod_cgroup,
             uid,
             gid,
@@ -132,18 +105,11 @@ fn bind_source(ctx: &SockAddrContext, v6_socket: bool, cfg: &PodConfig, t: &MapT
     if src.is_unspecified() {
         return;
     }
-    let ctx_ptr = ctx.as_ptr().cast::<bpf_sock_addr>();
     // Port 0: IP_BIND_ADDRESS_NO_PORT behaviour, the port is still picked at connect().
     // A failure (socket already bound to a port) leaves routing's choice: nothing to undo.
     if v6_socket {
-        let mut sa = SockaddrIn6::new(&src, 0);
-        let len = size_of::<SockaddrIn6>() as i32;
-        // SAFETY: `sa` outlives the call and `len` is its size.
-        let _ = unsafe { bpf_bind(ctx_ptr, ptr::from_mut(&mut sa).cast::<sockaddr>(), len) };
+        let _ = ctx.bind(&mut SockaddrIn6::new(&src, 0));
     } else if let Some(v4) = src.be_u32() {
-        let mut sa = SockaddrIn::new(v4, 0);
-        let len = size_of::<SockaddrIn>() as i32;
-        // SAFETY: as above.
-        let _ = unsafe { bpf_bind(ctx_ptr, ptr::from_mut(&mut sa).cast::<sockaddr>(), len) };
+        let _ = ctx.bind(&mut SockaddrIn::new(v4, 0));
     }
 }

@@ -3,18 +3,16 @@
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use meshsteer_common::maps::sock_flags;
 
-use crate::{capture::socket, pod::sock_state};
+use crate::{ctx::SockAddrCtx, pod::sock_state};
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    if let Some(s) = sock_state(socket(&ctx).cast())
+    if let Some(s) = sock_state(ctx.sock())
         && s.flags & sock_flags::REDIRECTED != 0
         && let Some(ip) = s.orig_addr.be_u32()
     {
-        // SAFETY: valid ctx; 4-byte stores to writable fields.
-        let sa = unsafe { &mut *ctx.sock_addr };
-        sa.user_ip4 = ip;
-        sa.user_port = u32::from(s.orig_port_be);
+        ctx.set_user_ip4(ip);
+        ctx.set_user_port_be(s.orig_port_be);
     }
     1
 }

@@ -14,7 +14,8 @@
 //! | `getpeername6.rs` | cgroup/getpeername6    | the same for AF_INET6 sockets                   |
 //! | `sk_msg.rs`       | sk_msg (on `MS_SOCKS`) | socket-level acceleration: send → peer's queue  |
 //!
-//! Shared pieces: `maps.rs` (every map), `pod.rs` (socket → pod → config, counters),
+//! Shared pieces: `ctx.rs` (every access to a hook's context, as safe accessors), `tuple.rs`
+//! (connection keys), `maps.rs` (every map), `pod.rs` (socket → pod → config, counters),
 //! `capture.rs` (the connect-time steering both connect hooks use), `trace.rs` (decision
 //! records for `meshsteer trace`), `accel.rs` (sockops' half of acceleration), `sockaddr.rs`.
 #![no_std]
@@ -24,6 +25,7 @@ mod accel;
 mod capture;
 mod connect4;
 mod connect6;
+mod ctx;
 mod getpeername4;
 mod getpeername6;
 mod getsockopt;

@@ -1,6 +1,6 @@
 //! From a socket to its pod: socket storage, the cgroup ancestor walk, the pod's config and
 //! the map-backed [`PodTables`] the shared decision model runs on.
-use core::{ffi::c_void, ptr};
+use core::ptr;
 
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
@@ -13,37 +13,39 @@ use meshsteer_common::{
         CidrKey, LocalKey, MAX_CGROUP_DEPTH, PodConfig, PortKey, PortSet, SockState, counter,
         pod_flags,
     },
-    outbound::PodTables,
+    tables::PodTables,
 };
 
-use crate::maps::{CIDR_EXCLUDE, CIDR_INCLUDE, LOCAL_ADDRS, NODE_STATS, POD_STATS, PODS, PORTS};
+use crate::{
+    ctx::Sock,
+    maps::{CIDR_EXCLUDE, CIDR_INCLUDE, LOCAL_ADDRS, NODE_STATS, POD_STATS, PODS, PORTS},
+};
 
-/// The socket's state, if any. `sk` is any pointer the calling hook may pass to
-/// `bpf_sk_storage_get` (a `bpf_sock`, or the ctx itself in cgroup/sock hooks).
+/// The socket's state, if any.
 #[inline(always)]
-pub fn sock_state(sk: *mut c_void) -> Option<&'static mut SockState> {
+pub fn sock_state(sk: Sock) -> Option<&'static mut SockState> {
     storage_get(sk, 0)
 }
 
 /// The socket's state, created zeroed if absent (None only if the kernel is out of memory).
 #[inline(always)]
-pub fn sock_state_or_create(sk: *mut c_void) -> Option<&'static mut SockState> {
+pub fn sock_state_or_create(sk: Sock) -> Option<&'static mut SockState> {
     storage_get(sk, BPF_SK_STORAGE_GET_F_CREATE.into())
 }
 
 #[inline(always)]
-fn storage_get(sk: *mut c_void, flags: u64) -> Option<&'static mut SockState> {
+fn storage_get(sk: Sock, flags: u64) -> Option<&'static mut SockState> {
     sk_storage(&crate::maps::SOCK_STATE, sk, flags)
 }
 
 /// `sk`'s value in the socket-local storage `map` (with `BPF_SK_STORAGE_GET_F_CREATE` in
 /// `flags`: created zeroed if absent).
 #[inline(always)]
-pub fn sk_storage<T>(map: &SkStorage<T>, sk: *mut c_void, flags: u64) -> Option<&'static mut T> {
+pub fn sk_storage<T>(map: &SkStorage<T>, sk: Sock, flags: u64) -> Option<&'static mut T> {
     let map = ptr::from_ref(map).cast_mut().cast();
     // SAFETY: the map pointer is the map definition the loader relocates; the kernel
     // returns NULL or a pointer to a live, properly sized value owned by the socket.
-    let p = unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) }.cast::<T>();
+    let p = unsafe { bpf_sk_storage_get(map, sk.as_ptr(), ptr::null_mut(), flags) }.cast::<T>();
     // SAFETY: non-null values stay valid for the whole program run.
     unsafe { p.as_mut() }
 }

@@ -2,18 +2,18 @@
 //! from outside the pod is handed to the proxy's inbound listener when ISTIO_INBOUND would
 //! REDIRECT it, without NAT: the proxy's accepted socket keeps the original destination as
 //! its local address.
-use aya_ebpf::{bindings::bpf_sk_lookup, macros::sk_lookup, programs::SkLookupContext};
+use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use meshsteer_common::{
     inbound::decide,
     maps::{ListenerKey, counter, trace::action},
 };
 
 use crate::{
+    ctx::{Ends, SkLookupCtx},
     maps::{INBOUND_ADDRS, LISTENERS},
     pod::{MapTables, count, pod_config},
     sockaddr::AF_INET6,
     trace::{self, Arrival},
-    tuple,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -22,9 +22,7 @@ const SK_PASS: u32 = 1;
 
 #[sk_lookup]
 pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
-    let l = ctx.lookup;
-    // SAFETY: fields of the hook's ctx, read in place.
-    let (protocol, family, arrival) = unsafe { ((*l).protocol, (*l).family, arrival(l)) };
+    let (protocol, family, arrival) = (ctx.protocol(), ctx.family(), arrival(&ctx));
     if protocol != IPPROTO_TCP {
         return SK_PASS;
     }
@@ -66,24 +64,14 @@ pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
 }
 
 /// The connection's addresses and ports.
-///
-/// # Safety
-/// `l` must be the hook's ctx.
 #[inline(always)]
-unsafe fn arrival(l: *const bpf_sk_lookup) -> Arrival {
-    // SAFETY: caller's contract; ctx fields read in place.
-    unsafe {
-        let family = (*l).family;
-        Arrival {
-            local: tuple::addr(family, &raw const (*l).local_ip4, &raw const (*l).local_ip6),
-            remote: tuple::addr(
-                family,
-                &raw const (*l).remote_ip4,
-                &raw const (*l).remote_ip6,
-            ),
-            local_port: (*l).local_port as u16,
-            remote_port: u16::from_be((*l).remote_port),
-        }
+fn arrival(ctx: &SkLookupContext) -> Arrival {
+    let ((local, local_port_be), (remote, remote_port_be)) = ctx.ends();
+    Arrival {
+        local,
+        remote,
+        local_port: u16::from_be(local_port_be),
+        remote_port: u16::from_be(remote_port_be),
     }
 }
 

@@ -12,22 +12,21 @@
 //!   past `max_backlog` the connection takes the normal path, where TCP's buffers make the
 //!   writer wait for the reader.
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_F_INGRESS, sk_action::SK_PASS, sk_msg_md},
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_netns_cookie},
+    helpers::bpf_probe_read_kernel,
     macros::sk_msg,
     programs::SkMsgContext,
 };
 use meshsteer_common::maps::{
-    TupleKey,
     accel::{AccelConfig, AccelState, SK_USER_DATA_PSOCK, SK_USER_DATA_PTRMASK, state_flags},
     counter,
 };
 
 use crate::{
+    ctx::SkMsgCtx,
     maps::{ACCEL_CFG, ACCEL_STATE, SOCKS},
     pod::{count, sk_storage},
-    tuple,
+    tuple::{mirrored, own_view},
 };
 
 #[sk_msg]
@@ -40,12 +39,8 @@ pub fn ms_sk_msg(ctx: SkMsgContext) -> u32 {
 
 #[inline(always)]
 fn steer(ctx: &SkMsgContext) {
-    // SAFETY: valid ctx; `sk` is the sending socket.
-    let sk = unsafe { (*ctx.msg).__bindgen_anon_3.sk };
-    if sk.is_null() {
-        return;
-    }
-    let Some(state) = sk_storage(&ACCEL_STATE, sk.cast(), 0) else {
+    let Some(sk) = ctx.sock() else { return };
+    let Some(state) = sk_storage(&ACCEL_STATE, sk, 0) else {
         return;
     };
     if state.flags & state_flags::NORMAL_PATH != 0 {
@@ -54,7 +49,7 @@ fn steer(ctx: &SkMsgContext) {
     let Some(cfg) = ACCEL_CFG.get(0) else {
         return leave(state, counter::ACCEL_UNSUPPORTED);
     };
-    let mut peer = tuple::mirrored(&own_view(ctx));
+    let mut peer = mirrored(&own_view(ctx));
     if SOCKS.redirect_msg(ctx, &mut peer, BPF_F_INGRESS.into()) != i64::from(SK_PASS) {
         // No peer: never there (first send), or it closed since. Either way, from now on TCP.
         let reason = if state.flags & state_flags::REDIRECTED == 0 {
@@ -104,22 +99,5 @@ fn peer_backlog(msg: *mut sk_msg_md, cfg: &AccelConfig) -> Option<u32> {
         }
         let psock = user_data & SK_USER_DATA_PTRMASK;
         bpf_probe_read_kernel((psock + u64::from(cfg.off_psock_msg_tot_len)) as *const u32).ok()
-    }
-}
-
-/// The sending socket's view of its connection.
-#[inline(always)]
-fn own_view(ctx: &SkMsgContext) -> TupleKey {
-    let m = ctx.msg;
-    // SAFETY: plain helper call on the ctx; the pointers are fields of the hook's ctx.
-    unsafe {
-        tuple::own_view(
-            bpf_get_netns_cookie(ctx.as_ptr()),
-            core::ptr::read_volatile(&raw const (*m).family),
-            (&raw const (*m).local_ip4, &raw const (*m).local_ip6),
-            (&raw const (*m).remote_ip4, &raw const (*m).remote_ip6),
-            core::ptr::read_volatile(&raw const (*m).local_port),
-            core::ptr::read_volatile(&raw const (*m).remote_port),
-        )
     }
 }

@@ -1,21 +1,21 @@
 //! cgroup/sock_create: remember, for each TCP socket of an enrolled pod, the pod and the
 //! creator's uid/gid. iptables' owner match looks at the socket's creator, not at whichever
 //! task later calls connect() (sockets get handed over), so the owner is fixed here.
-use aya_ebpf::{EbpfContext, macros::cgroup_sock, programs::SockContext};
+use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
 use meshsteer_common::maps::{SockState, sock_flags};
 
 use crate::{
     capture::SOCK_STREAM,
+    ctx::SockCtx,
     pod::{current_owner, pod_of_current_task, sock_state_or_create},
 };
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    // SAFETY: the ctx is a valid bpf_sock for the whole run.
-    let ty = unsafe { (*ctx.sock).type_ };
-    if ty == SOCK_STREAM
+    let sk = ctx.sock();
+    if sk.sock_type() == SOCK_STREAM
         && let Some(pod_cgroup) = pod_of_current_task()
-        && let Some(state) = sock_state_or_create(ctx.as_ptr())
+        && let Some(state) = sock_state_or_create(sk)
     {
         let (uid, gid) = current_owner();
         *state = SockState {

@@ -46,3 +46,8 @@ impl SockaddrIn6 {
         }
     }
 }
+
+/// The kernel ABI socket addresses above, the only types `bpf_bind` is given.
+pub trait KernelSockaddr {}
+impl KernelSockaddr for SockaddrIn {}
+impl KernelSockaddr for SockaddrIn6 {}

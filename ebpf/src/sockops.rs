@@ -2,16 +2,12 @@
 //! original destination under the tuple the proxy will see; drop it when the socket closes.
 //! And when a pod's proxy listens on its inbound port (TCP_LISTEN_CB), register that listener
 //! for sk_lookup. Established connections of accelerated pods go to `accel.rs`.
-use core::ffi::c_void;
-
 use aya_ebpf::{
-    EbpfContext,
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
     },
-    helpers::generated::bpf_get_netns_cookie,
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -20,9 +16,10 @@ use meshsteer_common::maps::{ListenerKey, OrigDst, SockState, TupleKey, counter,
 
 use crate::{
     accel,
+    ctx::SockOpsCtx,
     maps::{LISTENERS, ORIG_DST},
     pod::{count, pod_config, sock_state, sock_state_or_create},
-    tuple,
+    tuple::{mirrored, own_view},
 };
 
 #[sock_ops]
@@ -45,7 +42,7 @@ pub fn ms_sockops(ctx: SockOpsContext) -> u32 {
 /// steers inbound connections to this socket (no agent round trip, no race with restarts).
 #[inline(always)]
 fn register_listener(ctx: &SockOpsContext) {
-    let Some(sk) = socket(ctx) else { return };
+    let Some(sk) = ctx.sock() else { return };
     let Some(state) = sock_state(sk) else {
         return;
     };
@@ -60,45 +57,19 @@ fn register_listener(ctx: &SockOpsContext) {
         family: ctx.family(),
         _pad: 0,
     };
-    // SAFETY: the ctx is the bpf_sock_ops the helper expects.
-    let _ = LISTENERS.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY.into());
-}
-
-/// The callback's socket (NULL for some callbacks).
-#[inline(always)]
-pub fn socket(ctx: &SockOpsContext) -> Option<*mut c_void> {
-    // SAFETY: valid ctx; the field is a plain pointer, checked here.
-    let sk: *mut c_void = unsafe { (*ctx.ops).__bindgen_anon_2.sk }.cast();
-    (!sk.is_null()).then_some(sk)
+    let _ = ctx.store_in(&LISTENERS, &mut key);
 }
 
 /// The redirected socket's state, if this socket is one.
 #[inline(always)]
 fn redirected(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
-    sock_state(socket(ctx)?).filter(|s| s.flags & sock_flags::REDIRECTED != 0)
+    sock_state(ctx.sock()?).filter(|s| s.flags & sock_flags::REDIRECTED != 0)
 }
 
 /// The connecting socket's connection as the proxy's accepted socket sees it.
 #[inline(always)]
 fn connection_key(ctx: &SockOpsContext) -> TupleKey {
-    tuple::mirrored(&own_view(ctx))
-}
-
-/// The socket's own view of its connection.
-#[inline(always)]
-pub fn own_view(ctx: &SockOpsContext) -> TupleKey {
-    let ops = ctx.ops;
-    // SAFETY: plain helper call on the ctx; the pointers are fields of the hook's ctx.
-    unsafe {
-        tuple::own_view(
-            bpf_get_netns_cookie(ctx.as_ptr()),
-            ctx.family(),
-            (&raw const (*ops).local_ip4, &raw const (*ops).local_ip6),
-            (&raw const (*ops).remote_ip4, &raw const (*ops).remote_ip6),
-            ctx.local_port(),
-            ctx.remote_port(),
-        )
-    }
+    mirrored(&own_view(ctx))
 }
 
 #[inline(always)]
@@ -132,7 +103,7 @@ fn claim(ctx: &SockOpsContext) {
     let Some(entry) = ORIG_DST.get_ptr_mut(own_view(ctx)) else {
         return;
     };
-    let Some(sk) = socket(ctx) else { return };
+    let Some(sk) = ctx.sock() else { return };
     let Some(state) = sock_state_or_create(sk) else {
         return;
     };
@@ -149,7 +120,7 @@ fn claim(ctx: &SockOpsContext) {
 /// proxy never took the connection.
 #[inline(always)]
 fn unpublish(ctx: &SockOpsContext) {
-    let Some(sk) = socket(ctx) else { return };
+    let Some(sk) = ctx.sock() else { return };
     let Some(state) = sock_state(sk) else {
         return;
     };

@@ -1,0 +1,68 @@
+//! Map keys and values, one file per map or group of maps that share a key. Every struct is
+//! `#[repr(C)]` with explicit padding fields so its size has no hidden holes: the kernel
+//! compares keys byte for byte.
+//!
+//! Only the counter indices know the decision model, and only its leaf [`crate::rules`].
+
+pub mod accel;
+mod addr_sets;
+pub mod capacity;
+mod listeners;
+pub mod names;
+mod orig_dst;
+mod pod;
+mod ports;
+mod sock_state;
+mod stats;
+pub mod trace;
+
+pub use addr_sets::{CidrKey, LocalKey};
+pub use listeners::ListenerKey;
+pub use orig_dst::{OrigDst, TupleKey};
+pub use pod::{MAX_PROXY_IDS, PodConfig, pod_flags};
+pub use ports::{PortKey, PortSet};
+pub use sock_state::{SockState, sock_flags};
+pub use stats::{PodCounters, counter, node_counter};
+
+/// Bumped whenever a pinned map's key/value layout changes; pins live under a directory named
+/// after it, so an agent never adopts maps it would misread.
+/// 2: per-pod counters grew to 48 (socket-level acceleration).
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Depth of the cgroup ancestor walk that maps a socket's cgroup to its pod
+/// (`kubepods.slice/kubepods-burstable.slice/…-pod<uid>.slice/cri-…scope` is depth 4).
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<crate::Addr>(), 16);
+        assert_eq!(
+            size_of::<PodConfig>(),
+            4 + 4 + 2 + 2 + 2 + 1 + 1 + 16 + 16 + 32
+        );
+        assert_eq!(size_of::<PortKey>(), 8);
+        assert_eq!(size_of::<CidrKey>(), 20);
+        assert_eq!(size_of::<LocalKey>(), 20);
+        assert_eq!(size_of::<SockState>(), 8 + 4 + 4 + 4 + 2 + 2 + 16);
+        assert_eq!(size_of::<TupleKey>(), 8 + 16 + 16 + 2 + 2 + 4);
+        assert_eq!(size_of::<OrigDst>(), 32);
+        assert_eq!(size_of::<ListenerKey>(), 16);
+        assert_eq!(size_of::<trace::TraceCtl>(), 16);
+        assert_eq!(size_of::<accel::AccelConfig>(), 6 * 4);
+        assert_eq!(size_of::<accel::AccelState>(), 16);
+        assert_eq!(size_of::<PodCounters>(), 8 * counter::COUNT);
+        const { assert!(counter::ACCEL_HALF_CLOSE < counter::COUNT) };
+        assert_eq!(
+            size_of::<trace::TraceEvent>(),
+            8 + 8 + 16 + 16 + 4 + 4 + 2 + 2 + 2 + 1 + 1 + 1 + 7
+        );
+        const { assert!(node_counter::TRACE_DROPPED < node_counter::COUNT) };
+        assert!(counter::inbound(crate::rules::InRule::Captured) < counter::IN_NO_LISTENER);
+    }
+}

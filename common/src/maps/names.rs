@@ -1,0 +1,40 @@
+//! Names of the maps, pinned under `<bpffs-dir>/v<LAYOUT_VERSION>/maps/<NAME>`.
+
+pub const PODS: &str = "MS_PODS";
+pub const PORTS: &str = "MS_PORTS";
+pub const CIDR_EXCLUDE: &str = "MS_CIDR_EXCLUDE";
+pub const CIDR_INCLUDE: &str = "MS_CIDR_INCLUDE";
+pub const LOCAL_ADDRS: &str = "MS_LOCAL_ADDRS";
+pub const SOCK_STATE: &str = "MS_SOCK_STATE";
+pub const ORIG_DST: &str = "MS_ORIG_DST";
+pub const POD_STATS: &str = "MS_POD_STATS";
+pub const NODE_STATS: &str = "MS_NODE_STATS";
+pub const INBOUND_ADDRS: &str = "MS_INBOUND_ADDRS";
+pub const LISTENERS: &str = "MS_LISTENERS";
+pub const TRACE_CTL: &str = "MS_TRACE_CTL";
+pub const TRACE: &str = "MS_TRACE";
+pub const SOCKS: &str = "MS_SOCKS";
+pub const ACCEL_STATE: &str = "MS_ACCEL_STATE";
+pub const ACCEL_PENDING: &str = "MS_ACCEL_PENDING";
+pub const ACCEL_CFG: &str = "MS_ACCEL_CFG";
+
+/// Every map the agent pins (and adopts on restart).
+pub const PINNED: &[&str] = &[
+    PODS,
+    PORTS,
+    CIDR_EXCLUDE,
+    CIDR_INCLUDE,
+    LOCAL_ADDRS,
+    SOCK_STATE,
+    ORIG_DST,
+    POD_STATS,
+    NODE_STATS,
+    INBOUND_ADDRS,
+    LISTENERS,
+    TRACE_CTL,
+    TRACE,
+    SOCKS,
+    ACCEL_STATE,
+    ACCEL_PENDING,
+    ACCEL_CFG,
+];
