@@ -1,8 +1,8 @@
 //! Pods from the Kubernetes API server: this node's pods (`spec.nodeName` field selector),
 //! list-watched with a plain paginated list then a watch, which every API server back to 1.20
 //! serves (streaming lists need 1.27). They become the same [`Change`]s the pod-spec directory
-//! produces, keyed [`SourceKey::Kube`], so both sources share the registry's per-pod state
-//! machine.
+//! produces, keyed [`SourceKey::Kube`](super::change::SourceKey::Kube), so both sources share
+//! the registry's per-pod state machine.
 //!
 //! A watcher task ([`watch`]) only reads the API: it reduces each pod to a [`PodView`] (what
 //! capture depends on, [`view`] and [`annotations`]) and sends it over a bounded channel. The
@@ -26,10 +26,10 @@ use tracing::{debug, info, info_span};
 
 use self::{
     node::Resolver,
-    view::PodView,
+    view::{PodRef, PodView},
     watch::{Update, client, watch},
 };
-use super::change::{Batch, Change, Rejected, SourceKey};
+use super::change::{Batch, Change, Rejected};
 use crate::spec::pod::PodSpec;
 
 /// Updates queued between the watcher task and the agent's loop: when the loop falls behind,
@@ -40,7 +40,7 @@ const QUEUE: usize = 64;
 pub struct KubePods {
     updates: mpsc::Receiver<Update>,
     resolver: Resolver,
-    pods: BTreeMap<String, Tracked>,
+    pods: BTreeMap<PodRef, Tracked>,
     watcher: JoinHandle<()>,
 }
 
@@ -101,8 +101,8 @@ impl KubePods {
         let complete = matches!(update, Update::Listed(_));
         match update {
             Update::Listed(views) => {
-                let listed: BTreeSet<String> = views.iter().map(|v| v.name.clone()).collect();
-                let gone: Vec<String> = self
+                let listed: BTreeSet<&PodRef> = views.iter().map(|v| &v.pod).collect();
+                let gone: Vec<PodRef> = self
                     .pods
                     .keys()
                     .filter(|k| !listed.contains(*k))
@@ -112,9 +112,7 @@ impl KubePods {
                 changes.extend(views.into_iter().filter_map(|v| self.track(v)));
             }
             Update::Applied(_, Some(view)) => changes.extend(self.track(view)),
-            Update::Applied(name, None) | Update::Deleted(name) => {
-                changes.extend(self.untrack(&name))
-            }
+            Update::Applied(id, None) | Update::Deleted(id) => changes.extend(self.untrack(&id)),
         }
         Ok(Batch { changes, complete })
     }
@@ -122,7 +120,7 @@ impl KubePods {
     /// Pods not fully on the node yet (no addresses, cgroup or process) are retried; so are
     /// enrolled pods whose namespace path went away with the process it named.
     pub fn poll(&mut self) -> Vec<Change> {
-        let stale: Vec<String> = self
+        let stale: Vec<PodRef> = self
             .pods
             .iter()
             .filter(|(_, t)| match &t.sent {
@@ -133,8 +131,8 @@ impl KubePods {
             .collect();
         stale
             .into_iter()
-            .filter_map(|name| {
-                let view = self.pods.get(&name)?.view.clone();
+            .filter_map(|id| {
+                let view = self.pods.get(&id)?.view.clone();
                 self.resolve(view)
             })
             .collect()
@@ -142,7 +140,7 @@ impl KubePods {
 
     /// A pod appeared or changed.
     fn track(&mut self, view: PodView) -> Option<Change> {
-        if self.pods.get(&view.name).is_some_and(|t| t.view == view) {
+        if self.pods.get(&view.pod).is_some_and(|t| t.view == view) {
             return None;
         }
         self.resolve(view)
@@ -150,11 +148,11 @@ impl KubePods {
 
     /// Resolves the pod's spec; a change only if it differs from what was sent.
     fn resolve(&mut self, view: PodView) -> Option<Change> {
-        let _g = info_span!("pod", pod = %view.name).entered();
+        let _g = info_span!("pod", pod = %view.pod).entered();
         let sent = self.resolver.spec(&view);
-        let key = key(&view.name);
+        let key = view.pod.key();
         let old = self.pods.insert(
-            view.name.clone(),
+            view.pod.clone(),
             Tracked {
                 view,
                 sent: sent.clone(),
@@ -169,9 +167,9 @@ impl KubePods {
         Some(Change::Upsert(key, Box::new(sent)))
     }
 
-    fn untrack(&mut self, name: &str) -> Option<Change> {
-        self.pods.remove(name)?;
-        Some(Change::Remove(key(name)))
+    fn untrack(&mut self, id: &PodRef) -> Option<Change> {
+        self.pods.remove(id)?;
+        Some(Change::Remove(id.key()))
     }
 }
 
@@ -181,11 +179,67 @@ impl Drop for KubePods {
     }
 }
 
-/// The registry's key for a Kubernetes pod.
-fn key(name: &str) -> SourceKey {
-    let (namespace, name) = name.split_once('/').unwrap_or(("", name));
-    SourceKey::Kube {
-        namespace: namespace.into(),
-        name: name.into(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::change::SourceKey;
+
+    fn view(name: &str) -> PodView {
+        let mut pod = view::tests::sidecar_pod(serde_json::json!({}));
+        pod.metadata.name = Some(name.into());
+        PodView::of(&pod).unwrap().unwrap()
+    }
+
+    fn kube_key(name: &str) -> SourceKey {
+        SourceKey::Kube {
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn listings_key_pods_by_namespace_and_name_and_drop_the_gone() {
+        let (tx, updates) = mpsc::channel(QUEUE);
+        let root = std::env::temp_dir().join(format!("ms-kube-pods-{}", std::process::id()));
+        let mut pods = KubePods {
+            updates,
+            resolver: Resolver::new(&root, None),
+            pods: BTreeMap::new(),
+            watcher: tokio::spawn(async {}),
+        };
+
+        tx.send(Update::Listed(vec![view("a"), view("b")]))
+            .await
+            .unwrap();
+        let batch = pods.recv().await.unwrap();
+        assert!(batch.complete);
+        // No cgroup under `root`: both wait, shown as `namespace/name`.
+        let upserted: Vec<_> = batch
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::Upsert(key, spec) => (key.clone(), spec.as_ref().clone().unwrap_err().name),
+                Change::Remove(key) => panic!("removed {key}"),
+            })
+            .collect();
+        assert_eq!(
+            upserted,
+            [
+                (kube_key("a"), "ns/a".into()),
+                (kube_key("b"), "ns/b".into())
+            ]
+        );
+
+        // The same view again changes nothing; a relist without `a` removes it.
+        tx.send(Update::Applied(view("b").pod, Some(view("b"))))
+            .await
+            .unwrap();
+        assert!(pods.recv().await.unwrap().changes.is_empty());
+        tx.send(Update::Listed(vec![view("b")])).await.unwrap();
+        let batch = pods.recv().await.unwrap();
+        assert!(matches!(&batch.changes[..], [Change::Remove(k)] if *k == kube_key("a")));
+        tx.send(Update::Deleted(view("b").pod)).await.unwrap();
+        let batch = pods.recv().await.unwrap();
+        assert!(matches!(&batch.changes[..], [Change::Remove(k)] if *k == kube_key("b")));
     }
 }

@@ -33,8 +33,9 @@ impl Resolver {
 
     /// The pod's spec, or why there is none yet.
     pub fn spec(&self, view: &PodView) -> Result<PodSpec, Rejected> {
-        let reject = |reason: String| Rejected::waiting(&view.name, reason);
-        let capture = capture(&view.annotations).map_err(|r| Rejected::refused(&view.name, r))?;
+        let reject = |reason: String| Rejected::waiting(view.pod.to_string(), reason);
+        let capture =
+            capture(&view.annotations).map_err(|r| Rejected::refused(view.pod.to_string(), r))?;
         if view.ips.is_empty() {
             return Err(reject(
                 "waiting for the pod's addresses (status.podIPs)".into(),
@@ -54,7 +55,7 @@ impl Resolver {
             ))
         })?;
         Ok(PodSpec {
-            name: view.name.clone(),
+            name: view.pod.to_string(),
             cgroup,
             netns: Some(netns),
             ips: view.ips.clone(),
@@ -75,11 +76,10 @@ impl Resolver {
     fn netns(&self, view: &PodView, cgroup: &Path) -> Option<PathBuf> {
         match &self.netns_template {
             Some(t) => {
-                let (namespace, name) = view.name.split_once('/').unwrap_or_default();
                 let path = PathBuf::from(
                     t.replace("{uid}", &view.uid)
-                        .replace("{namespace}", namespace)
-                        .replace("{name}", name),
+                        .replace("{namespace}", &view.pod.namespace)
+                        .replace("{name}", &view.pod.name),
                 );
                 path.exists().then_some(path)
             }

@@ -1,16 +1,49 @@
 //! What capture depends on in a pod, read from its Kubernetes object.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use k8s_openapi::api::core::v1::Pod;
 use tracing::debug;
 
 use super::annotations::{PROXY_CONTAINER, istio_true, keys, read_by_capture};
+use crate::source::change::SourceKey;
+
+/// A pod's namespace and name: what the API server names it by, and (shown
+/// `namespace/name`) its name in `meshsteer status`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodRef {
+    /// `None` for an object without both (the API server always sets them on pods).
+    pub fn of(pod: &Pod) -> Option<Self> {
+        let meta = &pod.metadata;
+        Some(Self {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+        })
+    }
+
+    /// The registry's key for this pod.
+    pub fn key(&self) -> SourceKey {
+        SourceKey::Kube {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
 
 /// What capture depends on in a pod: two equal views give the same pod spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodView {
-    /// `namespace/name`: the pod's name in `meshsteer status`.
-    pub name: String,
+    pub pod: PodRef,
     pub uid: String,
     /// Only the annotations capture reads, so unrelated updates compare equal.
     pub annotations: BTreeMap<String, String>,
@@ -23,7 +56,7 @@ impl PodView {
     /// mode `NONE`, on the host's network, or finished. `Err` for an object it cannot read.
     pub fn of(pod: &Pod) -> Result<Option<Self>, String> {
         let meta = &pod.metadata;
-        let name = pod_name(pod).ok_or("pod without namespace or name")?;
+        let id = PodRef::of(pod).ok_or("pod without namespace or name")?;
         let uid = meta.uid.clone().ok_or("pod without metadata.uid")?;
         let spec = pod.spec.as_ref().ok_or("pod without spec")?;
         let annotations = meta.annotations.clone().unwrap_or_default();
@@ -50,7 +83,7 @@ impl PodView {
         }
         if spec.host_network == Some(true) {
             // Its sockets are the node's: capturing them would capture the node.
-            debug!(pod = %name, "host-network pod with a sidecar: left alone");
+            debug!(pod = %id, "host-network pod with a sidecar: left alone");
             return Ok(None);
         }
 
@@ -74,22 +107,12 @@ impl PodView {
             .filter_map(|k| Some((k.to_string(), annotations.get(k)?.clone())))
             .collect();
         Ok(Some(Self {
-            name,
+            pod: id,
             uid,
             annotations,
             ips,
         }))
     }
-}
-
-/// `namespace/name`.
-pub(super) fn pod_name(pod: &Pod) -> Option<String> {
-    let meta = &pod.metadata;
-    Some(format!(
-        "{}/{}",
-        meta.namespace.as_ref()?,
-        meta.name.as_ref()?
-    ))
 }
 
 #[cfg(test)]
@@ -123,7 +146,14 @@ pub(super) mod tests {
         })))
         .unwrap()
         .unwrap();
-        assert_eq!(v.name, "ns/a");
+        assert_eq!(
+            v.pod,
+            PodRef {
+                namespace: "ns".into(),
+                name: "a".into()
+            }
+        );
+        assert_eq!(v.pod.to_string(), "ns/a");
         assert_eq!(v.uid, "1-2");
         assert_eq!(
             v.ips,

@@ -16,7 +16,7 @@ use kube::{
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::view::{PodView, pod_name};
+use super::view::{PodRef, PodView};
 
 /// What the watcher task tells the agent's loop.
 pub(super) enum Update {
@@ -24,8 +24,8 @@ pub(super) enum Update {
     /// watch could not resume. Pods it does not name are gone.
     Listed(Vec<PodView>),
     /// A pod was added or changed (`None`: meshsteer leaves it alone now).
-    Applied(String, Option<PodView>),
-    Deleted(String),
+    Applied(PodRef, Option<PodView>),
+    Deleted(PodRef),
 }
 
 /// A client from `kubeconfig`, else the pod's service account (in-cluster config).
@@ -68,12 +68,12 @@ pub(super) async fn watch(pods: Api<Pod>, node: String, updates: mpsc::Sender<Up
                 continue;
             }
             Ok(Event::InitDone) => Update::Listed(listing.take().unwrap_or_default()),
-            Ok(Event::Apply(pod)) => match pod_name(&pod) {
-                Some(name) => Update::Applied(name, view(&pod)),
+            Ok(Event::Apply(pod)) => match PodRef::of(&pod) {
+                Some(id) => Update::Applied(id, view(&pod)),
                 None => continue,
             },
-            Ok(Event::Delete(pod)) => match pod_name(&pod) {
-                Some(name) => Update::Deleted(name),
+            Ok(Event::Delete(pod)) => match PodRef::of(&pod) {
+                Some(id) => Update::Deleted(id),
                 None => continue,
             },
             Err(e) => {
@@ -90,8 +90,8 @@ pub(super) async fn watch(pods: Api<Pod>, node: String, updates: mpsc::Sender<Up
 /// The view of a pod meshsteer captures; unreadable objects are logged and skipped.
 fn view(pod: &Pod) -> Option<PodView> {
     PodView::of(pod).unwrap_or_else(|e| {
-        let name = pod_name(pod).unwrap_or_else(|| "?".into());
-        warn!(pod = %name, error = %e, "skipping a pod the agent cannot read");
+        let id = PodRef::of(pod).map_or_else(|| "?".into(), |id| id.to_string());
+        warn!(pod = %id, error = %e, "skipping a pod the agent cannot read");
         None
     })
 }
