@@ -2,7 +2,7 @@
 //! capture istio-init would have installed for a pod that carries them.
 use std::collections::BTreeMap;
 
-use crate::spec::istio::{Capture, INJECTOR_DEFAULT_ARGS};
+use crate::spec::istio::{ArgsError, Capture, INJECTOR_DEFAULT_ARGS};
 
 /// The sidecar container Istio injects (a regular container, or a native sidecar among the
 /// init containers).
@@ -35,6 +35,24 @@ const OPTION_ANNOTATIONS: &[(&str, &str)] = &[
 /// The status port the injector excludes from inbound capture unless annotated otherwise.
 const DEFAULT_STATUS_PORT: &str = "15020";
 
+/// Why a pod's annotations give no capture. Shown in `meshsteer status`: each names the
+/// annotation to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CaptureError {
+    /// The injector's own command line did not parse: meshsteer's bug, not the pod's.
+    #[error(transparent)]
+    Defaults(ArgsError),
+    #[error("annotation {key}: {error}")]
+    Annotation { key: &'static str, error: ArgsError },
+    /// `-d` is built from two annotations.
+    #[error(
+        "annotations {} / {}: {error}",
+        keys::EXCLUDE_INBOUND_PORTS,
+        keys::STATUS_PORT
+    )]
+    ExcludeInboundPorts { error: ArgsError },
+}
+
 /// Every annotation [`capture`] reads.
 pub(super) fn read_by_capture() -> impl Iterator<Item = &'static str> {
     OPTION_ANNOTATIONS
@@ -53,22 +71,16 @@ pub(super) fn istio_true(value: &str) -> bool {
 
 /// The capture istio-init would have installed for a pod with these annotations: the
 /// injector's command line, with each annotation in place of its option's default.
-pub fn capture(annotations: &BTreeMap<String, String>) -> Result<Capture, String> {
-    let mut c = Capture::from_args(INJECTOR_DEFAULT_ARGS).map_err(|e| e.to_string())?;
+pub fn capture(annotations: &BTreeMap<String, String>) -> Result<Capture, CaptureError> {
+    let mut c = Capture::from_args(INJECTOR_DEFAULT_ARGS).map_err(CaptureError::Defaults)?;
     for (key, flag) in OPTION_ANNOTATIONS {
         if let Some(value) = annotations.get(*key) {
             c.set_option(flag, value)
-                .map_err(|e| format!("annotation {key}: {e}"))?;
+                .map_err(|error| CaptureError::Annotation { key, error })?;
         }
     }
     c.set_option("-d", &exclude_inbound_ports(annotations))
-        .map_err(|e| {
-            format!(
-                "annotations {} / {}: {e}",
-                keys::EXCLUDE_INBOUND_PORTS,
-                keys::STATUS_PORT
-            )
-        })?;
+        .map_err(|error| CaptureError::ExcludeInboundPorts { error })?;
     Ok(c)
 }
 
@@ -151,7 +163,8 @@ mod tests {
             "sidecar.istio.io/interceptionMode",
             "TPROXY",
         )]))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("interceptionMode") && e.contains("TPROXY"),
             "{e}"
@@ -160,13 +173,40 @@ mod tests {
             "traffic.sidecar.istio.io/kubevirtInterfaces",
             "net1",
         )]))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("unsupported istio-iptables option -k"), "{e}");
         let e = capture(&annotations(&[(
             "traffic.sidecar.istio.io/excludeOutboundIPRanges",
             "10.0.0.1",
         )]))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("excludeOutboundIPRanges"), "{e}");
+    }
+
+    #[test]
+    fn error_texts_name_the_annotation_then_the_option() {
+        let e = capture(&annotations(&[(
+            "sidecar.istio.io/interceptionMode",
+            "TPROXY",
+        )]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "annotation sidecar.istio.io/interceptionMode: unsupported interception mode \"TPROXY\": \
+             only REDIRECT is implemented (TPROXY is not)"
+        );
+        let e = capture(&annotations(&[(
+            "traffic.sidecar.istio.io/excludeInboundPorts",
+            "22,x",
+        )]))
+        .unwrap_err();
+        assert!(matches!(e, CaptureError::ExcludeInboundPorts { .. }));
+        assert_eq!(
+            e.to_string(),
+            "annotations traffic.sidecar.istio.io/excludeInboundPorts / status.sidecar.istio.io/port: \
+             invalid value \"15090,15021,22,x,15020\" for -d: \"x\": invalid digit found in string"
+        );
     }
 }

@@ -6,6 +6,20 @@ use std::path::{Path, PathBuf};
 use super::{annotations::capture, view::PodView};
 use crate::{host::proc as netns, source::change::Rejected, spec::pod::PodSpec};
 
+/// What a pod still lacks on this node; a later look may find it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum NotYet {
+    #[error("waiting for the pod's addresses (status.podIPs)")]
+    Addresses,
+    #[error("waiting for the pod's cgroup (pod UID {uid}) under {}", .root.display())]
+    Cgroup { uid: String, root: PathBuf },
+    #[error(
+        "waiting for the pod's network namespace (no process in {} yet)",
+        .cgroup.display()
+    )]
+    Netns { cgroup: PathBuf },
+}
+
 /// Where container runtimes bind-mount pod network namespaces.
 const NAMED_NETNS_DIR: &str = "/run/netns";
 
@@ -31,31 +45,17 @@ impl Resolver {
         }
     }
 
-    /// The pod's spec, or why there is none yet.
+    /// The pod's spec, or why there is none yet: refused for annotations meshsteer cannot
+    /// honour, waiting for what is not on the node yet.
     pub fn spec(&self, view: &PodView) -> Result<PodSpec, Rejected> {
-        let reject = |reason: String| Rejected::waiting(view.pod.to_string(), reason);
+        let name = view.pod.to_string();
         let capture =
-            capture(&view.annotations).map_err(|r| Rejected::refused(view.pod.to_string(), r))?;
-        if view.ips.is_empty() {
-            return Err(reject(
-                "waiting for the pod's addresses (status.podIPs)".into(),
-            ));
-        }
-        let cgroup = self.pod_cgroup(&view.uid).ok_or_else(|| {
-            reject(format!(
-                "waiting for the pod's cgroup (pod UID {}) under {}",
-                view.uid,
-                self.cgroup_root.display()
-            ))
-        })?;
-        let netns = self.netns(view, &cgroup).ok_or_else(|| {
-            reject(format!(
-                "waiting for the pod's network namespace (no process in {} yet)",
-                cgroup.display()
-            ))
-        })?;
+            capture(&view.annotations).map_err(|e| Rejected::refused(&name, e.to_string()))?;
+        let (cgroup, netns) = self
+            .locate(view)
+            .map_err(|e| Rejected::waiting(&name, e.to_string()))?;
         Ok(PodSpec {
-            name: view.pod.to_string(),
+            name,
             cgroup,
             netns: Some(netns),
             ips: view.ips.clone(),
@@ -63,6 +63,21 @@ impl Resolver {
             capture: Some(capture),
             accelerate: None,
         })
+    }
+
+    /// The pod's cgroup and network namespace, once it has addresses.
+    fn locate(&self, view: &PodView) -> Result<(PathBuf, PathBuf), NotYet> {
+        if view.ips.is_empty() {
+            return Err(NotYet::Addresses);
+        }
+        let cgroup = self.pod_cgroup(&view.uid).ok_or_else(|| NotYet::Cgroup {
+            uid: view.uid.clone(),
+            root: self.cgroup_root.clone(),
+        })?;
+        let netns = self.netns(view, &cgroup).ok_or_else(|| NotYet::Netns {
+            cgroup: cgroup.clone(),
+        })?;
+        Ok((cgroup, netns))
     }
 
     /// The pod-level cgroup: the first of the kubelet's layouts that exists.
@@ -156,15 +171,24 @@ mod tests {
             .unwrap()
             .unwrap();
         let e = resolver.spec(&v).unwrap_err();
-        assert!(
-            matches!(&e.why, Unready::Waiting(w) if w.contains("waiting for the pod's cgroup (pod UID 1-2)")),
-            "{e:?}"
+        let cgroup = format!(
+            "waiting for the pod's cgroup (pod UID 1-2) under {}",
+            root.display()
         );
+        assert_eq!(e.why, Unready::Waiting(cgroup));
         assert_eq!(e.name, "ns/a");
         v.ips.clear();
         let e = resolver.spec(&v).unwrap_err();
+        assert_eq!(
+            e.why,
+            Unready::Waiting("waiting for the pod's addresses (status.podIPs)".into())
+        );
+        // Annotations meshsteer cannot honour are refused, whatever else is missing.
+        v.annotations
+            .insert("sidecar.istio.io/interceptionMode".into(), "TPROXY".into());
+        let e = resolver.spec(&v).unwrap_err();
         assert!(
-            matches!(&e.why, Unready::Waiting(w) if w.contains("status.podIPs")),
+            matches!(&e.why, Unready::Refused(r) if r.starts_with("annotation sidecar.istio.io/interceptionMode: ")),
             "{e:?}"
         );
     }

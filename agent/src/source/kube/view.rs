@@ -1,5 +1,9 @@
 //! What capture depends on in a pod, read from its Kubernetes object.
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{AddrParseError, IpAddr},
+};
 
 use k8s_openapi::api::core::v1::Pod;
 use tracing::debug;
@@ -40,6 +44,22 @@ impl fmt::Display for PodRef {
     }
 }
 
+/// A pod object the agent cannot read (logged, then skipped).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ViewError {
+    #[error("pod without namespace or name")]
+    NoName,
+    #[error("pod without metadata.uid")]
+    NoUid,
+    #[error("pod without spec")]
+    NoSpec,
+    #[error("pod address {address:?}: {error}")]
+    Address {
+        address: String,
+        error: AddrParseError,
+    },
+}
+
 /// What capture depends on in a pod: two equal views give the same pod spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodView {
@@ -54,11 +74,11 @@ pub struct PodView {
 impl PodView {
     /// `Ok(None)` for a pod meshsteer leaves alone: no Istio sidecar, opted out, interception
     /// mode `NONE`, on the host's network, or finished. `Err` for an object it cannot read.
-    pub fn of(pod: &Pod) -> Result<Option<Self>, String> {
+    pub fn of(pod: &Pod) -> Result<Option<Self>, ViewError> {
         let meta = &pod.metadata;
-        let id = PodRef::of(pod).ok_or("pod without namespace or name")?;
-        let uid = meta.uid.clone().ok_or("pod without metadata.uid")?;
-        let spec = pod.spec.as_ref().ok_or("pod without spec")?;
+        let id = PodRef::of(pod).ok_or(ViewError::NoName)?;
+        let uid = meta.uid.clone().ok_or(ViewError::NoUid)?;
+        let spec = pod.spec.as_ref().ok_or(ViewError::NoSpec)?;
         let annotations = meta.annotations.clone().unwrap_or_default();
         let labels = meta.labels.clone().unwrap_or_default();
 
@@ -99,7 +119,10 @@ impl PodView {
             .map(|ip| {
                 ip.trim()
                     .parse::<IpAddr>()
-                    .map_err(|e| format!("pod address {ip:?}: {e}"))
+                    .map_err(|error| ViewError::Address {
+                        address: ip.into(),
+                        error,
+                    })
             })
             .collect::<Result<_, _>>()?;
 
@@ -206,11 +229,18 @@ pub(super) mod tests {
 
     #[test]
     fn unreadable_pods_are_errors_not_panics() {
-        assert!(PodView::of(&pod(serde_json::json!({"metadata": {"name": "a"}}))).is_err());
+        assert_eq!(
+            PodView::of(&pod(serde_json::json!({"metadata": {"name": "a"}}))),
+            Err(ViewError::NoName)
+        );
         let mut p = sidecar_pod(serde_json::json!({}));
         p.status.as_mut().unwrap().pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP {
             ip: "not-an-ip".into(),
         }]);
-        assert!(PodView::of(&p).is_err());
+        let e = PodView::of(&p).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pod address \"not-an-ip\": invalid IP address syntax"
+        );
     }
 }
