@@ -1,6 +1,6 @@
 //! Command line. Every flag can also come from a `MESHSTEER_*` environment variable.
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{AddrParseError, IpAddr, SocketAddr},
     path::PathBuf,
 };
 
@@ -111,13 +111,18 @@ pub struct MetricsArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsAddr(pub Option<SocketAddr>);
 
-fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+/// A `--metrics-addr` that is neither an address nor "off".
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: expected IP:PORT, \"\" or \"off\"")]
+pub struct MetricsAddrError(AddrParseError);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, MetricsAddrError> {
     match s.trim() {
         "" | "off" => Ok(MetricsAddr(None)),
         a => a
             .parse()
             .map(|a| MetricsAddr(Some(a)))
-            .map_err(|e| format!("{e}: expected IP:PORT, \"\" or \"off\"")),
+            .map_err(MetricsAddrError),
     }
 }
 
@@ -239,7 +244,12 @@ mod tests {
         );
         assert_eq!(addr(&["--metrics-addr", ""]).unwrap(), None);
         assert_eq!(addr(&["--metrics-addr", "off"]).unwrap(), None);
-        assert!(addr(&["--metrics-addr", "9090"]).is_err());
+        let e = addr(&["--metrics-addr", "9090"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("invalid socket address syntax: expected IP:PORT, \"\" or \"off\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! costs a readdir and a stat per file. Either way the same scan decides what changed.
 use std::{
     collections::BTreeMap,
-    fs,
+    fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -14,7 +14,19 @@ use std::{
 use tracing::warn;
 
 use super::change::{Change, Rejected, SourceKey};
-use crate::{spec::pod::PodSpec, sys::inotify::DirWatch};
+use crate::{
+    spec::pod::{PodSpec, SpecError},
+    sys::inotify::DirWatch,
+};
+
+/// Why a spec file gives no pod spec (its pod is refused until the file changes).
+#[derive(Debug, thiserror::Error)]
+enum FileError {
+    #[error("reading {}: {error}", .path.display())]
+    Read { path: PathBuf, error: io::Error },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+}
 
 /// What identifies a version of a file without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,16 +97,13 @@ impl PodDir {
         let mut changes = Vec::new();
         for (path, stamp) in &now {
             if self.seen.get(path) != Some(stamp) {
-                let spec = fs::read_to_string(path)
-                    .map_err(|e| format!("reading {}: {e}", path.display()))
-                    .and_then(|t| PodSpec::parse(&t, path).map_err(|e| e.to_string()))
-                    .map_err(|reason| {
-                        let name = path
-                            .file_stem()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_default();
-                        Rejected::refused(name, reason)
-                    });
+                let spec = read(path).map_err(|e| {
+                    let name = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    Rejected::refused(name, e.to_string())
+                });
                 changes.push(Change::Upsert(
                     SourceKey::File(path.clone()),
                     Box::new(spec),
@@ -108,5 +117,48 @@ impl PodDir {
         }
         self.seen = now;
         changes
+    }
+}
+
+/// The pod spec in `path`.
+fn read(path: &Path) -> Result<PodSpec, FileError> {
+    let text = fs::read_to_string(path).map_err(|error| FileError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    Ok(PodSpec::parse(&text, path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::change::Unready;
+
+    #[tokio::test]
+    async fn an_invalid_file_is_refused_under_its_stem_and_its_removal_reported() {
+        let dir = std::env::temp_dir().join(format!("ms-pod-dir-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.yaml");
+        fs::write(&file, "name: a\ncgroup: /x\nextra: 1\n").unwrap();
+        fs::write(dir.join("notes.txt"), "not a spec").unwrap();
+        let mut pods = PodDir::new(&dir);
+
+        let changes = pods.scan();
+        let [Change::Upsert(SourceKey::File(path), spec)] = &changes[..] else {
+            panic!("one upsert expected");
+        };
+        assert_eq!(path, &file);
+        let rejected = spec.as_ref().clone().unwrap_err();
+        assert_eq!(rejected.name, "bad");
+        assert!(
+            matches!(&rejected.why, Unready::Refused(r) if r.starts_with("not a valid pod spec: unknown field `extra`")),
+            "{rejected:?}"
+        );
+        assert!(pods.scan().is_empty(), "unchanged files are not read again");
+
+        fs::remove_file(&file).unwrap();
+        let changes = pods.scan();
+        assert!(matches!(&changes[..], [Change::Remove(SourceKey::File(p))] if *p == file));
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

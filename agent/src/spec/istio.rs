@@ -3,7 +3,12 @@
 //! Supported: `-p -z -u -g -m REDIRECT -i -x -b -d -q -o -e` (and their long names), with
 //! istio-iptables' own defaults for what is omitted. Anything else is refused by name so a pod
 //! is never enrolled with capture that differs silently from what its rules asked for.
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{
+    fmt,
+    net::{AddrParseError, IpAddr},
+    num::ParseIntError,
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,12 +31,37 @@ pub enum ArgsError {
     Invalid {
         option: String,
         value: String,
-        reason: String,
+        reason: ValueError,
     },
     #[error("unbalanced quotes in args {0:?}")]
     Quotes(String),
     #[error("unexpected argument {0:?}")]
     Positional(String),
+}
+
+/// Why an option's value is invalid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValueError {
+    #[error("not a port: {0}")]
+    Port(ParseIntError),
+    /// One item of a comma-separated list (a uid, a port, a CIDR).
+    #[error("{item:?}: {reason}")]
+    Item { item: String, reason: String },
+    #[error("'*' cannot be excluded (istio refuses it too)")]
+    ExcludeAll,
+}
+
+/// Why a CIDR does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrError {
+    #[error("expected ADDRESS/PREFIX-LENGTH")]
+    NoPrefixLength,
+    #[error(transparent)]
+    Address(#[from] AddrParseError),
+    #[error("bad prefix length {0:?}")]
+    BadPrefixLength(String),
+    #[error("prefix length {len} > {max}")]
+    PrefixTooLong { len: u8, max: u8 },
 }
 
 /// A CIDR as istio takes it (`addr/len`; a bare address is an error there too).
@@ -59,22 +89,24 @@ impl Cidr {
 }
 
 impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').ok_or("expected ADDRESS/PREFIX-LENGTH")?;
-        let addr: IpAddr = a.parse().map_err(|e| format!("{e}"))?;
-        let len: u8 = l.parse().map_err(|_| format!("bad prefix length {l:?}"))?;
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let (a, l) = s.split_once('/').ok_or(CidrError::NoPrefixLength)?;
+        let addr: IpAddr = a.parse()?;
+        let len: u8 = l
+            .parse()
+            .map_err(|_| CidrError::BadPrefixLength(l.into()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if len > max {
-            return Err(format!("prefix length {len} > {max}"));
+            return Err(CidrError::PrefixTooLong { len, max });
         }
         Ok(Self { addr, len })
     }
 }
 
 impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = CidrError;
+    fn try_from(s: String) -> Result<Self, CidrError> {
         s.parse()
     }
 }
@@ -210,7 +242,7 @@ impl Capture {
     }
 
     fn set(&mut self, opt: Opt, flag: &str, v: &str) -> Result<(), ArgsError> {
-        let invalid = |reason: String| ArgsError::Invalid {
+        let invalid = |reason: ValueError| ArgsError::Invalid {
             option: flag.into(),
             value: v.into(),
             reason,
@@ -236,9 +268,7 @@ impl Capture {
             }
             Opt::ExcludeCidrs => {
                 if v.trim() == "*" {
-                    return Err(invalid(
-                        "'*' cannot be excluded (istio refuses it too)".into(),
-                    ));
+                    return Err(invalid(ValueError::ExcludeAll));
                 }
                 self.exclude_outbound_cidrs = parse_list(v).map_err(invalid)?;
             }
@@ -349,23 +379,28 @@ fn split_flag(word: &str) -> Result<(String, Option<String>), ArgsError> {
     Ok((format!("-{name}"), value))
 }
 
-fn parse_port(v: &str) -> Result<u16, String> {
-    v.trim().parse().map_err(|e| format!("not a port: {e}"))
+fn parse_port(v: &str) -> Result<u16, ValueError> {
+    v.trim().parse().map_err(ValueError::Port)
 }
 
 /// istio's `Split`: comma-separated, empty items dropped.
-fn parse_list<T: FromStr>(v: &str) -> Result<Vec<T>, String>
+fn parse_list<T: FromStr>(v: &str) -> Result<Vec<T>, ValueError>
 where
     T::Err: fmt::Display,
 {
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<T>().map_err(|e| format!("{s:?}: {e}")))
+        .map(|s| {
+            s.parse::<T>().map_err(|e| ValueError::Item {
+                item: s.into(),
+                reason: e.to_string(),
+            })
+        })
         .collect()
 }
 
-fn parse_ports(v: &str) -> Result<Vec<u16>, String> {
+fn parse_ports(v: &str) -> Result<Vec<u16>, ValueError> {
     parse_list(v)
 }
 
@@ -455,5 +490,38 @@ mod tests {
         assert!(!c.contains("::1".parse().unwrap()));
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("1.2.3.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn invalid_values_say_which_option_value_and_why() {
+        let text = |line: &str| Capture::from_args(line).unwrap_err().to_string();
+        assert_eq!(
+            text("-p x"),
+            "invalid value \"x\" for -p: not a port: invalid digit found in string"
+        );
+        assert_eq!(
+            text("-x '*'"),
+            "invalid value \"*\" for -x: '*' cannot be excluded (istio refuses it too)"
+        );
+        assert_eq!(
+            text("-i 10.0.0.1"),
+            "invalid value \"10.0.0.1\" for -i: \"10.0.0.1\": expected ADDRESS/PREFIX-LENGTH"
+        );
+        assert_eq!(
+            text("--istio-service-cidr=10.0.0.0/40"),
+            "invalid value \"10.0.0.0/40\" for --istio-service-cidr: \"10.0.0.0/40\": prefix length 40 > 32"
+        );
+        assert_eq!(
+            text("-i 10.0.0.0/x"),
+            "invalid value \"10.0.0.0/x\" for -i: \"10.0.0.0/x\": bad prefix length \"x\""
+        );
+        assert_eq!(
+            text("-i 10.0.0.300/8"),
+            "invalid value \"10.0.0.300/8\" for -i: \"10.0.0.300/8\": invalid IP address syntax"
+        );
+        assert_eq!(
+            "fd00::/129".parse::<Cidr>(),
+            Err(CidrError::PrefixTooLong { len: 129, max: 128 })
+        );
     }
 }

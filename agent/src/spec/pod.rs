@@ -37,7 +37,9 @@ pub struct PodSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("not a valid pod spec: {0}")]
-    Syntax(String),
+    Yaml(serde_norway::Error),
+    #[error("not a valid pod spec: {0}")]
+    Json(serde_json::Error),
     #[error("give either `args` or `capture`, not both")]
     BothForms,
     #[error(transparent)]
@@ -49,12 +51,14 @@ pub enum SpecError {
 }
 
 impl PodSpec {
+    /// JSON for a `.json` file, else YAML. Unknown fields are refused: a misspelt setting
+    /// must not leave capture silently at its default.
     pub fn parse(text: &str, path: &Path) -> Result<Self, SpecError> {
         let json = path.extension().is_some_and(|e| e == "json");
         if json {
-            serde_json::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))
+            serde_json::from_str(text).map_err(SpecError::Json)
         } else {
-            serde_yaml::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))
+            serde_norway::from_str(text).map_err(SpecError::Yaml)
         }
     }
 
@@ -66,5 +70,108 @@ impl PodSpec {
             (None, Some(c)) => Ok(c.clone()),
             (None, None) => Ok(Capture::from_args(INJECTOR_DEFAULT_ARGS)?),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::istio::Ports;
+
+    fn yaml(text: &str) -> Result<PodSpec, String> {
+        PodSpec::parse(text, Path::new("p.yaml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_naming_the_field_and_where() {
+        assert_eq!(
+            yaml("name: a\ncgroup: /x\nextra: 1\n").unwrap_err(),
+            "not a valid pod spec: unknown field `extra`, expected one of `name`, `cgroup`, \
+             `netns`, `ips`, `args`, `capture`, `accelerate` at line 3 column 1"
+        );
+        let e = yaml("name: a\ncgroup: /x\ncapture: {proxyPort: 1, exclude_inbound_ports: [1]}\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with(
+                "not a valid pod spec: capture: unknown field `exclude_inbound_ports`, expected \
+                 one of `proxyPort`,"
+            ),
+            "{e}"
+        );
+        let e = PodSpec::parse(
+            r#"{"name":"a","cgroup":"/x","extra":1}"#,
+            Path::new("a.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("not a valid pod spec: unknown field `extra`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_refused_naming_the_field_and_what_it_takes() {
+        assert_eq!(
+            yaml("name: a\ncgroup: /x\nips: 10.0.0.1\n").unwrap_err(),
+            "not a valid pod spec: ips: invalid type: string \"10.0.0.1\", expected a sequence \
+             at line 3 column 6"
+        );
+        assert_eq!(
+            yaml("name: a\ncgroup: /x\ncapture: {proxyPort: 70000}\n").unwrap_err(),
+            "not a valid pod spec: capture.proxyPort: invalid value: integer `70000`, expected \
+             u16 at line 3 column 22"
+        );
+        let e =
+            yaml("name: a\ncgroup: /x\ncapture: {excludeOutboundCidrs: [10.0.0.1]}\n").unwrap_err();
+        assert!(e.contains("expected ADDRESS/PREFIX-LENGTH"), "{e}");
+        assert!(
+            yaml("name: a\n")
+                .unwrap_err()
+                .contains("missing field `cgroup`")
+        );
+    }
+
+    /// What serde_yaml 0.9 did with these, kept when its fork replaced it: a YAML crate that
+    /// reads them otherwise changes which pods are enrolled.
+    #[test]
+    fn yaml_edge_cases_read_as_before() {
+        // YAML 1.2 booleans only, and numbers are not strings.
+        for text in [
+            "accelerate: yes",
+            "accelerate: on",
+            "accelerate: maybe",
+            "capture: {proxyPort: '15001'}",
+            "capture: {proxyPort: 1_000}",
+            "capture: {proxyPort: 015001}",
+        ] {
+            assert!(
+                yaml(&format!("name: a\ncgroup: /x\n{text}\n")).is_err(),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            yaml("name: a\ncgroup: /x\naccelerate: True\n")
+                .unwrap()
+                .accelerate,
+            Some(true)
+        );
+        // One document, no duplicate keys, no merge keys.
+        for text in [
+            "name: a\ncgroup: /x\n---\nname: b\ncgroup: /y\n",
+            "name: a\ncgroup: /x\nname: b\n",
+            "<<: {name: a, cgroup: /x}\n",
+            "",
+        ] {
+            assert!(yaml(text).is_err(), "{text:?}");
+        }
+        let s = yaml("---\nname: &n a\ncgroup: /x\nargs: *n\nnetns: ~\n...\n").unwrap();
+        assert_eq!((s.args.as_deref(), s.netns), (Some("a"), None));
+        let c = yaml("name: a\ncgroup: /x\ncapture: {includeInboundPorts: '*', proxyGids: [2]}\n")
+            .unwrap()
+            .capture
+            .unwrap();
+        assert_eq!(c.include_inbound_ports, Ports::All);
+        assert_eq!(c.gids(), [2]);
     }
 }

@@ -1,0 +1,212 @@
+//! Istio's pod vocabulary: the annotations and labels its sidecar injector reads, and the
+//! capture istio-init would have installed for a pod that carries them.
+use std::collections::BTreeMap;
+
+use crate::spec::istio::{ArgsError, Capture, INJECTOR_DEFAULT_ARGS};
+
+/// The sidecar container Istio injects (a regular container, or a native sidecar among the
+/// init containers).
+pub(super) const PROXY_CONTAINER: &str = "istio-proxy";
+
+/// Annotations and labels Istio's injector reads, under the names it reads them.
+pub(super) mod keys {
+    /// Written by the injector on every pod it injected.
+    pub const STATUS: &str = "sidecar.istio.io/status";
+    /// Label or annotation: a false value opts the pod out.
+    pub const INJECT: &str = "sidecar.istio.io/inject";
+    pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+    pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
+    pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
+}
+
+/// Annotations the injector turns into one istio-iptables option each.
+const OPTION_ANNOTATIONS: &[(&str, &str)] = &[
+    ("traffic.sidecar.istio.io/includeOutboundIPRanges", "-i"),
+    ("traffic.sidecar.istio.io/excludeOutboundIPRanges", "-x"),
+    ("traffic.sidecar.istio.io/includeInboundPorts", "-b"),
+    ("traffic.sidecar.istio.io/includeOutboundPorts", "-q"),
+    ("traffic.sidecar.istio.io/excludeOutboundPorts", "-o"),
+    (keys::INTERCEPTION_MODE, "-m"),
+    // Not implemented by meshsteer: refused by option name, as on a command line.
+    ("traffic.sidecar.istio.io/kubevirtInterfaces", "-k"),
+    ("traffic.sidecar.istio.io/excludeInterfaces", "-c"),
+];
+
+/// The status port the injector excludes from inbound capture unless annotated otherwise.
+const DEFAULT_STATUS_PORT: &str = "15020";
+
+/// Why a pod's annotations give no capture. Shown in `meshsteer status`: each names the
+/// annotation to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CaptureError {
+    /// The injector's own command line did not parse: meshsteer's bug, not the pod's.
+    #[error(transparent)]
+    Defaults(ArgsError),
+    #[error("annotation {key}: {error}")]
+    Annotation { key: &'static str, error: ArgsError },
+    /// `-d` is built from two annotations.
+    #[error(
+        "annotations {} / {}: {error}",
+        keys::EXCLUDE_INBOUND_PORTS,
+        keys::STATUS_PORT
+    )]
+    ExcludeInboundPorts { error: ArgsError },
+}
+
+/// Every annotation [`capture`] reads.
+pub(super) fn read_by_capture() -> impl Iterator<Item = &'static str> {
+    OPTION_ANNOTATIONS
+        .iter()
+        .map(|(key, _)| *key)
+        .chain([keys::EXCLUDE_INBOUND_PORTS, keys::STATUS_PORT])
+}
+
+/// How the injector reads `sidecar.istio.io/inject`: anything else opts out.
+pub(super) fn istio_true(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "" | "y" | "yes" | "true" | "on"
+    )
+}
+
+/// The capture istio-init would have installed for a pod with these annotations: the
+/// injector's command line, with each annotation in place of its option's default.
+pub fn capture(annotations: &BTreeMap<String, String>) -> Result<Capture, CaptureError> {
+    let mut c = Capture::from_args(INJECTOR_DEFAULT_ARGS).map_err(CaptureError::Defaults)?;
+    for (key, flag) in OPTION_ANNOTATIONS {
+        if let Some(value) = annotations.get(*key) {
+            c.set_option(flag, value)
+                .map_err(|error| CaptureError::Annotation { key, error })?;
+        }
+    }
+    c.set_option("-d", &exclude_inbound_ports(annotations))
+        .map_err(|error| CaptureError::ExcludeInboundPorts { error })?;
+    Ok(c)
+}
+
+/// `-d` as the injector writes it: the proxy's Prometheus and health ports (15090, 15021),
+/// the pod's own exclusions, then its status port (15020 unless annotated; `0`: none).
+fn exclude_inbound_ports(annotations: &BTreeMap<String, String>) -> String {
+    let status_port = annotations
+        .get(keys::STATUS_PORT)
+        .map_or(DEFAULT_STATUS_PORT, |p| p.trim());
+    let own = annotations
+        .get(keys::EXCLUDE_INBOUND_PORTS)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let mut ports = vec!["15090", "15021", own];
+    if status_port != "0" {
+        ports.push(status_port);
+    }
+    ports.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::istio::{Ports, Ranges};
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_annotations_is_the_injector_default() {
+        let c = capture(&BTreeMap::new()).unwrap();
+        assert_eq!(c, Capture::from_args(INJECTOR_DEFAULT_ARGS).unwrap());
+    }
+
+    #[test]
+    fn annotations_become_options() {
+        let c = capture(&annotations(&[
+            (
+                "traffic.sidecar.istio.io/includeOutboundIPRanges",
+                "10.0.0.0/8",
+            ),
+            (
+                "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+                "10.200.0.0/16",
+            ),
+            ("traffic.sidecar.istio.io/includeInboundPorts", "80,443"),
+            ("traffic.sidecar.istio.io/excludeInboundPorts", "22"),
+            ("traffic.sidecar.istio.io/includeOutboundPorts", "9000"),
+            ("traffic.sidecar.istio.io/excludeOutboundPorts", "3306"),
+            ("status.sidecar.istio.io/port", "15999"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.include_outbound_cidrs,
+            Ranges::List(vec!["10.0.0.0/8".parse().unwrap()])
+        );
+        assert_eq!(
+            c.exclude_outbound_cidrs,
+            vec!["10.200.0.0/16".parse().unwrap()]
+        );
+        assert_eq!(c.include_inbound_ports, Ports::List(vec![80, 443]));
+        assert_eq!(c.exclude_inbound_ports, vec![15090, 15021, 22, 15999]);
+        assert_eq!(c.include_outbound_ports, vec![9000]);
+        assert_eq!(c.exclude_outbound_ports, vec![3306]);
+    }
+
+    #[test]
+    fn status_port_zero_is_not_excluded() {
+        let c = capture(&annotations(&[("status.sidecar.istio.io/port", "0")])).unwrap();
+        assert_eq!(c.exclude_inbound_ports, vec![15090, 15021]);
+    }
+
+    #[test]
+    fn unsupported_settings_are_errors_naming_the_annotation() {
+        let e = capture(&annotations(&[(
+            "sidecar.istio.io/interceptionMode",
+            "TPROXY",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("interceptionMode") && e.contains("TPROXY"),
+            "{e}"
+        );
+        let e = capture(&annotations(&[(
+            "traffic.sidecar.istio.io/kubevirtInterfaces",
+            "net1",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unsupported istio-iptables option -k"), "{e}");
+        let e = capture(&annotations(&[(
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+            "10.0.0.1",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("excludeOutboundIPRanges"), "{e}");
+    }
+
+    #[test]
+    fn error_texts_name_the_annotation_then_the_option() {
+        let e = capture(&annotations(&[(
+            "sidecar.istio.io/interceptionMode",
+            "TPROXY",
+        )]))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "annotation sidecar.istio.io/interceptionMode: unsupported interception mode \"TPROXY\": \
+             only REDIRECT is implemented (TPROXY is not)"
+        );
+        let e = capture(&annotations(&[(
+            "traffic.sidecar.istio.io/excludeInboundPorts",
+            "22,x",
+        )]))
+        .unwrap_err();
+        assert!(matches!(e, CaptureError::ExcludeInboundPorts { .. }));
+        assert_eq!(
+            e.to_string(),
+            "annotations traffic.sidecar.istio.io/excludeInboundPorts / status.sidecar.istio.io/port: \
+             invalid value \"15090,15021,22,x,15020\" for -d: \"x\": invalid digit found in string"
+        );
+    }
+}

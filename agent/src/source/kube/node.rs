@@ -1,0 +1,195 @@
+//! Finding a pod on this node: its pod-level cgroup (from its UID, in whichever layout the
+//! kubelet made) and its network namespace (a runtime's path template, or one of its
+//! processes').
+use std::path::{Path, PathBuf};
+
+use super::{annotations::capture, view::PodView};
+use crate::{host::proc as netns, source::change::Rejected, spec::pod::PodSpec};
+
+/// What a pod still lacks on this node; a later look may find it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum NotYet {
+    #[error("waiting for the pod's addresses (status.podIPs)")]
+    Addresses,
+    #[error("waiting for the pod's cgroup (pod UID {uid}) under {}", .root.display())]
+    Cgroup { uid: String, root: PathBuf },
+    #[error(
+        "waiting for the pod's network namespace (no process in {} yet)",
+        .cgroup.display()
+    )]
+    Netns { cgroup: PathBuf },
+}
+
+/// Where container runtimes bind-mount pod network namespaces.
+const NAMED_NETNS_DIR: &str = "/run/netns";
+
+/// Finds a pod's cgroup and network namespace on this node.
+pub(super) struct Resolver {
+    cgroup_root: PathBuf,
+    netns_template: Option<String>,
+    named_netns: PathBuf,
+}
+
+/// Where kubelets put the pods' cgroups, below the cgroup root: their default `--cgroup-root`
+/// and `kubelet` (kind's nodes).
+const KUBELET_ROOTS: &[&[&str]] = &[&[], &["kubelet"]];
+/// Guaranteed pods sit directly under `kubepods`.
+const QOS_CLASSES: &[Option<&str>] = &[None, Some("burstable"), Some("besteffort")];
+
+impl Resolver {
+    pub fn new(cgroup_root: &Path, netns_template: Option<String>) -> Self {
+        Self {
+            cgroup_root: cgroup_root.to_path_buf(),
+            netns_template,
+            named_netns: PathBuf::from(NAMED_NETNS_DIR),
+        }
+    }
+
+    /// The pod's spec, or why there is none yet: refused for annotations meshsteer cannot
+    /// honour, waiting for what is not on the node yet.
+    pub fn spec(&self, view: &PodView) -> Result<PodSpec, Rejected> {
+        let name = view.pod.to_string();
+        let capture =
+            capture(&view.annotations).map_err(|e| Rejected::refused(&name, e.to_string()))?;
+        let (cgroup, netns) = self
+            .locate(view)
+            .map_err(|e| Rejected::waiting(&name, e.to_string()))?;
+        Ok(PodSpec {
+            name,
+            cgroup,
+            netns: Some(netns),
+            ips: view.ips.clone(),
+            args: None,
+            capture: Some(capture),
+            accelerate: None,
+        })
+    }
+
+    /// The pod's cgroup and network namespace, once it has addresses.
+    fn locate(&self, view: &PodView) -> Result<(PathBuf, PathBuf), NotYet> {
+        if view.ips.is_empty() {
+            return Err(NotYet::Addresses);
+        }
+        let cgroup = self.pod_cgroup(&view.uid).ok_or_else(|| NotYet::Cgroup {
+            uid: view.uid.clone(),
+            root: self.cgroup_root.clone(),
+        })?;
+        let netns = self.netns(view, &cgroup).ok_or_else(|| NotYet::Netns {
+            cgroup: cgroup.clone(),
+        })?;
+        Ok((cgroup, netns))
+    }
+
+    /// The pod-level cgroup: the first of the kubelet's layouts that exists.
+    fn pod_cgroup(&self, uid: &str) -> Option<PathBuf> {
+        cgroup_candidates(uid)
+            .into_iter()
+            .map(|rel| self.cgroup_root.join(rel))
+            .find(|dir| dir.join("cgroup.procs").is_file())
+    }
+
+    fn netns(&self, view: &PodView, cgroup: &Path) -> Option<PathBuf> {
+        match &self.netns_template {
+            Some(t) => {
+                let path = PathBuf::from(
+                    t.replace("{uid}", &view.uid)
+                        .replace("{namespace}", &view.pod.namespace)
+                        .replace("{name}", &view.pod.name),
+                );
+                path.exists().then_some(path)
+            }
+            None => netns::of_cgroup(cgroup, &self.named_netns),
+        }
+    }
+}
+
+/// The pod-level cgroup directories a kubelet may have made for pod `uid`, relative to the
+/// cgroup root, for both cgroup drivers and every QoS class:
+/// `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid with _>.slice`
+/// (systemd) and `kubepods/besteffort/pod<uid>` (cgroupfs).
+fn cgroup_candidates(uid: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for root in KUBELET_ROOTS {
+        for qos in QOS_CLASSES {
+            let mut levels: Vec<String> = root.iter().map(|s| s.to_string()).collect();
+            levels.push("kubepods".into());
+            levels.extend(qos.map(String::from));
+            // systemd: each level's unit name repeats its parents', dash-joined; a dash in a
+            // unit name would mean nesting, so the UID's dashes become underscores.
+            let mut systemd = PathBuf::new();
+            let mut unit = String::new();
+            let pod = format!("pod{}", uid.replace('-', "_"));
+            for level in levels.iter().chain([&pod]) {
+                if !unit.is_empty() {
+                    unit.push('-');
+                }
+                unit.push_str(level);
+                systemd.push(format!("{unit}.slice"));
+            }
+            out.push(systemd);
+            let cgroupfs: PathBuf = levels.iter().collect();
+            out.push(cgroupfs.join(format!("pod{uid}")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{change::Unready, kube::view::tests::sidecar_pod};
+
+    #[test]
+    fn cgroup_layouts_of_both_drivers_and_every_qos_class() {
+        let c: Vec<String> = cgroup_candidates("ab-cd")
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        for expected in [
+            "kubepods.slice/kubepods-podab_cd.slice",
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podab_cd.slice",
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podab_cd.slice",
+            "kubepods/podab-cd",
+            "kubepods/burstable/podab-cd",
+            "kubepods/besteffort/podab-cd",
+            "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-podab_cd.slice",
+            "kubelet/kubepods/besteffort/podab-cd",
+        ] {
+            assert!(
+                c.iter().any(|x| x == expected),
+                "{expected} missing: {c:#?}"
+            );
+        }
+        assert_eq!(c.len(), 12);
+    }
+
+    #[test]
+    fn pending_pods_say_what_they_wait_for() {
+        let root = std::env::temp_dir().join(format!("ms-kube-{}", std::process::id()));
+        let resolver = Resolver::new(&root, None);
+        let mut v = PodView::of(&sidecar_pod(serde_json::json!({})))
+            .unwrap()
+            .unwrap();
+        let e = resolver.spec(&v).unwrap_err();
+        let cgroup = format!(
+            "waiting for the pod's cgroup (pod UID 1-2) under {}",
+            root.display()
+        );
+        assert_eq!(e.why, Unready::Waiting(cgroup));
+        assert_eq!(e.name, "ns/a");
+        v.ips.clear();
+        let e = resolver.spec(&v).unwrap_err();
+        assert_eq!(
+            e.why,
+            Unready::Waiting("waiting for the pod's addresses (status.podIPs)".into())
+        );
+        // Annotations meshsteer cannot honour are refused, whatever else is missing.
+        v.annotations
+            .insert("sidecar.istio.io/interceptionMode".into(), "TPROXY".into());
+        let e = resolver.spec(&v).unwrap_err();
+        assert!(
+            matches!(&e.why, Unready::Refused(r) if r.starts_with("annotation sidecar.istio.io/interceptionMode: ")),
+            "{e:?}"
+        );
+    }
+}

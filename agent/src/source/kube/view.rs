@@ -1,0 +1,246 @@
+//! What capture depends on in a pod, read from its Kubernetes object.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{AddrParseError, IpAddr},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use tracing::debug;
+
+use super::annotations::{PROXY_CONTAINER, istio_true, keys, read_by_capture};
+use crate::source::change::SourceKey;
+
+/// A pod's namespace and name: what the API server names it by, and (shown
+/// `namespace/name`) its name in `meshsteer status`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodRef {
+    /// `None` for an object without both (the API server always sets them on pods).
+    pub fn of(pod: &Pod) -> Option<Self> {
+        let meta = &pod.metadata;
+        Some(Self {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+        })
+    }
+
+    /// The registry's key for this pod.
+    pub fn key(&self) -> SourceKey {
+        SourceKey::Kube {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A pod object the agent cannot read (logged, then skipped).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ViewError {
+    #[error("pod without namespace or name")]
+    NoName,
+    #[error("pod without metadata.uid")]
+    NoUid,
+    #[error("pod without spec")]
+    NoSpec,
+    #[error("pod address {address:?}: {error}")]
+    Address {
+        address: String,
+        error: AddrParseError,
+    },
+}
+
+/// What capture depends on in a pod: two equal views give the same pod spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub pod: PodRef,
+    pub uid: String,
+    /// Only the annotations capture reads, so unrelated updates compare equal.
+    pub annotations: BTreeMap<String, String>,
+    /// `status.podIPs` (or `status.podIP`).
+    pub ips: Vec<IpAddr>,
+}
+
+impl PodView {
+    /// `Ok(None)` for a pod meshsteer leaves alone: no Istio sidecar, opted out, interception
+    /// mode `NONE`, on the host's network, or finished. `Err` for an object it cannot read.
+    pub fn of(pod: &Pod) -> Result<Option<Self>, ViewError> {
+        let meta = &pod.metadata;
+        let id = PodRef::of(pod).ok_or(ViewError::NoName)?;
+        let uid = meta.uid.clone().ok_or(ViewError::NoUid)?;
+        let spec = pod.spec.as_ref().ok_or(ViewError::NoSpec)?;
+        let annotations = meta.annotations.clone().unwrap_or_default();
+        let labels = meta.labels.clone().unwrap_or_default();
+
+        let has_proxy = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == PROXY_CONTAINER);
+        if !has_proxy && !annotations.contains_key(keys::STATUS) {
+            return Ok(None);
+        }
+        let opted_out = [&labels, &annotations]
+            .iter()
+            .any(|m| m.get(keys::INJECT).is_some_and(|v| !istio_true(v)));
+        let mode_none = annotations
+            .get(keys::INTERCEPTION_MODE)
+            .is_some_and(|m| m.trim() == "NONE");
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        let finished = matches!(phase, Some("Succeeded" | "Failed"));
+        if opted_out || mode_none || finished {
+            return Ok(None);
+        }
+        if spec.host_network == Some(true) {
+            // Its sockets are the node's: capturing them would capture the node.
+            debug!(pod = %id, "host-network pod with a sidecar: left alone");
+            return Ok(None);
+        }
+
+        let status = pod.status.as_ref();
+        let listed = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|ips| ips.iter().map(|i| i.ip.as_str()).collect::<Vec<_>>())
+            .filter(|ips| !ips.is_empty());
+        let ips = listed
+            .or_else(|| Some(vec![status?.pod_ip.as_deref()?]))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|ip| {
+                ip.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|error| ViewError::Address {
+                        address: ip.into(),
+                        error,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+
+        let annotations = read_by_capture()
+            .filter_map(|k| Some((k.to_string(), annotations.get(k)?.clone())))
+            .collect();
+        Ok(Some(Self {
+            pod: id,
+            uid,
+            annotations,
+            ips,
+        }))
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    pub(crate) fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    pub(crate) fn sidecar_pod(annotations: serde_json::Value) -> Pod {
+        pod(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "a", "uid": "1-2", "annotations": annotations},
+            "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}]},
+            "status": {"podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]},
+        }))
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn views_keep_what_capture_reads() {
+        let v = PodView::of(&sidecar_pod(serde_json::json!({
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.200.0.0/16",
+            "unrelated": "x",
+        })))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            v.pod,
+            PodRef {
+                namespace: "ns".into(),
+                name: "a".into()
+            }
+        );
+        assert_eq!(v.pod.to_string(), "ns/a");
+        assert_eq!(v.uid, "1-2");
+        assert_eq!(
+            v.ips,
+            ["10.0.0.5", "fd00::5"].map(|i| i.parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(
+            v.annotations,
+            annotations(&[(
+                "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+                "10.200.0.0/16"
+            )])
+        );
+    }
+
+    #[test]
+    fn which_pods_are_captured() {
+        let captured = |p: Pod| PodView::of(&p).unwrap().is_some();
+        assert!(captured(sidecar_pod(serde_json::json!({}))));
+        // Injected by annotation only, or as a native sidecar.
+        assert!(captured(pod(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "a", "uid": "u",
+                         "annotations": {"sidecar.istio.io/status": "{}"}},
+            "spec": {"containers": [{"name": "app"}]},
+        }))));
+        assert!(captured(pod(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "a", "uid": "u"},
+            "spec": {"containers": [{"name": "app"}],
+                     "initContainers": [{"name": "istio-proxy", "restartPolicy": "Always"}]},
+        }))));
+        assert!(!captured(pod(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "a", "uid": "u"},
+            "spec": {"containers": [{"name": "app"}]},
+        }))));
+        for opt_out in [
+            serde_json::json!({"sidecar.istio.io/inject": "false"}),
+            serde_json::json!({"sidecar.istio.io/interceptionMode": "NONE"}),
+        ] {
+            assert!(!captured(sidecar_pod(opt_out)));
+        }
+        let mut p = sidecar_pod(serde_json::json!({}));
+        p.metadata.labels = Some(annotations(&[("sidecar.istio.io/inject", "false")]));
+        assert!(!captured(p));
+        let mut p = sidecar_pod(serde_json::json!({}));
+        p.spec.as_mut().unwrap().host_network = Some(true);
+        assert!(!captured(p));
+        let mut p = sidecar_pod(serde_json::json!({}));
+        p.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(!captured(p));
+    }
+
+    #[test]
+    fn unreadable_pods_are_errors_not_panics() {
+        assert_eq!(
+            PodView::of(&pod(serde_json::json!({"metadata": {"name": "a"}}))),
+            Err(ViewError::NoName)
+        );
+        let mut p = sidecar_pod(serde_json::json!({}));
+        p.status.as_mut().unwrap().pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP {
+            ip: "not-an-ip".into(),
+        }]);
+        let e = PodView::of(&p).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "pod address \"not-an-ip\": invalid IP address syntax"
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! The API side: a client from a kubeconfig or the pod's service account, and the task that
+//! list-watches this node's pods and reduces each to a [`PodView`].
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event, InitialListStrategy},
+    },
+};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::view::{PodRef, PodView};
+
+/// What the watcher task tells the agent's loop.
+pub(super) enum Update {
+    /// Every pod of the node that meshsteer captures: the first listing, or a relist after the
+    /// watch could not resume. Pods it does not name are gone.
+    Listed(Vec<PodView>),
+    /// A pod was added or changed (`None`: meshsteer leaves it alone now).
+    Applied(PodRef, Option<PodView>),
+    Deleted(PodRef),
+}
+
+/// A client from `kubeconfig`, else the pod's service account (in-cluster config).
+pub(super) async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => Config::incluster().context(
+            "no --kubeconfig (or KUBECONFIG) and no in-cluster service account to fall back on",
+        )?,
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// Lists then watches the node's pods for as long as the agent listens, retrying API errors
+/// with exponential backoff.
+pub(super) async fn watch(pods: Api<Pod>, node: String, updates: mpsc::Sender<Update>) {
+    let config = watcher::Config {
+        // A paginated list, then a watch from its resourceVersion: served by every API server.
+        initial_list_strategy: InitialListStrategy::ListWatch,
+        ..watcher::Config::default().fields(&format!("spec.nodeName={node}"))
+    };
+    let mut events = watcher::watcher(pods, config).default_backoff().boxed();
+    let mut listing: Option<Vec<PodView>> = None;
+    while let Some(event) = events.next().await {
+        let update = match event {
+            Ok(Event::Init) => {
+                listing = Some(Vec::new());
+                continue;
+            }
+            Ok(Event::InitApply(pod)) => {
+                if let (Some(listing), Some(view)) = (listing.as_mut(), view(&pod)) {
+                    listing.push(view);
+                }
+                continue;
+            }
+            Ok(Event::InitDone) => Update::Listed(listing.take().unwrap_or_default()),
+            Ok(Event::Apply(pod)) => match PodRef::of(&pod) {
+                Some(id) => Update::Applied(id, view(&pod)),
+                None => continue,
+            },
+            Ok(Event::Delete(pod)) => match PodRef::of(&pod) {
+                Some(id) => Update::Deleted(id),
+                None => continue,
+            },
+            Err(e) => {
+                warn!(error = %e, "Kubernetes API error (retrying with backoff)");
+                continue;
+            }
+        };
+        if updates.send(update).await.is_err() {
+            return; // the agent is stopping
+        }
+    }
+}
+
+/// The view of a pod meshsteer captures; unreadable objects are logged and skipped.
+fn view(pod: &Pod) -> Option<PodView> {
+    PodView::of(pod).unwrap_or_else(|e| {
+        let id = PodRef::of(pod).map_or_else(|| "?".into(), |id| id.to_string());
+        warn!(pod = %id, error = %e, "skipping a pod the agent cannot read");
+        None
+    })
+}
