@@ -98,12 +98,7 @@ async fn open_source(kube: &KubeArgs, pods_dir: &Path, cgroup_root: &Path) -> Re
 }
 
 fn apply(registry: &mut Registry, batch: Batch, reconciled: &mut bool) {
-    for c in batch.changes {
-        match c {
-            Change::Upsert(key, spec) => registry.upsert(&key, *spec),
-            Change::Remove(key) => registry.remove(&key),
-        }
-    }
+    registry.apply(batch.changes);
     if batch.complete && !*reconciled {
         registry.reconcile_adopted();
         *reconciled = true;

@@ -90,7 +90,8 @@ impl<D: Dataplane> Registry<D> {
             // Attached before the pod's addresses are mapped: until then it passes everything.
             (Some(ns), true) => self.dataplane.attach_netns(cgroup_id, ns)?,
             (None, true) => return Err(EnrolError::InboundNeedsNetns),
-            (_, false) => self.dataplane.detach_netns(cgroup_id),
+            // Detached only once the new plan is in: a failed write keeps all of the old one.
+            (_, false) => {}
         }
         // Same cgroup as before: swap in place. A different one: the old one is removed.
         let same = previous.filter(|p| p.cgroup_id == cgroup_id);
@@ -102,6 +103,9 @@ impl<D: Dataplane> Registry<D> {
                 self.dataplane.detach_netns(cgroup_id);
             }
             return Err(e.into());
+        }
+        if !inbound {
+            self.dataplane.detach_netns(cgroup_id);
         }
         if let Some(old) = previous.filter(|p| p.cgroup_id != cgroup_id) {
             self.dataplane.remove(old.cgroup_id, &old.plan);

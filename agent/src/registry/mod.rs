@@ -13,7 +13,7 @@ use tracing::{info, info_span, warn};
 
 use crate::{
     bpf::accel::Support,
-    source::change::{Rejected, SourceKey, Unready},
+    source::change::{Change, Rejected, SourceKey, Unready},
     spec::{plan::Plan, pod::PodSpec},
 };
 
@@ -99,6 +99,43 @@ impl<D: Dataplane> Registry<D> {
             .filter_map(|e| e.enrolled.as_ref().map(|x| x.cgroup_id))
             .collect();
         self.dataplane.garbage_collect(&keep);
+    }
+
+    /// One look at a source. A pod whose key changed within it (a spec file renamed: its new
+    /// name appears and its old one goes in the same scan) moves to the new key with its
+    /// capture in place, instead of being refused as a duplicate and then removed.
+    pub fn apply(&mut self, changes: Vec<Change>) {
+        let removed: Vec<&SourceKey> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Remove(k) => Some(k),
+                Change::Upsert(..) => None,
+            })
+            .collect();
+        let mut renames = Vec::new();
+        for c in &changes {
+            if let Change::Upsert(new, spec) = c
+                && let Ok(spec) = spec.as_ref()
+                && !self.pods.contains_key(new)
+                && let Some(old) = removed
+                    .iter()
+                    .find(|old| self.pods.get(**old).is_some_and(|e| e.name == spec.name))
+            {
+                renames.push(((*old).clone(), new.clone()));
+            }
+        }
+        for (old, new) in renames {
+            if let Some(entry) = self.pods.remove(&old) {
+                info!(pod = %entry.name, from = %old, to = %new, "renamed");
+                self.pods.insert(new, entry);
+            }
+        }
+        for c in changes {
+            match c {
+                Change::Upsert(key, spec) => self.upsert(&key, *spec),
+                Change::Remove(key) => self.remove(&key),
+            }
+        }
     }
 
     /// A pod was added or changed (`Err`: its source has no valid spec for it).

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     bpf::accel::Support,
-    source::change::{Rejected, SourceKey},
+    source::change::{Change, Rejected, SourceKey},
     spec::pod::PodSpec,
     telemetry::status::PodState,
 };
@@ -121,12 +121,13 @@ fn outbound_only_pods_have_no_link_and_no_addresses() {
     assert_eq!(
         r.fake().take_calls(),
         [
-            Call::Detach { cgroup_id: 11 },
             Call::Apply {
                 cgroup_id: 11,
                 pod_id: 1,
                 previous: None
             },
+            // A link a previous plan had goes once the new plan is in.
+            Call::Detach { cgroup_id: 11 },
             Call::InboundAddrs {
                 cgroup_id: 11,
                 addrs: vec![]
@@ -212,27 +213,51 @@ fn a_renamed_spec_file_moves_the_pod_to_its_new_key() {
     assert_eq!(r.fake().enrolled, [(11, 2)].into());
 }
 
-/// The pod-spec directory's scan lists its upserts before its removes, so a rename seen in
-/// one scan reaches the registry new-key-first. Pinned as it is (reported, not changed
-/// here): the new key is refused as a duplicate, then removing the old key removes the
-/// capture, and the pod stays uncaptured until its file changes again.
+/// A spec file renamed (`mv a.yaml renamed.yaml`): one scan sees the new key appear and the
+/// old one go. The pod moves to its new key with its capture untouched: no write at all, and
+/// never a moment uncaptured. (It used to be refused as a duplicate name, then removed.)
 #[test]
-fn a_rename_seen_in_one_scan_drops_capture_until_the_file_changes() {
+fn a_rename_seen_in_one_scan_keeps_capture() {
     let mut r = registry(host());
     r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
 
-    r.upsert(&file("renamed"), Ok(pod("test/a", CG_A, NS_A)));
-    r.remove(&file("a"));
-    assert_eq!(
-        r.error(&file("renamed")),
-        "pod name \"test/a\" is already used by /etc/meshsteer/pods/a.yaml"
-    );
-    assert!(r.fake().enrolled.is_empty());
-    assert!(r.fake().links.is_empty());
-
-    // The next upsert of that key (a change to the file) enrols it.
-    r.upsert(&file("renamed"), Ok(pod("test/a", CG_A, NS_A)));
+    r.apply(vec![
+        Change::Upsert(file("renamed"), Box::new(Ok(pod("test/a", CG_A, NS_A)))),
+        Change::Remove(file("a")),
+    ]);
+    assert_eq!(r.fake().take_calls(), []);
+    assert_eq!(r.state(&file("a")), None);
     assert_eq!(r.state(&file("renamed")), Some(PodState::Ready));
+    assert_eq!(r.captured(&file("renamed")), Some((11, 1)));
+    assert_eq!(r.fake().enrolled, [(11, 1)].into());
+    assert_eq!(r.fake().links.len(), 1);
+}
+
+/// A rename that also changes the spec: moved to the new key, then updated in place.
+#[test]
+fn a_rename_with_a_changed_spec_updates_in_place() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.apply(vec![
+        Change::Remove(file("a")),
+        Change::Upsert(file("renamed"), Box::new(Ok(outbound_only("test/a", CG_A)))),
+    ]);
+    assert_eq!(r.state(&file("renamed")), Some(PodState::Ready));
+    assert_eq!(r.state(&file("a")), None);
+    assert!(
+        r.fake()
+            .take_calls()
+            .iter()
+            .all(|c| !matches!(c, Call::Remove { .. })),
+        "the pod was never removed"
+    );
+    assert!(
+        r.fake().links.is_empty(),
+        "outbound only: no sk_lookup link"
+    );
 }
 
 #[test]
@@ -621,11 +646,10 @@ fn a_new_pod_whose_link_cannot_attach_is_refused_before_any_map_write() {
     assert!(r.fake().enrolled.is_empty());
 }
 
-/// Pinned as it is (reported, not changed here): an update that turns inbound capture off
-/// detaches the pod's link before the new plan is written, so when that write fails the
-/// previous plan stays in the maps but its inbound half (the link) is gone.
+/// A failed update that would turn inbound capture off keeps all of the previous capture,
+/// its sk_lookup link included: the link goes only once the new plan is in the maps.
 #[test]
-fn a_failed_update_to_outbound_only_has_already_detached_the_link() {
+fn a_failed_update_to_outbound_only_keeps_the_link() {
     let mut r = registry(host());
     r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
     r.fake().take_calls();
@@ -635,5 +659,9 @@ fn a_failed_update_to_outbound_only_has_already_detached_the_link() {
     assert!(r.error(&file("a")).contains("injected Apply failure"));
     assert_eq!(r.captured(&file("a")), Some((11, 1)));
     assert_eq!(r.fake().enrolled, [(11, 1)].into());
-    assert!(r.fake().links.is_empty());
+    assert_eq!(
+        r.fake().links.len(),
+        1,
+        "the previous capture's link is kept"
+    );
 }
