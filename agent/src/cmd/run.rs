@@ -16,7 +16,7 @@ use crate::{
     registry::{Kernel, Registry},
     source::{
         POLL, Source,
-        change::{Batch, Change},
+        change::Batch,
         dir::PodDir,
         kube::{self, KubePods},
     },
