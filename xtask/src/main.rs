@@ -1,7 +1,6 @@
 //! `cargo xtask`: meshsteer's developer tasks (toolchain setup, eBPF build, lint, tests).
 
 mod apt;
-mod ebpf_build;
 mod elf;
 mod k8s_box;
 mod process;
@@ -20,7 +19,13 @@ use std::process::{Command, ExitCode, Stdio};
 /// The agent's package, which is also the name of its binary.
 const AGENT: &str = "meshsteer";
 /// What `cargo xtask test` runs (the eBPF crate only builds for the BPF target).
-const TEST_PACKAGES: &[&str] = &["meshsteer-common", "meshsteer", "xtask", "meshsteer-tests"];
+const TEST_PACKAGES: &[&str] = &[
+    "meshsteer-common",
+    "meshsteer",
+    "meshsteer-build",
+    "xtask",
+    "meshsteer-tests",
+];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "meshsteer developer tasks")]
@@ -86,7 +91,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
         Task::Setup { test_deps } => setup::run_setup(test_deps)?,
         Task::BuildEbpf { release } => {
             setup::run_setup(false)?;
-            let elf = ebpf_build::build(&root, release).map_err(|e| anyhow!(e))?;
+            let elf = meshsteer_build::build(&root, release).map_err(|e| anyhow!(e))?;
             println!("{}", elf.display());
         }
         Task::Build { release } => {
@@ -163,7 +168,10 @@ fn exec_agent(agent: &Path, args: &[OsString]) -> anyhow::Error {
     };
     cmd.args(args);
     let err = cmd.exec();
-    anyhow!(err).context(format!("could not exec `{}`", ebpf_build::describe(&cmd)))
+    anyhow!(err).context(format!(
+        "could not exec `{}`",
+        meshsteer_build::describe(&cmd)
+    ))
 }
 
 /// Runs every test, as root, and exits with cargo test's status.
@@ -265,11 +273,11 @@ fn lint(root: &Path) -> Result<()> {
         "clippy",
         "--workspace",
         "--exclude",
-        ebpf_build::PACKAGE,
+        meshsteer_build::PACKAGE,
         "--all-targets",
     ]);
     clippy.args(["--", "-D", "warnings"]);
-    let mut ebpf_clippy = ebpf_build::nightly_cargo(root, "clippy");
+    let mut ebpf_clippy = meshsteer_build::nightly_cargo(root, "clippy");
     ebpf_clippy.args(["--", "-D", "warnings"]);
 
     // Run every check so one pass shows all problems.
