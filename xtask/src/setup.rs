@@ -29,7 +29,7 @@ pub fn run_setup(test_deps: bool) -> Result<()> {
     ensure_bpf_linker(&sysroot)?;
     if test_deps {
         apt::ensure_installed(apt::TEST_PACKAGES)?;
-        k8s_box::ensure(&crate::workspace_root()?)?;
+        k8s_box::ensure(&crate::workspace::root()?)?;
     }
     Ok(())
 }
