@@ -11,9 +11,8 @@ use std::{
     time::Duration,
 };
 
-use meshsteer::inspect::Capture;
 use meshsteer_tests::{
-    Agent, Node, Pod, istio_rules,
+    Pair, Pod, Testbed, World,
     topology::{PROBE_PORTS, start_listener_on},
 };
 use serde_json::Value;
@@ -42,21 +41,18 @@ fn land(peer: &Pod, target: &Pod, dst_ip: &str, port: u16) -> anyhow::Result<Val
 }
 
 fn differential(args: &str) -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    let agent = Agent::start(&node)?;
-    let mut ipt = node.add_pod("ipt")?;
-    let mut ebpf = node.add_pod("ebpf")?;
-    let peer = node.add_pod("peer")?;
-    istio_rules::install(&ipt.netns, &Capture::from_args(args)?)?;
-    agent.enrol(&ebpf, args)?;
-    ipt.start_listener()?;
-    ebpf.start_listener()?;
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let mut pair = bed.differential_pair(args)?;
+    let peer = bed.node.add_pod("peer")?;
+    pair.start_listeners()?;
+    let Pair { ipt, ebpf } = &pair;
+    let agent = &bed.agent;
 
     let mut mismatches = Vec::new();
     for port in PROBE_PORTS {
         for (a, b) in [(&ipt.ip4, &ebpf.ip4), (&ipt.ip6, &ebpf.ip6)] {
-            let want = land(&peer, &ipt, a, port)?;
-            let got = land(&peer, &ebpf, b, port)?;
+            let want = land(&peer, ipt, a, port)?;
+            let got = land(&peer, ebpf, b, port)?;
             if want != got {
                 mismatches.push(format!(
                     "port {port} ({a})\n  iptables:  {want}\n  meshsteer: {got}"
@@ -122,10 +118,10 @@ fn no_inbound_capture() -> anyhow::Result<()> {
 /// the pod's enrolment is found too.
 #[test]
 fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    let agent = Agent::start(&node)?;
-    let mut pod = node.add_pod("srv")?;
-    let peer = node.add_pod("peer")?;
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let mut pod = bed.node.add_pod("srv")?;
+    let peer = bed.node.add_pod("peer")?;
+    let agent = &bed.agent;
     pod.keep(start_listener_on(&pod.place(1000, 1000), &APP_PORTS)?);
     // The proxy listens before the pod is enrolled: no sockops callback can have seen it.
     let mut proxy = start_listener_on(&pod.place(1337, 1337), &[15006])?;
@@ -196,9 +192,9 @@ fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
 /// says so), and a namespace that vanishes under an enrolled pod is reported, not crashed on.
 #[test]
 fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    let agent = Agent::start(&node)?;
-    let pod = node.add_pod("gone")?;
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let pod = bed.node.add_pod("gone")?;
+    let agent = &bed.agent;
     let ino = std::fs::metadata(&pod.netns)?.ino();
     agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     assert_eq!(meshsteer::inspect::netns_links(ino)?.len(), 1);
@@ -207,7 +203,7 @@ fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
         meshsteer::inspect::netns_links(ino).is_ok_and(|l| l.is_empty())
     })?;
 
-    let other = node.add_pod("vanish")?;
+    let other = bed.node.add_pod("vanish")?;
     agent.enrol(&other, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     let name = format!("test/{}", other.name);
     drop(other);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use meshsteer_tests::{
-    Agent, Node, cmd,
+    Testbed, cmd,
     topology::{late_accept, probe_bin},
 };
 use serde_json::Value;
@@ -21,14 +21,11 @@ const WORLD: &str = "10.200.0.1:80";
 
 #[test]
 fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    node.start_world()?;
-    let mut agent = Agent::start(&node)?;
-    let mut pod = node.add_pod("a")?;
-    pod.start_listener()?;
-    agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    let mut bed = Testbed::new()?;
+    let pod = bed.enrolled_pod("a")?;
     // A pod whose proxy is slow to accept (it has no other listener on 15001).
-    let slow = node.add_pod("c")?;
+    let slow = bed.node.add_pod("c")?;
+    let agent = &mut bed.agent;
     agent.enrol(&slow, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
 
     // New connections are attempted continuously from the pod's app while the agent is
@@ -67,7 +64,7 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     );
 
     // Specs changed while no agent ran are picked up by the next one within a second.
-    let mut other = node.add_pod("b")?;
+    let mut other = bed.node.add_pod("b")?;
     other.start_listener()?;
     agent.write_spec("b", &other.spec(meshsteer::inspect::INJECTOR_DEFAULT_ARGS))?;
     agent.remove_spec("a")?;
