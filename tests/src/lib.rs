@@ -24,6 +24,7 @@ pub mod area;
 pub mod cmd;
 pub mod istio_rules;
 pub mod kube;
+pub mod load;
 pub mod matrix;
 pub mod profile;
 pub mod testbed;

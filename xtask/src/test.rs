@@ -24,7 +24,9 @@ const PACKAGES: &[&str] = &[
     TESTS_PACKAGE,
 ];
 
-/// Runs every test, as root, and exits with cargo test's status.
+/// Runs every test, as root, and exits with cargo test's status. cargo test runs one test
+/// binary at a time with libtest's default threads; the privileged tests are one binary whose
+/// areas still never overlap (tests/src/area.rs), so no `--test-threads` is needed.
 pub fn run_tests(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
     ensure_root_or_reexec("`cargo xtask test` (privileged tests)")?;
     setup::run_setup(true)?;

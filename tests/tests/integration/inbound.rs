@@ -1,18 +1,12 @@
 //! Inbound capture: TCP connections arriving at a pod from outside land where
 //! `PREROUTING -j ISTIO_INBOUND` would send them, but without NAT (sk_lookup hands them to the
 //! proxy's inbound listener, which sees the original destination as its local address).
-use std::{
-    os::unix::fs::MetadataExt,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt, thread, time::Duration};
 
 use meshsteer_tests::{
     Pair, Pod, Testbed, World,
+    cmd::Place,
+    load::ConnectLoop,
     topology::{PROBE_PORTS, start_listener_on},
 };
 use serde_json::Value;
@@ -134,27 +128,13 @@ fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
     );
 
     // Steady connection attempts while the proxy goes down and comes back.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (peer_ns, dst2) = (peer.netns.clone(), dst.clone());
-    let stop2 = stop.clone();
-    let load = thread::spawn(move || -> anyhow::Result<Vec<Value>> {
-        let place = meshsteer_tests::cmd::Place {
-            netns: Some(&peer_ns),
-            uid: 1000,
-            gid: 1000,
-            ..Default::default()
-        };
-        let mut seen = Vec::new();
-        while !stop2.load(Ordering::Relaxed) {
-            let out = meshsteer_tests::cmd::run(
-                &place,
-                meshsteer_tests::topology::probe_bin(),
-                &["connect", &dst2],
-            )?;
-            seen.push(serde_json::from_slice(&out.stdout)?);
-        }
-        Ok(seen)
-    });
+    let from_peer = Place {
+        netns: Some(&peer.netns),
+        uid: 1000,
+        gid: 1000,
+        ..Default::default()
+    };
+    let load = ConnectLoop::start(&from_peer, &dst);
     thread::sleep(Duration::from_millis(200));
     drop(proxy);
     thread::sleep(Duration::from_millis(300));
@@ -164,8 +144,7 @@ fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
     // The very first connection after listen() is steered.
     assert_eq!(peer.probe(1000, 1000, &dst, &[])?["listener"], 15006);
     thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    let seen = load.join().expect("load thread")?;
+    let seen = load.stop()?;
     // Connections still queued on the dying listener are reset, as under iptables; none may
     // land anywhere but the proxy.
     let count = |f: &dyn Fn(&Value) -> bool| seen.iter().filter(|v| f(v)).count();

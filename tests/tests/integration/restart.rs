@@ -3,18 +3,11 @@
 //! adopts both (swapping programs atomically) and reconciles with the pod specs. Connections
 //! made while no agent runs keep their original destination across the next agent's start.
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
-use meshsteer_tests::{
-    Testbed, cmd,
-    topology::{late_accept, probe_bin},
-};
+use meshsteer_tests::{Testbed, cmd, load::ConnectLoop, topology::late_accept};
 use serde_json::Value;
 
 const WORLD: &str = "10.200.0.1:80";
@@ -30,28 +23,11 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
 
     // New connections are attempted continuously from the pod's app while the agent is
     // killed and while none runs.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ns, cg) = (pod.netns.clone(), pod.app_cgroup.clone());
-    let stop2 = stop.clone();
-    let load = thread::spawn(move || -> anyhow::Result<Vec<Value>> {
-        let place = cmd::Place {
-            netns: Some(&ns),
-            cgroup: Some(&cg),
-            uid: 1000,
-            gid: 1000,
-        };
-        let mut seen = Vec::new();
-        while !stop2.load(Ordering::Relaxed) {
-            let out = cmd::run(&place, probe_bin(), &["connect", WORLD])?;
-            seen.push(serde_json::from_slice(&out.stdout)?);
-        }
-        Ok(seen)
-    });
+    let load = ConnectLoop::start(&pod.place(1000, 1000), WORLD);
     thread::sleep(Duration::from_millis(200));
     agent.stop(libc::SIGKILL);
     thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let seen = load.join().expect("load thread")?;
+    let seen = load.stop()?;
     let captured = seen
         .iter()
         .filter(|v| v["listener"] == 15001 && v["orig_dst"] == WORLD)
