@@ -1,5 +1,5 @@
-//! Builds the eBPF object (with the same code as `cargo xtask build-ebpf`) and leaves it at
-//! `$OUT_DIR/meshsteer.bpf.o` for the agent to embed.
+//! Builds the eBPF object (with `meshsteer-build`, as `cargo xtask build-ebpf` does) and leaves
+//! it at `$OUT_DIR/meshsteer.bpf.o` for the agent to embed.
 //!
 //! Packaging escape hatch: with `MESHSTEER_EBPF_OBJ=<path>` set, that prebuilt object is used
 //! instead and no nightly toolchain is needed.
@@ -7,13 +7,6 @@
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
-
-#[allow(
-    dead_code,
-    reason = "the build script uses only part of the shared module"
-)]
-#[path = "../xtask/src/ebpf_build.rs"]
-mod ebpf_build;
 
 const PREBUILT_ENV: &str = "MESHSTEER_EBPF_OBJ";
 
@@ -46,11 +39,11 @@ fn build() -> Result<PathBuf, String> {
     let root = Path::new(&manifest_dir)
         .parent()
         .ok_or("the agent's manifest dir has no parent")?;
-    for path in ebpf_build::watched_paths(root) {
+    for path in meshsteer_build::watched_paths(root) {
         println!("cargo::rerun-if-changed={}", path.display());
     }
     let release = env::var("PROFILE").is_ok_and(|profile| profile == "release");
-    ebpf_build::build(root, release)
+    meshsteer_build::build(root, release)
 }
 
 fn env_path(name: &str) -> Result<PathBuf, String> {

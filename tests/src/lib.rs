@@ -9,19 +9,29 @@
 //! when a test panics. No namespace made here has a route to the host's networks: traffic
 //! only ever goes to loopback or to addresses inside these namespaces.
 //!
-//! [`kube::cluster`] is a real Kubernetes API server on loopback, shared by the tests of one
+//! [`Testbed`] is the usual start: a node, the agent on it, and pods enrolled the usual ways.
+//!
+//! All the tests are one binary (`tests/tests/integration`, one module per area); [`area`]
+//! keeps each area's tests from running beside another area's, as when they were separate
+//! binaries.
+//!
+//! [`kube::cluster`] is a real Kubernetes API server on loopback, shared by the tests of the
 //! binary, for the agent's pod discovery.
 pub mod accel;
 pub mod agent;
 pub mod apps;
+pub mod area;
 pub mod cmd;
 pub mod istio_rules;
 pub mod kube;
+pub mod load;
 pub mod matrix;
 pub mod profile;
+pub mod testbed;
 pub mod topology;
 
 pub use agent::Agent;
+pub use testbed::{Pair, Testbed, World};
 pub use topology::{Node, Pod};
 
 /// Fails loudly (never skips) when the tests cannot do what they exist for.

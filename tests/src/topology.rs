@@ -7,6 +7,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use crate::area::AreaGuard;
 use crate::cmd::{self, Place, Proc};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -47,11 +48,15 @@ pub struct Node {
     pub cgroup_root: PathBuf,
     next_pod: u32,
     world: Option<Proc>,
+    /// Last field, so released only once the node is torn down.
+    _area: AreaGuard,
 }
 
 impl Node {
+    /// A new node, once no other area's tests are running (see [`crate::area`]).
     pub fn new() -> Result<Self> {
         crate::require_root();
+        let area = crate::area::enter();
         let id = unique_id();
         let ns = format!("{id}-node");
         let cg2 = meshsteer::inspect::cgroup2_mount()?;
@@ -63,6 +68,7 @@ impl Node {
             cgroup_root,
             next_pod: 0,
             world: None,
+            _area: area,
         };
         node.setup().context("setting up the simulated node")?;
         Ok(node)

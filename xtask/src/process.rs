@@ -1,7 +1,7 @@
 //! Running commands, finding programs, and who we run as.
 
-use crate::ebpf_build::describe;
 use anyhow::{Context, Result, bail, ensure};
+use meshsteer_build::describe;
 use std::env;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::fs::PermissionsExt;

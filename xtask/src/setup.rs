@@ -2,10 +2,10 @@
 //! `--test-deps`, the privileged tests) need. Every check is a cheap probe so a second run is
 //! near-instant.
 
-use crate::ebpf_build::{self, TOOLCHAIN};
 use crate::process::{cargo_home, find_in_path, probe, run};
 use crate::{apt, elf, k8s_box};
 use anyhow::{Context, Result, bail};
+use meshsteer_build::{self as ebpf_build, TOOLCHAIN};
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -29,7 +29,7 @@ pub fn run_setup(test_deps: bool) -> Result<()> {
     ensure_bpf_linker(&sysroot)?;
     if test_deps {
         apt::ensure_installed(apt::TEST_PACKAGES)?;
-        k8s_box::ensure(&crate::workspace_root()?)?;
+        k8s_box::ensure(&crate::workspace::root()?)?;
     }
     Ok(())
 }

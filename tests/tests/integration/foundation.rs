@@ -1,17 +1,13 @@
 //! The agent's programs load, attach under a test cgroup subtree (never the machine's root),
 //! and change only what processes inside an enrolled cgroup see.
-use meshsteer_tests::{Agent, Node, cmd::Place, topology::probe_bin};
+use meshsteer_tests::{Testbed, cmd::Place, topology::probe_bin};
 
 #[test]
 fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    node.start_world()?;
-    let agent = Agent::start(&node)?;
-    let mut enrolled = node.add_pod("a")?;
-    let mut plain = node.add_pod("b")?;
-    enrolled.start_listener()?;
+    let mut bed = Testbed::new()?;
+    let enrolled = bed.enrolled_pod("a")?;
+    let mut plain = bed.node.add_pod("b")?;
     plain.start_listener()?;
-    agent.enrol(&enrolled, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
 
     // Enrolled pod, app identity: steered to its own proxy port, original destination kept.
     let v = enrolled.probe(1000, 1000, "10.200.0.1:80", &[])?;
@@ -25,7 +21,7 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
     assert_eq!(v["orig_dst"], serde_json::Value::Null, "{v}");
 
     // A process in the enrolled pod's network namespace but outside its cgroup: untouched.
-    let stray = node.cgroup_root.join("stray");
+    let stray = bed.node.cgroup_root.join("stray");
     std::fs::create_dir_all(&stray)?;
     let place = Place {
         netns: Some(&enrolled.netns),
@@ -39,8 +35,9 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
     std::fs::remove_dir(&stray)?;
 
     // Every link is attached to the test's own subtree, not to the machine's root cgroup.
-    let root_id = meshsteer::inspect::cgroup_id(&node.cgroup_root)?;
-    let links = agent
+    let root_id = meshsteer::inspect::cgroup_id(&bed.node.cgroup_root)?;
+    let links = bed
+        .agent
         .bpffs_dir
         .join(format!("v{}/links", meshsteer_common::maps::LAYOUT_VERSION));
     let mut n = 0;
@@ -63,12 +60,11 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
 /// than a page (where the program must return optlen 0 to keep the kernel's answer).
 #[test]
 fn other_socket_options_pass_through_untouched() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    node.start_world()?;
-    let agent = Agent::start(&node)?;
-    let enrolled = node.add_pod("a")?;
-    let plain = node.add_pod("b")?;
-    agent.enrol(&enrolled, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    let mut bed = Testbed::new()?;
+    let enrolled = bed.node.add_pod("a")?;
+    let plain = bed.node.add_pod("b")?;
+    bed.agent
+        .enrol(&enrolled, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     // As the proxy (R11: not redirected), both connections take the same path.
     let ask = |pod: &meshsteer_tests::Pod| -> anyhow::Result<serde_json::Value> {
         let out = meshsteer_tests::cmd::run(

@@ -1,18 +1,17 @@
 //! Pod specs drive capture live: adding, changing and deleting a spec file applies at once;
 //! an option meshsteer does not implement is a clear error and never half-enrols a pod.
 use meshsteer::inspect::{Pins, PodMaps};
-use meshsteer_tests::{Agent, Node};
+use meshsteer_tests::{Testbed, World};
 
 const WORLD: &str = "10.200.0.1:80";
 
 #[test]
 fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    node.start_world()?;
-    let agent = Agent::start(&node)?;
-    let mut pod = node.add_pod("a")?;
+    let mut bed = Testbed::new()?;
+    let mut pod = bed.node.add_pod("a")?;
     pod.start_listener()?;
     let name = "test/a";
+    let agent = &bed.agent;
 
     agent.write_spec("a", &pod.spec("-i '*'"))?;
     let took = pod.lands_on(WORLD, 15001)?;
@@ -31,7 +30,7 @@ fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
     assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 80);
 
     // A new pod with a bad spec is not enrolled at all.
-    let mut other = node.add_pod("b")?;
+    let mut other = bed.node.add_pod("b")?;
     other.start_listener()?;
     agent.write_spec("b", &other.spec("-m TPROXY -i '*'"))?;
     agent.wait_state("test/b", |s| s.contains("TPROXY"))?;
@@ -60,8 +59,8 @@ fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
 
 #[test]
 fn a_cgroup_outside_the_attach_root_is_refused() -> anyhow::Result<()> {
-    let node = Node::new()?;
-    let agent = Agent::start(&node)?;
+    let bed = Testbed::start(World::Absent, &[])?;
+    let agent = &bed.agent;
     let spec = "name: test/outside\ncgroup: /sys/fs/cgroup\nargs: \"-i '*'\"\n";
     agent.write_spec("outside", spec)?;
     agent.wait_state("test/outside", |s| s.contains("outside the cgroup root"))?;

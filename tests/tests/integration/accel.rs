@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use meshsteer::inspect::INJECTOR_DEFAULT_ARGS;
 use meshsteer_tests::{
-    Agent, Node, Pod,
+    Agent, Node, Pod, Testbed, World,
     accel::{self, stream, stream_bin},
     apps,
     cmd::{self, Proc},
@@ -41,8 +41,7 @@ struct Bed {
 impl Bed {
     /// `accelerate`: the pod spec's field (None: not given, the agent's default applies).
     fn new(accelerate: Option<bool>, agent_args: &[&str]) -> Result<Self> {
-        let mut node = Node::new()?;
-        let agent = Agent::start_with(&node, agent_args)?;
+        let Testbed { mut node, agent } = Testbed::start(World::Absent, agent_args)?;
         let mut pod = node.add_pod("a")?;
         match accelerate {
             Some(on) => accel::enrol(&agent, &pod, INJECTOR_DEFAULT_ARGS, on)?,
@@ -362,8 +361,7 @@ fn agent_restart_keeps_and_reattaches() -> Result<()> {
 /// request is answered, on one keep-alive connection and on 32, and both hops were accelerated.
 #[test]
 fn real_proxies_answer_every_request() -> Result<()> {
-    let mut node = Node::new()?;
-    let agent = Agent::start(&node)?;
+    let Testbed { mut node, agent } = Testbed::start(World::Absent, &[])?;
     let scratch = apps::Scratch::new("accel-e2e")?;
     let mut client = node.add_pod("c")?;
     let mut server = node.add_pod("s")?;

@@ -5,26 +5,21 @@
 //! be identical. `meshsteer explain` must agree with the datapath on every case.
 use std::collections::BTreeMap;
 
-use meshsteer::inspect::Capture;
-use meshsteer_tests::{Agent, Node, istio_rules, matrix, topology::late_accept};
+use meshsteer_tests::{Agent, Pair, Testbed, matrix, topology::late_accept};
 use serde_json::Value;
 
 fn differential(args: &str) -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    node.start_world()?;
-    let agent = Agent::start(&node)?;
-    let mut ipt = node.add_pod("ipt")?;
-    let mut ebpf = node.add_pod("ebpf")?;
-    istio_rules::install(&ipt.netns, &Capture::from_args(args)?)?;
-    agent.enrol(&ebpf, args)?;
-    ipt.start_listener()?;
-    ebpf.start_listener()?;
+    let mut bed = Testbed::new()?;
+    let mut pair = bed.differential_pair(args)?;
+    pair.start_listeners()?;
+    let Pair { ipt, ebpf } = &pair;
+    let agent = &bed.agent;
 
     let mut mismatches = Vec::new();
     let mut landed: BTreeMap<String, usize> = BTreeMap::new();
     for case in matrix::outbound_cases() {
-        let want = matrix::run(&ipt, &case)?;
-        let got = matrix::run(&ebpf, &case)?;
+        let want = matrix::run(ipt, &case)?;
+        let got = matrix::run(ebpf, &case)?;
         if want != got {
             mismatches.push(format!(
                 "{}\n  iptables:  {want}\n  meshsteer: {got}",
@@ -33,7 +28,7 @@ fn differential(args: &str) -> anyhow::Result<()> {
         }
         *landed.entry(want["listener"].to_string()).or_default() += 1;
         if case.connector.is_none() {
-            check_explain(&agent, &ebpf, &case, &got, &mut mismatches)?;
+            check_explain(agent, ebpf, &case, &got, &mut mismatches)?;
         }
     }
     assert!(
@@ -104,14 +99,8 @@ fn loopback_include_and_separate_gid() -> anyhow::Result<()> {
 #[test]
 fn a_proxy_that_accepts_after_the_client_closed_still_learns_the_destination() -> anyhow::Result<()>
 {
-    let mut node = Node::new()?;
-    node.start_world()?;
-    let agent = Agent::start(&node)?;
-    let ipt = node.add_pod("ipt")?;
-    let ebpf = node.add_pod("ebpf")?;
-    let args = meshsteer::inspect::INJECTOR_DEFAULT_ARGS;
-    istio_rules::install(&ipt.netns, &Capture::from_args(args)?)?;
-    agent.enrol(&ebpf, args)?;
+    let mut bed = Testbed::new()?;
+    let Pair { ipt, ebpf } = bed.differential_pair(meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     // The proxy's listener: IPv4, IPv6, and a dual-stack `[::]` one taking IPv4.
     let cases = [
         ("10.200.0.1:80", &["0.0.0.0:15001"][..]),

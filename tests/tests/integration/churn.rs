@@ -3,7 +3,7 @@
 use anyhow::Context;
 use meshsteer::inspect::{Pins, PodMaps};
 use meshsteer_common::maps::counter;
-use meshsteer_tests::{Agent, Node, cmd, topology::probe_bin};
+use meshsteer_tests::{Testbed, cmd, topology::probe_bin};
 
 /// Overridable for a quick local run; CI runs the full million.
 fn connections() -> u64 {
@@ -15,12 +15,9 @@ fn connections() -> u64 {
 
 #[test]
 fn a_million_connections_leave_no_state_behind() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    node.start_world()?;
-    let agent = Agent::start(&node)?;
-    let mut pod = node.add_pod("churn")?;
-    pod.start_listener()?;
-    agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    let mut bed = Testbed::new()?;
+    let pod = bed.enrolled_pod("churn")?;
+    let agent = &bed.agent;
     let maps = PodMaps::from_pins(&Pins::new(&agent.bpffs_dir))?;
     let idle = maps.orig_dst_entries();
 

@@ -3,58 +3,31 @@
 //! adopts both (swapping programs atomically) and reconciles with the pod specs. Connections
 //! made while no agent runs keep their original destination across the next agent's start.
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread,
     time::{Duration, Instant},
 };
 
-use meshsteer_tests::{
-    Agent, Node, cmd,
-    topology::{late_accept, probe_bin},
-};
+use meshsteer_tests::{Testbed, cmd, load::ConnectLoop, topology::late_accept};
 use serde_json::Value;
 
 const WORLD: &str = "10.200.0.1:80";
 
 #[test]
 fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    node.start_world()?;
-    let mut agent = Agent::start(&node)?;
-    let mut pod = node.add_pod("a")?;
-    pod.start_listener()?;
-    agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    let mut bed = Testbed::new()?;
+    let pod = bed.enrolled_pod("a")?;
     // A pod whose proxy is slow to accept (it has no other listener on 15001).
-    let slow = node.add_pod("c")?;
+    let slow = bed.node.add_pod("c")?;
+    let agent = &mut bed.agent;
     agent.enrol(&slow, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
 
     // New connections are attempted continuously from the pod's app while the agent is
     // killed and while none runs.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ns, cg) = (pod.netns.clone(), pod.app_cgroup.clone());
-    let stop2 = stop.clone();
-    let load = thread::spawn(move || -> anyhow::Result<Vec<Value>> {
-        let place = cmd::Place {
-            netns: Some(&ns),
-            cgroup: Some(&cg),
-            uid: 1000,
-            gid: 1000,
-        };
-        let mut seen = Vec::new();
-        while !stop2.load(Ordering::Relaxed) {
-            let out = cmd::run(&place, probe_bin(), &["connect", WORLD])?;
-            seen.push(serde_json::from_slice(&out.stdout)?);
-        }
-        Ok(seen)
-    });
+    let load = ConnectLoop::start(&pod.place(1000, 1000), WORLD);
     thread::sleep(Duration::from_millis(200));
     agent.stop(libc::SIGKILL);
     thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::Relaxed);
-    let seen = load.join().expect("load thread")?;
+    let seen = load.stop()?;
     let captured = seen
         .iter()
         .filter(|v| v["listener"] == 15001 && v["orig_dst"] == WORLD)
@@ -67,7 +40,7 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     );
 
     // Specs changed while no agent ran are picked up by the next one within a second.
-    let mut other = node.add_pod("b")?;
+    let mut other = bed.node.add_pod("b")?;
     other.start_listener()?;
     agent.write_spec("b", &other.spec(meshsteer::inspect::INJECTOR_DEFAULT_ARGS))?;
     agent.remove_spec("a")?;

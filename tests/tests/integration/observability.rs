@@ -7,8 +7,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use meshsteer::inspect::{INJECTOR_DEFAULT_ARGS, Pins};
-use meshsteer_tests::{Agent, Node, Pod};
+use meshsteer::inspect::Pins;
+use meshsteer_tests::{Pod, Testbed, World};
 use serde_json::Value;
 
 const WORLD: &str = "10.200.0.1:80";
@@ -16,27 +16,17 @@ const WORLD: &str = "10.200.0.1:80";
 /// A pod enrolled with the injector's defaults, its "proxy" listening on every probe port, and
 /// a peer pod (not enrolled) to connect to it from.
 struct Setup {
-    // Dropped in this order: pods and agent before the node they live on.
+    // Dropped in this order: pods before the agent and node they live on.
     pod: Pod,
     peer: Pod,
-    agent: Agent,
-    _node: Node,
+    bed: Testbed,
 }
 
 fn setup(agent_args: &[&str]) -> Result<Setup> {
-    let mut node = Node::new()?;
-    node.start_world()?;
-    let agent = Agent::start_with(&node, agent_args)?;
-    let mut pod = node.add_pod("a")?;
-    let peer = node.add_pod("b")?;
-    pod.start_listener()?;
-    agent.enrol(&pod, INJECTOR_DEFAULT_ARGS)?;
-    Ok(Setup {
-        pod,
-        peer,
-        agent,
-        _node: node,
-    })
+    let mut bed = Testbed::start(World::Listening, agent_args)?;
+    let pod = bed.enrolled_pod("a")?;
+    let peer = bed.node.add_pod("b")?;
+    Ok(Setup { pod, peer, bed })
 }
 
 impl Setup {
@@ -65,13 +55,13 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[test]
 fn metrics_and_probes_follow_the_datapath() -> Result<()> {
     let s = setup(&["--log-format", "json"])?;
-    assert_eq!(s.agent.http_get("/healthz")?.0, 200);
-    let (code, body) = s.agent.http_get("/readyz")?;
+    assert_eq!(s.bed.agent.http_get("/healthz")?.0, 200);
+    let (code, body) = s.bed.agent.http_get("/readyz")?;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(s.agent.http_get("/nope")?.0, 404);
+    assert_eq!(s.bed.agent.http_get("/nope")?.0, 404);
     s.connect_each_way()?;
 
-    let (code, text) = s.agent.http_get("/metrics")?;
+    let (code, text) = s.bed.agent.http_get("/metrics")?;
     assert_eq!(code, 200, "{text}");
     let pod = r#"pod="test/a""#;
     for (series, want) in [
@@ -111,13 +101,13 @@ fn metrics_and_probes_follow_the_datapath() -> Result<()> {
     );
 
     // `status` shows the same counters.
-    let status = s.agent.status()?;
+    let status = s.bed.agent.status()?;
     let counters = &status["pods"][0]["counters"];
     assert_eq!(counters["outbound_included_cidr"], 1, "{status}");
     assert_eq!(counters["inbound_captured"], 1, "{status}");
 
     // JSON logs: the pod's lines carry its span.
-    let log = fs::read_to_string(s.agent.log_file())?;
+    let log = fs::read_to_string(s.bed.agent.log_file())?;
     let enrolled = log
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -129,10 +119,11 @@ fn metrics_and_probes_follow_the_datapath() -> Result<()> {
 #[test]
 fn trace_streams_decisions_and_stops_cleanly() -> Result<()> {
     let s = setup(&[])?;
-    let pins = Pins::new(&s.agent.bpffs_dir);
-    let out = s.agent.log_file().with_file_name("trace.out");
-    let mut trace = s.agent.trace(&["--json", "--pod", "test/a"], &out)?;
-    s.agent
+    let pins = Pins::new(&s.bed.agent.bpffs_dir);
+    let out = s.bed.agent.log_file().with_file_name("trace.out");
+    let mut trace = s.bed.agent.trace(&["--json", "--pod", "test/a"], &out)?;
+    s.bed
+        .agent
         .wait_until(Duration::from_secs(10), "trace to turn tracing on", |_| {
             meshsteer::inspect::current_lease(&pins).is_ok_and(|l| l.deadline_ns != 0)
         })?;
@@ -149,15 +140,16 @@ fn trace_streams_decisions_and_stops_cleanly() -> Result<()> {
     );
 
     // A trace that dies without giving tracing back does not block the next one.
-    let mut crashed = s.agent.trace(&[], &out.with_file_name("crashed.out"))?;
-    s.agent
+    let mut crashed = s.bed.agent.trace(&[], &out.with_file_name("crashed.out"))?;
+    s.bed
+        .agent
         .wait_until(Duration::from_secs(10), "a second trace", |_| {
             meshsteer::inspect::current_lease(&pins).is_ok_and(|l| l.owner_pid == crashed.pid())
         })?;
     crashed.kill(libc::SIGKILL);
     crashed.wait();
-    let mut next = s.agent.trace(&[], &out.with_file_name("next.out"))?;
-    s.agent.wait_until(
+    let mut next = s.bed.agent.trace(&[], &out.with_file_name("next.out"))?;
+    s.bed.agent.wait_until(
         Duration::from_secs(10),
         "a trace after a crashed one",
         |_| meshsteer::inspect::current_lease(&pins).is_ok_and(|l| l.owner_pid == next.pid()),

@@ -11,7 +11,7 @@
 //! (uid 1337) is exempt and reaches nginx directly.
 use anyhow::Context;
 use meshsteer_tests::{
-    Agent, Node, Pod,
+    Agent, Node, Pod, Testbed, World,
     apps::{self, Scratch},
 };
 
@@ -37,8 +37,7 @@ struct Mesh {
 
 impl Mesh {
     fn new() -> anyhow::Result<Self> {
-        let mut node = Node::new()?;
-        let agent = Agent::start(&node)?;
+        let Testbed { mut node, agent } = Testbed::start(World::Absent, &[])?;
         let scratch = Scratch::new("e2e")?;
         let mut srv = node.add_pod("srv")?;
         let mut cli = node.add_pod("cli")?;

@@ -15,6 +15,7 @@ use meshsteer::inspect::{Pins, PodMaps};
 use meshsteer_tests::{
     Agent, Node, Pod,
     agent::path_str,
+    area::{self, AreaGuard},
     kube::{Cluster, cluster, repo_root},
 };
 
@@ -38,12 +39,16 @@ struct Scene {
     // Stopped before the node goes.
     agent: Agent,
     node: Node,
+    /// Taken before the API server is started (the node takes it again).
+    _area: AreaGuard,
 }
 
 impl Scene {
     fn new() -> Result<Self> {
+        let area = area::enter();
         let k8s = cluster()?;
         let ns = k8s.namespace()?;
+        // Not a `Testbed`: the agent's arguments name the node, so it starts after it.
         let mut node = Node::new()?;
         node.start_world()?;
         let kubeconfig = k8s.agent_kubeconfig();
@@ -62,6 +67,7 @@ impl Scene {
             ns,
             agent,
             node,
+            _area: area,
         })
     }
 
@@ -207,6 +213,7 @@ fn a_restarted_agent_reconciles_what_changed_while_it_was_down() -> Result<()> {
 /// ServiceAccount may read pods and nothing else.
 #[test]
 fn deploy_manifests_validate_and_grant_only_pod_reads() -> Result<()> {
+    let _area = area::enter();
     let k8s = cluster()?;
     let deploy = repo_root().join("deploy");
     let out = k8s

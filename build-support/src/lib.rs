@@ -1,7 +1,14 @@
 //! The single implementation of the eBPF build.
 //!
-//! `cargo xtask` uses it as a module, and the agent's build script includes this very file with
-//! `#[path = "../xtask/src/ebpf_build.rs"] mod ebpf_build;`, so it must stay std-only.
+//! Used by the agent's build script (a build-dependency, which embeds the object) and by
+//! `cargo xtask build-ebpf` / `lint`. It stays std-only: whatever it depends on is built before
+//! the agent on every build.
+
+mod describe;
+mod scrub;
+
+pub use describe::describe;
+pub use scrub::{SCRUBBED_ENV, SCRUBBED_ENV_PREFIXES, scrub_env, should_scrub};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,63 +36,6 @@ pub const DEV_PROFILE_CONFIG: &[&str] = &[
     "profile.dev.codegen-units=1",
     "profile.dev.incremental=false",
 ];
-
-/// What an outer cargo (running us through `cargo run`, or as a build script) leaves in the
-/// environment that would point the nested nightly cargo at the wrong compiler, flags, target or
-/// output directory.
-pub const SCRUBBED_ENV: &[&str] = &[
-    "RUSTC",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTC_LINKER",
-    "RUSTDOC",
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTDOCFLAGS",
-    "CARGO_ENCODED_RUSTDOCFLAGS",
-    "RUSTUP_TOOLCHAIN",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO_BUILD_TARGET_DIR",
-    "CARGO_BUILD_RUSTC",
-    "CARGO_BUILD_RUSTC_WRAPPER",
-    "CARGO_BUILD_RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_BUILD_RUSTDOC",
-    "CARGO_BUILD_RUSTFLAGS",
-    "CARGO_BUILD_RUSTDOCFLAGS",
-    // The outer jobserver's descriptors are not ours to use.
-    "CARGO_MAKEFLAGS",
-    // Set by `cargo clippy` for its driver; meaningless to (and wrong for) a nested build.
-    "CLIPPY_ARGS",
-    // Inputs of the outer build script that nested build scripts must not see.
-    "TARGET",
-    "HOST",
-    "OUT_DIR",
-    "PROFILE",
-    "OPT_LEVEL",
-    "DEBUG",
-    "NUM_JOBS",
-];
-
-/// Prefixes of the outer build script's cfg/feature variables, scrubbed for the same reason.
-pub const SCRUBBED_ENV_PREFIXES: &[&str] = &["CARGO_CFG_", "CARGO_FEATURE_"];
-
-/// Whether the nested build must not inherit the environment variable `name`.
-pub fn should_scrub(name: &str) -> bool {
-    SCRUBBED_ENV.contains(&name) || SCRUBBED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
-}
-
-/// Removes from `cmd`'s environment everything [`should_scrub`] names.
-pub fn scrub_env(cmd: &mut Command) {
-    for name in SCRUBBED_ENV {
-        cmd.env_remove(name);
-    }
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(should_scrub) {
-            cmd.env_remove(&name);
-        }
-    }
-}
 
 /// [`RUSTFLAGS`] in the `CARGO_ENCODED_RUSTFLAGS` form (0x1f-separated, so no quoting issues).
 pub fn encoded_rustflags() -> String {
@@ -157,32 +107,11 @@ pub fn build(workspace_root: &Path, release: bool) -> Result<PathBuf, String> {
 }
 
 /// What the eBPF object depends on, for a build script's `cargo::rerun-if-changed`.
-#[allow(dead_code, reason = "used by the agent's build script, not by xtask")]
 pub fn watched_paths(workspace_root: &Path) -> Vec<PathBuf> {
     ["ebpf", "common", "Cargo.toml", "Cargo.lock"]
         .iter()
         .map(|p| workspace_root.join(p))
         .collect()
-}
-
-/// `cmd` as a shell-like line, for error messages.
-pub fn describe(cmd: &Command) -> String {
-    let mut line = String::new();
-    for (name, value) in cmd.get_envs() {
-        if let Some(value) = value {
-            let value = value.to_string_lossy().replace('\x1f', " ");
-            line.push_str(&format!("{}={value:?} ", name.to_string_lossy()));
-        }
-    }
-    line.push_str(&cmd.get_program().to_string_lossy());
-    for arg in cmd.get_args() {
-        line.push(' ');
-        line.push_str(&arg.to_string_lossy());
-    }
-    if let Some(dir) = cmd.get_current_dir() {
-        line.push_str(&format!(" (in {})", dir.display()));
-    }
-    line
 }
 
 fn failure(cmd: &Command, what: &str) -> String {
@@ -197,41 +126,6 @@ fn failure(cmd: &Command, what: &str) -> String {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
-
-    #[test]
-    fn scrubs_what_breaks_a_nested_build() {
-        for name in [
-            "RUSTC",
-            "RUSTC_WRAPPER",
-            "RUSTC_WORKSPACE_WRAPPER",
-            "RUSTFLAGS",
-            "CARGO_ENCODED_RUSTFLAGS",
-            "RUSTUP_TOOLCHAIN",
-            "CARGO_TARGET_DIR",
-            "CARGO_BUILD_TARGET",
-            "CARGO_MAKEFLAGS",
-            "CARGO_BUILD_RUSTFLAGS",
-            "RUSTDOC",
-            "CARGO_CFG_TARGET_ARCH",
-            "CARGO_FEATURE_STD",
-        ] {
-            assert!(should_scrub(name), "{name}");
-        }
-    }
-
-    #[test]
-    fn keeps_what_a_nested_build_needs() {
-        for name in [
-            "PATH",
-            "HOME",
-            "CARGO_HOME",
-            "RUSTUP_HOME",
-            "CARGO",
-            "CARGO_TERM_COLOR",
-        ] {
-            assert!(!should_scrub(name), "{name}");
-        }
-    }
 
     #[test]
     fn rustflags_are_unit_separated() {

@@ -1,19 +1,12 @@
 //! Inbound capture: TCP connections arriving at a pod from outside land where
 //! `PREROUTING -j ISTIO_INBOUND` would send them, but without NAT (sk_lookup hands them to the
 //! proxy's inbound listener, which sees the original destination as its local address).
-use std::{
-    os::unix::fs::MetadataExt,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt, thread, time::Duration};
 
-use meshsteer::inspect::Capture;
 use meshsteer_tests::{
-    Agent, Node, Pod, istio_rules,
+    Pair, Pod, Testbed, World,
+    cmd::Place,
+    load::ConnectLoop,
     topology::{PROBE_PORTS, start_listener_on},
 };
 use serde_json::Value;
@@ -42,21 +35,18 @@ fn land(peer: &Pod, target: &Pod, dst_ip: &str, port: u16) -> anyhow::Result<Val
 }
 
 fn differential(args: &str) -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    let agent = Agent::start(&node)?;
-    let mut ipt = node.add_pod("ipt")?;
-    let mut ebpf = node.add_pod("ebpf")?;
-    let peer = node.add_pod("peer")?;
-    istio_rules::install(&ipt.netns, &Capture::from_args(args)?)?;
-    agent.enrol(&ebpf, args)?;
-    ipt.start_listener()?;
-    ebpf.start_listener()?;
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let mut pair = bed.differential_pair(args)?;
+    let peer = bed.node.add_pod("peer")?;
+    pair.start_listeners()?;
+    let Pair { ipt, ebpf } = &pair;
+    let agent = &bed.agent;
 
     let mut mismatches = Vec::new();
     for port in PROBE_PORTS {
         for (a, b) in [(&ipt.ip4, &ebpf.ip4), (&ipt.ip6, &ebpf.ip6)] {
-            let want = land(&peer, &ipt, a, port)?;
-            let got = land(&peer, &ebpf, b, port)?;
+            let want = land(&peer, ipt, a, port)?;
+            let got = land(&peer, ebpf, b, port)?;
             if want != got {
                 mismatches.push(format!(
                     "port {port} ({a})\n  iptables:  {want}\n  meshsteer: {got}"
@@ -122,10 +112,10 @@ fn no_inbound_capture() -> anyhow::Result<()> {
 /// the pod's enrolment is found too.
 #[test]
 fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    let agent = Agent::start(&node)?;
-    let mut pod = node.add_pod("srv")?;
-    let peer = node.add_pod("peer")?;
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let mut pod = bed.node.add_pod("srv")?;
+    let peer = bed.node.add_pod("peer")?;
+    let agent = &bed.agent;
     pod.keep(start_listener_on(&pod.place(1000, 1000), &APP_PORTS)?);
     // The proxy listens before the pod is enrolled: no sockops callback can have seen it.
     let mut proxy = start_listener_on(&pod.place(1337, 1337), &[15006])?;
@@ -138,27 +128,13 @@ fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
     );
 
     // Steady connection attempts while the proxy goes down and comes back.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (peer_ns, dst2) = (peer.netns.clone(), dst.clone());
-    let stop2 = stop.clone();
-    let load = thread::spawn(move || -> anyhow::Result<Vec<Value>> {
-        let place = meshsteer_tests::cmd::Place {
-            netns: Some(&peer_ns),
-            uid: 1000,
-            gid: 1000,
-            ..Default::default()
-        };
-        let mut seen = Vec::new();
-        while !stop2.load(Ordering::Relaxed) {
-            let out = meshsteer_tests::cmd::run(
-                &place,
-                meshsteer_tests::topology::probe_bin(),
-                &["connect", &dst2],
-            )?;
-            seen.push(serde_json::from_slice(&out.stdout)?);
-        }
-        Ok(seen)
-    });
+    let from_peer = Place {
+        netns: Some(&peer.netns),
+        uid: 1000,
+        gid: 1000,
+        ..Default::default()
+    };
+    let load = ConnectLoop::start(&from_peer, &dst);
     thread::sleep(Duration::from_millis(200));
     drop(proxy);
     thread::sleep(Duration::from_millis(300));
@@ -168,8 +144,7 @@ fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
     // The very first connection after listen() is steered.
     assert_eq!(peer.probe(1000, 1000, &dst, &[])?["listener"], 15006);
     thread::sleep(Duration::from_millis(200));
-    stop.store(true, Ordering::Relaxed);
-    let seen = load.join().expect("load thread")?;
+    let seen = load.stop()?;
     // Connections still queued on the dying listener are reset, as under iptables; none may
     // land anywhere but the proxy.
     let count = |f: &dyn Fn(&Value) -> bool| seen.iter().filter(|v| f(v)).count();
@@ -196,9 +171,9 @@ fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
 /// says so), and a namespace that vanishes under an enrolled pod is reported, not crashed on.
 #[test]
 fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
-    let mut node = Node::new()?;
-    let agent = Agent::start(&node)?;
-    let pod = node.add_pod("gone")?;
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let pod = bed.node.add_pod("gone")?;
+    let agent = &bed.agent;
     let ino = std::fs::metadata(&pod.netns)?.ino();
     agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     assert_eq!(meshsteer::inspect::netns_links(ino)?.len(), 1);
@@ -207,7 +182,7 @@ fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
         meshsteer::inspect::netns_links(ino).is_ok_and(|l| l.is_empty())
     })?;
 
-    let other = node.add_pod("vanish")?;
+    let other = bed.node.add_pod("vanish")?;
     agent.enrol(&other, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     let name = format!("test/{}", other.name);
     drop(other);
