@@ -1,45 +1,16 @@
 //! Enrolling one pod: the checks that refuse it, then the dataplane writes, in the order the
 //! datapath needs (link before addresses, new plan before the old one goes).
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use meshsteer_common::{Addr, maps::pod_flags};
 use tracing::{info, warn};
 
-use super::{Dataplane, Enrolled, Registry};
+use super::{Dataplane, Enrolled, Registry, error::EnrolError};
 use crate::{
     bpf::accel::Support,
     source::change::SourceKey,
-    spec::{
-        plan::Plan,
-        pod::{PodSpec, SpecError},
-    },
+    spec::{plan::Plan, pod::PodSpec},
 };
-
-/// Why a pod was not enrolled (or not updated: then its previous capture stays).
-#[derive(Debug, thiserror::Error)]
-pub enum EnrolError {
-    #[error("pod name {name:?} is already used by {other}")]
-    NameTaken { name: String, other: SourceKey },
-    #[error(
-        "cgroup {} is outside the cgroup root {} where capture is attached",
-        .cgroup.display(),
-        .root.display()
-    )]
-    OutsideRoot { cgroup: PathBuf, root: PathBuf },
-    #[error("cgroup {} is already enrolled by {other}", .cgroup.display())]
-    CgroupTaken { cgroup: PathBuf, other: SourceKey },
-    #[error(
-        "inbound capture (-b) needs the pod's network namespace: add `netns:` to the spec, \
-         or `-b \"\"` to capture outbound only"
-    )]
-    InboundNeedsNetns,
-    /// The spec asks for what meshsteer cannot do.
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    /// The host or the maps said no.
-    #[error(transparent)]
-    Dataplane(#[from] anyhow::Error),
-}
 
 impl<D: Dataplane> Registry<D> {
     pub(super) fn enrol(

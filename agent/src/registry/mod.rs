@@ -19,6 +19,7 @@ use crate::{
 
 mod dataplane;
 mod enrol;
+mod error;
 mod kernel;
 mod view;
 
@@ -29,7 +30,7 @@ mod tests;
 
 pub use self::{
     dataplane::{Adopted, Dataplane, ExistingListener},
-    enrol::EnrolError,
+    error::EnrolError,
     kernel::Kernel,
 };
 

@@ -1,0 +1,30 @@
+//! Why the registry refused a pod.
+use std::path::PathBuf;
+
+use crate::{source::change::SourceKey, spec::pod::SpecError};
+
+/// Why a pod was not enrolled (or not updated: then its previous capture stays).
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    #[error("pod name {name:?} is already used by {other}")]
+    NameTaken { name: String, other: SourceKey },
+    #[error(
+        "cgroup {} is outside the cgroup root {} where capture is attached",
+        .cgroup.display(),
+        .root.display()
+    )]
+    OutsideRoot { cgroup: PathBuf, root: PathBuf },
+    #[error("cgroup {} is already enrolled by {other}", .cgroup.display())]
+    CgroupTaken { cgroup: PathBuf, other: SourceKey },
+    #[error(
+        "inbound capture (-b) needs the pod's network namespace: add `netns:` to the spec, \
+         or `-b \"\"` to capture outbound only"
+    )]
+    InboundNeedsNetns,
+    /// The spec asks for what meshsteer cannot do.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The host or the maps said no.
+    #[error(transparent)]
+    Dataplane(#[from] anyhow::Error),
+}
