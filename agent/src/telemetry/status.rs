@@ -82,10 +82,15 @@ impl fmt::Display for PodState {
     }
 }
 
-impl FromStr for PodState {
-    type Err = String;
+/// A state string that is none of `ready`, `waiting: …`, `error: …`.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown pod state {0:?}")]
+pub struct UnknownState(String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for PodState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, UnknownState> {
         if s == "ready" {
             return Ok(Self::Ready);
         }
@@ -95,7 +100,7 @@ impl FromStr for PodState {
         if let Some(why) = s.strip_prefix("error: ") {
             return Ok(Self::Error(why.into()));
         }
-        Err(format!("unknown pod state {s:?}"))
+        Err(UnknownState(s.into()))
     }
 }
 
@@ -106,9 +111,9 @@ impl From<PodState> for String {
 }
 
 impl TryFrom<String> for PodState {
-    type Error = String;
+    type Error = UnknownState;
 
-    fn try_from(s: String) -> Result<Self, String> {
+    fn try_from(s: String) -> Result<Self, UnknownState> {
         s.parse()
     }
 }
