@@ -5,6 +5,7 @@ use std::{
     fs::{self, File},
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +16,7 @@ use aya::{
 use meshsteer_common::maps::names;
 use tracing::{debug, info};
 
-use super::{accel, pins::Pins};
+use super::{accel, lock::PinLock, pins::Pins};
 use crate::{
     host::{bpffs, cgroup},
     sys::bpf::{self as bpf_sys, AttachType},
@@ -23,6 +24,9 @@ use crate::{
 
 /// The eBPF log ring's reader (aya-log), drained by the agent loop into `tracing`.
 pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// How long a starting agent waits for the previous one (being replaced) to exit.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// The object built by build.rs from `ebpf/` (same code as `cargo xtask build-ebpf`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshsteer.bpf.o"));
@@ -64,6 +68,8 @@ const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
 
 /// The loaded object; its programs stay attached through their pinned links.
 pub struct Datapath {
+    /// This agent's hold on `--bpffs-dir`: no other agent or `uninstall` while it lives.
+    _lock: PinLock,
     pub bpf: Ebpf,
     pub pins: Pins,
     /// The sk_lookup program, attached per pod network namespace at enrolment.
@@ -78,6 +84,7 @@ impl Datapath {
     /// Loads (adopting existing pinned maps) and attaches every program at `cgroup_root`.
     pub fn load(bpffs_dir: &Path, cgroup_root: &Path) -> Result<Self> {
         bpffs::ensure_bpffs(bpffs_dir)?;
+        let lock = PinLock::acquire(bpffs_dir, LOCK_WAIT)?;
         Pins::check_layout(bpffs_dir)?;
         let pins = Pins::new(bpffs_dir);
         for sub in ["maps", "links"] {
@@ -121,6 +128,7 @@ impl Datapath {
         let sk_lookup = load_sk_lookup(&mut bpf)?;
         info!(pins = %pins.root.display(), cgroup = %cgroup_root.display(), "datapath attached");
         Ok(Self {
+            _lock: lock,
             bpf,
             pins,
             sk_lookup,

@@ -6,6 +6,7 @@ pub mod btf;
 pub mod counters;
 pub mod features;
 pub mod load;
+pub mod lock;
 pub mod maps;
 pub mod netns;
 pub mod pins;

@@ -1,10 +1,10 @@
 //! `meshsteer uninstall`: detach everything and remove the pins.
-use std::{fs, path::Path};
+use std::{fs, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use tracing::info;
 
-use crate::bpf::{accel, pins::Pins};
+use crate::bpf::{accel, lock::PinLock, pins::Pins};
 
 /// Detaches everything and removes the pins: capture stops for every pod on the node.
 pub fn uninstall(bpffs_dir: &Path) -> Result<()> {
@@ -13,6 +13,8 @@ pub fn uninstall(bpffs_dir: &Path) -> Result<()> {
         info!(path = %pins.root.display(), "nothing pinned");
         return Ok(());
     }
+    // Never under a live agent: it would keep running on maps and links pulled away from it.
+    let _lock = PinLock::acquire(bpffs_dir, Duration::ZERO)?;
     // Freeing MS_SOCKS drops what its sockets hold: bytes redirected to them and not read yet.
     match accel::open_sockets(&pins) {
         Ok(0) | Err(_) => {}

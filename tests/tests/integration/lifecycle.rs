@@ -1,7 +1,7 @@
 //! Pod specs drive capture live: adding, changing and deleting a spec file applies at once;
 //! an option meshsteer does not implement is a clear error and never half-enrols a pod.
 use meshsteer::inspect::{Pins, PodMaps};
-use meshsteer_tests::{Testbed, World};
+use meshsteer_tests::{Testbed, World, agent::agent_bin};
 
 const WORLD: &str = "10.200.0.1:80";
 
@@ -65,4 +65,70 @@ fn a_cgroup_outside_the_attach_root_is_refused() -> anyhow::Result<()> {
     agent.write_spec("outside", spec)?;
     agent.wait_state("test/outside", |s| s.contains("outside the cgroup root"))?;
     Ok(())
+}
+
+/// One agent per pin directory: a second `run` on the same pins, or an `uninstall` while an
+/// agent is live, fails with a clear error and leaves the live agent's pods captured (before
+/// the lock, the second agent reconciled the first one's pods away as unknown to it).
+#[test]
+fn a_second_agent_or_an_uninstall_cannot_take_a_live_agents_pins() -> anyhow::Result<()> {
+    let mut bed = Testbed::new()?;
+    let pod = bed.enrolled_pod("a")?;
+    let agent = &bed.agent;
+    let other_pods = agent.pods_dir.with_file_name("other-pods");
+    std::fs::create_dir_all(&other_pods)?;
+    let bpffs = agent.bpffs_dir.to_string_lossy().into_owned();
+    let status = agent.status_file.with_file_name("other-status.json");
+    let cgroup_root = bed.node.cgroup_root.to_string_lossy().into_owned();
+    let mut second = std::process::Command::new(agent_bin());
+    second
+        .args(["run", "--cgroup-root", &cgroup_root, "--bpffs-dir", &bpffs])
+        .args(["--pods-dir", &other_pods.to_string_lossy()])
+        .args(["--status-file", &status.to_string_lossy()])
+        .args(["--metrics-addr", "127.0.0.1:0"]);
+    // Killed if still running after the lock's wait and then some: it must have given up.
+    let second = output_within(&mut second, std::time::Duration::from_secs(30))?;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second agent ran: {stderr}");
+    assert!(stderr.contains("one agent per pin directory"), "{stderr}");
+
+    let uninstall = std::process::Command::new(agent_bin())
+        .args(["uninstall", "--bpffs-dir", &bpffs])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&uninstall.stderr);
+    assert!(
+        !uninstall.status.success(),
+        "uninstall ran under a live agent: {stderr}"
+    );
+    assert!(stderr.contains("one agent per pin directory"), "{stderr}");
+
+    // The live agent's pod is still captured and in the maps.
+    agent.wait_state("test/a", |s| s == "ready")?;
+    assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
+    let maps = PodMaps::from_pins(&Pins::new(&agent.bpffs_dir))?;
+    assert_eq!(maps.enrolled().len(), 1);
+
+    // Once the agent is gone, uninstall works (the kernel dropped its lock with it).
+    bed.agent.stop(libc::SIGKILL);
+    bed.agent.cli(&["uninstall"])?;
+    assert!(!Pins::new(&bed.agent.bpffs_dir).root.exists());
+    Ok(())
+}
+
+/// Runs `cmd` to completion, or kills it after `limit` (its output then says it was killed).
+fn output_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> anyhow::Result<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let start = std::time::Instant::now();
+    while child.try_wait()?.is_none() {
+        if start.elapsed() > limit {
+            child.kill()?;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(child.wait_with_output()?)
 }
