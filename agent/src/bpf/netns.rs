@@ -10,10 +10,13 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tracing::{debug, info};
 
-use crate::sys::bpf::{self as bpf_sys, AttachType};
+use crate::{
+    host,
+    sys::bpf::{self as bpf_sys, AttachType},
+};
 
 /// Attaches (or adopts and updates) the sk_lookup link of one pod.
 pub fn attach(prog: BorrowedFd<'_>, netns: &Path, pin: &Path) -> Result<()> {
@@ -53,15 +56,7 @@ pub fn alive(netns: &Path) -> bool {
     netns.exists()
 }
 
-/// A pod spec's netns must be a network namespace file (or a /proc/PID/ns/net link).
+/// A pod spec's netns must be a network namespace, and not the node's own.
 pub fn check(netns: &Path) -> Result<()> {
-    let md =
-        fs::metadata(netns).with_context(|| format!("network namespace {}", netns.display()))?;
-    if md.is_dir() {
-        bail!(
-            "{} is a directory, not a network namespace",
-            netns.display()
-        );
-    }
-    Ok(())
+    Ok(host::netns::check_pod_netns(netns)?)
 }

@@ -2,10 +2,16 @@
 use std::{
     fs,
     os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
+use meshsteer_common::maps::MAX_CGROUP_DEPTH;
+
+use crate::sys::mount;
+
+/// `statfs` magic of cgroup v2.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo (nodes mount it at /sys/fs/cgroup;
 /// hybrid hosts at /sys/fs/cgroup/unified).
@@ -61,6 +67,78 @@ pub fn cgroup_id(dir: &Path) -> Result<u64> {
     Ok(md.ino())
 }
 
+/// Why a directory cannot be a pod's cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup {}: the path must be absolute, without `..`", .0.display())]
+    NotPlain(PathBuf),
+    #[error("cgroup {}", .path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cgroup {} goes through a symlink (it is {}): give the real path",
+        .path.display(),
+        .real.display()
+    )]
+    Symlink { path: PathBuf, real: PathBuf },
+    #[error("{} is not a cgroup v2 directory", .0.display())]
+    NotCgroup2(PathBuf),
+    #[error(
+        "cgroup {} is {depth} levels deep: the datapath finds a socket's pod among its first \
+         {} ancestors only, so this pod would never be captured",
+        .path.display(),
+        MAX_CGROUP_DEPTH - 1
+    )]
+    TooDeep { path: PathBuf, depth: usize },
+}
+
+/// A pod's cgroup v2 directory, checked before anything is written for it: a plain absolute
+/// path with no symlink on the way (what is checked is what gets enrolled), on cgroup2, and
+/// shallow enough for the datapath's ancestor walk. Returns its id.
+pub fn pod_cgroup_id(dir: &Path) -> Result<u64, CgroupError> {
+    let plain = dir.is_absolute()
+        && dir
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !plain {
+        return Err(CgroupError::NotPlain(dir.to_path_buf()));
+    }
+    let unreadable = |source| CgroupError::Unreadable {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let real = fs::canonicalize(dir).map_err(unreadable)?;
+    if real != dir {
+        return Err(CgroupError::Symlink {
+            path: dir.to_path_buf(),
+            real,
+        });
+    }
+    let is_cgroup2 = |p: &Path| mount::fs_type(p).is_ok_and(|t| t == CGROUP2_SUPER_MAGIC);
+    if !is_cgroup2(dir) {
+        return Err(CgroupError::NotCgroup2(dir.to_path_buf()));
+    }
+    // Levels below the hierarchy's root, as bpf_get_current_ancestor_cgroup_id counts them.
+    let depth = dir
+        .ancestors()
+        .skip(1)
+        .take_while(|a| is_cgroup2(a))
+        .count();
+    if depth >= MAX_CGROUP_DEPTH as usize {
+        return Err(CgroupError::TooDeep {
+            path: dir.to_path_buf(),
+            depth,
+        });
+    }
+    let md = fs::metadata(dir).map_err(unreadable)?;
+    if !md.is_dir() {
+        return Err(CgroupError::NotCgroup2(dir.to_path_buf()));
+    }
+    Ok(md.ino())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +157,38 @@ mod tests {
         assert_eq!(find_cgroup2(shared), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(find_cgroup2("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
         assert_eq!(unescape_octal(r"/a\040b"), "/a b");
+    }
+
+    #[test]
+    fn pod_cgroups_are_plain_absolute_paths() {
+        // (`.` is harmless: `Path` drops it.)
+        for bad in ["relative/pod", "/sys/fs/cgroup/kubepods/../pod"] {
+            assert!(
+                matches!(pod_cgroup_id(Path::new(bad)), Err(CgroupError::NotPlain(_))),
+                "{bad}"
+            );
+        }
+        // A path through a symlink: refused, naming the real path.
+        let tmp = std::env::temp_dir().canonicalize().unwrap();
+        let (real, link) = (
+            tmp.join(format!("ms-cg-real-{}", std::process::id())),
+            tmp.join(format!("ms-cg-link-{}", std::process::id())),
+        );
+        fs::create_dir_all(&real).unwrap();
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = pod_cgroup_id(&link).unwrap_err();
+        assert!(
+            matches!(&e, CgroupError::Symlink { real: r, .. } if *r == real),
+            "{e}"
+        );
+        fs::remove_file(&link).unwrap();
+        fs::remove_dir(&real).unwrap();
+        // A real directory that is not on cgroup2.
+        let tmp = std::env::temp_dir().canonicalize().unwrap();
+        assert!(matches!(
+            pod_cgroup_id(&tmp),
+            Err(CgroupError::NotCgroup2(_))
+        ));
     }
 }

@@ -2,4 +2,5 @@
 //! ([`bpffs`]), and what /proc says of a pod's processes ([`proc`]).
 pub mod bpffs;
 pub mod cgroup;
+pub mod netns;
 pub mod proc;

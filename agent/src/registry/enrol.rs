@@ -35,6 +35,22 @@ impl<D: Dataplane> Registry<D> {
                 root: self.cgroup_root.clone(),
             });
         }
+        if spec.cgroup.components().eq(self.cgroup_root.components()) {
+            return Err(EnrolError::IsRoot(spec.cgroup.clone()));
+        }
+        if let Some((other, other_cgroup)) = self.pods.iter().find_map(|(k, e)| {
+            let theirs = &e.spec.as_ref()?.cgroup;
+            let nested = e.enrolled.is_some()
+                && *theirs != spec.cgroup
+                && (theirs.starts_with(&spec.cgroup) || spec.cgroup.starts_with(theirs));
+            (k != key && nested).then(|| (k.clone(), theirs.clone()))
+        }) {
+            return Err(EnrolError::Nested {
+                cgroup: spec.cgroup.clone(),
+                other,
+                other_cgroup,
+            });
+        }
         let cgroup_id = self.dataplane.cgroup_id(&spec.cgroup)?;
         if let Some((other, _)) = self.pods.iter().find(|(k, e)| {
             *k != key

@@ -14,6 +14,22 @@ pub enum EnrolError {
         .root.display()
     )]
     OutsideRoot { cgroup: PathBuf, root: PathBuf },
+    #[error(
+        "cgroup {} is the cgroup root where capture is attached: a pod is a cgroup below it",
+        .0.display()
+    )]
+    IsRoot(PathBuf),
+    #[error(
+        "cgroup {} and {other}'s cgroup {} are nested: a socket belongs to the outermost \
+         enrolled pod, so one pod would take the other's capture",
+        .cgroup.display(),
+        .other_cgroup.display()
+    )]
+    Nested {
+        cgroup: PathBuf,
+        other: SourceKey,
+        other_cgroup: PathBuf,
+    },
     #[error("cgroup {} is already enrolled by {other}", .cgroup.display())]
     CgroupTaken { cgroup: PathBuf, other: SourceKey },
     #[error(

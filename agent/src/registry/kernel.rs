@@ -56,7 +56,7 @@ impl Dataplane for Kernel {
     }
 
     fn cgroup_id(&self, dir: &Path) -> Result<u64> {
-        cgroup::cgroup_id(dir)
+        Ok(cgroup::pod_cgroup_id(dir)?)
     }
 
     fn check_netns(&self, ns: &Path) -> Result<()> {

@@ -665,3 +665,50 @@ fn a_failed_update_to_outbound_only_keeps_the_link() {
         "the previous capture's link is kept"
     );
 }
+
+/// The attach root itself is no pod: enrolling it would capture every process below it.
+#[test]
+fn the_cgroup_root_is_refused() {
+    let mut r = registry(host().with_cgroup(ROOT, 1));
+    r.upsert(&file("root"), Ok(outbound_only("test/root", ROOT)));
+    assert!(
+        r.error(&file("root")).contains("is the cgroup root"),
+        "{}",
+        r.error(&file("root"))
+    );
+    assert!(r.fake().take_calls().is_empty());
+}
+
+/// Nested pod cgroups are refused either way round: the datapath gives a socket to its
+/// outermost enrolled ancestor, so the outer pod would take the inner one's capture.
+#[test]
+fn nested_pod_cgroups_are_refused() {
+    let inner = "/sys/fs/cgroup/kubepods/pod-a/inner";
+    let mut r = registry(host().with_cgroup(inner, 13));
+    r.upsert(&file("a"), Ok(outbound_only("test/a", CG_A)));
+    r.fake().take_calls();
+
+    r.upsert(&file("inner"), Ok(outbound_only("test/inner", inner)));
+    let e = r.error(&file("inner"));
+    assert!(e.contains("are nested"), "{e}");
+    assert!(
+        r.fake().take_calls().is_empty(),
+        "nothing written for the refused pod"
+    );
+
+    // The other way round: an ancestor of an enrolled pod.
+    let mut r = registry(host().with_cgroup(inner, 13));
+    r.upsert(&file("inner"), Ok(outbound_only("test/inner", inner)));
+    r.upsert(&file("a"), Ok(outbound_only("test/a", CG_A)));
+    assert!(r.error(&file("a")).contains("are nested"));
+    assert_eq!(r.state(&file("inner")), Some(PodState::Ready));
+
+    // Siblings whose names share a prefix are not nested.
+    let mut r = registry(host().with_cgroup("/sys/fs/cgroup/kubepods/pod-ab", 14));
+    r.upsert(&file("a"), Ok(outbound_only("test/a", CG_A)));
+    r.upsert(
+        &file("ab"),
+        Ok(outbound_only("test/ab", "/sys/fs/cgroup/kubepods/pod-ab")),
+    );
+    assert_eq!(r.state(&file("ab")), Some(PodState::Ready));
+}

@@ -6,8 +6,9 @@
 //! costs a readdir and a stat per file. Either way the same scan decides what changed.
 use std::{
     collections::BTreeMap,
-    fs, io,
-    os::unix::fs::MetadataExt,
+    fs,
+    io::{self, Read},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
 };
 
@@ -19,11 +20,22 @@ use crate::{
     sys::inotify::DirWatch,
 };
 
+/// The largest spec file read: real specs are a few hundred bytes.
+const MAX_SPEC_BYTES: u64 = 64 * 1024;
+
 /// Why a spec file gives no pod spec (its pod is refused until the file changes).
 #[derive(Debug, thiserror::Error)]
 enum FileError {
     #[error("reading {}: {error}", .path.display())]
     Read { path: PathBuf, error: io::Error },
+    #[error(
+        "{} is not a regular file (a symlink, FIFO, device, …): spec files must be regular \
+         files in the pods directory",
+        .0.display()
+    )]
+    NotRegular(PathBuf),
+    #[error("{} is larger than {MAX_SPEC_BYTES} bytes: not a pod spec", .0.display())]
+    TooLarge(PathBuf),
     #[error(transparent)]
     Spec(#[from] SpecError),
 }
@@ -78,9 +90,8 @@ impl PodDir {
                 if !spec_like || hidden {
                     continue;
                 }
-                if let Ok(md) = fs::metadata(&path)
-                    && md.is_file()
-                {
+                // lstat: a symlink is listed (and refused), never followed.
+                if let Ok(md) = fs::symlink_metadata(&path) {
                     let mtime_ns =
                         i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec());
                     now.insert(
@@ -120,12 +131,33 @@ impl PodDir {
     }
 }
 
-/// The pod spec in `path`.
+/// The pod spec in `path`: a regular file of at most [`MAX_SPEC_BYTES`], opened without
+/// following a symlink or blocking on a FIFO (the agent loop must never hang on a file).
 fn read(path: &Path) -> Result<PodSpec, FileError> {
-    let text = fs::read_to_string(path).map_err(|error| FileError::Read {
+    let failed = |error| FileError::Read {
         path: path.to_path_buf(),
         error,
-    })?;
+    };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(FileError::NotRegular(path.to_path_buf()));
+        }
+        other => other.map_err(failed)?,
+    };
+    if !file.metadata().map_err(failed)?.is_file() {
+        return Err(FileError::NotRegular(path.to_path_buf()));
+    }
+    let mut text = String::new();
+    file.take(MAX_SPEC_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(failed)?;
+    if text.len() as u64 > MAX_SPEC_BYTES {
+        return Err(FileError::TooLarge(path.to_path_buf()));
+    }
     Ok(PodSpec::parse(&text, path)?)
 }
 
@@ -159,6 +191,55 @@ mod tests {
         fs::remove_file(&file).unwrap();
         let changes = pods.scan();
         assert!(matches!(&changes[..], [Change::Remove(SourceKey::File(p))] if *p == file));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Symlinks, FIFOs and oversized files are refused by name, each with a clear reason,
+    /// and never followed, blocked on or read whole.
+    #[tokio::test]
+    async fn files_that_are_not_plain_specs_are_refused() {
+        let dir = std::env::temp_dir().join(format!("ms-pod-dir-odd-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join(".secret");
+        fs::write(&secret, "name: a\ncgroup: /x\n").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("link.yaml")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.join("fifo.yaml"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        fs::write(dir.join("huge.yaml"), vec![b'#'; 70 * 1024]).unwrap();
+
+        let mut pods = PodDir::new(&dir);
+        let mut reasons: Vec<(String, String)> = pods
+            .scan()
+            .into_iter()
+            .map(|c| match c {
+                Change::Upsert(_, spec) => match *spec {
+                    Err(Rejected {
+                        name,
+                        why: Unready::Refused(r),
+                    }) => (name, r),
+                    other => panic!("refused expected: {other:?}"),
+                },
+                Change::Remove(_) => panic!("no removal expected"),
+            })
+            .collect();
+        reasons.sort();
+        let names: Vec<&str> = reasons.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["fifo", "huge", "link"]);
+        assert!(
+            reasons[0].1.contains("is not a regular file"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].1.contains("larger than 65536 bytes"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[2].1.contains("is not a regular file"),
+            "{reasons:?}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

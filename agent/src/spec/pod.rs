@@ -36,9 +36,9 @@ pub struct PodSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("not a valid pod spec: {0}")]
+    #[error("not a valid pod spec: {}", redact(.0))]
     Yaml(serde_norway::Error),
-    #[error("not a valid pod spec: {0}")]
+    #[error("not a valid pod spec: {}", redact(.0))]
     Json(serde_json::Error),
     #[error("give either `args` or `capture`, not both")]
     BothForms,
@@ -48,6 +48,29 @@ pub enum SpecError {
     TooManyIds(usize),
     #[error("a proxy uid and gid list cannot be empty")]
     NoIds,
+}
+
+/// A parse error without the file's own text: serde quotes the values it rejects, and a spec
+/// file may be anything (a secret dropped into the wrong directory), while the reason ends up
+/// in the status file. Field names, the expected type and the position stay.
+fn redact(error: &impl std::fmt::Display) -> String {
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in error.to_string().chars() {
+        match (c, quoted) {
+            ('"', false) => {
+                out.push_str("\"…");
+                quoted = true;
+            }
+            ('"', true) => {
+                out.push('"');
+                quoted = false;
+            }
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
 }
 
 impl PodSpec {
@@ -114,8 +137,8 @@ mod tests {
     fn wrong_types_are_refused_naming_the_field_and_what_it_takes() {
         assert_eq!(
             yaml("name: a\ncgroup: /x\nips: 10.0.0.1\n").unwrap_err(),
-            "not a valid pod spec: ips: invalid type: string \"10.0.0.1\", expected a sequence \
-             at line 3 column 6"
+            "not a valid pod spec: ips: invalid type: string \"…\", expected a sequence at line \
+             3 column 6"
         );
         assert_eq!(
             yaml("name: a\ncgroup: /x\ncapture: {proxyPort: 70000}\n").unwrap_err(),
@@ -130,6 +153,30 @@ mod tests {
                 .unwrap_err()
                 .contains("missing field `cgroup`")
         );
+    }
+
+    /// A file that is not a spec (say, a secret in the wrong directory) never has its text
+    /// copied into the error, which the status file shows.
+    #[test]
+    fn errors_never_quote_the_file() {
+        for (text, path) in [
+            ("hunter2-secret-token\n", "p.yaml"),
+            (
+                "name: a\ncgroup: /x\nips: [\"hunter2-secret-token\"]\n",
+                "p.yaml",
+            ),
+            ("\"hunter2-secret-token\"", "p.json"),
+            (
+                r#"{"name": "a", "cgroup": "/x", "ips": "hunter2-secret-token"}"#,
+                "p.json",
+            ),
+        ] {
+            let e = PodSpec::parse(text, Path::new(path))
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.starts_with("not a valid pod spec: "), "{e}");
+        }
     }
 
     /// What serde_yaml 0.9 did with these, kept when its fork replaced it: a YAML crate that

@@ -8,4 +8,5 @@ pub mod bytes;
 pub mod clock;
 pub mod inotify;
 pub mod mount;
+pub mod ns;
 pub mod pidfd;

@@ -3,7 +3,9 @@
 //! a contract: field names are camelCase and stay stable.
 use std::{
     fmt, fs,
+    io::Write,
     net::SocketAddr,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -125,7 +127,16 @@ impl AgentStatus {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let tmp = path.with_extension("json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+        // Owner only: it names every pod on the node and their settings. A leftover tmp file
+        // (an earlier crash) keeps its old mode under `mode()`, so it goes first.
+        let _ = fs::remove_file(&tmp);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(&serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
         Ok(())
@@ -182,5 +193,16 @@ mod tests {
         assert!(text.contains(r#""cgroupId":42"#), "{text}");
         assert!(text.contains(r#""source":{"kube":{"namespace":"default","name":"web"}}"#));
         assert_eq!(serde_json::from_str::<AgentStatus>(&text).unwrap(), doc);
+
+        let dir = std::env::temp_dir().join(format!("ms-status-{}", std::process::id()));
+        let path = dir.join("status.json");
+        doc.write(&path).unwrap();
+        doc.write(&path).unwrap();
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&path).unwrap().permissions())
+                & 0o777;
+        assert_eq!(mode, 0o600, "the status file is the owner's only");
+        assert_eq!(AgentStatus::read(&path).unwrap(), doc);
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

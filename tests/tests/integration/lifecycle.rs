@@ -132,3 +132,83 @@ fn output_within(
     }
     Ok(child.wait_with_output()?)
 }
+
+/// Operator input is checked before anything is applied: each bad spec gets a clear error in
+/// `status` and writes nothing, while the pod already enrolled keeps its capture. (cgroupfs
+/// has no symlinks; the symlink check is a unit test of `host::cgroup`.)
+#[test]
+fn bad_specs_are_refused_with_clear_errors_and_nothing_applied() -> anyhow::Result<()> {
+    let mut bed = Testbed::new()?;
+    let good = bed.enrolled_pod("good")?;
+    let root = bed.node.cgroup_root.clone();
+    // 16 levels below the hierarchy's root: deeper than the datapath's ancestor walk.
+    let mut deep = root.clone();
+    while deep.components().count() - cgroup2_depth_base(&root) < 16 {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep)?;
+    let dotdot = root
+        .join("x")
+        .join("..")
+        .join(good.cgroup.file_name().unwrap_or_default());
+    let inner = good.cgroup.join("inner");
+    std::fs::create_dir_all(&inner)?;
+    let spec = |name: &str, cgroup: &std::path::Path, netns: Option<&str>| {
+        let netns = netns.map(|n| format!("netns: {n}\n")).unwrap_or_default();
+        format!(
+            "name: test/{name}\ncgroup: {}\n{netns}args: \"-i '*' -b ''\"\n",
+            cgroup.display()
+        )
+    };
+    let mut cases: Vec<(&str, String, &str)> = vec![
+        ("deep", spec("deep", &deep, None), "levels deep"),
+        ("dotdot", spec("dotdot", &dotdot, None), "without `..`"),
+        ("root", spec("root", &root, None), "is the cgroup root"),
+        ("inner", spec("inner", &inner, None), "are nested"),
+        ("tmp", spec("tmp", &root.join("nope"), None), "No such file"),
+        (
+            "hostns",
+            format!(
+                "name: test/hostns\ncgroup: {}\nnetns: /proc/1/ns/net\nips: [10.88.0.99]\n",
+                deep.parent().unwrap_or(&deep).display()
+            ),
+            "the node's own network namespace",
+        ),
+    ];
+    let agent = &bed.agent;
+    for (_, text, _) in &mut cases {
+        // The agent's own namespace is the node's (it runs in the host network namespace).
+        *text = text.replace(
+            "/proc/1/ns/net",
+            &format!("/proc/{}/ns/net", agent.pid().unwrap_or(1)),
+        );
+    }
+    for (stem, text, _) in &cases {
+        agent.write_spec(stem, text)?;
+    }
+    for (stem, _, expected) in &cases {
+        agent.wait_state(&format!("test/{stem}"), |s| {
+            s.starts_with("error: ") && s.contains(expected)
+        })?;
+    }
+    let maps = PodMaps::from_pins(&Pins::new(&agent.bpffs_dir))?;
+    assert_eq!(maps.enrolled().len(), 1, "only the good pod is in the maps");
+    assert_eq!(good.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
+    for (stem, _, _) in &cases {
+        agent.remove_spec(stem)?;
+    }
+    std::fs::remove_dir(&inner)?;
+    let mut d = deep;
+    while d != root {
+        std::fs::remove_dir(&d)?;
+        d.pop();
+    }
+    Ok(())
+}
+
+/// Path components of the cgroup2 mount point above `dir` (where cgroup depth 0 is).
+fn cgroup2_depth_base(dir: &std::path::Path) -> usize {
+    let mount = meshsteer::inspect::cgroup2_mount().expect("cgroup2 mount");
+    assert!(dir.starts_with(&mount));
+    mount.components().count()
+}
