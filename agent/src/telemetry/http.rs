@@ -10,8 +10,10 @@
 //!   [`Limits::max_head`] (hyper answers 431 past that);
 //! - a connection has [`Limits::connection_timeout`] from accept to the end of its response;
 //! - at most [`Limits::max_connections`] are served at once. At the limit, a new connection
-//!   takes the place of the oldest one still waiting for its request head; only when every one
-//!   is busy answering is the new one closed (scrapers and probes retry).
+//!   takes the place of the oldest one still waiting for its request head, else of the oldest
+//!   one whose answer has not drained for [`Limits::slow_reader`] (a client that asks and never
+//!   reads); only when every one is answering briskly is the new one closed (scrapers and
+//!   probes retry).
 //!
 //! [`Reporter`]: super::reporter::Reporter
 use std::{
@@ -19,10 +21,7 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -169,6 +168,9 @@ struct Limits {
     connection_timeout: Duration,
     /// Request line and headers, in bytes.
     max_head: usize,
+    /// An answer still being written after this long is a slow reader's, which a new
+    /// connection may take the place of at the limit.
+    slow_reader: Duration,
 }
 
 impl Limits {
@@ -178,6 +180,8 @@ impl Limits {
         head_timeout: Duration::from_secs(5),
         connection_timeout: Duration::from_secs(10),
         max_head: 8 * 1024,
+        // Probes and scrapes take milliseconds; this is for the clients that never read.
+        slow_reader: Duration::from_secs(1),
     };
 }
 
@@ -204,15 +208,15 @@ where
                 continue;
             }
         };
-        if !live.make_room(limits.max_connections) {
+        if !live.make_room(limits.max_connections, limits.slow_reader) {
             debug!(%peer, "metrics listener: every connection is answering, closing a new one");
             continue;
         }
-        let answering = Arc::new(AtomicBool::new(false));
+        let answering = Arc::new(OnceLock::new());
         let service = {
             let (answering, answer) = (answering.clone(), answer.clone());
             service_fn(move |req| {
-                answering.store(true, Ordering::Relaxed);
+                let _ = answering.set(Instant::now());
                 let reply = answer(req);
                 async move { Ok::<_, Infallible>(reply.await) }
             })
@@ -237,25 +241,29 @@ struct Live {
 
 struct Conn {
     task: JoinHandle<()>,
-    /// Set once its request head is in: from then on it is answering, not idling.
-    answering: Arc<AtomicBool>,
+    /// When its request head was in: from then on it is answering, not idling.
+    answering: Arc<OnceLock<Instant>>,
 }
 
 impl Live {
     /// Whether there is room for one more connection: at the limit, the oldest one still
     /// waiting for its request head is closed to make it.
-    fn make_room(&mut self, max: usize) -> bool {
+    fn make_room(&mut self, max: usize, slow_reader: Duration) -> bool {
         self.conns.retain(|c| !c.task.is_finished());
         if self.conns.len() < max {
             return true;
         }
-        let idle = self
-            .conns
-            .iter()
-            .position(|c| !c.answering.load(Ordering::Relaxed));
-        match idle.and_then(|i| self.conns.remove(i)) {
+        let idle = self.conns.iter().position(|c| c.answering.get().is_none());
+        let slow = || {
+            self.conns.iter().position(|c| {
+                c.answering
+                    .get()
+                    .is_some_and(|t| t.elapsed() >= slow_reader)
+            })
+        };
+        match idle.or_else(slow).and_then(|i| self.conns.remove(i)) {
             Some(oldest) => {
-                debug!("metrics listener: at the limit, closing the oldest idle connection");
+                debug!("metrics listener: at the limit, closing an idle or slow connection");
                 oldest.task.abort();
                 true
             }
@@ -356,5 +364,42 @@ mod tests {
         let waited = timed(async { assert_eq!(exchange(&mut late, "GET /heal").await, "") }).await;
         assert!(waited >= limits.head_timeout, "{waited:?}");
         assert!(waited < limits.connection_timeout / 2, "{waited:?}");
+    }
+
+    /// Clients that ask for a large answer and never read it hold their connections while
+    /// the kernel's buffers are full; past `slow_reader`, a probe takes one's place.
+    #[tokio::test]
+    async fn slow_readers_make_way() {
+        let limits = Limits {
+            max_connections: 2,
+            slow_reader: Duration::from_millis(200),
+            ..Limits::DEFAULT
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(accept_loop(listener, limits, |req: Request<Incoming>| {
+            // Far more than a socket's buffers hold: writing it blocks on a reader.
+            let big = req.uri().path() == "/metrics";
+            async move {
+                text(
+                    StatusCode::OK,
+                    if big {
+                        "m".repeat(64 << 20)
+                    } else {
+                        "ok".into()
+                    },
+                )
+            }
+        }));
+        let mut hogs = Vec::new();
+        for _ in 0..limits.max_connections {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+            hogs.push(c);
+        }
+        tokio::time::sleep(limits.slow_reader * 2).await;
+        let mut probe = TcpStream::connect(addr).await.unwrap();
+        let got = exchange(&mut probe, "GET /healthz HTTP/1.0\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
     }
 }

@@ -3,6 +3,7 @@
 //! it stops; JSON logs carry the pod's span.
 use std::{
     fs,
+    io::Write,
     time::{Duration, Instant},
 };
 
@@ -203,4 +204,41 @@ fn wait_for_lines(path: &std::path::Path, n: usize) -> Result<Vec<Value>> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The probes stay answered while a thousand connections idle, dribble their request heads
+/// (slowloris) or ask for /metrics and never read: the kubelet never restarts an agent for
+/// what a client of its port does.
+#[test]
+fn probes_are_answered_under_a_slowloris_burst() -> Result<()> {
+    let bed = Testbed::start(World::Absent, &[])?;
+    let addr = bed.agent.metrics_addr()?;
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        match i % 3 {
+            0 => {}
+            1 => {
+                let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ");
+            }
+            _ => {
+                let _ = c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+            }
+        }
+        held.push(c);
+    }
+    for _ in 0..20 {
+        let start = Instant::now();
+        let (code, body) = bed.agent.http_get("/healthz")?;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    let (code, _) = bed.agent.http_get("/readyz")?;
+    assert_eq!(code, 200);
+    drop(held);
+    Ok(())
 }
