@@ -73,6 +73,9 @@ impl<D: Dataplane> Registry<D> {
             warn!(reason = %why, "acceleration asked for but unavailable: normal path");
         }
         let inbound = plan.config.flags & pod_flags::IN_CAPTURE != 0;
+        if inbound && let Some((addr, other)) = self.address_taken(key, &plan) {
+            return Err(EnrolError::AddressTaken { addr, other });
+        }
         match (&spec.netns, inbound) {
             // Attached before the pod's addresses are mapped: until then it passes everything.
             (Some(ns), true) => self.dataplane.attach_netns(cgroup_id, ns)?,
@@ -109,6 +112,22 @@ impl<D: Dataplane> Registry<D> {
             plan,
             netns: spec.netns.clone(),
         })
+    }
+
+    /// An address of `plan` that another enrolled pod already captures inbound.
+    fn address_taken(&self, key: &SourceKey, plan: &Plan) -> Option<(std::net::IpAddr, SourceKey)> {
+        self.pods
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .filter_map(|(k, e)| Some((k, &e.enrolled.as_ref()?.plan)))
+            .filter(|(_, theirs)| theirs.config.flags & pod_flags::IN_CAPTURE != 0)
+            .find_map(|(k, theirs)| {
+                let shared = plan
+                    .local
+                    .iter()
+                    .find(|mine| theirs.local.iter().any(|t| t.addr == mine.addr))?;
+                Some((std::net::IpAddr::from(shared.addr), k.clone()))
+            })
     }
 
     /// Listeners the proxy opened before the agent ran never passed through sockops: fetch

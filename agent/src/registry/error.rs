@@ -30,6 +30,14 @@ pub enum EnrolError {
         other: SourceKey,
         other_cgroup: PathBuf,
     },
+    #[error(
+        "address {addr} is already {other}'s: inbound capture follows each address to one \
+         pod's network namespace, so two pods cannot share one"
+    )]
+    AddressTaken {
+        addr: std::net::IpAddr,
+        other: SourceKey,
+    },
     #[error("cgroup {} is already enrolled by {other}", .cgroup.display())]
     CgroupTaken { cgroup: PathBuf, other: SourceKey },
     #[error(

@@ -624,6 +624,7 @@ fn acceleration_follows_the_spec_then_the_agent_default() {
     r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
     let off = PodSpec {
         accelerate: Some(false),
+        ips: vec!["10.0.0.6".parse().unwrap()],
         ..pod("test/b", CG_B, NS_B)
     };
     r.upsert(&file("b"), Ok(off));
@@ -711,4 +712,38 @@ fn nested_pod_cgroups_are_refused() {
         Ok(outbound_only("test/ab", "/sys/fs/cgroup/kubepods/pod-ab")),
     );
     assert_eq!(r.state(&file("ab")), Some(PodState::Ready));
+}
+
+/// Inbound capture maps each address to one pod: a second pod claiming an enrolled pod's
+/// address is refused (it would take that pod's inbound traffic, and its removal would turn
+/// the first pod's off), and the first pod keeps its address.
+#[test]
+fn a_duplicate_inbound_address_is_refused() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.fake().take_calls();
+
+    r.upsert(&file("b"), Ok(pod("test/b", CG_B, NS_B)));
+    let e = r.error(&file("b"));
+    assert!(
+        e.contains("address 10.0.0.5 is already /etc/meshsteer/pods/a.yaml's"),
+        "{e}"
+    );
+    assert!(
+        !r.fake()
+            .take_calls()
+            .iter()
+            .any(|c| matches!(c, Call::InboundAddrs { .. } | Call::Apply { .. })),
+        "nothing written for the refused pod"
+    );
+    r.remove(&file("b"));
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+    assert!(
+        r.fake().take_calls().is_empty(),
+        "removing the refused pod touches nothing"
+    );
+
+    // Outbound-only pods map no address, so they may share one.
+    r.upsert(&file("c"), Ok(outbound_only("test/c", CG_B)));
+    assert_eq!(r.state(&file("c")), Some(PodState::Ready));
 }
