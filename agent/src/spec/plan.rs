@@ -41,6 +41,12 @@ impl Plan {
 
     pub fn new(spec: &PodSpec, pod_id: u32) -> Result<Self, SpecError> {
         let c = spec.capture()?;
+        // istio-iptables would write `--to-ports 0`, which iptables refuses: istio-init fails.
+        for (option, port) in [("-p", c.proxy_port), ("-z", c.inbound_port)] {
+            if port == 0 {
+                return Err(SpecError::PortZero(option));
+            }
+        }
         let (uids, gids) = (ids(&c.proxy_uids)?, ids(c.gids())?);
         let mut flags = 0;
         let v6 = spec.ips.iter().any(IpAddr::is_ipv6);
@@ -264,6 +270,16 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn proxy_ports_cannot_be_zero() {
+        for args in ["-p 0", "-z 0"] {
+            let s = spec(&format!("name: a\ncgroup: /x\nargs: \"{args}\"\n"));
+            let e = Plan::new(&s, 1).unwrap_err();
+            assert!(matches!(e, SpecError::PortZero(_)), "{e}");
+            assert!(e.to_string().contains("port 0"), "{e}");
+        }
     }
 
     #[test]

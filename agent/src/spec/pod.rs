@@ -48,6 +48,8 @@ pub enum SpecError {
     TooManyIds(usize),
     #[error("a proxy uid and gid list cannot be empty")]
     NoIds,
+    #[error("{0} cannot redirect to port 0")]
+    PortZero(&'static str),
 }
 
 /// A parse error without the file's own text: serde quotes the values it rejects, and a spec
