@@ -163,6 +163,55 @@ mod tests {
         assert_eq!(c.len(), 12);
     }
 
+    /// A scratch cgroup root (plain directories: only the layout is looked at), removed on
+    /// drop.
+    pub(super) struct FakeRoot(pub PathBuf);
+
+    impl FakeRoot {
+        pub fn new(tag: &str) -> Self {
+            let root = std::env::temp_dir().join(format!("ms-kube-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).unwrap();
+            Self(root)
+        }
+
+        /// A cgroup directory at `rel`, with `procs` as its cgroup.procs.
+        pub fn cgroup(&self, rel: &str, procs: &str) -> PathBuf {
+            let dir = self.0.join(rel);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cgroup.procs"), procs).unwrap();
+            dir
+        }
+    }
+
+    impl Drop for FakeRoot {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn static_pods_are_found_by_their_config_hash() {
+        let root = FakeRoot::new("static");
+        let hash = "6f2b3d5a1c0e4f7a9b8c7d6e5f4a3b2c";
+        let netns = root.0.join(format!("netns-{hash}"));
+        std::fs::write(&netns, "").unwrap();
+        let template = root.0.join("netns-{uid}").display().to_string();
+        let resolver = Resolver::new(&root.0, Some(template));
+        let cgroup = root.cgroup(&format!("kubepods/besteffort/pod{hash}"), "1\n");
+        // The mirror pod's own UID names nothing on the node.
+        root.cgroup("kubepods/besteffort/pod1-2", "");
+        let view = PodView::of(&sidecar_pod(serde_json::json!({
+            "kubernetes.io/config.mirror": hash,
+            "kubernetes.io/config.hash": hash,
+        })))
+        .unwrap()
+        .unwrap();
+        let spec = resolver.spec(&view).unwrap();
+        assert_eq!(spec.cgroup, cgroup);
+        assert_eq!(spec.netns, Some(netns));
+    }
+
     #[test]
     fn pending_pods_say_what_they_wait_for() {
         let root = std::env::temp_dir().join(format!("ms-kube-{}", std::process::id()));

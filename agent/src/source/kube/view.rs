@@ -44,6 +44,10 @@ impl fmt::Display for PodRef {
     }
 }
 
+/// Set by the kubelet on the mirror pod of a static pod: the static pod's config hash, which is
+/// the UID the kubelet runs it under.
+pub const MIRROR: &str = "kubernetes.io/config.mirror";
+
 /// A pod object the agent cannot read (logged, then skipped).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ViewError {
@@ -51,6 +55,8 @@ pub enum ViewError {
     NoName,
     #[error("pod without metadata.uid")]
     NoUid,
+    #[error("mirror pod with an unusable {MIRROR} annotation {0:?}")]
+    MirrorHash(String),
     #[error("pod without spec")]
     NoSpec,
     #[error("pod address {address:?}: {error}")]
@@ -64,6 +70,9 @@ pub enum ViewError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodView {
     pub pod: PodRef,
+    /// The UID the kubelet names the pod's cgroup (and runtime paths) after: its
+    /// `metadata.uid`, except for a static pod's mirror, whose API object has a UID of its own
+    /// while the kubelet runs the pod under its config hash.
     pub uid: String,
     /// Only the annotations capture reads, so unrelated updates compare equal.
     pub annotations: BTreeMap<String, String>,
@@ -77,7 +86,7 @@ impl PodView {
     pub fn of(pod: &Pod) -> Result<Option<Self>, ViewError> {
         let meta = &pod.metadata;
         let id = PodRef::of(pod).ok_or(ViewError::NoName)?;
-        let uid = meta.uid.clone().ok_or(ViewError::NoUid)?;
+        let uid = node_uid(pod)?;
         let spec = pod.spec.as_ref().ok_or(ViewError::NoSpec)?;
         let annotations = meta.annotations.clone().unwrap_or_default();
         let labels = meta.labels.clone().unwrap_or_default();
@@ -138,6 +147,24 @@ impl PodView {
     }
 }
 
+/// The UID the pod runs under on its node (see [`PodView::uid`]). It becomes part of a cgroup
+/// path, so a mirror hash (an annotation anyone creating a pod can set) must be one plain
+/// path component.
+fn node_uid(pod: &Pod) -> Result<String, ViewError> {
+    let meta = &pod.metadata;
+    if let Some(hash) = meta.annotations.as_ref().and_then(|a| a.get(MIRROR)) {
+        let plain = !hash.is_empty()
+            && hash.len() <= 64
+            && hash.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        return if plain {
+            Ok(hash.clone())
+        } else {
+            Err(ViewError::MirrorHash(hash.clone()))
+        };
+    }
+    meta.uid.clone().ok_or(ViewError::NoUid)
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -189,6 +216,27 @@ pub(super) mod tests {
                 "10.200.0.0/16"
             )])
         );
+    }
+
+    #[test]
+    fn static_pods_go_by_their_mirror_hash() {
+        let mut p = sidecar_pod(serde_json::json!({
+            "kubernetes.io/config.mirror": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            "kubernetes.io/config.hash": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        }));
+        assert_eq!(
+            PodView::of(&p).unwrap().unwrap().uid,
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+        );
+        // Never a path of its own choosing.
+        for bad in ["", "../../x", "a/b", "a b"] {
+            p.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(MIRROR.into(), bad.into());
+            assert_eq!(PodView::of(&p), Err(ViewError::MirrorHash(bad.into())));
+        }
     }
 
     #[test]
