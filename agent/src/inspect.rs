@@ -7,5 +7,5 @@ pub use crate::{
     },
     host::cgroup::{cgroup_id, cgroup2_mount},
     spec::istio::{Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges},
-    sys::bpf::{CgroupLinkInfo, cgroup_link_info, netns_links, obj_get},
+    sys::bpf::{CgroupLinkInfo, cgroup_link_info, cgroup_links, netns_links, obj_get},
 };

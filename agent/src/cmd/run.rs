@@ -1,5 +1,8 @@
 //! `meshsteer run`: attach, enrol, follow the pod source, stop cleanly.
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
@@ -30,6 +33,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(r) => r,
         None => host::cgroup2_mount()?,
     };
+    // Checked before anything is attached: an agent that cannot read its pods must leave the
+    // node as it found it, not capture at the cgroup root and then exit.
+    let source = SourceConfig::check(&args.kube, &args.pods_dir).await?;
     // Bound before anything is attached: a taken port stops the agent before it changes
     // anything; served once the datapath is attached.
     let endpoints = Endpoints::bind(args.metrics.addr.0).await?;
@@ -41,7 +47,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     endpoints.serve(&datapath.pins, reporter.subscribe())?;
     let maps = PodMaps::take(&mut datapath.bpf)?;
     let sk_lookup = datapath.sk_lookup.try_clone()?;
-    let mut source = open_source(&args.kube, &args.pods_dir, &cgroup_root).await?;
+    let mut source = source.open(&cgroup_root);
     let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookup);
     let mut registry = Registry::new(dataplane, cgroup_root)
         .with_acceleration(args.accelerate.on(), datapath.accel.clone());
@@ -80,21 +86,43 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// The pod-spec directory, or with `--kubernetes` this node's pods on the API server.
-async fn open_source(kube: &KubeArgs, pods_dir: &Path, cgroup_root: &Path) -> Result<Source> {
-    if kube.kubernetes {
-        let settings = kube::Settings {
-            node_name: kube.node_name.clone(),
-            kubeconfig: kube.kubeconfig.clone(),
-            netns_path_template: kube.netns_path_template.clone(),
-        };
-        let pods = KubePods::start(&settings, cgroup_root).await?;
-        return Ok(Source::Kubernetes(pods));
+/// The pod source, checked but not started: the pod-spec directory, or with `--kubernetes`
+/// this node's pods on the API server.
+enum SourceConfig {
+    Dir(PathBuf),
+    Kubernetes(kube::Prepared),
+}
+
+impl SourceConfig {
+    async fn check(kube: &KubeArgs, pods_dir: &Path) -> Result<Self> {
+        if kube.kubernetes {
+            let settings = kube::Settings {
+                node_name: kube.node_name.clone(),
+                kubeconfig: kube.kubeconfig.clone(),
+                netns_path_template: kube.netns_path_template.clone(),
+            };
+            let prepared = settings
+                .prepare()
+                .await
+                .context("--kubernetes: the pod source is not usable (nothing was attached)")?;
+            return Ok(Self::Kubernetes(prepared));
+        }
+        fs::create_dir_all(pods_dir)
+            .with_context(|| format!("creating pods dir {}", pods_dir.display()))?;
+        Ok(Self::Dir(pods_dir.to_path_buf()))
     }
-    fs::create_dir_all(pods_dir)
-        .with_context(|| format!("creating pods dir {}", pods_dir.display()))?;
-    info!(pods_dir = %pods_dir.display(), "reading pod specs");
-    Ok(Source::Dir(PodDir::new(pods_dir)))
+
+    fn open(self, cgroup_root: &Path) -> Source {
+        match self {
+            Self::Kubernetes(prepared) => {
+                Source::Kubernetes(KubePods::start(prepared, cgroup_root))
+            }
+            Self::Dir(dir) => {
+                info!(pods_dir = %dir.display(), "reading pod specs");
+                Source::Dir(PodDir::new(&dir))
+            }
+        }
+    }
 }
 
 fn apply(registry: &mut Registry, batch: Batch, reconciled: &mut bool) {

@@ -171,11 +171,27 @@ pub fn netns_link_info(link: BorrowedFd<'_>) -> io::Result<(u64, u32)> {
 
 const BPF_LINK_GET_FD_BY_ID: u32 = 30;
 const BPF_LINK_GET_NEXT_ID: u32 = 31;
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
 const BPF_LINK_TYPE_NETNS: u32 = 5;
 
 /// Ids of every netns link in the kernel attached to the namespace with inode `netns_ino`: the
 /// kernel's own view, independent of our pins.
 pub fn netns_links(netns_ino: u64) -> io::Result<Vec<u32>> {
+    links_where(|info| {
+        (info[0] & 0xffff_ffff) as u32 == BPF_LINK_TYPE_NETNS && info[2] & 0xffff_ffff == netns_ino
+    })
+}
+
+/// Ids of every cgroup link in the kernel attached to the cgroup with id `cgroup_id` (the
+/// kernel's view, as for [`netns_links`]).
+pub fn cgroup_links(cgroup_id: u64) -> io::Result<Vec<u32>> {
+    links_where(|info| {
+        (info[0] & 0xffff_ffff) as u32 == BPF_LINK_TYPE_CGROUP && info[2] == cgroup_id
+    })
+}
+
+/// Ids of the kernel's links whose raw `bpf_link_info` satisfies `wanted`.
+fn links_where(wanted: impl Fn(&[u64; 8]) -> bool) -> io::Result<Vec<u32>> {
     let mut found = Vec::new();
     let mut id = 0u32;
     loop {
@@ -191,11 +207,7 @@ pub fn netns_links(netns_ino: u64) -> io::Result<Vec<u32>> {
         let Ok(fd) = bpf(BPF_LINK_GET_FD_BY_ID, &mut g).map(fd_result) else {
             continue;
         };
-        let is_ours = link_info(fd.as_fd()).is_ok_and(|info| {
-            (info[0] & 0xffff_ffff) as u32 == BPF_LINK_TYPE_NETNS
-                && info[2] & 0xffff_ffff == netns_ino
-        });
-        if is_ours {
+        if link_info(fd.as_fd()).is_ok_and(|info| wanted(&info)) {
             found.push(id);
         }
     }

@@ -84,3 +84,71 @@ fn other_socket_options_pass_through_untouched() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `run --kubernetes` without a usable configuration (no node name, no kubeconfig and no
+/// service account, an unreadable kubeconfig) exits with a clear error before it changes the
+/// node: no pins, no bpffs directory, no link on the cgroup it would have attached to.
+#[test]
+fn kubernetes_without_configuration_changes_nothing() -> anyhow::Result<()> {
+    let node = meshsteer_tests::Node::new()?;
+    let work = std::env::temp_dir()
+        .join("meshsteer-tests")
+        .join(format!("{}-noconf", node.id));
+    std::fs::create_dir_all(&work)?;
+    let bpffs = std::path::Path::new("/sys/fs/bpf").join(format!("meshsteer-{}-noconf", node.id));
+    // Pins an agent wrongly made would outlive the test: removed whatever happens.
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(bpffs.clone());
+    let missing = work.join("no-such-kubeconfig");
+    let root = node.cgroup_root.to_str().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (&[], "needs this node's name"),
+        (&["--node-name", "n1"], "no in-cluster service account"),
+        (
+            &[
+                "--node-name",
+                "n1",
+                "--kubeconfig",
+                missing.to_str().unwrap(),
+            ],
+            "loading kubeconfig",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = std::process::Command::new(meshsteer_tests::agent::agent_bin())
+            .args(["run", "--kubernetes", "--cgroup-root", root])
+            .args(["--bpffs-dir", bpffs.to_str().unwrap()])
+            .args(["--status-file", work.join("status.json").to_str().unwrap()])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(args)
+            // Nothing from the environment may stand in for what the case leaves out.
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env_remove("NODE_NAME")
+            .env_remove("MESHSTEER_NODE_NAME")
+            .env_remove("MESHSTEER_KUBECONFIG")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: exited 0: {stderr}");
+        assert!(!bpffs.exists(), "{args:?}: {} was created", bpffs.display());
+        let root_id = meshsteer::inspect::cgroup_id(&node.cgroup_root)?;
+        assert_eq!(
+            meshsteer::inspect::cgroup_links(root_id)?,
+            Vec::<u32>::new(),
+            "{args:?}: links attached to the cgroup root"
+        );
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("nothing was attached"),
+            "{args:?}: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}

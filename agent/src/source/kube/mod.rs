@@ -24,6 +24,7 @@ use kube::Api;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, info_span};
 
+pub use self::watch::SetupError;
 use self::{
     node::Resolver,
     view::{PodRef, PodView},
@@ -61,33 +62,54 @@ pub struct Settings {
     pub netns_path_template: Option<String>,
 }
 
-impl KubePods {
-    /// Connects to the API server and starts watching this node's pods.
-    pub async fn start(args: &Settings, cgroup_root: &Path) -> Result<Self> {
-        let node = args
+/// A checked configuration: the node's name and a client whose files were all read. Checked
+/// before the agent attaches anything, so a node without credentials is left as it was.
+pub struct Prepared {
+    node: String,
+    client: kube::Client,
+    netns_path_template: Option<String>,
+}
+
+impl Settings {
+    /// Checks everything the source needs short of the API server answering.
+    pub async fn prepare(&self) -> Result<Prepared, SetupError> {
+        let node = self
             .node_name
             .clone()
             .or_else(|| std::env::var("NODE_NAME").ok())
             .filter(|n| !n.is_empty())
-            .context(
-                "--kubernetes needs this node's name: --node-name, MESHSTEER_NODE_NAME or \
-                 NODE_NAME (the DaemonSet sets it from spec.nodeName)",
-            )?;
-        let kubeconfig = args
+            .ok_or(SetupError::NoNodeName)?;
+        let kubeconfig = self
             .kubeconfig
             .clone()
             .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
             .filter(|p| !p.as_os_str().is_empty());
         let client = client(kubeconfig.as_deref()).await?;
+        Ok(Prepared {
+            node,
+            client,
+            netns_path_template: self.netns_path_template.clone(),
+        })
+    }
+}
+
+impl KubePods {
+    /// Starts watching this node's pods.
+    pub fn start(prepared: Prepared, cgroup_root: &Path) -> Self {
+        let Prepared {
+            node,
+            client,
+            netns_path_template,
+        } = prepared;
         let (tx, updates) = mpsc::channel(QUEUE);
         info!(node = %node, "watching this node's pods on the Kubernetes API server");
         let watcher = tokio::spawn(watch(Api::all(client), node, tx));
-        Ok(Self {
+        Self {
             updates,
-            resolver: Resolver::new(cgroup_root, args.netns_path_template.clone()),
+            resolver: Resolver::new(cgroup_root, netns_path_template),
             pods: BTreeMap::new(),
             watcher,
-        })
+        }
     }
 
     /// The next changes the API server reports. Cancel-safe: it only awaits the queue.

@@ -1,13 +1,12 @@
 //! The API side: a client from a kubeconfig or the pod's service account, and the task that
 //! list-watches this node's pods and reduces each to a [`PodView`].
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Config,
-    config::{KubeConfigOptions, Kubeconfig},
+    config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError},
     runtime::{
         WatchStreamExt,
         watcher::{self, Event, InitialListStrategy},
@@ -28,21 +27,57 @@ pub(super) enum Update {
     Deleted(PodRef),
 }
 
-/// A client from `kubeconfig`, else the pod's service account (in-cluster config).
-pub(super) async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+/// Why the agent cannot talk to the API server, found before it changes anything on the node.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(
+        "--kubernetes needs this node's name: --node-name, MESHSTEER_NODE_NAME or NODE_NAME \
+         (the DaemonSet sets it from spec.nodeName)"
+    )]
+    NoNodeName,
+    #[error("loading kubeconfig {}", .path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error("no --kubeconfig (or KUBECONFIG) and no in-cluster service account to fall back on")]
+    InCluster(#[source] InClusterError),
+    #[error("reading the API token {}", .path.display())]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("creating the Kubernetes client")]
+    Client(#[source] kube::Error),
+}
+
+/// A client from `kubeconfig`, else the pod's service account (in-cluster config). Nothing is
+/// sent yet, but every file it needs has been read: a missing token fails here, not on the
+/// first request after the agent attached.
+pub(super) async fn client(kubeconfig: Option<&Path>) -> Result<Client, SetupError> {
     let config = match kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            let failed = |source| SetupError::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            };
+            let file = Kubeconfig::read_from(path).map_err(failed)?;
             Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
                 .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+                .map_err(failed)?
         }
-        None => Config::incluster().context(
-            "no --kubeconfig (or KUBECONFIG) and no in-cluster service account to fall back on",
-        )?,
+        None => Config::incluster().map_err(SetupError::InCluster)?,
     };
-    Client::try_from(config).context("creating the Kubernetes client")
+    // The client re-reads a token file on each request; it must at least be readable now.
+    if let Some(path) = &config.auth_info.token_file {
+        std::fs::read(path).map_err(|source| SetupError::Token {
+            path: path.into(),
+            source,
+        })?;
+    }
+    Client::try_from(config).map_err(SetupError::Client)
 }
 
 /// Lists then watches the node's pods for as long as the agent listens, retrying API errors
