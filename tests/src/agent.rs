@@ -140,7 +140,7 @@ impl Agent {
     fn located<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
         let mut full: Vec<&str> = args.to_vec();
         let sub = args.first().copied().unwrap_or_default();
-        if matches!(sub, "status" | "trace") {
+        if matches!(sub, "status" | "trace" | "explain") {
             full.extend(["--status-file", path_str(&self.status_file)]);
         }
         if matches!(sub, "status" | "uninstall" | "trace") {

@@ -172,7 +172,8 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
-    /// Pod name, as in its spec.
+    /// Pod name, as in `meshsteer status` (`namespace/name` for Kubernetes pods) or in its
+    /// spec file.
     #[arg(long, env = "MESHSTEER_POD")]
     pub pod: String,
     /// The socket owner's uid (outbound).
@@ -198,6 +199,10 @@ pub struct ExplainArgs {
         default_value = "/run/meshsteer/pods"
     )]
     pub pods_dir: PathBuf,
+    /// The running agent's status: the settings in effect of every pod it enrolled, from
+    /// any source (spec files in --pods-dir are read only for pods it has not enrolled).
+    #[command(flatten)]
+    pub status: StatusFileArgs,
     /// Decide an arriving connection (ISTIO_INBOUND) from --src to the pod's --dst instead.
     #[arg(long)]
     pub inbound: bool,

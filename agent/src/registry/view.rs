@@ -18,6 +18,13 @@ impl<D> Registry<D> {
                 cgroup: e.spec.as_ref().map(|s| s.cgroup.clone()),
                 cgroup_id: e.enrolled.as_ref().map(|x| x.cgroup_id),
                 pod_id: e.enrolled.as_ref().map(|x| x.plan.config.pod_id),
+                // What is in effect: after a refused update, still the previous settings.
+                capture: e.enrolled.as_ref().map(|x| x.plan.capture().clone()),
+                ips: e
+                    .enrolled
+                    .as_ref()
+                    .map(|x| x.plan.ips().to_vec())
+                    .unwrap_or_default(),
                 accelerate: e.enrolled.as_ref().map(|x| x.plan.accelerates()),
                 counters: None,
             })

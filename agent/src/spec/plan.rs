@@ -35,6 +35,16 @@ impl Plan {
         }
     }
 
+    /// The settings the plan was made from, for the status file and `explain`.
+    pub fn capture(&self) -> &Capture {
+        &self.capture
+    }
+
+    /// The pod's addresses the plan was made for.
+    pub fn ips(&self) -> &[IpAddr] {
+        &self.ips
+    }
+
     pub fn accelerates(&self) -> bool {
         self.config.flags & pod_flags::ACCELERATE != 0
     }

@@ -4,7 +4,7 @@
 use std::{
     fmt, fs,
     io::Write,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     str::FromStr,
@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::source::change::SourceKey;
+use crate::{source::change::SourceKey, spec::istio::Capture};
 
 /// The whole file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,13 @@ pub struct PodStatus {
     pub cgroup_id: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_id: Option<u32>,
+    /// The capture settings in effect (parsed; absent until the pod is enrolled). With
+    /// `ips`, what `meshsteer explain` decides from, whatever the pod's source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Capture>,
+    /// The addresses the settings in effect were applied for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
     /// Socket-level acceleration is on for the enrolled pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerate: Option<bool>,
@@ -185,6 +192,8 @@ mod tests {
                 cgroup: Some("/sys/fs/cgroup/kubepods/podx".into()),
                 cgroup_id: Some(42),
                 pod_id: Some(1),
+                capture: Some(Capture::default()),
+                ips: vec!["10.0.0.5".parse().unwrap()],
                 accelerate: Some(false),
                 counters: None,
             }],
@@ -192,6 +201,8 @@ mod tests {
         let text = serde_json::to_string(&doc).unwrap();
         assert!(text.contains(r#""cgroupId":42"#), "{text}");
         assert!(text.contains(r#""source":{"kube":{"namespace":"default","name":"web"}}"#));
+        assert!(text.contains(r#""ips":["10.0.0.5"]"#), "{text}");
+        assert!(text.contains(r#""capture":{"proxyPort":15001,"#), "{text}");
         assert_eq!(serde_json::from_str::<AgentStatus>(&text).unwrap(), doc);
 
         let dir = std::env::temp_dir().join(format!("ms-status-{}", std::process::id()));

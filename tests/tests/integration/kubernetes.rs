@@ -110,11 +110,26 @@ fn capture_follows_the_pod_through_the_api_server() -> Result<()> {
     s.agent.wait_state(&name, |st| st == "ready")?;
     let took = pod.lands_on(WORLD, 15001)?;
     eprintln!("captured {took:?} after ready");
+    // `explain` knows the pod by name from the agent's live state (no spec file exists).
+    let explain = |s: &Scene| -> Result<serde_json::Value> {
+        let out = s.agent.cli(&[
+            "explain", "--json", "--pod", &name, "--uid", "1000", "--dst", WORLD,
+        ])?;
+        Ok(serde_json::from_slice(&out)?)
+    };
+    let e = explain(&s)?;
+    assert_eq!(e["from"], "agent", "{e}");
+    assert_eq!(e["lands"], "127.0.0.1:15001", "{e}");
 
     // Annotations apply live, both ways.
     k8s.annotate(ns, "a", EXCLUDE_OUTBOUND, Some("10.200.0.0/16"))?;
     let took = pod.lands_on(WORLD, 80)?;
     eprintln!("annotation added: in effect after {took:?}");
+    s.agent.wait_until(
+        Duration::from_secs(5),
+        "explain to see the annotation",
+        |_| explain(&s).is_ok_and(|e| e["lands"] == WORLD),
+    )?;
     k8s.annotate(ns, "a", EXCLUDE_OUTBOUND, None)?;
     let took = pod.lands_on(WORLD, 15001)?;
     eprintln!("annotation removed: in effect after {took:?}");

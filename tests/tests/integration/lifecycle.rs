@@ -5,6 +5,14 @@ use meshsteer_tests::{Testbed, World, agent::agent_bin};
 
 const WORLD: &str = "10.200.0.1:80";
 
+/// `meshsteer explain --json` of an app connection to [`WORLD`].
+fn explain(agent: &meshsteer_tests::Agent, pod: &str) -> anyhow::Result<serde_json::Value> {
+    let out = agent.cli(&[
+        "explain", "--json", "--pod", pod, "--uid", "1000", "--dst", WORLD,
+    ])?;
+    Ok(serde_json::from_slice(&out)?)
+}
+
 #[test]
 fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
     let mut bed = Testbed::new()?;
@@ -28,6 +36,10 @@ fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
     agent.write_spec("a", &pod.spec("-i '*' -k eth1"))?;
     agent.wait_state(name, |s| s.contains("unsupported istio-iptables option -k"))?;
     assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 80);
+    // `explain` answers from what the agent has in effect, not from the refused file.
+    let e = explain(agent, name)?;
+    assert_eq!(e["from"], "agent", "{e}");
+    assert_eq!(e["lands"], WORLD, "{e}");
 
     // A new pod with a bad spec is not enrolled at all.
     let mut other = bed.node.add_pod("b")?;
@@ -42,6 +54,9 @@ fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
     agent.write_spec("b", &other.spec("-i '*'"))?;
     agent.wait_state("test/b", |s| s == "ready")?;
     assert_eq!(other.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
+    let e = explain(agent, "test/b")?;
+    assert_eq!(e["from"], "agent", "{e}");
+    assert_eq!(e["lands"], "127.0.0.1:15001", "{e}");
 
     // Deleting a spec stops capture and frees the pod's map entries.
     agent.remove_spec("a")?;
