@@ -33,7 +33,8 @@ docker build -f "$repo/deploy/Dockerfile" -t "$IMAGE" "$repo"
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 step "meshsteer DaemonSet"
-kubectl apply -f "$repo/deploy/"
+# -k: deploy/kustomization.yaml applies the namespace first (-f would go by file name).
+kubectl apply -k "$repo/deploy"
 kubectl -n meshsteer set image daemonset/meshsteer agent="$IMAGE"
 kubectl -n meshsteer rollout status daemonset/meshsteer --timeout=300s
 

@@ -29,8 +29,8 @@ use serde_json::json;
 /// The user the box's agent kubeconfig authenticates as.
 const AGENT_USER: &str = "node-agent";
 
-/// The manifests the agent's permissions come from, relative to the repository.
-const RBAC_MANIFESTS: &[&str] = &["deploy/namespace.yaml", "deploy/rbac.yaml"];
+/// How `deploy/kind/up.sh` installs the agent; the harness does the same on its fresh server.
+pub const UP_SH_APPLY: &str = r#"kubectl apply -k "$repo/deploy""#;
 
 pub struct Cluster {
     box_dir: PathBuf,
@@ -131,15 +131,16 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Applies the deployment's namespace and RBAC, and binds its ClusterRole to the user the
-    /// agent kubeconfig names.
+    /// Installs `deploy/` as `deploy/kind/up.sh` does, the first thing on the fresh server (so
+    /// a manifest that needs something applied before it fails here, as on a new cluster), and
+    /// binds its ClusterRole to the user the agent kubeconfig names.
     fn grant_agent_role(&self) -> Result<()> {
-        let mut apply = self.kubectl();
-        apply.arg("apply");
-        for m in RBAC_MANIFESTS {
-            apply.arg("-f").arg(repo_root().join(m));
-        }
-        checked(&mut apply)?;
+        checked(
+            self.kubectl()
+                .args(["apply", "-k"])
+                .arg(repo_root().join("deploy")),
+        )
+        .context("applying deploy/ to a fresh API server, as deploy/kind/up.sh does")?;
         checked(self.kubectl().args([
             "create",
             "clusterrolebinding",

@@ -16,7 +16,7 @@ use meshsteer_tests::{
     Agent, Node, Pod,
     agent::path_str,
     area::{self, AreaGuard},
-    kube::{Cluster, cluster, repo_root},
+    kube::{Cluster, UP_SH_APPLY, cluster, repo_root},
 };
 
 const WORLD: &str = "10.200.0.1:80";
@@ -224,23 +224,46 @@ fn a_restarted_agent_reconciles_what_changed_while_it_was_down() -> Result<()> {
     Ok(())
 }
 
-/// `deploy/` as the API server sees it: every manifest passes server-side validation, and the
-/// ServiceAccount may read pods and nothing else.
+/// `deploy/` as the API server sees it: it installs on a fresh API server the way
+/// `deploy/kind/up.sh` applies it (the harness's first step, [`cluster`]), every manifest
+/// passes server-side validation, and the ServiceAccount may read pods and nothing else.
 #[test]
 fn deploy_manifests_validate_and_grant_only_pod_reads() -> Result<()> {
     let _area = area::enter();
     let k8s = cluster()?;
+    let up = std::fs::read_to_string(repo_root().join("deploy/kind/up.sh"))?;
+    ensure!(
+        up.lines().any(|l| l.trim() == UP_SH_APPLY),
+        "deploy/kind/up.sh no longer installs with `{UP_SH_APPLY}`, which the harness mirrors"
+    );
+    let ds = k8s
+        .kubectl()
+        .args([
+            "-n",
+            "meshsteer",
+            "get",
+            "daemonset",
+            "meshsteer",
+            "-o",
+            "name",
+        ])
+        .output()?;
+    ensure!(
+        String::from_utf8_lossy(&ds.stdout).trim() == "daemonset.apps/meshsteer",
+        "the DaemonSet was not installed: {}",
+        String::from_utf8_lossy(&ds.stderr)
+    );
     let deploy = repo_root().join("deploy");
     let out = k8s
         .kubectl()
-        .args(["apply", "--dry-run=server", "-f"])
+        .args(["apply", "--dry-run=server", "-k"])
         .arg(&deploy)
         .output()
         .context("running kubectl")?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success(),
-        "kubectl apply --dry-run=server -f deploy/ failed: {}{text}",
+        "kubectl apply --dry-run=server -k deploy/ failed: {}{text}",
         String::from_utf8_lossy(&out.stderr)
     );
     for kind in [
