@@ -282,6 +282,19 @@ impl Pod {
         self.procs.push(p);
     }
 
+    /// Stops the pod's processes and removes its container cgroup, as a runtime does when the
+    /// pod's containers stop; the pod-level cgroup stays (as on hybrid hosts).
+    pub fn stop_containers(&mut self) -> Result<()> {
+        self.procs.clear();
+        for _ in 0..50 {
+            if fs::remove_dir(&self.app_cgroup).is_ok() || !self.app_cgroup.exists() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        anyhow::bail!("{} still in use", self.app_cgroup.display())
+    }
+
     /// Waits until a connection from the pod's app (uid 1000) to `dst` lands on `port`;
     /// returns how long that took.
     pub fn lands_on(&self, dst: &str, port: u64) -> Result<std::time::Duration> {
@@ -344,7 +357,8 @@ impl Drop for Pod {
             .ancestors()
             .take_while(|d| *d != self.node_cgroup_root)
         {
-            if fs::remove_dir(dir).is_err() {
+            // Already gone (the agent removes deleted pods' empty cgroups): go on upwards.
+            if fs::remove_dir(dir).is_err() && dir.exists() {
                 break;
             }
         }

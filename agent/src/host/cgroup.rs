@@ -139,9 +139,37 @@ pub fn pod_cgroup_id(dir: &Path) -> Result<u64, CgroupError> {
     Ok(md.ino())
 }
 
+/// Whether a cgroup v2 directory holds processes or child cgroups. Anything unreadable counts
+/// as in use: this decides what may be removed, so doubt must keep a directory.
+pub fn in_use(dir: &Path) -> bool {
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).map_or(true, |p| !p.trim().is_empty());
+    let children = fs::read_dir(dir).map_or(true, |entries| {
+        entries
+            .into_iter()
+            .any(|e| e.and_then(|e| e.file_type()).map_or(true, |t| t.is_dir()))
+    });
+    procs || children
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroup_is_in_use_with_processes_or_children() {
+        let dir = std::env::temp_dir().join(format!("ms-cg-in-use-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        assert!(in_use(&dir), "no cgroup.procs: not known to be empty");
+        fs::write(dir.join("cgroup.procs"), "").unwrap();
+        assert!(!in_use(&dir));
+        fs::write(dir.join("cgroup.procs"), "42\n").unwrap();
+        assert!(in_use(&dir));
+        fs::write(dir.join("cgroup.procs"), "").unwrap();
+        fs::create_dir(dir.join("container")).unwrap();
+        assert!(in_use(&dir));
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn finds_cgroup2_among_v1_mounts() {

@@ -6,7 +6,7 @@
 //! validate server-side and its ServiceAccount can do what the agent needs and no more.
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -186,6 +186,83 @@ fn pods_wait_for_the_node_and_other_pods_are_left_alone() -> Result<()> {
         );
     }
     assert_eq!(s.enrolled_pods()?, 1);
+    Ok(())
+}
+
+/// A pod made through the API with `annotations`, backed by a simulated pod whose cgroup is
+/// `cgroup(uid)` (relative to the node's root), running, with its addresses published.
+fn pod_at(
+    s: &mut Scene,
+    name: &str,
+    annotations: &[(&str, &str)],
+    cgroup: impl Fn(&str) -> PathBuf,
+) -> Result<Pod> {
+    let annotations = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let uid = s
+        .k8s
+        .create_pod(&s.ns, name, &s.node.id.clone(), true, &annotations)?;
+    let mut pod = s.node.add_pod_at(name, &cgroup(&uid))?;
+    pod.start_listener()?;
+    s.publish_ips(&pod)?;
+    Ok(pod)
+}
+
+/// A static pod's mirror: the kubelet runs it under its config hash, which names its cgroup,
+/// not under the mirror pod's UID.
+#[test]
+fn a_static_pod_is_found_by_its_config_hash() -> Result<()> {
+    let mut s = Scene::new()?;
+    let hash = "5f0c4b7ad2e94e1b8c3a6d9e0f1a2b3c";
+    let pod = pod_at(
+        &mut s,
+        "static",
+        &[
+            ("kubernetes.io/config.mirror", hash),
+            ("kubernetes.io/config.hash", hash),
+        ],
+        |_| PathBuf::from(format!("kubepods/pod{hash}")),
+    )?;
+    s.agent
+        .wait_state(&s.status_name("static"), |st| st == "ready")?;
+    pod.lands_on(WORLD, 15001)?;
+    Ok(())
+}
+
+/// On hybrid hosts the pod-level cgroup2 directory outlives the pod (cgroupfs driver): the
+/// agent removes it once the pod is deleted and the directory is empty, not before.
+#[test]
+fn a_deleted_pods_empty_cgroup_is_removed() -> Result<()> {
+    let mut s = Scene::new()?;
+    let mut pod = pod_at(&mut s, "gone", &[], |uid| {
+        PathBuf::from(format!("kubepods/besteffort/pod{uid}"))
+    })?;
+    let name = s.status_name("gone");
+    s.agent.wait_state(&name, |st| st == "ready")?;
+    s.k8s.delete_pod(&s.ns, "gone")?;
+    s.agent
+        .wait_until(Duration::from_secs(5), "the pod to leave the status", |a| {
+            a.state(&name).is_none()
+        })?;
+    // Its container is still there: the directory stays.
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(pod.cgroup.exists(), "removed while in use");
+    pod.stop_containers()?;
+    let start = Instant::now();
+    while pod.cgroup.exists() {
+        ensure!(
+            start.elapsed() < Duration::from_secs(5),
+            "{} still there 5 s after the pod's containers stopped",
+            pod.cgroup.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(
+        pod.cgroup.parent().is_some_and(Path::exists),
+        "only the pod's own directory goes"
+    );
     Ok(())
 }
 

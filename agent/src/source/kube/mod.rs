@@ -11,12 +11,14 @@
 //! that are not fully on the node yet.
 mod annotations;
 mod node;
+mod reap;
 mod view;
 mod watch;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use anyhow::{Context, Result};
@@ -27,11 +29,12 @@ use tracing::{debug, info, info_span};
 pub use self::watch::SetupError;
 use self::{
     node::Resolver,
+    reap::Reaper,
     view::{PodRef, PodView},
     watch::{Update, client, watch},
 };
 use super::change::{Batch, Change, Rejected};
-use crate::spec::pod::PodSpec;
+use crate::{host::cgroup, spec::pod::PodSpec};
 
 /// Updates queued between the watcher task and the agent's loop: when the loop falls behind,
 /// the watcher waits instead of buffering without bound.
@@ -42,6 +45,8 @@ pub struct KubePods {
     updates: mpsc::Receiver<Update>,
     resolver: Resolver,
     pods: BTreeMap<PodRef, Tracked>,
+    /// Deleted pods' cgroup2 directories, removed once empty (hybrid hosts leave them).
+    reaper: Reaper,
     watcher: JoinHandle<()>,
 }
 
@@ -108,6 +113,7 @@ impl KubePods {
             updates,
             resolver: Resolver::new(cgroup_root, netns_path_template),
             pods: BTreeMap::new(),
+            reaper: Reaper::new(),
             watcher,
         }
     }
@@ -130,24 +136,33 @@ impl KubePods {
                     .filter(|k| !listed.contains(*k))
                     .cloned()
                     .collect();
-                changes.extend(gone.iter().filter_map(|k| self.untrack(k)));
+                changes.extend(gone.iter().filter_map(|k| self.untrack(k, true)));
                 changes.extend(views.into_iter().filter_map(|v| self.track(v)));
             }
             Update::Applied(_, Some(view)) => changes.extend(self.track(view)),
-            Update::Applied(id, None) | Update::Deleted(id) => changes.extend(self.untrack(&id)),
+            // No longer captured (opted out, finished): its cgroup is the kubelet's business.
+            Update::Applied(id, None) => changes.extend(self.untrack(&id, false)),
+            Update::Deleted(id) => changes.extend(self.untrack(&id, true)),
         }
         Ok(Batch { changes, complete })
     }
 
     /// Pods not fully on the node yet (no addresses, cgroup or process) are retried; so are
-    /// enrolled pods whose namespace path went away with the process it named.
+    /// enrolled pods whose namespace path went away with the process it named, and those whose
+    /// cgroup is empty while a live one in another layout exists (the empty one was stale).
+    /// Deleted pods' empty cgroups are removed.
     pub fn poll(&mut self) -> Vec<Change> {
+        self.reap(Instant::now());
         let stale: Vec<PodRef> = self
             .pods
             .iter()
             .filter(|(_, t)| match &t.sent {
                 Err(_) => true,
-                Ok(spec) => spec.netns.as_ref().is_some_and(|ns| !ns.exists()),
+                Ok(spec) => {
+                    spec.netns.as_ref().is_some_and(|ns| !ns.exists())
+                        || (!cgroup::in_use(&spec.cgroup)
+                            && self.resolver.pod_cgroup(&t.view.uid).as_ref() != Some(&spec.cgroup))
+                }
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -158,6 +173,15 @@ impl KubePods {
                 self.resolve(view)
             })
             .collect()
+    }
+
+    /// Removes deleted pods' cgroups that are due and empty.
+    fn reap(&mut self, now: Instant) {
+        let pods = &self.pods;
+        self.reaper.poll(now, |dir| {
+            pods.values()
+                .any(|t| t.sent.as_ref().is_ok_and(|s| s.cgroup == dir))
+        });
     }
 
     /// A pod appeared or changed.
@@ -189,8 +213,17 @@ impl KubePods {
         Some(Change::Upsert(key, Box::new(sent)))
     }
 
-    fn untrack(&mut self, id: &PodRef) -> Option<Change> {
-        self.pods.remove(id)?;
+    /// A pod is gone from what the agent captures; `deleted`: from the API server too, so its
+    /// cgroup, once empty, is removed (the registry unenrols it before the next poll).
+    fn untrack(&mut self, id: &PodRef, deleted: bool) -> Option<Change> {
+        let t = self.pods.remove(id)?;
+        if deleted
+            && let Ok(spec) = &t.sent
+            && self.resolver.removable(&spec.cgroup, &t.view.uid)
+        {
+            self.reaper
+                .deleted(id.to_string(), spec.cgroup.clone(), Instant::now());
+        }
         Some(Change::Remove(id.key()))
     }
 }
@@ -219,6 +252,96 @@ mod tests {
         }
     }
 
+    /// A pod `name` with UID `uid`, on the node with addresses.
+    fn view_of(name: &str, uid: &str, annotations: serde_json::Value) -> PodView {
+        let mut pod = view::tests::sidecar_pod(annotations);
+        pod.metadata.name = Some(name.into());
+        pod.metadata.uid = Some(uid.into());
+        PodView::of(&pod).unwrap().unwrap()
+    }
+
+    /// As rmdir on cgroupfs: refused while the cgroup has processes or children; its
+    /// interface file goes with it.
+    fn cgroup_rmdir(dir: &Path) -> std::io::Result<()> {
+        if cgroup::in_use(dir) {
+            return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        std::fs::remove_file(dir.join("cgroup.procs"))?;
+        std::fs::remove_dir(dir)
+    }
+
+    #[tokio::test]
+    async fn deleted_pods_empty_cgroupfs_dirs_are_removed_and_nothing_else() {
+        let root = node::tests::FakeRoot::new("reap");
+        std::fs::write(root.0.join("netns"), "").unwrap();
+        let template = root.0.join("netns").display().to_string();
+        let (tx, updates) = mpsc::channel(QUEUE);
+        let mut pods = KubePods {
+            updates,
+            resolver: Resolver::new(&root.0, Some(template)),
+            pods: BTreeMap::new(),
+            reaper: Reaper::with_remove(cgroup_rmdir),
+            watcher: tokio::spawn(async {}),
+        };
+        // Deleted while its container is still stopping; deleted with a systemd slice;
+        // opted out (not deleted); deleted while a new pod with its UID (a static pod's hash)
+        // took its directory.
+        let a = root.cgroup("kubepods/besteffort/poda", "");
+        root.cgroup("kubepods/besteffort/poda/c1", "7\n");
+        let b = root.cgroup("kubepods.slice/kubepods-podb.slice", "");
+        let c = root.cgroup("kubepods/podc", "");
+        let d = root.cgroup("kubepods/burstable/podd", "");
+        let views = [
+            view_of("a", "a", serde_json::json!({})),
+            view_of("b", "b", serde_json::json!({})),
+            view_of("c", "c", serde_json::json!({})),
+            view_of("d", "d", serde_json::json!({})),
+        ];
+        tx.send(Update::Listed(views.to_vec())).await.unwrap();
+        let batch = pods.recv().await.unwrap();
+        for c in &batch.changes {
+            match c {
+                Change::Upsert(key, spec) => {
+                    assert!(spec.is_ok(), "{key}: {:?}", spec.as_ref().as_ref().err())
+                }
+                Change::Remove(key) => panic!("removed {key}"),
+            }
+        }
+        for name in ["a", "b", "d"] {
+            tx.send(Update::Deleted(views[0].pod.clone().with_name(name)))
+                .await
+                .unwrap();
+            pods.recv().await.unwrap();
+        }
+        tx.send(Update::Applied(views[2].pod.clone(), None))
+            .await
+            .unwrap();
+        pods.recv().await.unwrap();
+        assert_eq!(pods.reaper.pending(), [a.as_path(), d.as_path()]);
+        // `d`'s directory is now a tracked pod's (the same static pod, recreated).
+        let mut again = view_of("d2", "d", serde_json::json!({}));
+        again.pod.name = "d2".into();
+        tx.send(Update::Applied(again.pod.clone(), Some(again)))
+            .await
+            .unwrap();
+        pods.recv().await.unwrap();
+
+        let now = Instant::now();
+        pods.reap(now);
+        assert!(a.exists(), "its container is still there");
+        assert!(d.exists(), "in use by a tracked pod");
+        assert_eq!(pods.reaper.pending(), [a.as_path()]);
+        // The runtime removes the container's cgroup: the pod's goes at the next look.
+        std::fs::remove_file(a.join("c1/cgroup.procs")).unwrap();
+        std::fs::remove_dir(a.join("c1")).unwrap();
+        pods.reap(now);
+        assert!(a.exists(), "looked at once a second only");
+        pods.reap(now + std::time::Duration::from_secs(2));
+        assert!(!a.exists());
+        assert!(b.exists() && c.exists() && d.exists());
+        assert!(pods.reaper.pending().is_empty());
+    }
+
     #[tokio::test]
     async fn listings_key_pods_by_namespace_and_name_and_drop_the_gone() {
         let (tx, updates) = mpsc::channel(QUEUE);
@@ -227,6 +350,7 @@ mod tests {
             updates,
             resolver: Resolver::new(&root, None),
             pods: BTreeMap::new(),
+            reaper: Reaper::new(),
             watcher: tokio::spawn(async {}),
         };
 

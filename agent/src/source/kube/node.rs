@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use super::{annotations::capture, view::PodView};
-use crate::{host::proc as netns, source::change::Rejected, spec::pod::PodSpec};
+use crate::{
+    host::{cgroup, proc as netns},
+    source::change::Rejected,
+    spec::pod::PodSpec,
+};
 
 /// What a pod still lacks on this node; a later look may find it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -80,12 +84,26 @@ impl Resolver {
         Ok((cgroup, netns))
     }
 
-    /// The pod-level cgroup: the first of the kubelet's layouts that exists.
-    fn pod_cgroup(&self, uid: &str) -> Option<PathBuf> {
-        cgroup_candidates(uid)
+    /// The pod-level cgroup: of the kubelet's layouts that exist, the first with processes or
+    /// children, else the first. An empty directory may be a stale one (hybrid hosts leave
+    /// deleted pods' in cgroup2), so a live one in another layout wins over it.
+    pub fn pod_cgroup(&self, uid: &str) -> Option<PathBuf> {
+        let existing: Vec<PathBuf> = cgroup_candidates(uid)
             .into_iter()
             .map(|rel| self.cgroup_root.join(rel))
-            .find(|dir| dir.join("cgroup.procs").is_file())
+            .filter(|dir| dir.join("cgroup.procs").is_file())
+            .collect();
+        let live = existing.iter().position(|dir| cgroup::in_use(dir));
+        existing.into_iter().nth(live.unwrap_or(0))
+    }
+
+    /// Whether `dir` is one of the pod's cgroupfs-driver pod directories under the cgroup root:
+    /// the only kind the agent removes after the pod is deleted (systemd removes its own
+    /// `.slice` units).
+    pub fn removable(&self, dir: &Path, uid: &str) -> bool {
+        cgroup_candidates(uid).iter().any(|rel| {
+            rel.extension().is_none_or(|e| e != "slice") && self.cgroup_root.join(rel) == dir
+        })
     }
 
     fn netns(&self, view: &PodView, cgroup: &Path) -> Option<PathBuf> {
@@ -135,7 +153,7 @@ fn cgroup_candidates(uid: &str) -> Vec<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::source::{change::Unready, kube::view::tests::sidecar_pod};
 
@@ -165,7 +183,7 @@ mod tests {
 
     /// A scratch cgroup root (plain directories: only the layout is looked at), removed on
     /// drop.
-    pub(super) struct FakeRoot(pub PathBuf);
+    pub(crate) struct FakeRoot(pub PathBuf);
 
     impl FakeRoot {
         pub fn new(tag: &str) -> Self {
@@ -210,6 +228,33 @@ mod tests {
         let spec = resolver.spec(&view).unwrap();
         assert_eq!(spec.cgroup, cgroup);
         assert_eq!(spec.netns, Some(netns));
+    }
+
+    #[test]
+    fn a_stale_empty_pod_cgroup_loses_to_a_live_one() {
+        let root = FakeRoot::new("stale");
+        let resolver = Resolver::new(&root.0, None);
+        // Left in cgroup2 by an earlier life of the pod in another QoS class (first in the
+        // kubelet's order), beside the live one, whose container holds the processes.
+        let stale = root.cgroup("kubepods/pod1-2", "");
+        let live = root.cgroup("kubepods/besteffort/pod1-2", "");
+        root.cgroup("kubepods/besteffort/pod1-2/c1", "7\n");
+        assert_eq!(resolver.pod_cgroup("1-2"), Some(live.clone()));
+        // A pod cgroup with processes of its own counts as live too.
+        std::fs::remove_dir_all(live.join("c1")).unwrap();
+        std::fs::write(live.join("cgroup.procs"), "7\n").unwrap();
+        assert_eq!(resolver.pod_cgroup("1-2"), Some(live.clone()));
+        // All empty (a pod not started yet): the kubelet's first layout.
+        std::fs::write(live.join("cgroup.procs"), "").unwrap();
+        assert_eq!(resolver.pod_cgroup("1-2"), Some(stale.clone()));
+
+        assert!(resolver.removable(&stale, "1-2"));
+        assert!(resolver.removable(&live, "1-2"));
+        assert!(!resolver.removable(&live, "1-3"), "another pod's name");
+        assert!(!resolver.removable(&root.0.join("kubepods/besteffort"), "1-2"));
+        assert!(!resolver.removable(Path::new("/elsewhere/kubepods/pod1-2"), "1-2"));
+        let slice = root.0.join("kubepods.slice/kubepods-pod1_2.slice");
+        assert!(!resolver.removable(&slice, "1-2"), "systemd's own unit");
     }
 
     #[test]

@@ -29,6 +29,13 @@ impl PodRef {
         })
     }
 
+    /// The pod of the same namespace named `name`.
+    #[cfg(test)]
+    pub fn with_name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// The registry's key for this pod.
     pub fn key(&self) -> SourceKey {
         SourceKey::Kube {
