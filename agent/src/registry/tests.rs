@@ -747,3 +747,37 @@ fn a_duplicate_inbound_address_is_refused() {
     r.upsert(&file("c"), Ok(outbound_only("test/c", CG_B)));
     assert_eq!(r.state(&file("c")), Some(PodState::Ready));
 }
+
+/// The status carries the settings in effect (what `explain` decides from): the enrolled
+/// ones, still the previous ones after a refused update, none for a pod never enrolled.
+#[test]
+fn the_status_carries_the_settings_in_effect() {
+    let mut r = registry(host());
+    let excluding = PodSpec {
+        args: Some("-i '*' -x 10.200.0.0/16".into()),
+        ..pod("test/a", CG_A, NS_A)
+    };
+    r.upsert(&file("a"), Ok(excluding.clone()));
+    let settings = |r: &Registry<Fake>, key: &SourceKey| {
+        let p = r.status().into_iter().find(|p| p.source == *key).unwrap();
+        (p.capture, p.ips)
+    };
+    let expected = (
+        Some(excluding.capture().unwrap()),
+        vec!["10.0.0.5".parse().unwrap()],
+    );
+    assert_eq!(settings(&r, &file("a")), expected);
+
+    let bad = PodSpec {
+        args: Some("-i '*' -k eth1".into()),
+        ..pod("test/a", CG_A, NS_A)
+    };
+    r.upsert(&file("a"), Ok(bad));
+    assert_eq!(settings(&r, &file("a")), expected);
+
+    r.upsert(
+        &file("b"),
+        Err(Rejected::waiting("test/b", "no cgroup yet")),
+    );
+    assert_eq!(settings(&r, &file("b")), (None, vec![]));
+}
