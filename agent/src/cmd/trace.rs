@@ -60,6 +60,13 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             .map(|p| format!(" of {p}"))
             .unwrap_or_default()
     );
+    if let Some(note) = args
+        .pod
+        .as_deref()
+        .and_then(|p| unknown_pod(AgentStatus::read(&args.status.status_file).ok().as_ref(), p))
+    {
+        eprintln!("meshsteer trace: {note}");
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut renew = tokio::time::interval(RENEW);
@@ -91,6 +98,23 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         eprintln!("meshsteer trace: {dropped} records lost (ring buffer full)");
     }
     result
+}
+
+/// Why `--pod` may never show anything: the agent does not know a pod of that name (yet);
+/// names are as in `meshsteer status`, `namespace/name` for Kubernetes pods.
+fn unknown_pod(doc: Option<&AgentStatus>, pod: &str) -> Option<String> {
+    let Some(doc) = doc else {
+        return Some(format!(
+            "no agent status to find {pod:?} in; decisions show once the agent enrols it"
+        ));
+    };
+    match doc.pods.iter().find(|p| p.name == pod) {
+        Some(p) if p.cgroup_id.is_some() => None,
+        Some(p) => Some(format!("{pod:?} is not enrolled yet ({})", p.state)),
+        None => Some(format!(
+            "the agent knows no pod named {pod:?} (yet); names are as in `meshsteer status`"
+        )),
+    }
 }
 
 /// Whether the printer wants more.
@@ -390,6 +414,45 @@ mod tests {
         ev.direction = 9;
         assert!(Decision::new(&ev, String::new(), String::new()).is_none());
         assert!(parse(&[0u8; 8]).is_none());
+    }
+
+    #[test]
+    fn an_unknown_pod_is_pointed_out() {
+        use crate::{
+            source::change::SourceKey,
+            telemetry::status::{PodState, PodStatus},
+        };
+        let status = |state: PodState, cgroup_id: Option<u64>| PodStatus {
+            name: "ns/web".into(),
+            source: SourceKey::Kube {
+                namespace: "ns".into(),
+                name: "web".into(),
+            },
+            state,
+            cgroup: None,
+            cgroup_id,
+            pod_id: None,
+            capture: None,
+            ips: vec![],
+            accelerate: None,
+            counters: None,
+        };
+        let doc = |pod| AgentStatus {
+            pid: 1,
+            metrics_addr: None,
+            pods: vec![pod],
+        };
+        let ready = doc(status(PodState::Ready, Some(7)));
+        assert_eq!(unknown_pod(Some(&ready), "ns/web"), None);
+        let note = unknown_pod(Some(&ready), "web").unwrap();
+        assert!(note.contains("knows no pod named \"web\""), "{note}");
+        let waiting = doc(status(PodState::Waiting("no cgroup".into()), None));
+        let note = unknown_pod(Some(&waiting), "ns/web").unwrap();
+        assert!(
+            note.contains("not enrolled yet (waiting: no cgroup)"),
+            "{note}"
+        );
+        assert!(unknown_pod(None, "ns/web").is_some());
     }
 
     #[test]
