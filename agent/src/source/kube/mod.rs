@@ -47,6 +47,9 @@ pub struct KubePods {
     pods: BTreeMap<PodRef, Tracked>,
     /// Deleted pods' cgroup2 directories, removed once empty (hybrid hosts leave them).
     reaper: Reaper,
+    /// The cgroups of pods the agent enrolled and then left alone (finished, opted out), for
+    /// when their deletion comes.
+    released: BTreeMap<PodRef, PathBuf>,
     watcher: JoinHandle<()>,
 }
 
@@ -114,6 +117,7 @@ impl KubePods {
             resolver: Resolver::new(cgroup_root, netns_path_template),
             pods: BTreeMap::new(),
             reaper: Reaper::new(),
+            released: BTreeMap::new(),
             watcher,
         }
     }
@@ -137,6 +141,9 @@ impl KubePods {
                     .cloned()
                     .collect();
                 changes.extend(gone.iter().filter_map(|k| self.untrack(k, true)));
+                // Deletions missed while the watch was down are not told apart from pods
+                // still left alone: only directories that still exist are remembered.
+                self.released.retain(|_, dir| dir.exists());
                 changes.extend(views.into_iter().filter_map(|v| self.track(v)));
             }
             Update::Applied(_, Some(view)) => changes.extend(self.track(view)),
@@ -186,6 +193,7 @@ impl KubePods {
 
     /// A pod appeared or changed.
     fn track(&mut self, view: PodView) -> Option<Change> {
+        self.released.remove(&view.pod);
         if self.pods.get(&view.pod).is_some_and(|t| t.view == view) {
             return None;
         }
@@ -214,15 +222,27 @@ impl KubePods {
     }
 
     /// A pod is gone from what the agent captures; `deleted`: from the API server too, so its
-    /// cgroup, once empty, is removed (the registry unenrols it before the next poll).
+    /// cgroup, once empty, is removed (the registry unenrols it before the next poll). A pod
+    /// only left alone (finished, opted out) keeps its cgroup until its deletion is seen.
     fn untrack(&mut self, id: &PodRef, deleted: bool) -> Option<Change> {
-        let t = self.pods.remove(id)?;
-        if deleted
-            && let Ok(spec) = &t.sent
-            && self.resolver.removable(&spec.cgroup, &t.view.uid)
-        {
-            self.reaper
-                .deleted(id.to_string(), spec.cgroup.clone(), Instant::now());
+        let now = Instant::now();
+        let Some(t) = self.pods.remove(id) else {
+            if deleted && let Some(dir) = self.released.remove(id) {
+                self.reaper.deleted(id.to_string(), dir, now);
+            }
+            return None;
+        };
+        let dir = t
+            .sent
+            .ok()
+            .map(|s| s.cgroup)
+            .filter(|dir| self.resolver.removable(dir, &t.view.uid));
+        match dir {
+            Some(dir) if deleted => self.reaper.deleted(id.to_string(), dir, now),
+            Some(dir) => {
+                self.released.insert(id.clone(), dir);
+            }
+            None => {}
         }
         Some(Change::Remove(id.key()))
     }
@@ -281,10 +301,11 @@ mod tests {
             resolver: Resolver::new(&root.0, Some(template)),
             pods: BTreeMap::new(),
             reaper: Reaper::with_remove(cgroup_rmdir),
+            released: BTreeMap::new(),
             watcher: tokio::spawn(async {}),
         };
         // Deleted while its container is still stopping; deleted with a systemd slice;
-        // opted out (not deleted); deleted while a new pod with its UID (a static pod's hash)
+        // opted out (not deleted), later deleted; deleted while a new pod with its UID (a static pod's hash)
         // took its directory.
         let a = root.cgroup("kubepods/besteffort/poda", "");
         root.cgroup("kubepods/besteffort/poda/c1", "7\n");
@@ -318,6 +339,15 @@ mod tests {
             .unwrap();
         pods.recv().await.unwrap();
         assert_eq!(pods.reaper.pending(), [a.as_path(), d.as_path()]);
+        // `c` was left alone, then deleted: its directory goes too.
+        tx.send(Update::Deleted(views[2].pod.clone()))
+            .await
+            .unwrap();
+        pods.recv().await.unwrap();
+        assert_eq!(
+            pods.reaper.pending(),
+            [a.as_path(), d.as_path(), c.as_path()]
+        );
         // `d`'s directory is now a tracked pod's (the same static pod, recreated).
         let mut again = view_of("d2", "d", serde_json::json!({}));
         again.pod.name = "d2".into();
@@ -330,6 +360,7 @@ mod tests {
         pods.reap(now);
         assert!(a.exists(), "its container is still there");
         assert!(d.exists(), "in use by a tracked pod");
+        assert!(!c.exists());
         assert_eq!(pods.reaper.pending(), [a.as_path()]);
         // The runtime removes the container's cgroup: the pod's goes at the next look.
         std::fs::remove_file(a.join("c1/cgroup.procs")).unwrap();
@@ -338,7 +369,7 @@ mod tests {
         assert!(a.exists(), "looked at once a second only");
         pods.reap(now + std::time::Duration::from_secs(2));
         assert!(!a.exists());
-        assert!(b.exists() && c.exists() && d.exists());
+        assert!(b.exists() && d.exists());
         assert!(pods.reaper.pending().is_empty());
     }
 
@@ -351,6 +382,7 @@ mod tests {
             resolver: Resolver::new(&root, None),
             pods: BTreeMap::new(),
             reaper: Reaper::new(),
+            released: BTreeMap::new(),
             watcher: tokio::spawn(async {}),
         };
 
