@@ -140,9 +140,10 @@ impl KubePods {
                     .filter(|k| !listed.contains(*k))
                     .cloned()
                     .collect();
-                changes.extend(gone.iter().filter_map(|k| self.untrack(k, true)));
-                // Deletions missed while the watch was down are not told apart from pods
-                // still left alone: only directories that still exist are remembered.
+                // Missing from a relist: deleted, or only left alone now (a listing names
+                // captured pods only), which cannot be told apart. Cgroups are removed only
+                // after a deletion the API server reported, so these wait for theirs.
+                changes.extend(gone.iter().filter_map(|k| self.untrack(k, false)));
                 self.released.retain(|_, dir| dir.exists());
                 changes.extend(views.into_iter().filter_map(|v| self.track(v)));
             }
