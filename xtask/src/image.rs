@@ -45,9 +45,12 @@ pub fn build_all(root: &Path) -> Result<PathBuf> {
     let mkimage = root.join("tests/node-box/mkimage.sh");
     let passwd = format!(
         "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n\
          istio-proxy:x:{PROXY_ID}:{PROXY_ID}:istio-proxy:/tmp:/bin/false\n"
     );
-    let group = format!("root:x:0:\nwww-data:x:33:\nistio-proxy:x:{PROXY_ID}:\n");
+    // nginx, started as root, looks its default user up even without a master process.
+    let group =
+        format!("root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\nistio-proxy:x:{PROXY_ID}:\n");
 
     let images: Vec<(Spec, Box<dyn Fn(&Path) -> Result<()>>)> = vec![
         (
