@@ -30,6 +30,9 @@ const PROXY_ID: u32 = 1337;
 /// Debian packages whose files go into the images (installed by `cargo xtask setup --test-deps`).
 pub const PACKAGES: &[&str] = &["nginx-light", "curl", "haproxy", "busybox-static", "jq"];
 
+/// What puts an image's files into its root directory.
+type Fill = Box<dyn Fn(&Path) -> Result<()>>;
+
 /// One image: its archive's file name, the name it is imported under, its image config.
 struct Spec {
     file: &'static str,
@@ -49,10 +52,9 @@ pub fn build_all(root: &Path) -> Result<PathBuf> {
          istio-proxy:x:{PROXY_ID}:{PROXY_ID}:istio-proxy:/tmp:/bin/false\n"
     );
     // nginx, started as root, looks its default user up even without a master process.
-    let group =
-        format!("root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\nistio-proxy:x:{PROXY_ID}:\n");
+    let group = format!("root:x:0:\nwww-data:x:33:\nnogroup:x:65534:\nistio-proxy:x:{PROXY_ID}:\n");
 
-    let images: Vec<(Spec, Box<dyn Fn(&Path) -> Result<()>>)> = vec![
+    let images: Vec<(Spec, Fill)> = vec![
         (
             Spec {
                 file: "meshsteer.tar",
