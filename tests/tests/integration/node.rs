@@ -35,6 +35,7 @@ fn daemonset_captures_real_pods_through_real_sidecars() -> Result<()> {
         .iter()
         .map(|f| image_archive(f))
         .collect::<Result<Vec<_>>>()?;
+    let bpffs_before = bpffs_mount();
     let node = NodeBox::start()?;
     let overlay = tempdir("overlay")?;
     let result = scenario(&node, &archives, &overlay);
@@ -49,7 +50,25 @@ fn daemonset_captures_real_pods_through_real_sidecars() -> Result<()> {
         !Path::new("/sys/fs/bpf/meshsteer").exists(),
         "/sys/fs/bpf/meshsteer is still there after uninstall and stop"
     );
+    // The node made /sys/fs/bpf shared while it ran; stop puts it back as it was.
+    ensure!(
+        bpffs_mount() == bpffs_before,
+        "/sys/fs/bpf after stop: {:?}, before start: {bpffs_before:?}",
+        bpffs_mount()
+    );
     Ok(())
+}
+
+/// /sys/fs/bpf's mount and propagation (`shared:N` or none), from mountinfo.
+fn bpffs_mount() -> Option<String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(4) == Some(&"/sys/fs/bpf")).then(|| {
+            let optional: Vec<&str> = f[6..].iter().take_while(|x| **x != "-").copied().collect();
+            format!("{} {}", f[2], optional.join(" "))
+        })
+    })
 }
 
 fn scenario(node: &NodeBox, archives: &[std::path::PathBuf], overlay: &Path) -> Result<()> {
@@ -89,8 +108,6 @@ fn scenario(node: &NodeBox, archives: &[std::path::PathBuf], overlay: &Path) -> 
                 .find_map(|l| l.strip_suffix(" True").map(str::to_string)))
         },
     )?;
-    // Ready means the agent attached: on this hybrid node at /sys/fs/cgroup/unified, which it
-    // found itself (the manifest names no cgroup root).
     eprintln!("agent pod {agent_pod} Ready");
 
     // --- the app: nginx ×3 and a client, each with its sidecar, as the injector leaves them
@@ -211,7 +228,10 @@ fn scenario(node: &NodeBox, archives: &[std::path::PathBuf], overlay: &Path) -> 
         apps::haproxy_sessions(Path::new(&socket), frontend, "FRONTEND")
             .with_context(|| format!("{pod}'s sidecar"))
     };
+    // Ready, and capturing: the agent attached at the node's cgroup2 root, which on this
+    // hybrid node is /sys/fs/cgroup/unified and which it found itself (the manifest names none).
     let client_out = stot(CLIENT, "outbound")?;
+    eprintln!("client sidecar: {client_out} outbound sessions");
     ensure!(
         client_out >= SERVERS.len() as u64,
         "the client's sidecar counted {client_out} outbound sessions, fewer than the {} requests",
@@ -228,6 +248,7 @@ fn scenario(node: &NodeBox, archives: &[std::path::PathBuf], overlay: &Path) -> 
             outbound == 0,
             "{server}'s sidecar counted {outbound} outbound sessions"
         );
+        eprintln!("{server} sidecar: {inbound} inbound sessions, {outbound} outbound");
     }
     Ok(())
 }
