@@ -33,7 +33,9 @@ docker build -f "$repo/deploy/Dockerfile" -t "$IMAGE" "$repo"
 kind load docker-image "$IMAGE" --name "$CLUSTER"
 
 step "meshsteer DaemonSet"
-kubectl apply -f "$repo/deploy/"
+# Named in order: `apply -f deploy/` goes by file name, and daemonset.yaml would come before the
+# namespace it lives in ("namespaces \"meshsteer\" not found" on a fresh cluster).
+kubectl apply -f "$repo/deploy/namespace.yaml" -f "$repo/deploy/rbac.yaml" -f "$repo/deploy/daemonset.yaml"
 kubectl -n meshsteer set image daemonset/meshsteer agent="$IMAGE"
 kubectl -n meshsteer rollout status daemonset/meshsteer --timeout=300s
 
