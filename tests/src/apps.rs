@@ -87,13 +87,28 @@ pub fn wait_listening(pod: &Pod, proc: &mut Proc, port: u16, sockets: usize) -> 
 /// - `peer=`: the address the connection came from.
 pub fn start_nginx(pod: &Pod, scratch: &Scratch, uid: u32, gid: u32) -> Result<Proc> {
     let dir = scratch.dir_for("nginx", uid, gid)?;
-    let d = dir.display();
+    let conf = nginx_config(path_str(&dir))?;
+    let conf_path = dir.join("nginx.conf");
+    fs::write(&conf_path, conf)?;
+    let conf_path = path_str(&conf_path);
+    let args = ["-p", path_str(&dir), "-e", "stderr", "-c", conf_path];
+    let mut full = args.to_vec();
+    full.extend(["-g", "daemon off;"]);
+    let mut proc = Proc::spawn(&pod.place(uid, gid), NGINX, &full)?;
+    wait_listening(pod, &mut proc, 80, 2).context("starting nginx")?;
+    Ok(proc)
+}
+
+/// [`start_nginx`]'s configuration, with its pid file and temporary files in `dir` (which
+/// nginx must be able to write).
+pub fn nginx_config(dir: &str) -> Result<String> {
+    let d = dir;
     // Every temp path a module compiled in would otherwise create under /var/lib/nginx.
     let temp_paths: String = nginx_modules_with_temp_path()?
         .iter()
         .map(|m| format!("{m}_temp_path {d}/{m};\n  "))
         .collect();
-    let conf = format!(
+    Ok(format!(
         r#"master_process off;
 pid {d}/nginx.pid;
 error_log stderr warn;
@@ -112,16 +127,7 @@ http {{
   }}
 }}
 "#
-    );
-    let conf_path = dir.join("nginx.conf");
-    fs::write(&conf_path, conf)?;
-    let conf_path = path_str(&conf_path);
-    let args = ["-p", path_str(&dir), "-e", "stderr", "-c", conf_path];
-    let mut full = args.to_vec();
-    full.extend(["-g", "daemon off;"]);
-    let mut proc = Proc::spawn(&pod.place(uid, gid), NGINX, &full)?;
-    wait_listening(pod, &mut proc, 80, 2).context("starting nginx")?;
-    Ok(proc)
+    ))
 }
 
 /// The `*_temp_path` directives this nginx build knows (`client_body`, `proxy`, ...).
@@ -152,19 +158,12 @@ fn nginx_modules_with_temp_path() -> Result<Vec<&'static str>> {
 /// Its stats socket is at [`haproxy_stats_socket`].
 pub fn start_haproxy(pod: &Pod, scratch: &Scratch, uid: u32, gid: u32, port: u16) -> Result<Proc> {
     let body = format!(
-        r#"frontend outbound
-  bind 0.0.0.0:{port}
-  http-request set-header X-Mesh-Proxy haproxy-outbound
-  http-request set-header X-Mesh-Orig-Dst "%[dst]:%[dst_port]"
-  default_backend orig
-
+        r#"{}
 frontend outbound6
   bind :::{port} v6only
   http-request return status 200 content-type text/plain lf-string "via=haproxy-outbound6 peer=%[src]\n"
-
-backend orig
-  server s 0.0.0.0:0
-"#
+"#,
+        haproxy_outbound_http(port)
     );
     start_haproxy_with(
         pod,
@@ -189,16 +188,7 @@ pub fn start_haproxy_inbound(
     gid: u32,
     port: u16,
 ) -> Result<Proc> {
-    let body = format!(
-        r#"frontend inbound
-  bind 0.0.0.0:{port}
-  http-request set-header X-Mesh-Inbound haproxy-inbound
-  default_backend app
-
-backend app
-  server app 0.0.0.0:0 source 127.0.0.6
-"#
-    );
+    let body = haproxy_inbound_http(port);
     start_haproxy_with(
         pod,
         scratch,
@@ -207,6 +197,37 @@ backend app
         "http",
         &body,
         &[(port, 1)],
+    )
+}
+
+/// [`start_haproxy`]'s IPv4 frontend `outbound` on `port` and its backend `orig` (HTTP mode):
+/// each request marked and forwarded to the connection's original destination.
+pub fn haproxy_outbound_http(port: u16) -> String {
+    format!(
+        r#"frontend outbound
+  bind 0.0.0.0:{port}
+  http-request set-header X-Mesh-Proxy haproxy-outbound
+  http-request set-header X-Mesh-Orig-Dst "%[dst]:%[dst_port]"
+  default_backend orig
+
+backend orig
+  server s 0.0.0.0:0
+"#
+    )
+}
+
+/// [`start_haproxy_inbound`]'s frontend `inbound` on `port` and its backend `app` (HTTP mode):
+/// each request marked and passed to the app at the original destination, from 127.0.0.6.
+pub fn haproxy_inbound_http(port: u16) -> String {
+    format!(
+        r#"frontend inbound
+  bind 0.0.0.0:{port}
+  http-request set-header X-Mesh-Inbound haproxy-inbound
+  default_backend app
+
+backend app
+  server app 0.0.0.0:0 source 127.0.0.6
+"#
     )
 }
 
@@ -254,8 +275,23 @@ fn start_haproxy_with(
     listens: &[(u16, usize)],
 ) -> Result<Proc> {
     let dir = scratch.dir_for(dir, uid, gid)?;
-    let d = dir.display();
-    let conf = format!(
+    let conf = haproxy_config(path_str(&dir), mode, body);
+    let conf_path = dir.join("haproxy.cfg");
+    fs::write(&conf_path, conf)?;
+    let args = ["-db", "-f", path_str(&conf_path)];
+    let mut proc = Proc::spawn(&pod.place(uid, gid), HAPROXY, &args)?;
+    for (port, sockets) in listens {
+        wait_listening(pod, &mut proc, *port, *sockets)
+            .with_context(|| format!("starting haproxy ({})", dir.display()))?;
+    }
+    Ok(proc)
+}
+
+/// A whole HAProxy configuration: `global` (pid file and stats socket `stats.sock` in `dir`)
+/// and `defaults` (in `mode`), then `body`.
+pub fn haproxy_config(dir: &str, mode: &str, body: &str) -> String {
+    let d = dir;
+    format!(
         r#"global
   pidfile {d}/haproxy.pid
   stats socket {d}/stats.sock mode 600 level user
@@ -269,16 +305,7 @@ defaults
   timeout server 30s
 
 {body}"#
-    );
-    let conf_path = dir.join("haproxy.cfg");
-    fs::write(&conf_path, conf)?;
-    let args = ["-db", "-f", path_str(&conf_path)];
-    let mut proc = Proc::spawn(&pod.place(uid, gid), HAPROXY, &args)?;
-    for (port, sockets) in listens {
-        wait_listening(pod, &mut proc, *port, *sockets)
-            .with_context(|| format!("starting haproxy ({})", dir.display()))?;
-    }
-    Ok(proc)
+    )
 }
 
 pub fn haproxy_stats_socket(scratch: &Scratch) -> PathBuf {

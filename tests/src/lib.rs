@@ -26,6 +26,7 @@ pub mod istio_rules;
 pub mod kube;
 pub mod load;
 pub mod matrix;
+pub mod node_box;
 pub mod profile;
 pub mod testbed;
 pub mod topology;

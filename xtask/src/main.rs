@@ -4,9 +4,11 @@ mod agent;
 mod apt;
 mod bench;
 mod elf;
+mod image;
 mod k8s_box;
 mod layers;
 mod lint;
+mod node_box;
 mod process;
 mod setup;
 mod test;
@@ -69,6 +71,9 @@ enum Task {
     /// table and writes JSON lines to target/bench/results.jsonl. Knobs: MESHSTEER_BENCH_REPS,
     /// MESHSTEER_BENCH_SECS, MESHSTEER_BENCH_CONNS, MESHSTEER_BENCH_CHURN.
     Bench,
+    /// OCI image archives for the real-node test, in target/images (see xtask/src/image.rs):
+    /// the agent (release build), nginx, curl and the `istio-proxy` HAProxy sidecar.
+    Image,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +105,10 @@ fn run_task(task: Task) -> Result<ExitCode> {
         }
         Task::Test { args } => return test::run_tests(&root, &args),
         Task::Bench => return bench::run_bench(&root),
+        Task::Image => {
+            setup::run_setup(false)?;
+            println!("{}", image::build_all(&root)?.display());
+        }
         Task::Lint { layers_only: true } => layers::check(&root)?,
         Task::Lint { layers_only: false } => lint::run_lint(&root)?,
     }

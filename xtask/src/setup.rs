@@ -3,7 +3,7 @@
 //! near-instant.
 
 use crate::process::{cargo_home, find_in_path, probe, run};
-use crate::{apt, elf, k8s_box};
+use crate::{apt, elf, image, k8s_box, node_box};
 use anyhow::{Context, Result, bail};
 use meshsteer_build::{self as ebpf_build, TOOLCHAIN};
 use std::fs;
@@ -29,7 +29,10 @@ pub fn run_setup(test_deps: bool) -> Result<()> {
     ensure_bpf_linker(&sysroot)?;
     if test_deps {
         apt::ensure_installed(apt::TEST_PACKAGES)?;
-        k8s_box::ensure(&crate::workspace::root()?)?;
+        apt::ensure_installed(image::PACKAGES)?;
+        let root = crate::workspace::root()?;
+        k8s_box::ensure(&root)?;
+        node_box::ensure(&root)?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::process::ensure_root_or_reexec;
 use crate::workspace::cargo;
-use crate::{agent, setup};
+use crate::{agent, image, setup};
 
 /// The privileged integration tests' package (also home of the bench's binaries).
 pub const TESTS_PACKAGE: &str = "meshsteer-tests";
@@ -31,12 +31,16 @@ pub fn run_tests(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
     ensure_root_or_reexec("`cargo xtask test` (privileged tests)")?;
     setup::run_setup(true)?;
     let agent = agent::build(root, false)?;
+    // The real-node test's images (the agent's is a release build).
+    let images = image::build_all(root)?;
     let mut cmd = cargo(root);
     cmd.arg("test");
     for package in PACKAGES {
         cmd.args(["--package", package]);
     }
-    cmd.args(extra).env("MESHSTEER_BIN", &agent);
+    cmd.args(extra)
+        .env("MESHSTEER_BIN", &agent)
+        .env("MESHSTEER_IMAGES", &images);
     cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().context("could not start cargo test")?;
     let stdout = child.stdout.take().context("cargo test's stdout")?;

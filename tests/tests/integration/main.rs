@@ -19,6 +19,8 @@ mod inbound;
 mod kubernetes;
 /// Pod specs apply live; unsupported options are clear errors.
 mod lifecycle;
+/// A real node: the DaemonSet on kubelet + containerd, real pods through real sidecars.
+mod node;
 /// Metrics, probes, `meshsteer trace`, JSON logs.
 mod observability;
 /// Outbound capture against Istio's rules, differentially.
