@@ -12,8 +12,10 @@ pub(super) const PROXY_CONTAINER: &str = "istio-proxy";
 pub(super) mod keys {
     /// Written by the injector on every pod it injected.
     pub const STATUS: &str = "sidecar.istio.io/status";
-    /// Label or annotation: a false value opts the pod out.
+    /// Label or annotation: a false value opts the pod out. The label wins when both are set.
     pub const INJECT: &str = "sidecar.istio.io/inject";
+    /// The injection templates a pod asks for, in place of the injector's `defaultTemplates`.
+    pub const TEMPLATES: &str = "inject.istio.io/templates";
     pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
     pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
     pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
@@ -61,12 +63,39 @@ pub(super) fn read_by_capture() -> impl Iterator<Item = &'static str> {
         .chain([keys::EXCLUDE_INBOUND_PORTS, keys::STATUS_PORT])
 }
 
-/// How the injector reads `sidecar.istio.io/inject`: anything else opts out.
+/// The only one of Istio's injection templates that has istio-init (`gateway`,
+/// `grpc-simple`, `grpc-agent`, `waypoint` and `kube-gateway` do not).
+pub(super) const SIDECAR_TEMPLATE: &str = "sidecar";
+
+/// How the injector reads `sidecar.istio.io/inject` (`strings.ToLower`, no trimming): empty
+/// leaves the decision to the namespace, anything else but these opts out.
 pub(super) fn istio_true(value: &str) -> bool {
     matches!(
-        value.trim().to_ascii_lowercase().as_str(),
+        value.to_ascii_lowercase().as_str(),
         "" | "y" | "yes" | "true" | "on"
     )
+}
+
+/// The injector's choice between the label and the annotation `sidecar.istio.io/inject`:
+/// the label whenever it is present, even empty.
+pub(super) fn inject_selector<'a>(
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
+) -> Option<&'a str> {
+    labels
+        .get(keys::INJECT)
+        .or_else(|| annotations.get(keys::INJECT))
+        .map(String::as_str)
+}
+
+/// Whether the templates a pod was injected with include istio-init: those its
+/// `inject.istio.io/templates` names (comma-separated, trimmed, as the injector splits
+/// them), else the injector's defaults (`sidecar` in Istio's charts). Aliases defined in the
+/// injector's configuration are not visible on the pod: only the name `sidecar` counts.
+pub(super) fn templates_have_istio_init(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .get(keys::TEMPLATES)
+        .is_none_or(|names| names.split(',').any(|name| name.trim() == SIDECAR_TEMPLATE))
 }
 
 /// The capture istio-init would have installed for a pod with these annotations: the
@@ -111,6 +140,58 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_injection_label_wins_over_the_annotation() {
+        let (t, f, empty) = (
+            annotations(&[(keys::INJECT, "true")]),
+            annotations(&[(keys::INJECT, "false")]),
+            annotations(&[(keys::INJECT, "")]),
+        );
+        let none = BTreeMap::new();
+        assert_eq!(inject_selector(&t, &f), Some("true"));
+        assert_eq!(inject_selector(&f, &t), Some("false"));
+        // An empty label still wins: the namespace decides, not the annotation.
+        assert_eq!(inject_selector(&empty, &f), Some(""));
+        assert_eq!(inject_selector(&none, &f), Some("false"));
+        assert_eq!(inject_selector(&none, &none), None);
+        // The injector lower-cases but does not trim.
+        for v in ["", "y", "Yes", "TRUE", "on"] {
+            assert!(istio_true(v), "{v}");
+        }
+        for v in ["false", "no", " true", "1", "enabled"] {
+            assert!(!istio_true(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn only_the_sidecar_template_has_istio_init() {
+        assert!(templates_have_istio_init(&BTreeMap::new()));
+        for yes in [
+            "sidecar",
+            "sidecar,meshsteer",
+            " gateway , sidecar ",
+            "meshsteer,sidecar",
+        ] {
+            assert!(
+                templates_have_istio_init(&annotations(&[(keys::TEMPLATES, yes)])),
+                "{yes}"
+            );
+        }
+        for no in [
+            "gateway",
+            "grpc-agent",
+            "grpc-simple",
+            "",
+            "sidecars",
+            "Sidecar",
+        ] {
+            assert!(
+                !templates_have_istio_init(&annotations(&[(keys::TEMPLATES, no)])),
+                "{no}"
+            );
+        }
     }
 
     #[test]
@@ -176,6 +257,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unsupported istio-iptables option -k"), "{e}");
+        // Set but empty, as the injector passes it: no interface, nothing to refuse.
+        for key in [
+            "traffic.sidecar.istio.io/kubevirtInterfaces",
+            "traffic.sidecar.istio.io/excludeInterfaces",
+        ] {
+            assert_eq!(
+                capture(&annotations(&[(key, "")])).unwrap(),
+                capture(&BTreeMap::new()).unwrap(),
+                "{key}"
+            );
+        }
         let e = capture(&annotations(&[(
             "traffic.sidecar.istio.io/excludeOutboundIPRanges",
             "10.0.0.1",

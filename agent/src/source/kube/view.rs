@@ -8,7 +8,9 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use tracing::debug;
 
-use super::annotations::{PROXY_CONTAINER, istio_true, keys, read_by_capture};
+use super::annotations::{
+    PROXY_CONTAINER, inject_selector, istio_true, keys, read_by_capture, templates_have_istio_init,
+};
 use crate::source::change::SourceKey;
 
 /// A pod's namespace and name: what the API server names it by, and (shown
@@ -88,8 +90,11 @@ pub struct PodView {
 }
 
 impl PodView {
-    /// `Ok(None)` for a pod meshsteer leaves alone: no Istio sidecar, opted out, interception
-    /// mode `NONE`, on the host's network, or finished. `Err` for an object it cannot read.
+    /// `Ok(None)` for a pod meshsteer leaves alone because Istio gave it no istio-init: no
+    /// Istio sidecar, opted out (the `sidecar.istio.io/inject` label, else the annotation),
+    /// injected with templates that do not include `sidecar` (`inject.istio.io/templates`,
+    /// e.g. Helm gateways), interception mode `NONE`; or on the host's network, or finished.
+    /// `Err` for an object it cannot read.
     pub fn of(pod: &Pod) -> Result<Option<Self>, ViewError> {
         let meta = &pod.metadata;
         let id = PodRef::of(pod).ok_or(ViewError::NoName)?;
@@ -106,15 +111,14 @@ impl PodView {
         if !has_proxy && !annotations.contains_key(keys::STATUS) {
             return Ok(None);
         }
-        let opted_out = [&labels, &annotations]
-            .iter()
-            .any(|m| m.get(keys::INJECT).is_some_and(|v| !istio_true(v)));
+        let opted_out = inject_selector(&labels, &annotations).is_some_and(|v| !istio_true(v));
+        let no_istio_init = !templates_have_istio_init(&annotations);
         let mode_none = annotations
             .get(keys::INTERCEPTION_MODE)
             .is_some_and(|m| m.trim() == "NONE");
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         let finished = matches!(phase, Some("Succeeded" | "Failed"));
-        if opted_out || mode_none || finished {
+        if opted_out || no_istio_init || mode_none || finished {
             return Ok(None);
         }
         if spec.host_network == Some(true) {
@@ -280,6 +284,63 @@ pub(super) mod tests {
         let mut p = sidecar_pod(serde_json::json!({}));
         p.status.as_mut().unwrap().phase = Some("Succeeded".into());
         assert!(!captured(p));
+    }
+
+    /// A pod of Istio's Helm `gateway` chart after injection: the chart's label and
+    /// annotations, the `gateway` template's `istio-proxy` running `proxy router`, and no
+    /// istio-init.
+    fn helm_gateway() -> Pod {
+        pod(serde_json::json!({
+            "metadata": {
+                "namespace": "istio-ingress", "name": "istio-ingressgateway-5d7c9b9b4-x2x7q",
+                "uid": "g-1",
+                "labels": {"sidecar.istio.io/inject": "true", "app": "istio-ingressgateway",
+                           "istio": "ingressgateway"},
+                "annotations": {
+                    "inject.istio.io/templates": "gateway",
+                    "sidecar.istio.io/inject": "true",
+                    "prometheus.io/port": "15020",
+                    "istio.io/rev": "default",
+                    "sidecar.istio.io/status": "{\"initContainers\":null,\"containers\":[\"istio-proxy\"],\"volumes\":[\"workload-socket\",\"istio-token\",\"istiod-ca-cert\"],\"imagePullSecrets\":null,\"revision\":\"default\"}",
+                },
+            },
+            "spec": {"containers": [{
+                "name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.6",
+                "args": ["proxy", "router", "--domain", "$(POD_NAMESPACE).svc.cluster.local"],
+            }]},
+            "status": {"podIPs": [{"ip": "10.0.0.9"}]},
+        }))
+    }
+
+    #[test]
+    fn gateways_and_other_templates_without_istio_init_are_left_alone() {
+        assert_eq!(PodView::of(&helm_gateway()), Ok(None));
+        // The same pod with the sidecar template among its own templates gets istio-init.
+        let mut g = helm_gateway();
+        let a = g.metadata.annotations.as_mut().unwrap();
+        a.insert("inject.istio.io/templates".into(), "sidecar,gateway".into());
+        assert!(PodView::of(&g).unwrap().is_some());
+        for templates in ["grpc-agent", "grpc-simple", "meshsteer"] {
+            let p = sidecar_pod(serde_json::json!({"inject.istio.io/templates": templates}));
+            assert_eq!(PodView::of(&p), Ok(None), "{templates}");
+        }
+        let p = sidecar_pod(serde_json::json!({"inject.istio.io/templates": "sidecar,meshsteer"}));
+        assert!(PodView::of(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_injection_label_beats_the_annotation() {
+        let captured = |label: &str, annotation: &str| {
+            let mut p = sidecar_pod(serde_json::json!({"sidecar.istio.io/inject": annotation}));
+            p.metadata.labels = Some(annotations(&[("sidecar.istio.io/inject", label)]));
+            PodView::of(&p).unwrap().is_some()
+        };
+        // Injected with istio-init: the label said so, whatever the annotation says.
+        assert!(captured("true", "false"));
+        // An empty label defers to the namespace, which injected it.
+        assert!(captured("", "false"));
+        assert!(!captured("false", "true"));
+        assert!(!captured("False", "true"));
     }
 
     #[test]
