@@ -197,6 +197,10 @@ pub struct Capture {
     pub include_outbound_ports: Vec<u16>,
     /// `-o`
     pub exclude_outbound_ports: Vec<u16>,
+    /// `--dual-stack` (1.18+; `ISTIO_DUAL_STACK` in istio-init's environment from 1.19): IPv6
+    /// rules whenever the pod has an IPv6 address. Without it istio-init writes them only when
+    /// the pod has no IPv4 address (see [`Capture::ipv6_rules`]).
+    pub dual_stack: bool,
 }
 
 impl Default for Capture {
@@ -214,6 +218,7 @@ impl Default for Capture {
             exclude_inbound_ports: vec![],
             include_outbound_ports: vec![],
             exclude_outbound_ports: vec![],
+            dual_stack: false,
         }
     }
 }
@@ -221,6 +226,14 @@ impl Default for Capture {
 impl Capture {
     pub fn gids(&self) -> &[u32] {
         self.proxy_gids.as_deref().unwrap_or(&self.proxy_uids)
+    }
+
+    /// Whether istio-init writes ip6tables rules for a pod with these addresses. It decides by
+    /// the first non-loopback address of the pod's interfaces, and the kernel lists every
+    /// IPv4 address before any IPv6 one: the first is IPv6 only when the pod has no IPv4
+    /// address. With `--dual-stack`, any IPv6 address will do.
+    pub fn ipv6_rules(&self, ips: &[IpAddr]) -> bool {
+        ips.iter().any(IpAddr::is_ipv6) && (self.dual_stack || !ips.iter().any(IpAddr::is_ipv4))
     }
 
     /// Parses an istio-iptables command line (the program name may lead).
@@ -235,14 +248,18 @@ impl Capture {
             let (flag, inline) = split_flag(&word)?;
             // Looked up before its value is taken: an unknown flag is named as such.
             let opt = Opt::lookup(&flag)?;
-            if let Opt::Ignored(Arity::Switch) = opt {
+            if opt.is_switch() {
                 // A boolean flag never takes the next word (`--log_as_json`), only `=value`.
-                if let Some(v) = inline {
-                    parse_bool(&v).map_err(|reason| ArgsError::Invalid {
+                let on = match inline {
+                    Some(v) => parse_bool(&v).map_err(|reason| ArgsError::Invalid {
                         option: flag,
                         value: v,
                         reason,
-                    })?;
+                    })?,
+                    None => true,
+                };
+                if let Opt::DualStack = opt {
+                    c.dual_stack = on;
                 }
                 continue;
             }
@@ -320,6 +337,9 @@ impl Capture {
                     });
                 }
             }
+            Opt::DualStack => {
+                self.dual_stack = parse_bool(v).map_err(invalid)?;
+            }
             Opt::Ignored(_) => {}
         }
         Ok(())
@@ -342,6 +362,8 @@ enum Opt {
     ExcludeOutboundPorts,
     /// `-k`, `-c`: interface lists, accepted only empty.
     Interfaces,
+    /// `--dual-stack`, a switch.
+    DualStack,
     /// Accepted and ignored: no effect on capture.
     Ignored(Arity),
 }
@@ -378,6 +400,7 @@ const OPTIONS: &[(&str, &str, Opt)] = &[
     // Interfaces never captured (`traffic.sidecar.istio.io/excludeInterfaces`, 1.15+; 1.12 to
     // 1.14 have only the long name).
     ("c", "istio-exclude-interfaces", Opt::Interfaces),
+    ("", "dual-stack", Opt::DualStack),
 ];
 
 /// Options of istio-iptables (and, for `log_*`, of `pilot-agent`, which runs it from 1.15 on)
@@ -417,13 +440,16 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("", "redirect-dns"),
     ("", "capture-all-dns"),
     ("", "drop-invalid"),
-    ("", "dual-stack"),
     ("", "network-namespace"),
     ("", "cni-mode"),
     ("", "cleanup-only"),
 ];
 
 impl Opt {
+    fn is_switch(self) -> bool {
+        matches!(self, Self::DualStack | Self::Ignored(Arity::Switch))
+    }
+
     fn lookup(flag: &str) -> Result<Self, ArgsError> {
         let (short, long) = match flag.strip_prefix("--") {
             Some(l) => ("", l),
@@ -466,13 +492,18 @@ fn split_flag(word: &str) -> Result<(String, Option<String>), ArgsError> {
     Ok((format!("-{name}"), value))
 }
 
-/// Go's `strconv.ParseBool`, which pflag uses for `--flag=value`.
-fn parse_bool(v: &str) -> Result<bool, ValueError> {
+/// Go's `strconv.ParseBool`, which pflag uses for `--flag=value` and for the environment
+/// variables istio-iptables reads in place of flags.
+pub fn go_bool(v: &str) -> Option<bool> {
     match v {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
-        _ => Err(ValueError::Bool),
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
     }
+}
+
+fn parse_bool(v: &str) -> Result<bool, ValueError> {
+    go_bool(v).ok_or(ValueError::Bool)
 }
 
 fn parse_port(v: &str) -> Result<u16, ValueError> {
@@ -639,7 +670,9 @@ mod tests {
             Err(ArgsError::Positional(_))
         ));
         assert_eq!(
-            Capture::from_args("--skip-rule-apply=maybe").unwrap_err().to_string(),
+            Capture::from_args("--skip-rule-apply=maybe")
+                .unwrap_err()
+                .to_string(),
             "invalid value \"maybe\" for --skip-rule-apply: not a boolean (true, false, 1, 0, t, f)"
         );
         assert!(matches!(
@@ -653,13 +686,45 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_rules_follow_the_first_address_istio_init_sees_or_dual_stack() {
+        let ips =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|i| i.parse().unwrap()).collect() };
+        let single = Capture::default();
+        let dual = Capture::from_args("--dual-stack").unwrap();
+        assert!(dual.dual_stack);
+        assert!(!Capture::from_args("--dual-stack=false").unwrap().dual_stack);
+        assert!(
+            !Capture::from_args("--dual-stack --dual-stack=0")
+                .unwrap()
+                .dual_stack
+        );
+        // A switch: `-p 1` after it is an option, not its value.
+        assert_eq!(
+            Capture::from_args("--dual-stack -p 1").unwrap().proxy_port,
+            1
+        );
+        assert!(matches!(
+            Capture::from_args("--dual-stack=yes"),
+            Err(ArgsError::Invalid { .. })
+        ));
+        for (list, without, with) in [
+            (&["10.0.0.5"][..], false, false),
+            (&["fd00::5"][..], true, true),
+            // IPv4 first (the common dual-stack cluster) and IPv6 first: istio-init sees the
+            // IPv4 address first either way.
+            (&["10.0.0.5", "fd00::5"][..], false, true),
+            (&["fd00::5", "10.0.0.5"][..], false, true),
+            (&[][..], false, false),
+        ] {
+            assert_eq!(single.ipv6_rules(&ips(list)), without, "{list:?}");
+            assert_eq!(dual.ipv6_rules(&ips(list)), with, "{list:?} dual-stack");
+        }
+    }
+
+    #[test]
     fn empty_interface_lists_are_accepted() {
         for line in ["-k ''", "-c ''", "-k ,", "--kube-virt-interfaces=", "-c=''"] {
-            assert_eq!(
-                Capture::from_args(line),
-                Ok(Capture::default()),
-                "{line}"
-            );
+            assert_eq!(Capture::from_args(line), Ok(Capture::default()), "{line}");
         }
     }
 

@@ -2,7 +2,7 @@
 //! capture istio-init would have installed for a pod that carries them.
 use std::collections::BTreeMap;
 
-use crate::spec::istio::{ArgsError, Capture, INJECTOR_DEFAULT_ARGS};
+use crate::spec::istio::{ArgsError, Capture, INJECTOR_DEFAULT_ARGS, go_bool};
 
 /// The sidecar container Istio injects (a regular container, or a native sidecar among the
 /// init containers).
@@ -33,6 +33,24 @@ const OPTION_ANNOTATIONS: &[(&str, &str)] = &[
     ("traffic.sidecar.istio.io/kubevirtInterfaces", "-k"),
     ("traffic.sidecar.istio.io/excludeInterfaces", "-c"),
 ];
+
+/// The environment variables that set istio-iptables' `--dual-stack`, in the order it reads
+/// them (1.19+: the flag's own, then `ISTIO_DUAL_STACK`, which wins). The injector copies the
+/// mesh's `ProxyMetadata` into istio-init's environment and into `istio-proxy`'s alike, so
+/// the sidecar's environment shows what istio-init's had.
+const DUAL_STACK_ENV: &[&str] = &["DUAL_STACK", "ISTIO_DUAL_STACK"];
+
+/// Whether istio-init would have run with `--dual-stack`, from the `istio-proxy` container's
+/// literal environment (`name`, `value`) in order. As in Kubernetes, a later entry of the same
+/// name wins; as in istio-iptables, a value that is not a Go boolean is ignored.
+pub(super) fn dual_stack<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+    let env: BTreeMap<&str, &str> = env.into_iter().collect();
+    DUAL_STACK_ENV
+        .iter()
+        .filter_map(|name| go_bool(env.get(name)?))
+        .next_back()
+        .unwrap_or(false)
+}
 
 /// The status port the injector excludes from inbound capture unless annotated otherwise.
 const DEFAULT_STATUS_PORT: &str = "15020";
@@ -192,6 +210,30 @@ mod tests {
                 "{no}"
             );
         }
+    }
+
+    #[test]
+    fn dual_stack_from_the_proxy_metadata_environment() {
+        assert!(!dual_stack([]));
+        assert!(dual_stack([("ISTIO_DUAL_STACK", "true")]));
+        assert!(dual_stack([("DUAL_STACK", "1")]));
+        assert!(!dual_stack([("ISTIO_DUAL_STACK", "yes")]));
+        // ISTIO_DUAL_STACK is read last and wins; a bad value leaves the other in force.
+        assert!(!dual_stack([
+            ("ISTIO_DUAL_STACK", "false"),
+            ("DUAL_STACK", "true")
+        ]));
+        assert!(dual_stack([
+            ("ISTIO_DUAL_STACK", "x"),
+            ("DUAL_STACK", "true")
+        ]));
+        // The last entry of a name wins, as in Kubernetes.
+        assert!(dual_stack([
+            ("ISTIO_DUAL_STACK", "false"),
+            ("ISTIO_DUAL_STACK", "True")
+        ]));
+        // 1.17 and 1.18 named it ISTIO_AGENT_DUAL_STACK: not read.
+        assert!(!dual_stack([("ISTIO_AGENT_DUAL_STACK", "true")]));
     }
 
     #[test]

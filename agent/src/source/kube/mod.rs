@@ -204,7 +204,12 @@ impl KubePods {
     /// Resolves the pod's spec; a change only if it differs from what was sent.
     fn resolve(&mut self, view: PodView) -> Option<Change> {
         let _g = info_span!("pod", pod = %view.pod).entered();
-        let sent = self.resolver.spec(&view);
+        let sent = self.resolver.spec(&view).map(|mut spec| {
+            if let Some(c) = spec.capture.as_mut() {
+                c.dual_stack = view.dual_stack;
+            }
+            spec
+        });
         let key = view.pod.key();
         let old = self.pods.insert(
             view.pod.clone(),

@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 use tracing::debug;
 
 use super::annotations::{
-    PROXY_CONTAINER, inject_selector, istio_true, keys, read_by_capture, templates_have_istio_init,
+    PROXY_CONTAINER, dual_stack, inject_selector, istio_true, keys, read_by_capture,
+    templates_have_istio_init,
 };
 use crate::source::change::SourceKey;
 
@@ -87,6 +88,8 @@ pub struct PodView {
     pub annotations: BTreeMap<String, String>,
     /// `status.podIPs` (or `status.podIP`).
     pub ips: Vec<IpAddr>,
+    /// istio-init's `--dual-stack`, from the `ProxyMetadata` the sidecar's environment shows.
+    pub dual_stack: bool,
 }
 
 impl PodView {
@@ -103,11 +106,19 @@ impl PodView {
         let annotations = meta.annotations.clone().unwrap_or_default();
         let labels = meta.labels.clone().unwrap_or_default();
 
-        let has_proxy = spec
+        let proxy = spec
             .containers
             .iter()
             .chain(spec.init_containers.iter().flatten())
-            .any(|c| c.name == PROXY_CONTAINER);
+            .find(|c| c.name == PROXY_CONTAINER);
+        let has_proxy = proxy.is_some();
+        let dual_stack = dual_stack(
+            proxy
+                .and_then(|c| c.env.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?))),
+        );
         if !has_proxy && !annotations.contains_key(keys::STATUS) {
             return Ok(None);
         }
@@ -154,6 +165,7 @@ impl PodView {
             uid,
             annotations,
             ips,
+            dual_stack,
         }))
     }
 }
@@ -341,6 +353,33 @@ pub(super) mod tests {
         assert!(captured("", "false"));
         assert!(!captured("false", "true"));
         assert!(!captured("False", "true"));
+    }
+
+    #[test]
+    fn dual_stack_is_read_from_the_sidecar_environment() {
+        let mut p = sidecar_pod(serde_json::json!({}));
+        assert!(!PodView::of(&p).unwrap().unwrap().dual_stack);
+        // As the injector renders meshConfig.defaultConfig.proxyMetadata.ISTIO_DUAL_STACK.
+        p.spec.as_mut().unwrap().containers[1].env = Some(vec![
+            serde_json::from_value(
+                serde_json::json!({"name": "ISTIO_META_MESH_ID", "value": "cluster.local"}),
+            )
+            .unwrap(),
+            serde_json::from_value(
+                serde_json::json!({"name": "ISTIO_DUAL_STACK", "value": "true"}),
+            )
+            .unwrap(),
+        ]);
+        assert!(PodView::of(&p).unwrap().unwrap().dual_stack);
+        // Only the sidecar's environment counts.
+        let mut p = sidecar_pod(serde_json::json!({}));
+        p.spec.as_mut().unwrap().containers[0].env = Some(vec![
+            serde_json::from_value(
+                serde_json::json!({"name": "ISTIO_DUAL_STACK", "value": "true"}),
+            )
+            .unwrap(),
+        ]);
+        assert!(!PodView::of(&p).unwrap().unwrap().dual_stack);
     }
 
     #[test]
