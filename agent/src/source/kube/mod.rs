@@ -332,6 +332,7 @@ mod tests {
                     assert!(spec.is_ok(), "{key}: {:?}", spec.as_ref().as_ref().err())
                 }
                 Change::Remove(key) => panic!("removed {key}"),
+                Change::Pending(key, _) => panic!("noted {key}"),
             }
         }
         for name in ["a", "b", "d"] {
@@ -404,6 +405,7 @@ mod tests {
             .map(|c| match c {
                 Change::Upsert(key, spec) => (key.clone(), spec.as_ref().clone().unwrap_err().name),
                 Change::Remove(key) => panic!("removed {key}"),
+                Change::Pending(key, _) => panic!("noted {key}"),
             })
             .collect();
         assert_eq!(
