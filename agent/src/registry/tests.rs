@@ -790,9 +790,13 @@ fn status_says_where_options_came_from_and_what_was_not_applied() {
         name: "b".into(),
     };
     let mut r = registry(host());
+    let b = PodSpec {
+        ips: vec!["10.0.0.6".parse().unwrap()],
+        ..pod("ns/b", CG_B, NS_B)
+    };
     r.apply(vec![
         Change::Upsert(file("a"), Box::new(Ok(pod("test/a", CG_A, NS_A)))),
-        Change::Upsert(kube.clone(), Box::new(Ok(pod("ns/b", CG_B, NS_B)))),
+        Change::Upsert(kube.clone(), Box::new(Ok(b.clone()))),
         Change::Pending(kube.clone(), Some("annotation x changed".into())),
         // A pod the registry does not know: nothing to note.
         Change::Pending(file("z"), Some("ignored".into())),
@@ -819,8 +823,10 @@ fn status_says_where_options_came_from_and_what_was_not_applied() {
     // A later update of the pod (its namespace re-resolved, say) keeps the note; the note
     // alone writes nothing.
     r.fake().take_calls();
-    let mut moved = pod("ns/b", CG_B, NS_A);
-    moved.ips = vec!["10.0.0.6".parse().unwrap()];
+    let moved = PodSpec {
+        ips: vec!["10.0.0.7".parse().unwrap()],
+        ..b
+    };
     r.apply(vec![Change::Upsert(kube.clone(), Box::new(Ok(moved)))]);
     assert_eq!(options(&r, &kube), noted);
     r.fake().take_calls();
