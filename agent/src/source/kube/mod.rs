@@ -569,4 +569,51 @@ mod tests {
         );
         assert_eq!(said(&pods.track(labelled)), ["upsert"]);
     }
+
+    /// Both at once: a pod replaced by a new one of the same name (a new UID) was deleted, so
+    /// its empty cgroup goes; a pod Istio gave no istio-init was never enrolled, so its
+    /// deletion leaves its cgroup to the kubelet.
+    #[tokio::test]
+    async fn a_replaced_pods_cgroup_is_reaped_and_a_never_enrolled_pods_is_not() {
+        let root = node::tests::FakeRoot::new("renew");
+        std::fs::write(root.0.join("netns"), "").unwrap();
+        let template = root.0.join("netns").display().to_string();
+        let (_tx, updates) = mpsc::channel(QUEUE);
+        let mut pods = KubePods {
+            updates,
+            resolver: Resolver::new(&root.0, Some(template)),
+            pods: BTreeMap::new(),
+            reaper: Reaper::with_remove(cgroup_rmdir),
+            released: BTreeMap::new(),
+            watcher: tokio::spawn(async {}),
+        };
+        let old = root.cgroup("kubepods/podu1", "");
+        let new = root.cgroup("kubepods/podu2", "");
+        let gw = root.cgroup("kubepods/podg", "");
+        assert_eq!(
+            said(&pods.track(view_of("web", "u1", serde_json::json!({})))),
+            ["upsert"]
+        );
+        assert_eq!(
+            said(&pods.track(view_of("web", "u2", serde_json::json!({})))),
+            ["remove", "upsert"]
+        );
+        assert_eq!(pods.reaper.pending(), [old.as_path()]);
+
+        let gateway = view_of(
+            "gw",
+            "g",
+            serde_json::json!({"inject.istio.io/templates": "gateway"}),
+        );
+        let gateway_id = gateway.pod.clone();
+        assert!(pods.track(gateway).is_empty());
+        assert!(pods.untrack(&gateway_id, true).is_none());
+        assert_eq!(pods.reaper.pending(), [old.as_path()]);
+
+        pods.reap(Instant::now());
+        assert!(!old.exists());
+        assert!(new.exists(), "the new pod's");
+        assert!(gw.exists(), "never enrolled: the kubelet's");
+        assert!(pods.reaper.pending().is_empty());
+    }
 }
