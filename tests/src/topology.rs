@@ -326,8 +326,10 @@ impl Pod {
         serde_json::from_slice(&out.stdout).context("probe output")
     }
 
-    /// The pod spec meshsteer enrols it with.
+    /// The pod spec meshsteer enrols it with. The pod is dual-stack and [`crate::istio_rules`]
+    /// installs ip6tables rules too, as istio-init does with `--dual-stack`: so `args` gets it.
     pub fn spec(&self, args: &str) -> String {
+        let args = format!("{args} --dual-stack");
         format!(
             "name: test/{}\ncgroup: {}\nnetns: {}\nips: [{}, \"{}\"]\nargs: {}\n",
             self.name,
@@ -335,7 +337,7 @@ impl Pod {
             self.netns.display(),
             self.ip4,
             self.ip6,
-            serde_json::to_string(args).unwrap_or_default()
+            serde_json::to_string(&args).unwrap_or_default()
         )
     }
 }

@@ -216,6 +216,7 @@ mod tests {
                 .unwrap_or_default(),
             capture,
             accelerate: None,
+            options: None,
             counters: None,
         }
     }

@@ -435,6 +435,7 @@ mod tests {
             capture: None,
             ips: vec![],
             accelerate: None,
+            options: None,
             counters: None,
         };
         let doc = |pod| AgentStatus {

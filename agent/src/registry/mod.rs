@@ -46,6 +46,8 @@ struct Entry {
     enrolled: Option<Enrolled>,
     /// Why the pod is not (or no longer) as its source says (None: it is).
     unready: Option<Unready>,
+    /// What its source did not apply ([`Change::Pending`]).
+    pending: Option<String>,
 }
 
 pub struct Registry<D = Kernel> {
@@ -110,7 +112,7 @@ impl<D: Dataplane> Registry<D> {
             .iter()
             .filter_map(|c| match c {
                 Change::Remove(k) => Some(k),
-                Change::Upsert(..) => None,
+                Change::Upsert(..) | Change::Pending(..) => None,
             })
             .collect();
         let mut renames = Vec::new();
@@ -135,6 +137,11 @@ impl<D: Dataplane> Registry<D> {
             match c {
                 Change::Upsert(key, spec) => self.upsert(&key, *spec),
                 Change::Remove(key) => self.remove(&key),
+                Change::Pending(key, pending) => {
+                    if let Some(e) = self.pods.get_mut(&key) {
+                        e.pending = pending;
+                    }
+                }
             }
         }
     }
@@ -159,6 +166,7 @@ impl<D: Dataplane> Registry<D> {
             spec: None,
             enrolled: None,
             unready: None,
+            pending: previous.as_ref().and_then(|p| p.pending.clone()),
         };
         let result = spec.map_err(|r| r.why).and_then(|s| {
             entry.spec = Some(s.clone());

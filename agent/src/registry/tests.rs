@@ -781,3 +781,57 @@ fn the_status_carries_the_settings_in_effect() {
     );
     assert_eq!(settings(&r, &file("b")), (None, vec![]));
 }
+
+#[test]
+fn status_says_where_options_came_from_and_what_was_not_applied() {
+    use crate::telemetry::status::{OptionsFrom, OptionsOrigin};
+    let kube = SourceKey::Kube {
+        namespace: "ns".into(),
+        name: "b".into(),
+    };
+    let mut r = registry(host());
+    let b = PodSpec {
+        ips: vec!["10.0.0.6".parse().unwrap()],
+        ..pod("ns/b", CG_B, NS_B)
+    };
+    r.apply(vec![
+        Change::Upsert(file("a"), Box::new(Ok(pod("test/a", CG_A, NS_A)))),
+        Change::Upsert(kube.clone(), Box::new(Ok(b.clone()))),
+        Change::Pending(kube.clone(), Some("annotation x changed".into())),
+        // A pod the registry does not know: nothing to note.
+        Change::Pending(file("z"), Some("ignored".into())),
+    ]);
+    let options = |r: &Registry<Fake>, key: &SourceKey| {
+        r.status()
+            .into_iter()
+            .find(|p| p.source == *key)
+            .and_then(|p| p.options)
+    };
+    assert_eq!(
+        options(&r, &file("a")),
+        Some(OptionsOrigin {
+            from: OptionsFrom::SpecFile,
+            pending: None
+        })
+    );
+    let noted = Some(OptionsOrigin {
+        from: OptionsFrom::Annotations,
+        pending: Some("annotation x changed".into()),
+    });
+    assert_eq!(options(&r, &kube), noted);
+    assert_eq!(r.status().len(), 2);
+    // A later update of the pod (its namespace re-resolved, say) keeps the note; the note
+    // alone writes nothing.
+    r.fake().take_calls();
+    let moved = PodSpec {
+        ips: vec!["10.0.0.7".parse().unwrap()],
+        ..b
+    };
+    r.apply(vec![Change::Upsert(kube.clone(), Box::new(Ok(moved)))]);
+    assert_eq!(options(&r, &kube), noted);
+    r.fake().take_calls();
+    r.apply(vec![Change::Pending(kube.clone(), None)]);
+    assert_eq!(r.fake().take_calls(), []);
+    assert_eq!(options(&r, &kube).unwrap().pending, None);
+    assert_eq!(r.state(&kube), Some(PodState::Ready));
+}

@@ -1,7 +1,7 @@
 //! What the registry reports of each pod, for the status file and `/metrics`.
 use super::Registry;
-use crate::source::change::Unready;
-use crate::telemetry::status::{PodState, PodStatus};
+use crate::source::change::{SourceKey, Unready};
+use crate::telemetry::status::{OptionsFrom, OptionsOrigin, PodState, PodStatus};
 
 impl<D> Registry<D> {
     pub fn status(&self) -> Vec<PodStatus> {
@@ -26,6 +26,13 @@ impl<D> Registry<D> {
                     .map(|x| x.plan.ips().to_vec())
                     .unwrap_or_default(),
                 accelerate: e.enrolled.as_ref().map(|x| x.plan.accelerates()),
+                options: Some(OptionsOrigin {
+                    from: match key {
+                        SourceKey::File(_) => OptionsFrom::SpecFile,
+                        SourceKey::Kube { .. } => OptionsFrom::Annotations,
+                    },
+                    pending: e.pending.clone(),
+                }),
                 counters: None,
             })
             .collect()

@@ -64,6 +64,9 @@ impl Rejected {
 pub enum Change {
     Upsert(SourceKey, Box<Result<PodSpec, Rejected>>),
     Remove(SourceKey),
+    /// Changes to a known pod that the source does not apply, and why (`None`: there are
+    /// none). Shown in `meshsteer status`; follows the pod's `Upsert`.
+    Pending(SourceKey, Option<String>),
 }
 
 /// Changes from one look at a source.

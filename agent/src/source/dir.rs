@@ -223,7 +223,7 @@ mod tests {
                     }) => (name, r),
                     other => panic!("refused expected: {other:?}"),
                 },
-                Change::Remove(_) => panic!("no removal expected"),
+                Change::Remove(_) | Change::Pending(..) => panic!("no removal expected"),
             })
             .collect();
         reasons.sort();

@@ -1,8 +1,11 @@
 //! istio-iptables command lines, parsed into the capture settings they stand for.
 //!
 //! Supported: `-p -z -u -g -m REDIRECT -i -x -b -d -q -o -e` (and their long names), with
-//! istio-iptables' own defaults for what is omitted. Anything else is refused by name so a pod
-//! is never enrolled with capture that differs silently from what its rules asked for.
+//! istio-iptables' own defaults for what is omitted; `-k` and `-c` with an empty list (what the
+//! injector emits for an empty annotation). The options in [`IGNORED`] (logging, validation,
+//! how the rules are applied) have no effect on capture and are accepted and ignored by name,
+//! so that a real istio-init line parses. Anything else is refused by name so a pod is never
+//! enrolled with capture that differs silently from what its rules asked for.
 use std::{
     fmt,
     net::{AddrParseError, IpAddr},
@@ -23,6 +26,12 @@ pub enum ArgsError {
     Unsupported(String),
     #[error("unsupported interception mode {0:?}: only REDIRECT is implemented (TPROXY is not)")]
     Mode(String),
+    /// `-k` or `-c` naming interfaces: only the empty list is implemented.
+    #[error(
+        "unsupported istio-iptables option {option} {value:?}: meshsteer implements only an empty \
+         interface list"
+    )]
+    Interfaces { option: String, value: String },
     #[error("unknown istio-iptables option {0}")]
     Unknown(String),
     #[error("option {0} needs a value")]
@@ -49,6 +58,9 @@ pub enum ValueError {
     Item { item: String, reason: String },
     #[error("'*' cannot be excluded (istio refuses it too)")]
     ExcludeAll,
+    /// A switch's `=value` that Go's `strconv.ParseBool` refuses.
+    #[error("not a boolean (true, false, 1, 0, t, f)")]
+    Bool,
 }
 
 /// Why a CIDR does not parse.
@@ -185,6 +197,10 @@ pub struct Capture {
     pub include_outbound_ports: Vec<u16>,
     /// `-o`
     pub exclude_outbound_ports: Vec<u16>,
+    /// `--dual-stack` (1.18+; `ISTIO_DUAL_STACK` in istio-init's environment from 1.19): IPv6
+    /// rules whenever the pod has an IPv6 address. Without it istio-init writes them only when
+    /// the pod has no IPv4 address (see [`Capture::ipv6_rules`]).
+    pub dual_stack: bool,
 }
 
 impl Default for Capture {
@@ -202,6 +218,7 @@ impl Default for Capture {
             exclude_inbound_ports: vec![],
             include_outbound_ports: vec![],
             exclude_outbound_ports: vec![],
+            dual_stack: false,
         }
     }
 }
@@ -209,6 +226,14 @@ impl Default for Capture {
 impl Capture {
     pub fn gids(&self) -> &[u32] {
         self.proxy_gids.as_deref().unwrap_or(&self.proxy_uids)
+    }
+
+    /// Whether istio-init writes ip6tables rules for a pod with these addresses. It decides by
+    /// the first non-loopback address of the pod's interfaces, and the kernel lists every
+    /// IPv4 address before any IPv6 one: the first is IPv6 only when the pod has no IPv4
+    /// address. With `--dual-stack`, any IPv6 address will do.
+    pub fn ipv6_rules(&self, ips: &[IpAddr]) -> bool {
+        ips.iter().any(IpAddr::is_ipv6) && (self.dual_stack || !ips.iter().any(IpAddr::is_ipv4))
     }
 
     /// Parses an istio-iptables command line (the program name may lead).
@@ -222,7 +247,22 @@ impl Capture {
         while let Some(word) = words.next() {
             let (flag, inline) = split_flag(&word)?;
             // Looked up before its value is taken: an unknown flag is named as such.
-            Opt::lookup(&flag)?;
+            let opt = Opt::lookup(&flag)?;
+            if opt.is_switch() {
+                // A boolean flag never takes the next word (`--log_as_json`), only `=value`.
+                let on = match inline {
+                    Some(v) => parse_bool(&v).map_err(|reason| ArgsError::Invalid {
+                        option: flag,
+                        value: v,
+                        reason,
+                    })?,
+                    None => true,
+                };
+                if let Opt::DualStack = opt {
+                    c.dual_stack = on;
+                }
+                continue;
+            }
             let value = match inline {
                 Some(v) => v,
                 None => words
@@ -288,6 +328,19 @@ impl Capture {
             Opt::ExcludeOutboundPorts => {
                 self.exclude_outbound_ports = parse_ports(v).map_err(invalid)?
             }
+            Opt::Interfaces => {
+                // istio's Split drops empty items: `-k ""` (and `-k ,`) name no interface.
+                if v.split(',').any(|i| !i.trim().is_empty()) {
+                    return Err(ArgsError::Interfaces {
+                        option: flag.into(),
+                        value: v.into(),
+                    });
+                }
+            }
+            Opt::DualStack => {
+                self.dual_stack = parse_bool(v).map_err(invalid)?;
+            }
+            Opt::Ignored(_) => {}
         }
         Ok(())
     }
@@ -307,6 +360,20 @@ enum Opt {
     ExcludeInboundPorts,
     IncludeOutboundPorts,
     ExcludeOutboundPorts,
+    /// `-k`, `-c`: interface lists, accepted only empty.
+    Interfaces,
+    /// `--dual-stack`, a switch.
+    DualStack,
+    /// Accepted and ignored: no effect on capture.
+    Ignored(Arity),
+}
+
+/// Whether an option takes a value or is a boolean switch (pflag's `Bool`: `--flag` or
+/// `--flag=false`, never the next word).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arity {
+    Value,
+    Switch,
 }
 
 /// (short, long, option). Long names are istio-iptables' own.
@@ -327,23 +394,62 @@ const OPTIONS: &[(&str, &str, Opt)] = &[
         "istio-local-outbound-ports-exclude",
         Opt::ExcludeOutboundPorts,
     ),
+    // Virtual machine interfaces (`traffic.sidecar.istio.io/kubevirtInterfaces`): the injector
+    // emits `-k` whenever the annotation is set, even to "".
+    ("k", "kube-virt-interfaces", Opt::Interfaces),
+    // Interfaces never captured (`traffic.sidecar.istio.io/excludeInterfaces`, 1.15+; 1.12 to
+    // 1.14 have only the long name).
+    ("c", "istio-exclude-interfaces", Opt::Interfaces),
+    ("", "dual-stack", Opt::DualStack),
 ];
 
-/// Options istio-iptables has that change capture in ways meshsteer does not implement.
-const UNSUPPORTED: &[(&str, &str)] = &[
-    ("k", "kube-virt-interfaces"),
-    ("c", "istio-exclude-interfaces"),
+/// Options of istio-iptables (and, for `log_*`, of `pilot-agent`, which runs it from 1.15 on)
+/// that have no effect on the capture a pod gets: accepted and ignored, by name. Real
+/// istio-init lines carry `--log_output_level=…` and `--log_as_json` (1.15+),
+/// `--run-validation --skip-rule-apply` (with Istio CNI, which installs the same rules
+/// itself) and `--force-apply` (1.24).
+pub const IGNORED: &[(&str, &str, bool)] = &[
+    // (short, long, is a switch)
+    ("", "log_output_level", false),
+    ("", "log_as_json", true),
+    ("", "log_stacktrace_level", false),
+    ("", "log_caller", false),
+    ("", "log_target", false),
+    ("", "log_rotate", false),
+    ("", "log_rotate_max_age", false),
+    ("", "log_rotate_max_size", false),
+    ("", "log_rotate_max_backups", false),
+    ("", "run-validation", true),
+    ("", "skip-rule-apply", true),
+    ("", "force-apply", true),
+    ("", "reconcile", true),
+    ("", "iptables-probe-port", false),
+    ("", "probe-timeout", false),
+    ("", "iptables-trace-logging", true),
+    ("f", "restore-format", true),
+    ("", "output-paths", false),
+    ("", "iptables-version", false),
+];
+
+/// Options istio-iptables has that change capture in ways meshsteer does not implement
+/// (`--dry-run` and `--cleanup-only` install none, `--cni-mode` is the CNI plugin's).
+pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("r", "istio-inbound-tproxy-route-table"),
     ("t", "istio-inbound-tproxy-mark"),
     ("n", "dry-run"),
     ("", "redirect-dns"),
     ("", "capture-all-dns"),
     ("", "drop-invalid"),
-    ("", "dual-stack"),
     ("", "network-namespace"),
+    ("", "cni-mode"),
+    ("", "cleanup-only"),
 ];
 
 impl Opt {
+    fn is_switch(self) -> bool {
+        matches!(self, Self::DualStack | Self::Ignored(Arity::Switch))
+    }
+
     fn lookup(flag: &str) -> Result<Self, ArgsError> {
         let (short, long) = match flag.strip_prefix("--") {
             Some(l) => ("", l),
@@ -353,6 +459,13 @@ impl Opt {
             |s: &str, l: &str| (!short.is_empty() && s == short) || (!long.is_empty() && l == long);
         if let Some((_, _, o)) = OPTIONS.iter().find(|(s, l, _)| matches(s, l)) {
             return Ok(*o);
+        }
+        if let Some((_, _, switch)) = IGNORED.iter().find(|(s, l, _)| matches(s, l)) {
+            return Ok(Opt::Ignored(if *switch {
+                Arity::Switch
+            } else {
+                Arity::Value
+            }));
         }
         if UNSUPPORTED.iter().any(|(s, l)| matches(s, l)) {
             return Err(ArgsError::Unsupported(flag.into()));
@@ -377,6 +490,20 @@ fn split_flag(word: &str) -> Result<(String, Option<String>), ArgsError> {
     let rest = chars.as_str();
     let value = (!rest.is_empty()).then(|| rest.strip_prefix('=').unwrap_or(rest).to_string());
     Ok((format!("-{name}"), value))
+}
+
+/// Go's `strconv.ParseBool`, which pflag uses for `--flag=value` and for the environment
+/// variables istio-iptables reads in place of flags.
+pub fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, ValueError> {
+    go_bool(v).ok_or(ValueError::Bool)
 }
 
 fn parse_port(v: &str) -> Result<u16, ValueError> {
@@ -453,8 +580,31 @@ mod tests {
         );
         assert_eq!(
             Capture::from_args("-k eth1").unwrap_err(),
-            ArgsError::Unsupported("-k".into())
+            ArgsError::Interfaces {
+                option: "-k".into(),
+                value: "eth1".into()
+            }
         );
+        assert!(matches!(
+            Capture::from_args("--istio-exclude-interfaces=eth1,"),
+            Err(ArgsError::Interfaces { .. })
+        ));
+        for refused in [
+            "-n",
+            "--dry-run",
+            "--capture-all-dns",
+            "--drop-invalid",
+            "--cni-mode",
+            "--cleanup-only",
+            "-t 1337",
+            "-r 133",
+            "--network-namespace=/x",
+        ] {
+            assert!(
+                matches!(Capture::from_args(refused), Err(ArgsError::Unsupported(_))),
+                "{refused}"
+            );
+        }
         assert_eq!(
             Capture::from_args("--redirect-dns=true").unwrap_err(),
             ArgsError::Unsupported("--redirect-dns".into())
@@ -475,6 +625,107 @@ mod tests {
             Capture::from_args("-p"),
             Err(ArgsError::MissingValue(_))
         ));
+    }
+
+    /// istio-init's `args` as the injection template renders them, written by hand.
+    #[test]
+    fn real_istio_init_lines_parse() {
+        let default = Capture::from_args(INJECTOR_DEFAULT_ARGS).unwrap();
+        for line in [
+            // 1.12, no annotations.
+            "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020",
+            // 1.12 with the kubevirtInterfaces annotation set empty; with Istio CNI
+            // (istio-validation).
+            "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020 -k ''",
+            "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020 --run-validation --skip-rule-apply",
+            // 1.20: the log level always, JSON logs when global.logAsJson; kubevirtInterfaces
+            // and excludeInterfaces set empty.
+            "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020 --log_output_level=default:info",
+            "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020 -k '' -c '' --log_output_level=default:info --log_as_json",
+            // 1.24 with global.proxy_init.forceApplyIptables; or with CNI.
+            "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020 --log_output_level=default:info --force-apply",
+            "istio-iptables -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020 --log_output_level=default:info --log_as_json --run-validation --skip-rule-apply",
+        ] {
+            assert_eq!(Capture::from_args(line), Ok(default.clone()), "{line}");
+        }
+    }
+
+    #[test]
+    fn ignored_options_take_a_value_or_are_switches_as_in_istio() {
+        let c = Capture::from_args(
+            "--log_as_json -p 1 --log_output_level info -f --restore-format=false --iptables-probe-port 15002 \
+             --probe-timeout=5s --output-paths /tmp/x --iptables-version 1.8 --iptables-trace-logging \
+             --reconcile=true --log_target stdout --log_caller x --log_stacktrace_level none \
+             --log_rotate /x --log_rotate_max_age 1 --log_rotate_max_size 1 --log_rotate_max_backups 1",
+        )
+        .unwrap();
+        assert_eq!(c.proxy_port, 1);
+        // A switch never takes the next word: `-p` after `--force-apply` is an option.
+        assert_eq!(
+            Capture::from_args("--force-apply -p 2").unwrap().proxy_port,
+            2
+        );
+        assert!(matches!(
+            Capture::from_args("--force-apply 2"),
+            Err(ArgsError::Positional(_))
+        ));
+        assert_eq!(
+            Capture::from_args("--skip-rule-apply=maybe")
+                .unwrap_err()
+                .to_string(),
+            "invalid value \"maybe\" for --skip-rule-apply: not a boolean (true, false, 1, 0, t, f)"
+        );
+        assert!(matches!(
+            Capture::from_args("--log_output_level"),
+            Err(ArgsError::MissingValue(_))
+        ));
+        assert!(matches!(
+            Capture::from_args("--log-output-level=info"),
+            Err(ArgsError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn ipv6_rules_follow_the_first_address_istio_init_sees_or_dual_stack() {
+        let ips =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|i| i.parse().unwrap()).collect() };
+        let single = Capture::default();
+        let dual = Capture::from_args("--dual-stack").unwrap();
+        assert!(dual.dual_stack);
+        assert!(!Capture::from_args("--dual-stack=false").unwrap().dual_stack);
+        assert!(
+            !Capture::from_args("--dual-stack --dual-stack=0")
+                .unwrap()
+                .dual_stack
+        );
+        // A switch: `-p 1` after it is an option, not its value.
+        assert_eq!(
+            Capture::from_args("--dual-stack -p 1").unwrap().proxy_port,
+            1
+        );
+        assert!(matches!(
+            Capture::from_args("--dual-stack=yes"),
+            Err(ArgsError::Invalid { .. })
+        ));
+        for (list, without, with) in [
+            (&["10.0.0.5"][..], false, false),
+            (&["fd00::5"][..], true, true),
+            // IPv4 first (the common dual-stack cluster) and IPv6 first: istio-init sees the
+            // IPv4 address first either way.
+            (&["10.0.0.5", "fd00::5"][..], false, true),
+            (&["fd00::5", "10.0.0.5"][..], false, true),
+            (&[][..], false, false),
+        ] {
+            assert_eq!(single.ipv6_rules(&ips(list)), without, "{list:?}");
+            assert_eq!(dual.ipv6_rules(&ips(list)), with, "{list:?} dual-stack");
+        }
+    }
+
+    #[test]
+    fn empty_interface_lists_are_accepted() {
+        for line in ["-k ''", "-c ''", "-k ,", "--kube-virt-interfaces=", "-c=''"] {
+            assert_eq!(Capture::from_args(line), Ok(Capture::default()), "{line}");
+        }
     }
 
     #[test]

@@ -59,8 +59,8 @@ impl Plan {
         }
         let (uids, gids) = (ids(&c.proxy_uids)?, ids(c.gids())?);
         let mut flags = 0;
-        let v6 = spec.ips.iter().any(IpAddr::is_ipv6);
-        if v6 {
+        // As istio-init: ip6tables rules only for an IPv6-only pod, or with `--dual-stack`.
+        if c.ipv6_rules(&spec.ips) {
             flags |= pod_flags::IPV6;
         }
         let (cidr_include, include_loopback) = match &c.include_outbound_cidrs {
@@ -229,7 +229,8 @@ mod tests {
         let p = Plan::new(&s, 7).unwrap();
         let f = p.config.flags;
         assert_ne!(f & pod_flags::OUT_INCLUDE_ALL_V4, 0);
-        assert_ne!(f & pod_flags::IPV6, 0);
+        // Dual-stack addresses without `--dual-stack`: istio-init writes no IPv6 rules.
+        assert_eq!(f & pod_flags::IPV6, 0);
         assert_ne!(f & pod_flags::IN_ALL_PORTS, 0);
         assert_eq!(p.ports.len(), 3);
         assert!(
@@ -238,6 +239,24 @@ mod tests {
         );
         assert_eq!(p.config.primary_v4, Addr::v4([10, 0, 0, 5]));
         assert_eq!(p.local.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_rules_only_for_ipv6_only_pods_or_dual_stack() {
+        let v6 =
+            |yaml: &str| Plan::new(&spec(yaml), 1).unwrap().config.flags & pod_flags::IPV6 != 0;
+        assert!(!v6("name: a\ncgroup: /x\nips: [10.0.0.5, fd00::5]\n"));
+        assert!(!v6("name: a\ncgroup: /x\nips: [fd00::5, 10.0.0.5]\n"));
+        assert!(v6("name: a\ncgroup: /x\nips: [fd00::5]\n"));
+        assert!(v6(
+            "name: a\ncgroup: /x\nips: [10.0.0.5, fd00::5]\nargs: \"-i '*' --dual-stack\"\n"
+        ));
+        assert!(v6(
+            "name: a\ncgroup: /x\nips: [10.0.0.5, fd00::5]\ncapture: {dualStack: true}\n"
+        ));
+        assert!(!v6(
+            "name: a\ncgroup: /x\nips: [10.0.0.5]\nargs: --dual-stack\n"
+        ));
     }
 
     #[test]

@@ -52,9 +52,35 @@ pub struct PodStatus {
     /// Socket-level acceleration is on for the enrolled pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerate: Option<bool>,
+    /// Where the pod's capture options came from (absent in files of older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<OptionsOrigin>,
     /// Live counters, added by `meshsteer status` from the pinned maps (never in the file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Where a pod's capture options came from, and what changed since that the agent has not
+/// applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OptionsOrigin {
+    pub from: OptionsFrom,
+    /// Changes to the pod that were not applied, and why (on Kubernetes: annotations changed
+    /// after the pod's capture was decided, which istio-init decides once per pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
+/// The path a pod's options took. New paths are new variants: readers must accept values
+/// they do not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OptionsFrom {
+    /// A spec file's `args` or `capture` (or the injector's default line).
+    SpecFile,
+    /// A Kubernetes pod's annotations, as Istio's injector turns them into istio-init's line.
+    Annotations,
 }
 
 /// Whether a pod's capture is in effect. In the file it is one string: `ready`,
@@ -195,11 +221,19 @@ mod tests {
                 capture: Some(Capture::default()),
                 ips: vec!["10.0.0.5".parse().unwrap()],
                 accelerate: Some(false),
+                options: Some(OptionsOrigin {
+                    from: OptionsFrom::Annotations,
+                    pending: Some("annotation x changed".into()),
+                }),
                 counters: None,
             }],
         };
         let text = serde_json::to_string(&doc).unwrap();
         assert!(text.contains(r#""cgroupId":42"#), "{text}");
+        assert!(
+            text.contains(r#""options":{"from":"annotations","pending":"annotation x changed"}"#),
+            "{text}"
+        );
         assert!(text.contains(r#""source":{"kube":{"namespace":"default","name":"web"}}"#));
         assert!(text.contains(r#""ips":["10.0.0.5"]"#), "{text}");
         assert!(text.contains(r#""capture":{"proxyPort":15001,"#), "{text}");
@@ -215,5 +249,19 @@ mod tests {
         assert_eq!(mode, 0o600, "the status file is the owner's only");
         assert_eq!(AgentStatus::read(&path).unwrap(), doc);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn options_are_optional_and_spelt_camel_case() {
+        // A file from an agent without the field still reads.
+        let old =
+            r#"{"pid":1,"pods":[{"name":"a","source":{"file":"/p/a.yaml"},"state":"ready"}]}"#;
+        let doc: AgentStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(doc.pods[0].options, None);
+        let o = OptionsOrigin {
+            from: OptionsFrom::SpecFile,
+            pending: None,
+        };
+        assert_eq!(serde_json::to_string(&o).unwrap(), r#"{"from":"specFile"}"#);
     }
 }

@@ -2,7 +2,7 @@
 //! capture istio-init would have installed for a pod that carries them.
 use std::collections::BTreeMap;
 
-use crate::spec::istio::{ArgsError, Capture, INJECTOR_DEFAULT_ARGS};
+use crate::spec::istio::{ArgsError, Capture, INJECTOR_DEFAULT_ARGS, go_bool};
 
 /// The sidecar container Istio injects (a regular container, or a native sidecar among the
 /// init containers).
@@ -12,8 +12,10 @@ pub(super) const PROXY_CONTAINER: &str = "istio-proxy";
 pub(super) mod keys {
     /// Written by the injector on every pod it injected.
     pub const STATUS: &str = "sidecar.istio.io/status";
-    /// Label or annotation: a false value opts the pod out.
+    /// Label or annotation: a false value opts the pod out. The label wins when both are set.
     pub const INJECT: &str = "sidecar.istio.io/inject";
+    /// The injection templates a pod asks for, in place of the injector's `defaultTemplates`.
+    pub const TEMPLATES: &str = "inject.istio.io/templates";
     pub const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
     pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
     pub const STATUS_PORT: &str = "status.sidecar.istio.io/port";
@@ -31,6 +33,24 @@ const OPTION_ANNOTATIONS: &[(&str, &str)] = &[
     ("traffic.sidecar.istio.io/kubevirtInterfaces", "-k"),
     ("traffic.sidecar.istio.io/excludeInterfaces", "-c"),
 ];
+
+/// The environment variables that set istio-iptables' `--dual-stack`, in the order it reads
+/// them (1.19+: the flag's own, then `ISTIO_DUAL_STACK`, which wins). The injector copies the
+/// mesh's `ProxyMetadata` into istio-init's environment and into `istio-proxy`'s alike, so
+/// the sidecar's environment shows what istio-init's had.
+const DUAL_STACK_ENV: &[&str] = &["DUAL_STACK", "ISTIO_DUAL_STACK"];
+
+/// Whether istio-init would have run with `--dual-stack`, from the `istio-proxy` container's
+/// literal environment (`name`, `value`) in order. As in Kubernetes, a later entry of the same
+/// name wins; as in istio-iptables, a value that is not a Go boolean is ignored.
+pub(super) fn dual_stack<'a>(env: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+    let env: BTreeMap<&str, &str> = env.into_iter().collect();
+    DUAL_STACK_ENV
+        .iter()
+        .filter_map(|name| go_bool(env.get(name)?))
+        .next_back()
+        .unwrap_or(false)
+}
 
 /// The status port the injector excludes from inbound capture unless annotated otherwise.
 const DEFAULT_STATUS_PORT: &str = "15020";
@@ -61,12 +81,39 @@ pub(super) fn read_by_capture() -> impl Iterator<Item = &'static str> {
         .chain([keys::EXCLUDE_INBOUND_PORTS, keys::STATUS_PORT])
 }
 
-/// How the injector reads `sidecar.istio.io/inject`: anything else opts out.
+/// The only one of Istio's injection templates that has istio-init (`gateway`,
+/// `grpc-simple`, `grpc-agent`, `waypoint` and `kube-gateway` do not).
+pub(super) const SIDECAR_TEMPLATE: &str = "sidecar";
+
+/// How the injector reads `sidecar.istio.io/inject` (`strings.ToLower`, no trimming): empty
+/// leaves the decision to the namespace, anything else but these opts out.
 pub(super) fn istio_true(value: &str) -> bool {
     matches!(
-        value.trim().to_ascii_lowercase().as_str(),
+        value.to_ascii_lowercase().as_str(),
         "" | "y" | "yes" | "true" | "on"
     )
+}
+
+/// The injector's choice between the label and the annotation `sidecar.istio.io/inject`:
+/// the label whenever it is present, even empty.
+pub(super) fn inject_selector<'a>(
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
+) -> Option<&'a str> {
+    labels
+        .get(keys::INJECT)
+        .or_else(|| annotations.get(keys::INJECT))
+        .map(String::as_str)
+}
+
+/// Whether the templates a pod was injected with include istio-init: those its
+/// `inject.istio.io/templates` names (comma-separated, trimmed, as the injector splits
+/// them), else the injector's defaults (`sidecar` in Istio's charts). Aliases defined in the
+/// injector's configuration are not visible on the pod: only the name `sidecar` counts.
+pub(super) fn templates_have_istio_init(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .get(keys::TEMPLATES)
+        .is_none_or(|names| names.split(',').any(|name| name.trim() == SIDECAR_TEMPLATE))
 }
 
 /// The capture istio-init would have installed for a pod with these annotations: the
@@ -111,6 +158,82 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn the_injection_label_wins_over_the_annotation() {
+        let (t, f, empty) = (
+            annotations(&[(keys::INJECT, "true")]),
+            annotations(&[(keys::INJECT, "false")]),
+            annotations(&[(keys::INJECT, "")]),
+        );
+        let none = BTreeMap::new();
+        assert_eq!(inject_selector(&t, &f), Some("true"));
+        assert_eq!(inject_selector(&f, &t), Some("false"));
+        // An empty label still wins: the namespace decides, not the annotation.
+        assert_eq!(inject_selector(&empty, &f), Some(""));
+        assert_eq!(inject_selector(&none, &f), Some("false"));
+        assert_eq!(inject_selector(&none, &none), None);
+        // The injector lower-cases but does not trim.
+        for v in ["", "y", "Yes", "TRUE", "on"] {
+            assert!(istio_true(v), "{v}");
+        }
+        for v in ["false", "no", " true", "1", "enabled"] {
+            assert!(!istio_true(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn only_the_sidecar_template_has_istio_init() {
+        assert!(templates_have_istio_init(&BTreeMap::new()));
+        for yes in [
+            "sidecar",
+            "sidecar,meshsteer",
+            " gateway , sidecar ",
+            "meshsteer,sidecar",
+        ] {
+            assert!(
+                templates_have_istio_init(&annotations(&[(keys::TEMPLATES, yes)])),
+                "{yes}"
+            );
+        }
+        for no in [
+            "gateway",
+            "grpc-agent",
+            "grpc-simple",
+            "",
+            "sidecars",
+            "Sidecar",
+        ] {
+            assert!(
+                !templates_have_istio_init(&annotations(&[(keys::TEMPLATES, no)])),
+                "{no}"
+            );
+        }
+    }
+
+    #[test]
+    fn dual_stack_from_the_proxy_metadata_environment() {
+        assert!(!dual_stack([]));
+        assert!(dual_stack([("ISTIO_DUAL_STACK", "true")]));
+        assert!(dual_stack([("DUAL_STACK", "1")]));
+        assert!(!dual_stack([("ISTIO_DUAL_STACK", "yes")]));
+        // ISTIO_DUAL_STACK is read last and wins; a bad value leaves the other in force.
+        assert!(!dual_stack([
+            ("ISTIO_DUAL_STACK", "false"),
+            ("DUAL_STACK", "true")
+        ]));
+        assert!(dual_stack([
+            ("ISTIO_DUAL_STACK", "x"),
+            ("DUAL_STACK", "true")
+        ]));
+        // The last entry of a name wins, as in Kubernetes.
+        assert!(dual_stack([
+            ("ISTIO_DUAL_STACK", "false"),
+            ("ISTIO_DUAL_STACK", "True")
+        ]));
+        // 1.17 and 1.18 named it ISTIO_AGENT_DUAL_STACK: not read.
+        assert!(!dual_stack([("ISTIO_AGENT_DUAL_STACK", "true")]));
     }
 
     #[test]
@@ -176,6 +299,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("unsupported istio-iptables option -k"), "{e}");
+        // Set but empty, as the injector passes it: no interface, nothing to refuse.
+        for key in [
+            "traffic.sidecar.istio.io/kubevirtInterfaces",
+            "traffic.sidecar.istio.io/excludeInterfaces",
+        ] {
+            assert_eq!(
+                capture(&annotations(&[(key, "")])).unwrap(),
+                capture(&BTreeMap::new()).unwrap(),
+                "{key}"
+            );
+        }
         let e = capture(&annotations(&[(
             "traffic.sidecar.istio.io/excludeOutboundIPRanges",
             "10.0.0.1",

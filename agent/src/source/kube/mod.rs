@@ -47,16 +47,23 @@ pub struct KubePods {
     pods: BTreeMap<PodRef, Tracked>,
     /// Deleted pods' cgroup2 directories, removed once empty (hybrid hosts leave them).
     reaper: Reaper,
-    /// The cgroups of pods the agent enrolled and then left alone (finished, opted out), for
-    /// when their deletion comes.
+    /// The cgroups of pods the agent enrolled and then left alone (finished, no sidecar any
+    /// more), for when their deletion comes.
     released: BTreeMap<PodRef, PathBuf>,
     watcher: JoinHandle<()>,
 }
 
+/// One pod with an Istio sidecar.
 struct Tracked {
+    /// The pod as first seen (for its UID): its capture is decided from this view, once, as
+    /// istio-init decides it once per pod.
+    first: PodView,
+    /// The pod as last seen.
     view: PodView,
-    /// What the registry was last given for it.
-    sent: Result<PodSpec, Rejected>,
+    /// What the registry was last given for it (`None`: nothing, Istio gave it no istio-init).
+    sent: Option<Result<PodSpec, Rejected>>,
+    /// What the registry was last told was not applied.
+    pending: Option<String>,
 }
 
 /// How to reach the API server and find pods on this node (from the `run` flags).
@@ -141,14 +148,18 @@ impl KubePods {
                     .cloned()
                     .collect();
                 // Missing from a relist: deleted, or only left alone now (a listing names
-                // captured pods only), which cannot be told apart. Cgroups are removed only
-                // after a deletion the API server reported, so these wait for theirs.
+                // pods with an Istio sidecar only: finished ones drop out), which cannot be
+                // told apart. Cgroups are removed only after a deletion the API server
+                // reported, so these wait for theirs.
                 changes.extend(gone.iter().filter_map(|k| self.untrack(k, false)));
                 self.released.retain(|_, dir| dir.exists());
-                changes.extend(views.into_iter().filter_map(|v| self.track(v)));
+                for view in views {
+                    changes.extend(self.track(view));
+                }
             }
             Update::Applied(_, Some(view)) => changes.extend(self.track(view)),
-            // No longer captured (opted out, finished): its cgroup is the kubelet's business.
+            // No longer a pod with an Istio sidecar (finished, say): its cgroup is the
+            // kubelet's business until its deletion comes.
             Update::Applied(id, None) => changes.extend(self.untrack(&id, false)),
             Update::Deleted(id) => changes.extend(self.untrack(&id, true)),
         }
@@ -165,8 +176,9 @@ impl KubePods {
             .pods
             .iter()
             .filter(|(_, t)| match &t.sent {
-                Err(_) => true,
-                Ok(spec) => {
+                None => false,
+                Some(Err(_)) => true,
+                Some(Ok(spec)) => {
                     spec.netns.as_ref().is_some_and(|ns| !ns.exists())
                         || (!cgroup::in_use(&spec.cgroup)
                             && self.resolver.pod_cgroup(&t.view.uid).as_ref() != Some(&spec.cgroup))
@@ -174,13 +186,7 @@ impl KubePods {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        stale
-            .into_iter()
-            .filter_map(|id| {
-                let view = self.pods.get(&id)?.view.clone();
-                self.resolve(view)
-            })
-            .collect()
+        stale.iter().flat_map(|id| self.resolve(id)).collect()
     }
 
     /// Removes deleted pods' cgroups that are due and empty.
@@ -188,43 +194,89 @@ impl KubePods {
         let pods = &self.pods;
         self.reaper.poll(now, |dir| {
             pods.values()
-                .any(|t| t.sent.as_ref().is_ok_and(|s| s.cgroup == dir))
+                .any(|t| matches!(&t.sent, Some(Ok(s)) if s.cgroup == dir))
         });
     }
 
-    /// A pod appeared or changed.
-    fn track(&mut self, view: PodView) -> Option<Change> {
+    /// A pod appeared or changed. A pod seen for the first time (or with a new UID: a new pod
+    /// of the same name) has its capture decided now; later changes to its labels and
+    /// annotations are reported as pending, not applied.
+    fn track(&mut self, view: PodView) -> Vec<Change> {
         self.released.remove(&view.pod);
-        if self.pods.get(&view.pod).is_some_and(|t| t.view == view) {
-            return None;
+        let first = match self.pods.get(&view.pod) {
+            Some(t) if t.view == view => return Vec::new(),
+            Some(t) if t.first.uid == view.uid => t.first.clone(),
+            _ => view.clone(),
+        };
+        let id = view.pod.clone();
+        let renewed = self.pods.get(&id).is_some_and(|t| t.first.uid != view.uid);
+        let mut changes = Vec::new();
+        if renewed {
+            // The old pod is gone (deleted: a name is reused only after): what it had goes
+            // before the new one is decided, and its cgroup, once empty, with it.
+            changes.extend(self.untrack(&id, true));
         }
-        self.resolve(view)
+        let tracked = self.pods.entry(id.clone()).or_insert_with(|| Tracked {
+            first,
+            view: view.clone(),
+            sent: None,
+            pending: None,
+        });
+        tracked.view = view;
+        changes.extend(self.resolve(&id));
+        changes
     }
 
-    /// Resolves the pod's spec; a change only if it differs from what was sent.
-    fn resolve(&mut self, view: PodView) -> Option<Change> {
-        let _g = info_span!("pod", pod = %view.pod).entered();
-        let sent = self.resolver.spec(&view);
-        let key = view.pod.key();
-        let old = self.pods.insert(
-            view.pod.clone(),
-            Tracked {
-                view,
-                sent: sent.clone(),
-            },
-        );
-        if old.is_some_and(|t| t.sent == sent) {
-            return None;
+    /// Resolves the pod's spec from its decided capture; changes only for what differs from
+    /// what was sent.
+    fn resolve(&mut self, id: &PodRef) -> Vec<Change> {
+        let Some(t) = self.pods.get_mut(id) else {
+            return Vec::new();
+        };
+        let _g = info_span!("pod", pod = %id).entered();
+        let decided = t.view.decided_by(&t.first);
+        let sent = decided.captured().then(|| {
+            self.resolver.spec(&decided).map(|mut spec| {
+                if let Some(c) = spec.capture.as_mut() {
+                    c.dual_stack = decided.dual_stack;
+                }
+                spec
+            })
+        });
+        let key = id.key();
+        let mut changes = Vec::new();
+        if sent != t.sent {
+            if let Some(Err(r)) = &sent {
+                debug!(why = ?r.why, "not ready for capture");
+            }
+            match &sent {
+                Some(s) => changes.push(Change::Upsert(key.clone(), Box::new(s.clone()))),
+                None => changes.push(Change::Remove(key.clone())),
+            }
+            t.sent = sent;
         }
-        if let Err(r) = &sent {
-            debug!(why = ?r.why, "not ready for capture");
+        if t.sent.is_none() {
+            if let Some(why) = &decided.left_alone {
+                debug!(%why, "no istio-init: left alone");
+            }
+            return changes;
         }
-        Some(Change::Upsert(key, Box::new(sent)))
+        let pending = t.view.changed_since(&t.first);
+        if pending != t.pending {
+            if let Some(p) = &pending {
+                info!(pending = %p, "change not applied until the pod restarts");
+            }
+            changes.push(Change::Pending(key, pending.clone()));
+            t.pending = pending;
+        }
+        changes
     }
 
-    /// A pod is gone from what the agent captures; `deleted`: from the API server too, so its
+    /// A pod is gone from what the agent tracks; `deleted`: from the API server too, so its
     /// cgroup, once empty, is removed (the registry unenrols it before the next poll). A pod
-    /// only left alone (finished, opted out) keeps its cgroup until its deletion is seen.
+    /// only left alone (finished, no sidecar any more) keeps its cgroup until its deletion is
+    /// seen. A pod Istio gave no istio-init was never enrolled: nothing to remove, and its
+    /// cgroup is the kubelet's business.
     fn untrack(&mut self, id: &PodRef, deleted: bool) -> Option<Change> {
         let now = Instant::now();
         let Some(t) = self.pods.remove(id) else {
@@ -233,8 +285,8 @@ impl KubePods {
             }
             return None;
         };
-        let dir = t
-            .sent
+        let sent = t.sent?;
+        let dir = sent
             .ok()
             .map(|s| s.cgroup)
             .filter(|dir| self.resolver.removable(dir, &t.view.uid));
@@ -306,8 +358,8 @@ mod tests {
             watcher: tokio::spawn(async {}),
         };
         // Deleted while its container is still stopping; deleted with a systemd slice;
-        // opted out (not deleted), later deleted; deleted while a new pod with its UID (a static pod's hash)
-        // took its directory.
+        // finished (not deleted), later deleted; deleted while a new pod with its UID (a static
+        // pod's hash) took its directory.
         let a = root.cgroup("kubepods/besteffort/poda", "");
         root.cgroup("kubepods/besteffort/poda/c1", "7\n");
         let b = root.cgroup("kubepods.slice/kubepods-podb.slice", "");
@@ -327,6 +379,7 @@ mod tests {
                     assert!(spec.is_ok(), "{key}: {:?}", spec.as_ref().as_ref().err())
                 }
                 Change::Remove(key) => panic!("removed {key}"),
+                Change::Pending(key, _) => panic!("noted {key}"),
             }
         }
         for name in ["a", "b", "d"] {
@@ -399,6 +452,7 @@ mod tests {
             .map(|c| match c {
                 Change::Upsert(key, spec) => (key.clone(), spec.as_ref().clone().unwrap_err().name),
                 Change::Remove(key) => panic!("removed {key}"),
+                Change::Pending(key, _) => panic!("noted {key}"),
             })
             .collect();
         assert_eq!(
@@ -420,5 +474,146 @@ mod tests {
         tx.send(Update::Deleted(view("b").pod)).await.unwrap();
         let batch = pods.recv().await.unwrap();
         assert!(matches!(&batch.changes[..], [Change::Remove(k)] if *k == kube_key("b")));
+    }
+
+    fn pod_view(uid: &str, annotations: serde_json::Value, label: Option<&str>) -> PodView {
+        let mut pod = view::tests::sidecar_pod(annotations);
+        pod.metadata.uid = Some(uid.into());
+        if let Some(l) = label {
+            pod.metadata.labels =
+                Some([("sidecar.istio.io/inject".to_string(), l.to_string())].into());
+        }
+        PodView::of(&pod).unwrap().unwrap()
+    }
+
+    /// What each change says, in order: `upsert`, `remove`, `pending: …`, `clear`.
+    fn said(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Upsert(..) => "upsert".into(),
+                Change::Remove(_) => "remove".into(),
+                Change::Pending(_, Some(p)) => format!("pending: {p}"),
+                Change::Pending(_, None) => "clear".into(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn capture_is_decided_once_per_pod_as_istio_init_runs_once() {
+        let (_tx, updates) = mpsc::channel(QUEUE);
+        let root = std::env::temp_dir().join(format!("ms-kube-once-{}", std::process::id()));
+        let mut pods = KubePods {
+            updates,
+            resolver: Resolver::new(&root, None),
+            pods: BTreeMap::new(),
+            reaper: Reaper::new(),
+            released: BTreeMap::new(),
+            watcher: tokio::spawn(async {}),
+        };
+        let id = pod_view("u1", serde_json::json!({}), None).pod;
+        assert_eq!(
+            said(&pods.track(pod_view("u1", serde_json::json!({}), None))),
+            ["upsert"]
+        );
+        let decided = pods.pods[&id].sent.clone();
+
+        // Opting out, NONE, or another option on the running pod: noted, not applied.
+        let changed = pod_view(
+            "u1",
+            serde_json::json!({"sidecar.istio.io/interceptionMode": "NONE",
+                               "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/8"}),
+            Some("false"),
+        );
+        let c = pods.track(changed.clone());
+        assert_eq!(c.len(), 1);
+        assert!(
+            said(&c)[0].starts_with("pending: label sidecar.istio.io/inject, annotation sidecar.istio.io/interceptionMode, annotation traffic.sidecar.istio.io/excludeOutboundIPRanges changed"),
+            "{:?}",
+            said(&c)
+        );
+        assert_eq!(pods.pods[&id].sent, decided);
+        // Retries resolve the capture as decided, and say nothing new.
+        assert!(pods.poll().is_empty());
+        assert_eq!(pods.pods[&id].sent, decided);
+        // Changed back: nothing pending.
+        assert_eq!(
+            said(&pods.track(pod_view("u1", serde_json::json!({}), None))),
+            ["clear"]
+        );
+
+        // A new pod of the same name (new UID) is decided afresh: left alone, as Istio's
+        // gateway template gives it no istio-init.
+        let gateway = pod_view(
+            "u2",
+            serde_json::json!({"inject.istio.io/templates": "gateway"}),
+            Some("true"),
+        );
+        assert_eq!(said(&pods.track(gateway)), ["remove"]);
+        // ... and stays left alone when its labels say otherwise, with nothing to report.
+        let relabelled = pod_view(
+            "u2",
+            serde_json::json!({"inject.istio.io/templates": "sidecar"}),
+            None,
+        );
+        assert!(pods.track(relabelled).is_empty());
+        assert!(pods.poll().is_empty());
+        // Its deletion has nothing to remove from the registry.
+        assert!(pods.untrack(&id, true).is_none());
+
+        // A pod first seen opted out by the annotation but injected by the label: captured.
+        let labelled = pod_view(
+            "u3",
+            serde_json::json!({"sidecar.istio.io/inject": "false"}),
+            Some("true"),
+        );
+        assert_eq!(said(&pods.track(labelled)), ["upsert"]);
+    }
+
+    /// Both at once: a pod replaced by a new one of the same name (a new UID) was deleted, so
+    /// its empty cgroup goes; a pod Istio gave no istio-init was never enrolled, so its
+    /// deletion leaves its cgroup to the kubelet.
+    #[tokio::test]
+    async fn a_replaced_pods_cgroup_is_reaped_and_a_never_enrolled_pods_is_not() {
+        let root = node::tests::FakeRoot::new("renew");
+        std::fs::write(root.0.join("netns"), "").unwrap();
+        let template = root.0.join("netns").display().to_string();
+        let (_tx, updates) = mpsc::channel(QUEUE);
+        let mut pods = KubePods {
+            updates,
+            resolver: Resolver::new(&root.0, Some(template)),
+            pods: BTreeMap::new(),
+            reaper: Reaper::with_remove(cgroup_rmdir),
+            released: BTreeMap::new(),
+            watcher: tokio::spawn(async {}),
+        };
+        let old = root.cgroup("kubepods/podu1", "");
+        let new = root.cgroup("kubepods/podu2", "");
+        let gw = root.cgroup("kubepods/podg", "");
+        assert_eq!(
+            said(&pods.track(view_of("web", "u1", serde_json::json!({})))),
+            ["upsert"]
+        );
+        assert_eq!(
+            said(&pods.track(view_of("web", "u2", serde_json::json!({})))),
+            ["remove", "upsert"]
+        );
+        assert_eq!(pods.reaper.pending(), [old.as_path()]);
+
+        let gateway = view_of(
+            "gw",
+            "g",
+            serde_json::json!({"inject.istio.io/templates": "gateway"}),
+        );
+        let gateway_id = gateway.pod.clone();
+        assert!(pods.track(gateway).is_empty());
+        assert!(pods.untrack(&gateway_id, true).is_none());
+        assert_eq!(pods.reaper.pending(), [old.as_path()]);
+
+        pods.reap(Instant::now());
+        assert!(!old.exists());
+        assert!(new.exists(), "the new pod's");
+        assert!(gw.exists(), "never enrolled: the kubelet's");
+        assert!(pods.reaper.pending().is_empty());
     }
 }

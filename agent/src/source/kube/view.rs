@@ -8,7 +8,10 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use tracing::debug;
 
-use super::annotations::{PROXY_CONTAINER, istio_true, keys, read_by_capture};
+use super::annotations::{
+    PROXY_CONTAINER, dual_stack, inject_selector, istio_true, keys, read_by_capture,
+    templates_have_istio_init,
+};
 use crate::source::change::SourceKey;
 
 /// A pod's namespace and name: what the API server names it by, and (shown
@@ -81,15 +84,24 @@ pub struct PodView {
     /// `metadata.uid`, except for a static pod's mirror, whose API object has a UID of its own
     /// while the kubelet runs the pod under its config hash.
     pub uid: String,
-    /// Only the annotations capture reads, so unrelated updates compare equal.
+    /// Only the annotations capture and the choice of pods read, so unrelated updates
+    /// compare equal.
     pub annotations: BTreeMap<String, String>,
+    /// Only the labels the choice of pods reads (`sidecar.istio.io/inject`).
+    pub labels: BTreeMap<String, String>,
     /// `status.podIPs` (or `status.podIP`).
     pub ips: Vec<IpAddr>,
+    /// istio-init's `--dual-stack`, from the `ProxyMetadata` the sidecar's environment shows.
+    pub dual_stack: bool,
+    /// Why Istio gave this pod no istio-init, though it has a sidecar (`None`: it did).
+    pub left_alone: Option<String>,
 }
 
 impl PodView {
-    /// `Ok(None)` for a pod meshsteer leaves alone: no Istio sidecar, opted out, interception
-    /// mode `NONE`, on the host's network, or finished. `Err` for an object it cannot read.
+    /// `Ok(None)` for a pod meshsteer never captures: no Istio sidecar, on the host's
+    /// network, or finished. A pod with a sidecar that Istio gave no istio-init (by labels and
+    /// annotations, which can change) is a view with [`PodView::left_alone`] set. `Err` for an
+    /// object it cannot read.
     pub fn of(pod: &Pod) -> Result<Option<Self>, ViewError> {
         let meta = &pod.metadata;
         let id = PodRef::of(pod).ok_or(ViewError::NoName)?;
@@ -98,23 +110,24 @@ impl PodView {
         let annotations = meta.annotations.clone().unwrap_or_default();
         let labels = meta.labels.clone().unwrap_or_default();
 
-        let has_proxy = spec
+        let proxy = spec
             .containers
             .iter()
             .chain(spec.init_containers.iter().flatten())
-            .any(|c| c.name == PROXY_CONTAINER);
+            .find(|c| c.name == PROXY_CONTAINER);
+        let has_proxy = proxy.is_some();
+        let dual_stack = dual_stack(
+            proxy
+                .and_then(|c| c.env.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?))),
+        );
         if !has_proxy && !annotations.contains_key(keys::STATUS) {
             return Ok(None);
         }
-        let opted_out = [&labels, &annotations]
-            .iter()
-            .any(|m| m.get(keys::INJECT).is_some_and(|v| !istio_true(v)));
-        let mode_none = annotations
-            .get(keys::INTERCEPTION_MODE)
-            .is_some_and(|m| m.trim() == "NONE");
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        let finished = matches!(phase, Some("Succeeded" | "Failed"));
-        if opted_out || mode_none || finished {
+        if matches!(phase, Some("Succeeded" | "Failed")) {
             return Ok(None);
         }
         if spec.host_network == Some(true) {
@@ -142,15 +155,94 @@ impl PodView {
             })
             .collect::<Result<_, _>>()?;
 
-        let annotations = read_by_capture()
-            .filter_map(|k| Some((k.to_string(), annotations.get(k)?.clone())))
-            .collect();
+        let left_alone = left_alone(&labels, &annotations);
+        let keep = |map: &BTreeMap<String, String>, keys: &mut dyn Iterator<Item = &str>| {
+            keys.filter_map(|k| Some((k.to_string(), map.get(k)?.clone())))
+                .collect()
+        };
         Ok(Some(Self {
             pod: id,
             uid,
-            annotations,
+            annotations: keep(
+                &annotations,
+                &mut read_by_capture().chain(SELECTION_ANNOTATIONS.iter().copied()),
+            ),
+            labels: keep(&labels, &mut [keys::INJECT].into_iter()),
             ips,
+            dual_stack,
+            left_alone,
         }))
+    }
+
+    /// The pod as its capture was decided (`first`, its UID's first view: istio-init runs
+    /// once) at its current addresses.
+    pub fn decided_by(&self, first: &PodView) -> PodView {
+        PodView {
+            ips: self.ips.clone(),
+            ..first.clone()
+        }
+    }
+
+    /// What changed in the labels and annotations capture reads since `first`, named, or
+    /// `None`.
+    pub fn changed_since(&self, first: &PodView) -> Option<String> {
+        let diff = |kind: &str, a: &BTreeMap<String, String>, b: &BTreeMap<String, String>| {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| format!("{kind} {k}"))
+                .collect::<Vec<_>>()
+        };
+        let mut changed = diff("label", &first.labels, &self.labels);
+        changed.extend(diff("annotation", &first.annotations, &self.annotations));
+        (!changed.is_empty()).then(|| {
+            format!(
+                "{} changed after the pod's capture was decided; as istio-init, which runs once, \
+                 the change applies when the pod restarts",
+                changed.join(", ")
+            )
+        })
+    }
+}
+
+/// Annotations that decide whether Istio gave a pod istio-init at all.
+const SELECTION_ANNOTATIONS: &[&str] = &[keys::INJECT, keys::TEMPLATES];
+
+/// Why a pod with an Istio sidecar got no istio-init, read from its labels and annotations:
+/// opted out (the `sidecar.istio.io/inject` label, else the annotation), injected with
+/// templates that do not include `sidecar` (Helm gateways), or interception mode `NONE`.
+fn left_alone(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Option<String> {
+    if let Some(v) = inject_selector(labels, annotations).filter(|v| !istio_true(v)) {
+        return Some(format!("{} is {v:?}", keys::INJECT));
+    }
+    if !templates_have_istio_init(annotations) {
+        return Some(format!(
+            "{} has no sidecar template, hence no istio-init",
+            keys::TEMPLATES
+        ));
+    }
+    // The injection template compares it as is: no trimming.
+    if annotations
+        .get(keys::INTERCEPTION_MODE)
+        .is_some_and(|m| m == "NONE")
+    {
+        return Some(format!("{} is NONE", keys::INTERCEPTION_MODE));
+    }
+    None
+}
+
+impl PodView {
+    /// Whether istio-init would have captured the pod.
+    pub fn captured(&self) -> bool {
+        self.left_alone.is_none()
+    }
+
+    #[cfg(test)]
+    fn of_captured(pod: &Pod) -> Result<Option<Self>, ViewError> {
+        Ok(Self::of(pod)?.filter(Self::captured))
     }
 }
 
@@ -212,6 +304,7 @@ pub(super) mod tests {
         );
         assert_eq!(v.pod.to_string(), "ns/a");
         assert_eq!(v.uid, "1-2");
+        assert_eq!(v.left_alone, None);
         assert_eq!(
             v.ips,
             ["10.0.0.5", "fd00::5"].map(|i| i.parse::<IpAddr>().unwrap())
@@ -248,7 +341,7 @@ pub(super) mod tests {
 
     #[test]
     fn which_pods_are_captured() {
-        let captured = |p: Pod| PodView::of(&p).unwrap().is_some();
+        let captured = |p: Pod| PodView::of_captured(&p).unwrap().is_some();
         assert!(captured(sidecar_pod(serde_json::json!({}))));
         // Injected by annotation only, or as a native sidecar.
         assert!(captured(pod(serde_json::json!({
@@ -280,6 +373,133 @@ pub(super) mod tests {
         let mut p = sidecar_pod(serde_json::json!({}));
         p.status.as_mut().unwrap().phase = Some("Succeeded".into());
         assert!(!captured(p));
+    }
+
+    /// A pod of Istio's Helm `gateway` chart after injection: the chart's label and
+    /// annotations, the `gateway` template's `istio-proxy` running `proxy router`, and no
+    /// istio-init.
+    fn helm_gateway() -> Pod {
+        pod(serde_json::json!({
+            "metadata": {
+                "namespace": "istio-ingress", "name": "istio-ingressgateway-5d7c9b9b4-x2x7q",
+                "uid": "g-1",
+                "labels": {"sidecar.istio.io/inject": "true", "app": "istio-ingressgateway",
+                           "istio": "ingressgateway"},
+                "annotations": {
+                    "inject.istio.io/templates": "gateway",
+                    "sidecar.istio.io/inject": "true",
+                    "prometheus.io/port": "15020",
+                    "istio.io/rev": "default",
+                    "sidecar.istio.io/status": "{\"initContainers\":null,\"containers\":[\"istio-proxy\"],\"volumes\":[\"workload-socket\",\"istio-token\",\"istiod-ca-cert\"],\"imagePullSecrets\":null,\"revision\":\"default\"}",
+                },
+            },
+            "spec": {"containers": [{
+                "name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.6",
+                "args": ["proxy", "router", "--domain", "$(POD_NAMESPACE).svc.cluster.local"],
+            }]},
+            "status": {"podIPs": [{"ip": "10.0.0.9"}]},
+        }))
+    }
+
+    #[test]
+    fn gateways_and_other_templates_without_istio_init_are_left_alone() {
+        assert_eq!(PodView::of_captured(&helm_gateway()), Ok(None));
+        // The same pod with the sidecar template among its own templates gets istio-init.
+        let mut g = helm_gateway();
+        let a = g.metadata.annotations.as_mut().unwrap();
+        a.insert("inject.istio.io/templates".into(), "sidecar,gateway".into());
+        assert!(PodView::of_captured(&g).unwrap().is_some());
+        for templates in ["grpc-agent", "grpc-simple", "meshsteer"] {
+            let p = sidecar_pod(serde_json::json!({"inject.istio.io/templates": templates}));
+            assert_eq!(PodView::of_captured(&p), Ok(None), "{templates}");
+        }
+        let p = sidecar_pod(serde_json::json!({"inject.istio.io/templates": "sidecar,meshsteer"}));
+        assert!(PodView::of_captured(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_injection_label_beats_the_annotation() {
+        let captured = |label: &str, annotation: &str| {
+            let mut p = sidecar_pod(serde_json::json!({"sidecar.istio.io/inject": annotation}));
+            p.metadata.labels = Some(annotations(&[("sidecar.istio.io/inject", label)]));
+            PodView::of_captured(&p).unwrap().is_some()
+        };
+        // Injected with istio-init: the label said so, whatever the annotation says.
+        assert!(captured("true", "false"));
+        // An empty label defers to the namespace, which injected it.
+        assert!(captured("", "false"));
+        assert!(!captured("false", "true"));
+        assert!(!captured("False", "true"));
+    }
+
+    #[test]
+    fn left_alone_pods_say_why_and_changes_are_named() {
+        let why = |a: serde_json::Value| PodView::of(&sidecar_pod(a)).unwrap().unwrap().left_alone;
+        assert_eq!(
+            why(serde_json::json!({"sidecar.istio.io/inject": "false"})).unwrap(),
+            "sidecar.istio.io/inject is \"false\""
+        );
+        assert_eq!(
+            why(serde_json::json!({"inject.istio.io/templates": "gateway"})).unwrap(),
+            "inject.istio.io/templates has no sidecar template, hence no istio-init"
+        );
+        assert_eq!(
+            why(serde_json::json!({"sidecar.istio.io/interceptionMode": "NONE"})).unwrap(),
+            "sidecar.istio.io/interceptionMode is NONE"
+        );
+        let first = PodView::of(&sidecar_pod(serde_json::json!({})))
+            .unwrap()
+            .unwrap();
+        let mut later = sidecar_pod(serde_json::json!({
+            "sidecar.istio.io/interceptionMode": "NONE",
+            "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.0/8",
+            "unrelated": "x",
+        }));
+        later.metadata.labels = Some(annotations(&[("sidecar.istio.io/inject", "false")]));
+        later.status.as_mut().unwrap().pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP {
+            ip: "10.0.0.7".into(),
+        }]);
+        let later = PodView::of(&later).unwrap().unwrap();
+        assert_eq!(
+            later.changed_since(&first).unwrap(),
+            "label sidecar.istio.io/inject, annotation sidecar.istio.io/interceptionMode, \
+             annotation traffic.sidecar.istio.io/excludeOutboundIPRanges changed after the \
+             pod's capture was decided; as istio-init, which runs once, the change applies \
+             when the pod restarts"
+        );
+        assert_eq!(first.changed_since(&first), None);
+        // Decided as first seen, at the current addresses.
+        let decided = later.decided_by(&first);
+        assert_eq!(decided.left_alone, None);
+        assert_eq!(decided.annotations, first.annotations);
+        assert_eq!(decided.ips, later.ips);
+    }
+
+    #[test]
+    fn dual_stack_is_read_from_the_sidecar_environment() {
+        let mut p = sidecar_pod(serde_json::json!({}));
+        assert!(!PodView::of(&p).unwrap().unwrap().dual_stack);
+        // As the injector renders meshConfig.defaultConfig.proxyMetadata.ISTIO_DUAL_STACK.
+        p.spec.as_mut().unwrap().containers[1].env = Some(vec![
+            serde_json::from_value(
+                serde_json::json!({"name": "ISTIO_META_MESH_ID", "value": "cluster.local"}),
+            )
+            .unwrap(),
+            serde_json::from_value(
+                serde_json::json!({"name": "ISTIO_DUAL_STACK", "value": "true"}),
+            )
+            .unwrap(),
+        ]);
+        assert!(PodView::of(&p).unwrap().unwrap().dual_stack);
+        // Only the sidecar's environment counts.
+        let mut p = sidecar_pod(serde_json::json!({}));
+        p.spec.as_mut().unwrap().containers[0].env = Some(vec![
+            serde_json::from_value(
+                serde_json::json!({"name": "ISTIO_DUAL_STACK", "value": "true"}),
+            )
+            .unwrap(),
+        ]);
+        assert!(!PodView::of(&p).unwrap().unwrap().dual_stack);
     }
 
     #[test]

@@ -19,10 +19,10 @@ use super::view::{PodRef, PodView};
 
 /// What the watcher task tells the agent's loop.
 pub(super) enum Update {
-    /// Every pod of the node that meshsteer captures: the first listing, or a relist after the
+    /// Every pod of the node with an Istio sidecar: the first listing, or a relist after the
     /// watch could not resume. Pods it does not name are gone.
     Listed(Vec<PodView>),
-    /// A pod was added or changed (`None`: meshsteer leaves it alone now).
+    /// A pod was added or changed (`None`: no sidecar, host network, or finished).
     Applied(PodRef, Option<PodView>),
     Deleted(PodRef),
 }
@@ -122,7 +122,7 @@ pub(super) async fn watch(pods: Api<Pod>, node: String, updates: mpsc::Sender<Up
     }
 }
 
-/// The view of a pod meshsteer captures; unreadable objects are logged and skipped.
+/// The view of a pod with an Istio sidecar; unreadable objects are logged and skipped.
 fn view(pod: &Pod) -> Option<PodView> {
     PodView::of(pod).unwrap_or_else(|e| {
         let id = PodRef::of(pod).map_or_else(|| "?".into(), |id| id.to_string());
