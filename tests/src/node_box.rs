@@ -58,6 +58,7 @@ pub fn image_archive(file: &str) -> Result<PathBuf> {
 impl NodeBox {
     pub fn start() -> Result<Self> {
         crate::require_root();
+        enough_disk(Path::new("/var/lib"))?;
         // A node a killed run left would hold the ports and mounts.
         run_script("stop")?;
         let t = Instant::now();
@@ -229,4 +230,31 @@ pub fn checked(cmd: &mut Command) -> Result<Output> {
         );
     }
     Ok(out)
+}
+
+/// The kubelet evicts every pod under disk pressure (the node's threshold is 1% free): a test
+/// that ran into it would fail far from its cause, so say it up front.
+fn enough_disk(path: &Path) -> Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: zeroed statvfs is a valid out-buffer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` a valid out-buffer, both outliving the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", path.display()));
+    }
+    let (avail, size) = (
+        st.f_bavail as u64 * st.f_frsize as u64,
+        st.f_blocks as u64 * st.f_frsize as u64,
+    );
+    const GIB: u64 = 1 << 30;
+    anyhow::ensure!(
+        avail >= 3 * GIB && avail * 100 >= size * 3,
+        "only {} MiB of {} GiB free on {}: the test node's kubelet evicts pods under disk \
+         pressure; free some disk (old target/ directories) first",
+        avail >> 20,
+        size / GIB,
+        path.display()
+    );
+    Ok(())
 }
