@@ -92,6 +92,19 @@ pub fn run(place: &Place<'_>, program: &str, args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
+/// `bash SCRIPT VERB` on the host, its output passed through (the test boxes' start/stop).
+pub fn script(script: &Path, verb: &str) -> Result<()> {
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(verb)
+        .status()
+        .with_context(|| format!("running {} {verb}", script.display()))?;
+    if !status.success() {
+        bail!("{} {verb} failed ({status})", script.display());
+    }
+    Ok(())
+}
+
 /// Host-side command (no namespace change).
 pub fn host(program: &str, args: &[&str]) -> Result<Output> {
     run(&Place::default(), program, args)

@@ -69,16 +69,7 @@ fn box_dir() -> PathBuf {
 }
 
 fn run_box(verb: &str) -> Result<()> {
-    let script = box_script();
-    let status = Command::new("bash")
-        .arg(&script)
-        .arg(verb)
-        .status()
-        .with_context(|| format!("running {} {verb}", script.display()))?;
-    if !status.success() {
-        bail!("{} {verb} failed ({status})", script.display());
-    }
-    Ok(())
+    crate::cmd::script(&box_script(), verb)
 }
 
 extern "C" fn stop_box_at_exit() {

@@ -29,16 +29,7 @@ fn script() -> PathBuf {
 }
 
 fn run_script(verb: &str) -> Result<()> {
-    let script = script();
-    let status = Command::new("bash")
-        .arg(&script)
-        .arg(verb)
-        .status()
-        .with_context(|| format!("running {} {verb}", script.display()))?;
-    if !status.success() {
-        bail!("{} {verb} failed ({status})", script.display());
-    }
-    Ok(())
+    crate::cmd::script(&script(), verb)
 }
 
 /// The image archives `cargo xtask image` built (`$MESHSTEER_IMAGES`): a missing one is a
