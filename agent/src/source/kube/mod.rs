@@ -343,20 +343,29 @@ mod tests {
         std::fs::remove_dir(dir)
     }
 
+    /// The pods of a source fed through the returned sender (no API server, no watcher).
+    fn pods_with(resolver: Resolver, reaper: Reaper) -> (mpsc::Sender<Update>, KubePods) {
+        let (tx, updates) = mpsc::channel(QUEUE);
+        let pods = KubePods {
+            updates,
+            resolver,
+            pods: BTreeMap::new(),
+            reaper,
+            released: BTreeMap::new(),
+            watcher: tokio::spawn(async {}),
+        };
+        (tx, pods)
+    }
+
     #[tokio::test]
     async fn deleted_pods_empty_cgroupfs_dirs_are_removed_and_nothing_else() {
         let root = node::tests::FakeRoot::new("reap");
         std::fs::write(root.0.join("netns"), "").unwrap();
         let template = root.0.join("netns").display().to_string();
-        let (tx, updates) = mpsc::channel(QUEUE);
-        let mut pods = KubePods {
-            updates,
-            resolver: Resolver::new(&root.0, Some(template)),
-            pods: BTreeMap::new(),
-            reaper: Reaper::with_remove(cgroup_rmdir),
-            released: BTreeMap::new(),
-            watcher: tokio::spawn(async {}),
-        };
+        let (tx, mut pods) = pods_with(
+            Resolver::new(&root.0, Some(template)),
+            Reaper::with_remove(cgroup_rmdir),
+        );
         // Deleted while its container is still stopping; deleted with a systemd slice;
         // finished (not deleted), later deleted; deleted while a new pod with its UID (a static
         // pod's hash) took its directory.
@@ -429,16 +438,8 @@ mod tests {
 
     #[tokio::test]
     async fn listings_key_pods_by_namespace_and_name_and_drop_the_gone() {
-        let (tx, updates) = mpsc::channel(QUEUE);
         let root = std::env::temp_dir().join(format!("ms-kube-pods-{}", std::process::id()));
-        let mut pods = KubePods {
-            updates,
-            resolver: Resolver::new(&root, None),
-            pods: BTreeMap::new(),
-            reaper: Reaper::new(),
-            released: BTreeMap::new(),
-            watcher: tokio::spawn(async {}),
-        };
+        let (tx, mut pods) = pods_with(Resolver::new(&root, None), Reaper::new());
 
         tx.send(Update::Listed(vec![view("a"), view("b")]))
             .await
@@ -501,16 +502,8 @@ mod tests {
 
     #[tokio::test]
     async fn capture_is_decided_once_per_pod_as_istio_init_runs_once() {
-        let (_tx, updates) = mpsc::channel(QUEUE);
         let root = std::env::temp_dir().join(format!("ms-kube-once-{}", std::process::id()));
-        let mut pods = KubePods {
-            updates,
-            resolver: Resolver::new(&root, None),
-            pods: BTreeMap::new(),
-            reaper: Reaper::new(),
-            released: BTreeMap::new(),
-            watcher: tokio::spawn(async {}),
-        };
+        let (_tx, mut pods) = pods_with(Resolver::new(&root, None), Reaper::new());
         let id = pod_view("u1", serde_json::json!({}), None).pod;
         assert_eq!(
             said(&pods.track(pod_view("u1", serde_json::json!({}), None))),
@@ -578,15 +571,10 @@ mod tests {
         let root = node::tests::FakeRoot::new("renew");
         std::fs::write(root.0.join("netns"), "").unwrap();
         let template = root.0.join("netns").display().to_string();
-        let (_tx, updates) = mpsc::channel(QUEUE);
-        let mut pods = KubePods {
-            updates,
-            resolver: Resolver::new(&root.0, Some(template)),
-            pods: BTreeMap::new(),
-            reaper: Reaper::with_remove(cgroup_rmdir),
-            released: BTreeMap::new(),
-            watcher: tokio::spawn(async {}),
-        };
+        let (_tx, mut pods) = pods_with(
+            Resolver::new(&root.0, Some(template)),
+            Reaper::with_remove(cgroup_rmdir),
+        );
         let old = root.cgroup("kubepods/podu1", "");
         let new = root.cgroup("kubepods/podu2", "");
         let gw = root.cgroup("kubepods/podg", "");
