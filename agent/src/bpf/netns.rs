@@ -13,10 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 use tracing::{debug, info};
 
-use crate::{
-    host,
-    sys::bpf::{self as bpf_sys, AttachType},
-};
+use crate::sys::bpf::{self as bpf_sys, AttachType};
 
 /// Attaches (or adopts and updates) the sk_lookup link of one pod.
 pub fn attach(prog: BorrowedFd<'_>, netns: &Path, pin: &Path) -> Result<()> {
@@ -54,9 +51,4 @@ pub fn detach(pin: &Path) {
 /// Is the namespace this pin's link is attached to still the one at `netns`?
 pub fn alive(netns: &Path) -> bool {
     netns.exists()
-}
-
-/// A pod spec's netns must be a network namespace, and not the node's own.
-pub fn check(netns: &Path) -> Result<()> {
-    Ok(host::netns::check_pod_netns(netns)?)
 }

@@ -12,7 +12,7 @@ use meshsteer_common::Addr;
 use super::dataplane::{Adopted, Dataplane, ExistingListener};
 use crate::{
     bpf::{maps::PodMaps, netns, pins::Pins},
-    host::{cgroup, proc},
+    host::{cgroup, netns as host_netns, proc},
     spec::plan::Plan,
 };
 
@@ -60,7 +60,7 @@ impl Dataplane for Kernel {
     }
 
     fn check_netns(&self, ns: &Path) -> Result<()> {
-        netns::check(ns)
+        Ok(host_netns::check_pod_netns(ns)?)
     }
 
     fn netns_alive(&self, ns: &Path) -> bool {
