@@ -4,7 +4,7 @@
 pub use crate::rules::InRule;
 use crate::{
     Addr,
-    maps::{PodConfig, PortSet, pod_flags},
+    maps::{MAX_PROXY_IDS, PodConfig, PortSet, pod_flags},
     tables::PodTables,
 };
 
@@ -37,6 +37,27 @@ pub fn decide<T: PodTables>(cfg: &PodConfig, t: &T, remote: &Addr, local_port: u
     } else {
         InRule::NotListed
     }
+}
+
+/// Whether a socket created by `uid`/`gid` may become the pod's inbound listener: only the
+/// proxy's (an id of `-u` or `-g`). Under iptables REDIRECT only a listener in the pod's own
+/// namespace gets the traffic, and only the proxy runs one there on the inbound port; here the
+/// listener is registered by socket, so the owner is checked instead of trusted.
+#[inline(always)]
+pub fn may_listen(cfg: &PodConfig, uid: u32, gid: u32) -> bool {
+    listed(&cfg.uids, cfg.n_uids, uid) || listed(&cfg.gids, cfg.n_gids, gid)
+}
+
+#[inline(always)]
+fn listed(ids: &[u32; MAX_PROXY_IDS], n: u8, id: u32) -> bool {
+    let mut i = 0;
+    while i < MAX_PROXY_IDS && i < n as usize {
+        if ids[i] == id {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 #[cfg(test)]
@@ -90,5 +111,22 @@ mod tests {
         assert_eq!(decide(&list, &T, &peer, 8080), InRule::Captured);
         assert_eq!(decide(&list, &T, &peer, 80), InRule::NotListed);
         assert_eq!(decide(&cfg(0), &T, &peer, 80), InRule::NotCaptured);
+    }
+
+    #[test]
+    fn only_the_proxy_may_listen() {
+        let cfg = PodConfig {
+            n_uids: 2,
+            n_gids: 1,
+            uids: [1337, 2000, 0, 0],
+            gids: [1338, 0, 0, 0],
+            ..Default::default()
+        };
+        assert!(may_listen(&cfg, 1337, 1000));
+        assert!(may_listen(&cfg, 2000, 1000));
+        assert!(may_listen(&cfg, 1000, 1338), "by gid");
+        assert!(!may_listen(&cfg, 1000, 1000));
+        // Unused slots (0) are not ids: root is no proxy unless listed.
+        assert!(!may_listen(&cfg, 0, 0));
     }
 }

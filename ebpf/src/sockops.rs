@@ -12,7 +12,10 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use aya_log_ebpf::warn;
-use meshsteer_common::maps::{ListenerKey, OrigDst, SockState, TupleKey, counter, sock_flags};
+use meshsteer_common::{
+    inbound::may_listen,
+    maps::{ListenerKey, OrigDst, SockState, TupleKey, counter, sock_flags},
+};
 
 use crate::{
     accel,
@@ -50,6 +53,13 @@ fn register_listener(ctx: &SockOpsContext) {
         return;
     };
     if ctx.local_port() != u32::from(cfg.inbound_port) {
+        return;
+    }
+    // Anyone in the pod may listen on the inbound port, even from a network namespace of its
+    // own; only the proxy's socket may take the pod's inbound connections.
+    let owner_known = state.flags & sock_flags::OWNER_KNOWN != 0;
+    if !owner_known || !may_listen(cfg, state.uid, state.gid) {
+        count(state.pod_cgroup, counter::IN_LISTENER_REFUSED);
         return;
     }
     let mut key = ListenerKey {

@@ -149,7 +149,19 @@ pub fn start_listener(place: &Place<'_>) -> Result<Proc> {
 
 /// The probe listener on `ports`, IPv4 and IPv6.
 pub fn start_listener_on(place: &Place<'_>, ports: &[u16]) -> Result<Proc> {
+    start_tagged_listener_on(place, ports, None)
+}
+
+/// [`start_listener_on`], whose answers carry `"tag": tag`: tells same-port listeners apart.
+pub fn start_tagged_listener_on(
+    place: &Place<'_>,
+    ports: &[u16],
+    tag: Option<&str>,
+) -> Result<Proc> {
     let mut addrs = vec!["listen".to_string()];
+    if let Some(tag) = tag {
+        addrs.extend(["--tag".to_string(), tag.to_string()]);
+    }
     for p in ports {
         addrs.push(format!("0.0.0.0:{p}"));
         addrs.push(format!("[::]:{p}"));

@@ -1,7 +1,7 @@
 //! What /proc says of a pod's processes: their network namespace, and the proxy listeners
 //! that existed before the agent, fetched with `pidfd_getfd` so steering works for them too.
 use std::{
-    fs,
+    fs::{self, File},
     os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
@@ -11,11 +11,29 @@ use tracing::debug;
 
 use crate::sys::pidfd::pidfd_getfd;
 
-/// Listening TCP sockets on `port` held by processes of the cgroup subtree `cgroup`, as fds
-/// duplicated into this process with `pidfd_getfd` (and their family).
-pub fn existing_listeners(cgroup: &Path, port: u16) -> Result<Vec<(OwnedFd, u32)>> {
+/// A listening socket found among a pod's processes.
+#[derive(Debug)]
+pub struct FoundListener {
+    /// Duplicated into this process with `pidfd_getfd`.
+    pub socket: OwnedFd,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+    /// The socket's owner as iptables' owner match sees it: the creator's fsuid/fsgid, which
+    /// the kernel gives the socket's inode.
+    pub uid: u32,
+    pub gid: u32,
+    /// Whether the process holding it runs in `netns` (the pod's).
+    pub in_netns: bool,
+}
+
+/// Listening TCP sockets on `port` held by processes of the cgroup subtree `cgroup`, whatever
+/// network namespace they run in (`in_netns` tells whether it is `netns`).
+pub fn existing_listeners(cgroup: &Path, netns: &Path, port: u16) -> Result<Vec<FoundListener>> {
+    let pod_netns = fs::metadata(netns).map(|m| (m.dev(), m.ino())).ok();
     let mut found = Vec::new();
     for pid in cgroup_pids(cgroup) {
+        let in_netns = fs::metadata(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|m| Some((m.dev(), m.ino())) == pod_netns);
         let listening = listening_inodes(pid, port);
         if listening.is_empty() {
             continue;
@@ -36,10 +54,28 @@ pub fn existing_listeners(cgroup: &Path, port: u16) -> Result<Vec<(OwnedFd, u32)
             let Some(num) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            match pidfd_getfd(pid, num) {
-                Ok(dup) => found.push((dup, family)),
-                Err(e) => debug!(pid, fd = num, error = %e, "pidfd_getfd failed"),
-            }
+            let socket = match pidfd_getfd(pid, num) {
+                Ok(dup) => dup,
+                Err(e) => {
+                    debug!(pid, fd = num, error = %e, "pidfd_getfd failed");
+                    continue;
+                }
+            };
+            // fstat of the socket: its inode carries the creator's fsuid/fsgid.
+            let Ok(md) = socket
+                .try_clone()
+                .map(File::from)
+                .and_then(|f| f.metadata())
+            else {
+                continue;
+            };
+            found.push(FoundListener {
+                socket,
+                family,
+                uid: md.uid(),
+                gid: md.gid(),
+                in_netns,
+            });
         }
     }
     Ok(found)

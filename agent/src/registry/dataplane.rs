@@ -22,6 +22,11 @@ pub struct ExistingListener<S> {
     pub socket: S,
     /// `AF_INET` or `AF_INET6`.
     pub family: u32,
+    /// The socket's owner (creator's fsuid/fsgid).
+    pub uid: u32,
+    pub gid: u32,
+    /// Held by a process in the pod's own network namespace.
+    pub in_pod_netns: bool,
 }
 
 /// Every effect the registry has outside itself. Pods are named by cgroup id, as the
@@ -62,10 +67,12 @@ pub trait Dataplane {
     /// The pod's addresses for inbound capture: exactly `addrs`, none when empty.
     fn set_inbound_addrs(&mut self, cgroup_id: u64, addrs: &[Addr]);
 
-    /// Listening sockets on `port` held by the processes of `cgroup`.
+    /// Listening sockets on `port` held by the processes of `cgroup`, in any network
+    /// namespace (each says whether it is `netns`).
     fn existing_listeners(
         &self,
         cgroup: &Path,
+        netns: &Path,
         port: u16,
     ) -> Result<Vec<ExistingListener<Self::Socket>>>;
 

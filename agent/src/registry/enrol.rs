@@ -2,7 +2,11 @@
 //! datapath needs (link before addresses, new plan before the old one goes).
 use std::path::Path;
 
-use meshsteer_common::{Addr, maps::pod_flags};
+use meshsteer_common::{
+    Addr,
+    inbound::may_listen,
+    maps::{PodConfig, pod_flags},
+};
 use tracing::{info, warn};
 
 use super::{Dataplane, Enrolled, Registry, error::EnrolError};
@@ -104,8 +108,8 @@ impl<D: Dataplane> Registry<D> {
         let addrs: Vec<Addr> = plan.local.iter().map(|k| k.addr).collect();
         self.dataplane
             .set_inbound_addrs(cgroup_id, if inbound { &addrs } else { &[] });
-        if inbound {
-            self.register_existing_listeners(cgroup_id, &spec.cgroup, plan.config.inbound_port);
+        if inbound && let Some(netns) = &spec.netns {
+            self.register_existing_listeners(cgroup_id, &spec.cgroup, netns, &plan.config);
         }
         Ok(Enrolled {
             cgroup_id,
@@ -132,11 +136,32 @@ impl<D: Dataplane> Registry<D> {
 
     /// Listeners the proxy opened before the agent ran never passed through sockops: fetch
     /// them from the pod's processes so their pod is steered at once.
-    fn register_existing_listeners(&mut self, cgroup_id: u64, cgroup: &Path, port: u16) {
-        match self.dataplane.existing_listeners(cgroup, port) {
+    /// Only the proxy's listeners in the pod's own network namespace are taken, as sockops
+    /// takes them (`inbound::may_listen`).
+    fn register_existing_listeners(
+        &mut self,
+        cgroup_id: u64,
+        cgroup: &Path,
+        netns: &Path,
+        config: &PodConfig,
+    ) {
+        let port = config.inbound_port;
+        match self.dataplane.existing_listeners(cgroup, netns, port) {
             Ok(found) => {
                 for listener in found {
                     let family = listener.family;
+                    let (uid, gid) = (listener.uid, listener.gid);
+                    if !listener.in_pod_netns {
+                        warn!(
+                            port,
+                            uid, gid, "ignored a listener in another network namespace"
+                        );
+                        continue;
+                    }
+                    if !may_listen(config, uid, gid) {
+                        warn!(port, uid, gid, "ignored a listener that is not the proxy's");
+                        continue;
+                    }
                     if let Err(e) = self.dataplane.add_listener(cgroup_id, &listener) {
                         warn!(error = %format!("{e:#}"), "could not register an existing listener");
                     } else {

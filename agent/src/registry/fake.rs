@@ -52,14 +52,21 @@ pub enum Op {
     AddListener,
 }
 
+#[derive(Clone)]
+struct FakeListener {
+    family: u32,
+    owner: (u32, u32),
+    netns: Option<PathBuf>,
+}
+
 #[derive(Default)]
 pub struct Fake {
     /// Cgroup directories on the "host", and their ids.
     cgroups: BTreeMap<PathBuf, u64>,
     /// Network namespaces on the "host".
     namespaces: BTreeSet<PathBuf>,
-    /// Families of the listeners the processes of each cgroup hold.
-    listeners: BTreeMap<PathBuf, Vec<u32>>,
+    /// The listeners the processes of each cgroup hold.
+    listeners: BTreeMap<PathBuf, Vec<FakeListener>>,
     failing: BTreeSet<Op>,
     /// Every write, in order.
     pub calls: Vec<Call>,
@@ -82,11 +89,27 @@ impl Fake {
         self
     }
 
-    pub fn with_listener(mut self, cgroup: &str, family: u32) -> Self {
+    /// The proxy's listener (uid/gid 1337) in the pod's own network namespace.
+    pub fn with_listener(self, cgroup: &str, family: u32) -> Self {
+        self.with_listener_of(cgroup, family, (1337, 1337), None)
+    }
+
+    /// A listener of `owner`, held in `netns` (`None`: the pod's own).
+    pub fn with_listener_of(
+        mut self,
+        cgroup: &str,
+        family: u32,
+        owner: (u32, u32),
+        netns: Option<&str>,
+    ) -> Self {
         self.listeners
             .entry(cgroup.into())
             .or_default()
-            .push(family);
+            .push(FakeListener {
+                family,
+                owner,
+                netns: netns.map(PathBuf::from),
+            });
         self
     }
 
@@ -207,12 +230,27 @@ impl Dataplane for Fake {
         }
     }
 
-    fn existing_listeners(&self, cgroup: &Path, _port: u16) -> Result<Vec<ExistingListener<()>>> {
+    fn existing_listeners(
+        &self,
+        cgroup: &Path,
+        netns: &Path,
+        _port: u16,
+    ) -> Result<Vec<ExistingListener<()>>> {
         self.check(Op::ScanListeners)?;
-        let families = self.listeners.get(cgroup).cloned().unwrap_or_default();
-        Ok(families
-            .into_iter()
-            .map(|family| ExistingListener { socket: (), family })
+        let found = self
+            .listeners
+            .get(cgroup)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        Ok(found
+            .iter()
+            .map(|l| ExistingListener {
+                socket: (),
+                family: l.family,
+                uid: l.owner.0,
+                gid: l.owner.1,
+                in_pod_netns: l.netns.as_deref().is_none_or(|n| n == netns),
+            })
             .collect())
     }
 

@@ -87,11 +87,22 @@ impl Dataplane for Kernel {
         self.maps.set_inbound_addrs(cgroup_id, addrs);
     }
 
-    fn existing_listeners(&self, dir: &Path, port: u16) -> Result<Vec<ExistingListener<OwnedFd>>> {
-        let found = proc::existing_listeners(dir, port)?;
+    fn existing_listeners(
+        &self,
+        dir: &Path,
+        netns: &Path,
+        port: u16,
+    ) -> Result<Vec<ExistingListener<OwnedFd>>> {
+        let found = proc::existing_listeners(dir, netns, port)?;
         Ok(found
             .into_iter()
-            .map(|(socket, family)| ExistingListener { socket, family })
+            .map(|l| ExistingListener {
+                socket: l.socket,
+                family: l.family,
+                uid: l.uid,
+                gid: l.gid,
+                in_pod_netns: l.in_netns,
+            })
             .collect())
     }
 

@@ -592,6 +592,35 @@ fn existing_listeners_are_registered_and_failures_only_warn() {
 }
 
 #[test]
+fn only_the_proxys_listeners_in_the_pods_netns_are_registered() {
+    let v4 = libc::AF_INET as u32;
+    let others = host()
+        .with_listener_of(CG_A, v4, (1000, 1000), None)
+        .with_listener_of(CG_A, v4, (1337, 1337), Some("/run/netns/elsewhere"))
+        .with_listener_of(CG_A, v4, (0, 0), None);
+    let mut r = registry(others);
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert!(
+        !r.fake()
+            .take_calls()
+            .iter()
+            .any(|c| matches!(c, Call::AddListener { .. })),
+        "an app's listener, root's, or the proxy uid's in another netns took the inbound port"
+    );
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+
+    // The proxy by gid alone (`-g 1337`) is the proxy.
+    let mut r = registry(host().with_listener_of(CG_A, v4, (1000, 1337), None));
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert!(
+        r.fake()
+            .take_calls()
+            .iter()
+            .any(|c| matches!(c, Call::AddListener { .. }))
+    );
+}
+
+#[test]
 fn a_removed_pod_stops_capture_and_leaves_the_status() {
     let mut r = registry(host());
     r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));

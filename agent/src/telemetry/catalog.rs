@@ -36,6 +36,11 @@ pub const IN_NO_LISTENER: Family = Family {
     name: "meshsteer_inbound_no_listener",
     help: "Connections to steer that were refused because the proxy had no inbound listener",
 };
+pub const IN_LISTENER_REFUSED: Family = Family {
+    name: "meshsteer_inbound_listener_refused",
+    help: "Sockets that listened on the inbound port but are not the proxy's, so were not \
+           made the pod's inbound listener",
+};
 
 /// Per-pod counters without a family of their own (socket-level acceleration, …), labelled
 /// `event` with their `meshsteer status` name.
@@ -46,13 +51,14 @@ pub const OTHER: Family = Family {
 };
 
 /// Every family of per-pod counters, in exposition order.
-pub const POD_FAMILIES: [Family; 7] = [
+pub const POD_FAMILIES: [Family; 8] = [
     OUTBOUND,
     INBOUND,
     ORIG_DST_LOOKUPS,
     ORIG_DST_MAP_FULL,
     ORIG_DST_EVICTED,
     IN_NO_LISTENER,
+    IN_LISTENER_REFUSED,
     OTHER,
 ];
 
@@ -117,6 +123,7 @@ pub fn catalog() -> Vec<CounterInfo> {
             counter::ORIG_DST_MAP_FULL => info(ORIG_DST_MAP_FULL),
             counter::ORIG_DST_EVICTED => info(ORIG_DST_EVICTED),
             counter::IN_NO_LISTENER => info(IN_NO_LISTENER),
+            counter::IN_LISTENER_REFUSED => info(IN_LISTENER_REFUSED),
             _ => info(OTHER).label("event", key),
         }
     });

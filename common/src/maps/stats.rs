@@ -25,6 +25,8 @@ pub mod counter {
     /// A connection to steer, but the pod's proxy has no inbound listener: refused, as
     /// iptables REDIRECT to a closed port is.
     pub const IN_NO_LISTENER: usize = 28;
+    /// A socket that is not the proxy's listened on the inbound port: not registered.
+    pub const IN_LISTENER_REFUSED: usize = 29;
     /// Socket-level acceleration (pods with `ACCELERATE`): sockets put into `MS_SOCKS`.
     pub const ACCEL_SOCKETS: usize = 32;
     /// Connections left on the normal path, by reason. `MS_SOCKS` was full.
@@ -44,12 +46,13 @@ pub mod counter {
     pub const ACCEL_HALF_CLOSE: usize = 38;
     pub const COUNT: usize = 48;
 
-    pub const NAMES: [(usize, &str); 12] = [
+    pub const NAMES: [(usize, &str); 13] = [
         (ORIG_DST_HIT, "orig_dst_hit"),
         (ORIG_DST_MISS, "orig_dst_miss"),
         (ORIG_DST_MAP_FULL, "orig_dst_map_full"),
         (ORIG_DST_EVICTED, "orig_dst_evicted"),
         (IN_NO_LISTENER, "inbound_no_listener"),
+        (IN_LISTENER_REFUSED, "inbound_listener_refused"),
         (ACCEL_SOCKETS, "accel_sockets"),
         (ACCEL_MAP_FULL, "accel_map_full"),
         (ACCEL_NO_PEER, "accel_no_peer"),

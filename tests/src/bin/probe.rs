@@ -1,8 +1,9 @@
 //! `mst-probe`: the test pods' client and server.
 //!
-//! - `mst-probe listen ADDR:PORT...`: accepts on every address given; for each connection it
-//!   answers one JSON line saying where the connection landed (listener port, local and peer
-//!   address, SO_ORIGINAL_DST if the kernel or meshsteer has one) and closes.
+//! - `mst-probe listen [--tag NAME] ADDR:PORT...`: accepts on every address given; for each
+//!   connection it answers one JSON line saying where the connection landed (listener port,
+//!   local and peer address, SO_ORIGINAL_DST if the kernel or meshsteer has one, and NAME
+//!   when given: which of several same-port listeners took it) and closes.
 //! - `mst-probe late LISTEN DST DELAY_MS [dual]`: a proxy slower than its client: listens on
 //!   LISTEN (`dual`: an IPv6 listener that takes IPv4 too),
 //!   lets a client connect to DST, send and close, and only DELAY_MS later accepts, reads and
@@ -39,12 +40,17 @@ fn main() {
     }
 }
 
-fn listen(addrs: &[String]) {
+fn listen(args: &[String]) {
+    let (tag, addrs) = match args {
+        [flag, tag, rest @ ..] if flag == "--tag" => (Some(tag.clone()), rest),
+        _ => (None, args),
+    };
     let mut threads = Vec::new();
     for a in addrs {
         let addr: SocketAddr = a.parse().expect("listen address");
         let l = bind_listener(addr);
-        threads.push(thread::spawn(move || serve(l, addr.port())));
+        let tag = tag.clone();
+        threads.push(thread::spawn(move || serve(l, addr.port(), tag)));
     }
     // Tell the harness every listener is up.
     println!("ready");
@@ -95,15 +101,18 @@ fn bind_listener_with(addr: SocketAddr, v6_only: bool) -> TcpListener {
     }
 }
 
-fn serve(l: TcpListener, port: u16) {
+fn serve(l: TcpListener, port: u16, tag: Option<String>) {
     for s in l.incoming() {
         let Ok(mut s) = s else { continue };
-        let report = json!({
+        let mut report = json!({
             "listener": port,
             "local": s.local_addr().ok().map(|a| a.to_string()),
             "peer_ip": s.peer_addr().ok().map(|a| a.ip().to_string()),
             "orig_dst": original_dst(&s).map(|a| a.to_string()),
         });
+        if let Some(tag) = &tag {
+            report["tag"] = json!(tag);
+        }
         let _ = writeln!(s, "{report}");
     }
 }

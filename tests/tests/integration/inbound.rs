@@ -7,7 +7,7 @@ use meshsteer_tests::{
     Pair, Pod, Testbed, World,
     cmd::Place,
     load::ConnectLoop,
-    topology::{PROBE_PORTS, start_listener_on},
+    topology::{PROBE_PORTS, start_listener_on, start_tagged_listener_on},
 };
 use serde_json::Value;
 
@@ -164,6 +164,66 @@ fn proxy_restart_and_existing_listener() -> anyhow::Result<()> {
         seen.len()
     );
     drop(proxy);
+    Ok(())
+}
+
+/// Only the proxy's socket takes the pod's inbound connections. An app of the pod listening on
+/// the inbound port from a network namespace of its own (still in the pod's cgroup), before
+/// the proxy listens or after, gets none of them: before, they are refused as under REDIRECT
+/// to a closed port; after, they keep landing on the proxy.
+#[test]
+fn a_listener_in_another_netns_cannot_take_inbound() -> anyhow::Result<()> {
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let mut pod = bed.node.add_pod("srv")?;
+    // Only their network namespaces serve: the hijacker's own.
+    let hideout = bed.node.add_pod("hideout")?;
+    let hideout2 = bed.node.add_pod("hideout2")?;
+    let peer = bed.node.add_pod("peer")?;
+    let agent = &bed.agent;
+    pod.keep(start_listener_on(&pod.place(1000, 1000), &APP_PORTS)?);
+    agent.enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    let in_pod_cgroup_from = |netns| Place {
+        netns: Some(netns),
+        cgroup: Some(&pod.app_cgroup),
+        uid: 1000,
+        gid: 1000,
+    };
+    let dst = format!("{}:80", pod.ip4);
+
+    let early = start_tagged_listener_on(
+        &in_pod_cgroup_from(&hideout.netns),
+        &[15006],
+        Some("hijacker"),
+    )?;
+    let v = peer.probe(1000, 1000, &dst, &[])?;
+    assert_eq!(v["error"], "connection refused", "no proxy yet: {v}");
+
+    let _proxy = start_tagged_listener_on(&pod.place(1337, 1337), &[15006], Some("proxy"))?;
+    let v = peer.probe(1000, 1000, &dst, &[])?;
+    assert_eq!(
+        (&v["listener"], &v["tag"]),
+        (&15006.into(), &"proxy".into()),
+        "{v}"
+    );
+
+    let _late = start_tagged_listener_on(
+        &in_pod_cgroup_from(&hideout2.netns),
+        &[15006],
+        Some("hijacker"),
+    )?;
+    for _ in 0..5 {
+        let v = peer.probe(1000, 1000, &dst, &[])?;
+        assert_eq!(v["tag"], "proxy", "inbound taken from the proxy: {v}");
+    }
+    drop(early);
+    // Every refused listen is counted: two sockets (IPv4 and IPv6) per hijacker.
+    let name = format!("test/{}", pod.name);
+    let status = agent.status()?;
+    let refused = status["pods"]
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["name"] == name.as_str()))
+        .map(|p| p["counters"]["inbound_listener_refused"].clone());
+    assert_eq!(refused, Some(4.into()), "{status}");
     Ok(())
 }
 
