@@ -23,6 +23,7 @@ macro_rules! plain_data {
 }
 
 pub mod addr;
+pub mod globals;
 pub mod inbound;
 pub mod maps;
 pub mod outbound;

@@ -9,8 +9,9 @@ use meshsteer_common::{
 
 use crate::{
     ctx::SockAddrCtx,
+    owner::current_owner,
     pod::{
-        MapTables, count, count_node, current_owner, pod_config, pod_of_current_task, sock_state,
+        MapTables, count, count_node, pod_config, pod_of_current_task, sock_state,
         sock_state_or_create,
     },
     sockaddr::{SockaddrIn, SockaddrIn6},

@@ -30,6 +30,7 @@ mod getpeername4;
 mod getpeername6;
 mod getsockopt;
 mod maps;
+mod owner;
 mod pod;
 mod sk_lookup;
 mod sk_msg;

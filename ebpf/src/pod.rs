@@ -77,13 +77,6 @@ pub fn pod_config(pod_cgroup: u64) -> Option<&'static PodConfig> {
     PODS.get_ptr(pod_cgroup).map(|p| unsafe { &*p })
 }
 
-/// The current task's uid and primary gid.
-#[inline(always)]
-pub fn current_owner() -> (u32, u32) {
-    let ug = aya_ebpf::helpers::bpf_get_current_uid_gid();
-    (ug as u32, (ug >> 32) as u32)
-}
-
 /// Bumps one of a pod's per-CPU counters.
 #[inline(always)]
 pub fn count(pod_cgroup: u64, index: usize) {

@@ -7,7 +7,8 @@ use meshsteer_common::maps::{SockState, sock_flags};
 use crate::{
     capture::SOCK_STREAM,
     ctx::SockCtx,
-    pod::{current_owner, pod_of_current_task, sock_state_or_create},
+    owner::current_owner,
+    pod::{pod_of_current_task, sock_state_or_create},
 };
 
 #[cgroup_sock(sock_create)]

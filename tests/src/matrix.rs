@@ -14,6 +14,10 @@ pub struct Case {
     pub owner: (u32, u32),
     /// Who calls connect(), if not the creator (a handed-over socket).
     pub connector: Option<(u32, u32)>,
+    /// The creator's real uid/gid, when they differ from `owner` (its fs ids): after seteuid,
+    /// or with `fs_only` after setfsuid.
+    pub real: Option<(u32, u32)>,
+    pub fs_only: bool,
     pub bind: Option<&'static str>,
     /// `SELF4`/`SELF6` stand for the pod's own addresses.
     pub dst: &'static str,
@@ -24,8 +28,14 @@ pub struct Case {
 impl Case {
     pub fn label(&self) -> String {
         format!(
-            "owner={:?} connector={:?} bind={:?} dst={} v6sock={}",
-            self.owner, self.connector, self.bind, self.dst, self.v6_socket
+            "owner={:?} real={:?} fs_only={} connector={:?} bind={:?} dst={} v6sock={}",
+            self.owner,
+            self.real,
+            self.fs_only,
+            self.connector,
+            self.bind,
+            self.dst,
+            self.v6_socket
         )
     }
 }
@@ -64,6 +74,8 @@ pub fn outbound_cases() -> Vec<Case> {
             cases.push(Case {
                 owner,
                 connector: None,
+                real: None,
+                fs_only: false,
                 bind: None,
                 dst,
                 v6_socket: false,
@@ -76,6 +88,8 @@ pub fn outbound_cases() -> Vec<Case> {
             cases.push(Case {
                 owner,
                 connector: None,
+                real: None,
+                fs_only: false,
                 bind: Some("127.0.0.6"),
                 dst,
                 v6_socket: false,
@@ -88,6 +102,8 @@ pub fn outbound_cases() -> Vec<Case> {
             cases.push(Case {
                 owner,
                 connector: None,
+                real: None,
+                fs_only: false,
                 bind: Some("::6"),
                 dst,
                 v6_socket: false,
@@ -104,6 +120,8 @@ pub fn outbound_cases() -> Vec<Case> {
             cases.push(Case {
                 owner,
                 connector: None,
+                real: None,
+                fs_only: false,
                 bind: None,
                 dst,
                 v6_socket: true,
@@ -116,10 +134,34 @@ pub fn outbound_cases() -> Vec<Case> {
             cases.push(Case {
                 owner,
                 connector: Some(connector),
+                real: None,
+                fs_only: false,
                 bind: None,
                 dst,
                 v6_socket: false,
             });
+        }
+    }
+    // A creator whose real ids are not the ones the owner match sees: a proxy started as
+    // another user that took the proxy's ids with seteuid or setfsuid, and the reverse.
+    for (owner, real) in [(PROXY, APP), (APP, PROXY)] {
+        for fs_only in [false, true] {
+            for dst in [
+                "10.200.0.1:80",
+                "SELF4:80",
+                "127.0.0.1:80",
+                "[fd00:200::1]:80",
+            ] {
+                cases.push(Case {
+                    owner,
+                    connector: None,
+                    real: Some(real),
+                    fs_only,
+                    bind: None,
+                    dst,
+                    v6_socket: false,
+                });
+            }
         }
     }
     cases
@@ -138,17 +180,23 @@ pub fn run(pod: &Pod, case: &Case) -> Result<Value> {
     if case.v6_socket {
         extra.push("--v6".into());
     }
-    let (uid, gid) = match case.connector {
-        Some(c) => {
-            extra.extend([
-                "--create-as".into(),
-                format!("{}:{}", case.owner.0, case.owner.1),
-                "--connect-as".into(),
-                format!("{}:{}", c.0, c.1),
-            ]);
-            (0, 0)
+    let (uid, gid) = if case.connector.is_some() || case.real.is_some() {
+        extra.extend([
+            "--create-as".into(),
+            format!("{}:{}", case.owner.0, case.owner.1),
+        ]);
+        if let Some(c) = case.connector {
+            extra.extend(["--connect-as".into(), format!("{}:{}", c.0, c.1)]);
         }
-        None => case.owner,
+        if let Some(r) = case.real {
+            extra.extend(["--real".into(), format!("{}:{}", r.0, r.1)]);
+        }
+        if case.fs_only {
+            extra.push("--fs-only".into());
+        }
+        (0, 0)
+    } else {
+        case.owner
     };
     let refs: Vec<&str> = extra.iter().map(String::as_str).collect();
     let v = pod.probe(uid, gid, &dst, &refs)?;

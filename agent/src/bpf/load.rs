@@ -13,10 +13,10 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, Program, SkLookup, SockOps},
 };
-use meshsteer_common::maps::names;
+use meshsteer_common::{globals, maps::names};
 use tracing::{debug, info};
 
-use super::{accel, lock::PinLock, pins::Pins};
+use super::{accel, lock::PinLock, owner, pins::Pins};
 use crate::{
     host::{bpffs, cgroup},
     sys::bpf::{self as bpf_sys, AttachType},
@@ -93,10 +93,12 @@ impl Datapath {
         }
         let map_paths: Vec<(&str, PathBuf)> =
             names::PINNED.iter().map(|n| (*n, pins.map(n))).collect();
+        let owner_offsets = owner::kernel_offsets()?;
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        loader.override_global(globals::OWNER_OFFSETS, &owner_offsets, true);
         let mut bpf = loader.load(OBJECT).context("loading the eBPF object")?;
         let logger = match aya_log::EbpfLogger::init(&mut bpf) {
             Ok(l) => Some(l),

@@ -9,5 +9,6 @@ pub mod load;
 pub mod lock;
 pub mod maps;
 pub mod netns;
+pub mod owner;
 pub mod pins;
 pub mod trace;

@@ -8,9 +8,11 @@
 //!   LISTEN (`dual`: an IPv6 listener that takes IPv4 too),
 //!   lets a client connect to DST, send and close, and only DELAY_MS later accepts, reads and
 //!   reports what it learnt (as `listen` does, plus the payload).
-//! - `mst-probe connect DST [--bind IP] [--v6] [--create-as UID:GID --connect-as UID:GID]`:
-//!   connects as the process's uid/gid (or, started as root, creates the socket as one owner
-//!   and connects as another: a socket handed over) and prints the server's line, or
+//! - `mst-probe connect DST [--bind IP] [--v6] [--create-as UID:GID [--real UID:GID
+//!   [--fs-only]] [--connect-as UID:GID]]`: connects as the process's uid/gid (or, started as
+//!   root, creates the socket as one owner and connects as another: a socket handed over; with
+//!   `--real`, the creator's real ids differ from its effective and fs ids, as after seteuid,
+//!   or only its fs ids do, as after setfsuid) and prints the server's line, or
 //!   `{"error": ...}`, plus what getpeername() says.
 use std::{
     collections::BTreeMap,
@@ -243,6 +245,8 @@ fn connect(args: &[String]) {
     let mut v6 = dst.is_ipv6();
     let mut create_as: Option<(u32, u32)> = None;
     let mut connect_as: Option<(u32, u32)> = None;
+    let mut real: Option<(u32, u32)> = None;
+    let mut fs_only = false;
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -250,11 +254,13 @@ fn connect(args: &[String]) {
             "--v6" => v6 = true,
             "--create-as" => create_as = Some(ids(it.next())),
             "--connect-as" => connect_as = Some(ids(it.next())),
+            "--real" => real = Some(ids(it.next())),
+            "--fs-only" => fs_only = true,
             other => panic!("unknown option {other}"),
         }
     }
-    let handover = create_as.zip(connect_as);
-    let out = match do_connect(dst, bind, v6, handover) {
+    let creator = create_as.map(|ids| Creator { ids, real, fs_only });
+    let out = match do_connect(dst, bind, v6, creator, connect_as) {
         Ok(v) => v,
         Err(e) => json!({ "error": e.kind().to_string() }),
     };
@@ -266,11 +272,45 @@ fn ids(arg: Option<&String>) -> (u32, u32) {
     (u.parse().expect("uid"), g.parse().expect("gid"))
 }
 
+/// Who creates the socket: iptables' owner match sees `ids` (the fsuid/fsgid). With `real`,
+/// the creator's real ids differ: it ran seteuid (effective and fs ids are `ids`), or with
+/// `fs_only`, setfsuid (effective ids stay root's).
+struct Creator {
+    ids: (u32, u32),
+    real: Option<(u32, u32)>,
+    fs_only: bool,
+}
+
+impl Creator {
+    /// Takes on the creator's credentials, keeping saved uid 0 to switch again afterwards.
+    ///
+    /// # Safety
+    /// Plain syscalls on this process's own credentials.
+    unsafe fn become_it(&self) -> std::io::Result<()> {
+        let (u, g) = self.ids;
+        let (ru, rg) = self.real.unwrap_or(self.ids);
+        // SAFETY: see the function's contract.
+        unsafe {
+            if self.fs_only {
+                check(libc::setresgid(rg, 0, 0))?;
+                libc::setfsgid(g);
+                check(libc::setresuid(ru, 0, 0))?;
+                libc::setfsuid(u);
+            } else {
+                check(libc::setresgid(rg, g, 0))?;
+                check(libc::setresuid(ru, u, 0))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn do_connect(
     dst: SocketAddr,
     bind: Option<IpAddr>,
     v6: bool,
-    handover: Option<((u32, u32), (u32, u32))>,
+    creator: Option<Creator>,
+    connect_as: Option<(u32, u32)>,
 ) -> std::io::Result<serde_json::Value> {
     // An AF_INET6 socket reaches IPv4 destinations through IPv4-mapped addresses.
     let dst = match (v6, dst) {
@@ -279,11 +319,9 @@ fn do_connect(
     };
     // SAFETY: plain syscalls on our own credentials.
     let fd = unsafe {
-        if let Some(((cu, cg), _)) = handover {
-            // The socket's owner is whoever creates it (iptables' owner match looks there);
-            // the saved uid 0 lets us switch again afterwards.
-            check(libc::setresgid(cg, cg, 0))?;
-            check(libc::setresuid(cu, cu, 0))?;
+        if let Some(c) = &creator {
+            // The socket's owner is whoever creates it (iptables' owner match looks there).
+            c.become_it()?;
         }
         let domain = if dst.is_ipv4() {
             libc::AF_INET
@@ -291,7 +329,7 @@ fn do_connect(
             libc::AF_INET6
         };
         let fd = check(libc::socket(domain, libc::SOCK_STREAM, 0))?;
-        if let Some((_, (u, g))) = handover {
+        if let Some((u, g)) = connect_as.filter(|_| creator.is_some()) {
             check(libc::setresuid(0, 0, 0))?;
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setresgid(g, g, g))?;
