@@ -121,19 +121,34 @@ pub fn restore(c: &Capture, f: Family) -> String {
 
 /// Installs the rules for both families inside a namespace (as istio-init does in a pod).
 pub fn install(netns: &std::path::Path, c: &Capture) -> anyhow::Result<()> {
+    install_in(netns, None, c)
+}
+
+/// [`install`] in a user-namespaced pod's network namespace: as istio-init does, from inside
+/// the pod's user namespace (that of `holder`), where xt_owner reads `--uid-owner`; it refuses
+/// owner rules written from any other.
+pub fn install_in(netns: &std::path::Path, holder: Option<u32>, c: &Capture) -> anyhow::Result<()> {
     let place = Place {
         netns: Some(netns),
         ..Default::default()
     };
+    let target = holder.map(|pid| pid.to_string());
     for (tool, f) in [
         ("iptables-restore", Family::V4),
         ("ip6tables-restore", Family::V6),
     ] {
         let text = restore(c, f);
-        let mut child = cmd::command(&place, tool, &["--noflush"])?
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
+        let mut child = match &target {
+            None => cmd::command(&place, tool, &["--noflush"])?,
+            Some(pid) => cmd::command(
+                &Place::default(),
+                "nsenter",
+                &["--target", pid, "--user", "--net", tool, "--noflush"],
+            )?,
+        }
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
         std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())?;
         let out = child.wait_with_output()?;
         anyhow::ensure!(

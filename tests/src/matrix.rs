@@ -180,16 +180,15 @@ pub fn run(pod: &Pod, case: &Case) -> Result<Value> {
     if case.v6_socket {
         extra.push("--v6".into());
     }
+    // The pod's ids as the host sees them (they differ in a user-namespaced pod).
+    let ids = |(u, g): (u32, u32)| format!("{}:{}", u + pod.ids_base, g + pod.ids_base);
     let (uid, gid) = if case.connector.is_some() || case.real.is_some() {
-        extra.extend([
-            "--create-as".into(),
-            format!("{}:{}", case.owner.0, case.owner.1),
-        ]);
+        extra.extend(["--create-as".into(), ids(case.owner)]);
         if let Some(c) = case.connector {
-            extra.extend(["--connect-as".into(), format!("{}:{}", c.0, c.1)]);
+            extra.extend(["--connect-as".into(), ids(c)]);
         }
         if let Some(r) = case.real {
-            extra.extend(["--real".into(), format!("{}:{}", r.0, r.1)]);
+            extra.extend(["--real".into(), ids(r)]);
         }
         if case.fs_only {
             extra.push("--fs-only".into());

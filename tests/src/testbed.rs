@@ -55,6 +55,16 @@ impl Testbed {
         self.agent.enrol(&ebpf, args)?;
         Ok(Pair { ipt, ebpf })
     }
+
+    /// [`Testbed::differential_pair`] for user-namespaced pods (`hostUsers: false`), both
+    /// mapping their ids to the host's `ids_base..`.
+    pub fn differential_userns_pair(&mut self, args: &str, ids_base: u32) -> Result<Pair> {
+        let ipt = self.node.add_userns_pod("ipt", ids_base)?;
+        let ebpf = self.node.add_userns_pod("ebpf", ids_base)?;
+        istio_rules::install_in(&ipt.netns, ipt.userns_holder, &Capture::from_args(args)?)?;
+        self.agent.enrol(&ebpf, args)?;
+        Ok(Pair { ipt, ebpf })
+    }
 }
 
 /// The same pod twice: captured by iptables and by meshsteer.

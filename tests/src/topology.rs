@@ -118,7 +118,16 @@ impl Node {
     pub fn add_pod(&mut self, name: &str) -> Result<Pod> {
         self.next_pod += 1;
         let n = self.next_pod + 9;
-        Pod::new(self, name, n, Path::new(name)).with_context(|| format!("creating pod {name}"))
+        Pod::new(self, name, n, Path::new(name), None)
+            .with_context(|| format!("creating pod {name}"))
+    }
+
+    /// A pod in a user namespace of its own whose ids map to the host's `ids_base..`.
+    pub fn add_userns_pod(&mut self, name: &str, ids_base: u32) -> Result<Pod> {
+        self.next_pod += 1;
+        let n = self.next_pod + 9;
+        Pod::new(self, name, n, Path::new(name), Some(ids_base))
+            .with_context(|| format!("creating user-namespaced pod {name}"))
     }
 
     /// A pod whose pod-level cgroup is `cgroup`, relative to the node's cgroup root (as a
@@ -126,7 +135,7 @@ impl Node {
     pub fn add_pod_at(&mut self, name: &str, cgroup: &Path) -> Result<Pod> {
         self.next_pod += 1;
         let n = self.next_pod + 9;
-        Pod::new(self, name, n, cgroup).with_context(|| format!("creating pod {name}"))
+        Pod::new(self, name, n, cgroup, None).with_context(|| format!("creating pod {name}"))
     }
 }
 
@@ -212,13 +221,18 @@ pub struct Pod {
     procs: Vec<Proc>,
     /// The node's cgroup root: cgroups between it and the pod's are removed with the pod.
     node_cgroup_root: PathBuf,
+    /// A user-namespaced pod (`hostUsers: false`): its network namespace belongs to a user
+    /// namespace that maps the pod's ids 0..65536 to the host's `ids_base..`, held by this
+    /// process (the pod's "sandbox", in its container cgroup).
+    pub userns_holder: Option<u32>,
+    pub ids_base: u32,
 }
 
 impl Pod {
-    fn new(node: &Node, name: &str, n: u32, cgroup: &Path) -> Result<Self> {
+    fn new(node: &Node, name: &str, n: u32, cgroup: &Path, userns: Option<u32>) -> Result<Self> {
         let ns = format!("{}-{name}", node.id);
         let cgroup = node.cgroup_root.join(cgroup);
-        let pod = Self {
+        let mut pod = Self {
             node_cgroup_root: node.cgroup_root.clone(),
             name: name.into(),
             netns: netns_path(&ns),
@@ -228,9 +242,14 @@ impl Pod {
             ip4: format!("10.88.0.{n}"),
             ip6: format!("fd88::{n}"),
             procs: Vec::new(),
+            userns_holder: None,
+            ids_base: userns.unwrap_or(0),
         };
-        cmd::host("ip", &["netns", "add", &pod.ns])?;
         fs::create_dir_all(&pod.app_cgroup)?;
+        match userns {
+            None => cmd::host("ip", &["netns", "add", &pod.ns]).map(drop)?,
+            Some(base) => pod.hold_userns_netns(base)?,
+        }
         let veth = format!("v{name}");
         ip(
             &node.ns,
@@ -273,13 +292,44 @@ impl Pod {
         Ok(pod)
     }
 
-    /// Inside the pod's namespace and container cgroup, as `uid:gid`.
+    /// A process in a new user and network namespace, its ids mapped to `base..`, and the
+    /// network namespace named as `ip netns add` names it.
+    fn hold_userns_netns(&mut self, base: u32) -> Result<()> {
+        let place = Place {
+            cgroup: Some(&self.app_cgroup),
+            ..Default::default()
+        };
+        let holder = Proc::spawn(
+            &place,
+            "unshare",
+            &["--user", "--net", "--", "sleep", "infinity"],
+        )?;
+        let pid = holder.pid();
+        self.procs.push(holder);
+        // unshare has run once the process's user namespace is no longer ours.
+        let ours = fs::read_link("/proc/self/ns/user")?;
+        let mut waited = 0;
+        while fs::read_link(format!("/proc/{pid}/ns/user")).ok().as_ref() == Some(&ours) {
+            anyhow::ensure!(waited < 500, "unshare did not create a user namespace");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+        for file in ["uid_map", "gid_map"] {
+            fs::write(format!("/proc/{pid}/{file}"), format!("0 {base} 65536\n"))
+                .with_context(|| format!("writing {file} of {pid}"))?;
+        }
+        self.userns_holder = Some(pid);
+        cmd::host("ip", &["netns", "attach", &self.ns, &pid.to_string()]).map(drop)
+    }
+
+    /// Inside the pod's namespace and container cgroup, as the pod's `uid:gid` (in a
+    /// user-namespaced pod, the host ids they map to: the same kernel ids).
     pub fn place(&self, uid: u32, gid: u32) -> Place<'_> {
         Place {
             netns: Some(&self.netns),
             cgroup: Some(&self.app_cgroup),
-            uid,
-            gid,
+            uid: self.ids_base + uid,
+            gid: self.ids_base + gid,
         }
     }
 

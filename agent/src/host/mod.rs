@@ -4,3 +4,4 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod netns;
 pub mod proc;
+pub mod userns;

@@ -113,7 +113,7 @@ fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// Pids of every process in the cgroup subtree.
-fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
+pub fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
     let mut pids = Vec::new();
     let mut dirs: Vec<PathBuf> = vec![cgroup.to_path_buf()];
     // Bounded: pod cgroups are a few levels deep.

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, path::Path};
 use anyhow::Result;
 use meshsteer_common::Addr;
 
-use crate::spec::plan::Plan;
+use crate::{host::userns::IdMaps, spec::plan::Plan};
 
 /// A pod a previous agent left in the maps: still captured until it is re-enrolled or
 /// garbage-collected.
@@ -46,6 +46,10 @@ pub trait Dataplane {
 
     /// Whether `netns` can be a network namespace at all (it exists and is not a directory).
     fn check_netns(&self, netns: &Path) -> Result<()>;
+
+    /// The id maps of the user namespace that owns `netns` (read through a process of
+    /// `cgroup`), or `None` when it is the host's.
+    fn id_maps(&self, netns: &Path, cgroup: &Path) -> Result<Option<IdMaps>>;
 
     /// Whether the pod's network namespace is still there.
     fn netns_alive(&self, netns: &Path) -> bool;

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::{Dataplane, Enrolled, Registry, error::EnrolError};
 use crate::{
     bpf::accel::Support,
+    host::userns::IdMaps,
     source::change::SourceKey,
     spec::{plan::Plan, pod::PodSpec},
 };
@@ -71,6 +72,11 @@ impl<D: Dataplane> Registry<D> {
             self.dataplane.check_netns(ns)?;
         }
         let mut plan = Plan::new(spec, self.next_pod_id)?;
+        if let Some(ns) = &spec.netns
+            && let Some(maps) = self.dataplane.id_maps(ns, &spec.cgroup)?
+        {
+            to_host_ids(&mut plan.config, &maps)?;
+        }
         self.next_pod_id += 1;
         plan.set_accelerate(spec.accelerate.unwrap_or(self.accelerate));
         if let (true, Support::Unavailable(why)) = (plan.accelerates(), &self.accel_support) {
@@ -172,4 +178,21 @@ impl<D: Dataplane> Registry<D> {
             Err(e) => warn!(error = %format!("{e:#}"), "scanning for existing listeners"),
         }
     }
+}
+
+/// `-u`/`-g` as the kernel compares them: through the pod's user namespace, as xt_owner reads
+/// istio-init's rules.
+fn to_host_ids(config: &mut PodConfig, maps: &IdMaps) -> Result<(), EnrolError> {
+    let (nu, ng) = (usize::from(config.n_uids), usize::from(config.n_gids));
+    for (flag, ids, n, map) in [
+        ("-u", &mut config.uids, nu, &maps.uid),
+        ("-g", &mut config.gids, ng, &maps.gid),
+    ] {
+        for id in ids.iter_mut().take(n) {
+            *id = map
+                .to_host(*id)
+                .ok_or(EnrolError::UnmappedId { flag, id: *id })?;
+        }
+    }
+    Ok(())
 }

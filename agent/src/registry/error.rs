@@ -45,6 +45,11 @@ pub enum EnrolError {
          or `-b \"\"` to capture outbound only"
     )]
     InboundNeedsNetns,
+    #[error(
+        "{flag} {id} is not mapped in the pod's user namespace, so istio-init's owner rule \
+         would be refused too (xt_owner reads it in that namespace)"
+    )]
+    UnmappedId { flag: &'static str, id: u32 },
     /// The spec asks for what meshsteer cannot do.
     #[error(transparent)]
     Spec(#[from] SpecError),

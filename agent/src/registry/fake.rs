@@ -6,10 +6,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use meshsteer_common::Addr;
+use meshsteer_common::{Addr, maps::PodConfig};
 
 use super::dataplane::{Adopted, Dataplane, ExistingListener};
-use crate::spec::plan::Plan;
+use crate::{host::userns::IdMaps, spec::plan::Plan};
 
 /// A write the registry asked for (pods by cgroup id; plans by pod id).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct Fake {
     cgroups: BTreeMap<PathBuf, u64>,
     /// Network namespaces on the "host".
     namespaces: BTreeSet<PathBuf>,
+    /// The id maps of user-namespaced pods' network namespaces.
+    userns: BTreeMap<PathBuf, IdMaps>,
     /// The listeners the processes of each cgroup hold.
     listeners: BTreeMap<PathBuf, Vec<FakeListener>>,
     failing: BTreeSet<Op>,
@@ -72,6 +74,8 @@ pub struct Fake {
     pub calls: Vec<Call>,
     /// The maps: pod id by cgroup id.
     pub enrolled: BTreeMap<u64, u32>,
+    /// The config last written for each cgroup id.
+    pub configs: BTreeMap<u64, PodConfig>,
     /// The sk_lookup links: namespace by cgroup id.
     pub links: BTreeMap<u64, PathBuf>,
     /// Inbound addresses by cgroup id.
@@ -86,6 +90,12 @@ impl Fake {
 
     pub fn with_netns(mut self, path: &str) -> Self {
         self.namespaces.insert(path.into());
+        self
+    }
+
+    /// `path` belongs to a user namespace with these maps.
+    pub fn with_userns(mut self, path: &str, maps: IdMaps) -> Self {
+        self.userns.insert(path.into(), maps);
         self
     }
 
@@ -179,6 +189,10 @@ impl Dataplane for Fake {
         Ok(())
     }
 
+    fn id_maps(&self, netns: &Path, _cgroup: &Path) -> Result<Option<IdMaps>> {
+        Ok(self.userns.get(netns).cloned())
+    }
+
     fn netns_alive(&self, netns: &Path) -> bool {
         self.namespaces.contains(netns)
     }
@@ -206,6 +220,7 @@ impl Dataplane for Fake {
         });
         self.check(Op::Apply).context("writing the pod's config")?;
         self.enrolled.insert(cgroup_id, plan.config.pod_id);
+        self.configs.insert(cgroup_id, plan.config);
         Ok(())
     }
 

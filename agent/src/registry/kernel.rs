@@ -12,7 +12,10 @@ use meshsteer_common::Addr;
 use super::dataplane::{Adopted, Dataplane, ExistingListener};
 use crate::{
     bpf::{maps::PodMaps, netns, pins::Pins},
-    host::{cgroup, netns as host_netns, proc},
+    host::{
+        cgroup, netns as host_netns, proc,
+        userns::{self, IdMaps},
+    },
     spec::plan::Plan,
 };
 
@@ -61,6 +64,10 @@ impl Dataplane for Kernel {
 
     fn check_netns(&self, ns: &Path) -> Result<()> {
         Ok(host_netns::check_pod_netns(ns)?)
+    }
+
+    fn id_maps(&self, ns: &Path, cgroup: &Path) -> Result<Option<IdMaps>> {
+        Ok(userns::of_netns(ns, cgroup)?)
     }
 
     fn netns_alive(&self, ns: &Path) -> bool {

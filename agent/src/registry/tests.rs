@@ -8,6 +8,7 @@ use super::{
 };
 use crate::{
     bpf::accel::Support,
+    host::userns::{IdMap, IdMaps},
     source::change::{Change, Rejected, SourceKey},
     spec::pod::PodSpec,
     telemetry::status::PodState,
@@ -618,6 +619,32 @@ fn only_the_proxys_listeners_in_the_pods_netns_are_registered() {
             .iter()
             .any(|c| matches!(c, Call::AddListener { .. }))
     );
+}
+
+#[test]
+fn a_user_namespaced_pods_proxy_ids_are_mapped_to_the_hosts() {
+    let maps = IdMaps {
+        uid: IdMap::parse("0 100000 65536"),
+        gid: IdMap::parse("0 200000 2000"),
+    };
+    let mut r = registry(host().with_userns(NS_A, maps));
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+    let cfg = r.fake().configs[&11];
+    assert_eq!((cfg.uids[0], cfg.gids[0]), (101337, 201337));
+
+    // istio-init's owner rule would be refused for an id the namespace does not map.
+    let maps = IdMaps {
+        uid: IdMap::parse("0 100000 1000"),
+        gid: IdMap::parse("0 200000 65536"),
+    };
+    let mut r = registry(host().with_userns(NS_A, maps));
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    let Some(PodState::Error(why)) = r.state(&file("a")) else {
+        panic!("{:?}", r.state(&file("a")));
+    };
+    assert!(why.contains("-u 1337 is not mapped"), "{why}");
+    assert!(r.fake().configs.is_empty(), "nothing written");
 }
 
 #[test]

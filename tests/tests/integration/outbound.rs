@@ -9,8 +9,16 @@ use meshsteer_tests::{Agent, Pair, Testbed, matrix, topology::late_accept};
 use serde_json::Value;
 
 fn differential(args: &str) -> anyhow::Result<()> {
+    differential_in(args, None)
+}
+
+/// With `userns`, both pods are user-namespaced, their ids mapped to the host's `userns..`.
+fn differential_in(args: &str, userns: Option<u32>) -> anyhow::Result<()> {
     let mut bed = Testbed::new()?;
-    let mut pair = bed.differential_pair(args)?;
+    let mut pair = match userns {
+        None => bed.differential_pair(args)?,
+        Some(base) => bed.differential_userns_pair(args, base)?,
+    };
     pair.start_listeners()?;
     let Pair { ipt, ebpf } = &pair;
     let agent = &bed.agent;
@@ -117,4 +125,12 @@ fn a_proxy_that_accepts_after_the_client_closed_still_learns_the_destination() -
         assert_eq!(got, want, "meshsteer vs iptables for {dst} to {listen:?}");
     }
     Ok(())
+}
+
+/// A user-namespaced pod (`hostUsers: false`): istio-init's `-u 1337` means the pod's 1337,
+/// which is host uid 101337 here (xt_owner maps the rule through the user namespace owning
+/// the pod's network namespace). The proxy's own connections pass, the app's are captured.
+#[test]
+fn user_namespaced_pod() -> anyhow::Result<()> {
+    differential_in(meshsteer::inspect::INJECTOR_DEFAULT_ARGS, Some(100_000))
 }
