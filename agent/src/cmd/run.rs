@@ -54,7 +54,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Set once the source has listed every pod (at once for a directory; after the first
     // list for Kubernetes): only then can a previous agent's enrolments be reconciled.
     let mut reconciled = false;
-    apply(&mut registry, source.poll(), &mut reconciled);
+    apply(&mut registry, source.poll().await, &mut reconciled);
     reporter.publish(registry.status())?;
     info!("running");
 
@@ -64,7 +64,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let batch = source.poll();
+                let batch = source.poll().await;
                 let had_changes = !batch.changes.is_empty();
                 apply(&mut registry, batch, &mut reconciled);
                 reporter.heartbeat(reconciled);

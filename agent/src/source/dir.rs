@@ -12,7 +12,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use tracing::warn;
+use tokio::task::{JoinHandle, spawn_blocking};
+use tracing::{error, warn};
 
 use super::change::{Change, Rejected, SourceKey};
 use crate::{
@@ -51,7 +52,10 @@ struct Stamp {
 
 pub struct PodDir {
     dir: PathBuf,
-    seen: BTreeMap<PathBuf, Stamp>,
+    /// What the last scan saw; taken while a scan runs on the blocking pool.
+    scanner: Option<Scanner>,
+    /// The scan under way, if a caller stopped waiting for it (kept: scans are cancel-safe).
+    running: Option<JoinHandle<(Scanner, Vec<Change>)>>,
     /// inotify on the directory (None: polling only, e.g. inotify instances exhausted).
     events: Option<DirWatch>,
 }
@@ -64,8 +68,42 @@ impl PodDir {
             .ok();
         Self {
             dir: dir.to_path_buf(),
-            seen: BTreeMap::new(),
+            scanner: Some(Scanner::new(dir)),
+            running: None,
             events,
+        }
+    }
+
+    /// Changes since the last scan. The directory is read on tokio's blocking pool: a spec on
+    /// a slow or stuck filesystem never stalls the agent's loop (its endpoints, the other
+    /// pods, the Kubernetes watch). Cancel-safe: a scan whose caller stopped waiting is
+    /// picked up by the next call.
+    pub async fn scan(&mut self) -> Vec<Change> {
+        if self.running.is_none() {
+            let mut scanner = self
+                .scanner
+                .take()
+                .unwrap_or_else(|| Scanner::new(&self.dir));
+            self.running = Some(spawn_blocking(move || {
+                let changes = scanner.scan();
+                (scanner, changes)
+            }));
+        }
+        let Some(running) = self.running.as_mut() else {
+            return Vec::new();
+        };
+        let done = running.await;
+        self.running = None;
+        match done {
+            Ok((scanner, changes)) => {
+                self.scanner = Some(scanner);
+                changes
+            }
+            Err(e) => {
+                // The next scan starts afresh and reports every file again.
+                error!(dir = %self.dir.display(), error = %e, "scanning the pods directory failed");
+                Vec::new()
+            }
         }
     }
 
@@ -77,9 +115,33 @@ impl PodDir {
             _ => std::future::pending().await,
         }
     }
+}
+
+/// The directory's listing as last seen, and the scan that compares it with now.
+struct Scanner {
+    dir: PathBuf,
+    seen: BTreeMap<PathBuf, Stamp>,
+    /// The thread the last scan ran on (tests check it is not the caller's).
+    #[cfg(test)]
+    ran_on: Option<std::thread::ThreadId>,
+}
+
+impl Scanner {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            seen: BTreeMap::new(),
+            #[cfg(test)]
+            ran_on: None,
+        }
+    }
 
     /// Changes since the last scan.
-    pub fn scan(&mut self) -> Vec<Change> {
+    fn scan(&mut self) -> Vec<Change> {
+        #[cfg(test)]
+        {
+            self.ran_on = Some(std::thread::current().id());
+        }
         let mut now = BTreeMap::new();
         if let Ok(entries) = fs::read_dir(&self.dir) {
             for e in entries.flatten() {
@@ -176,7 +238,7 @@ mod tests {
         fs::write(dir.join("notes.txt"), "not a spec").unwrap();
         let mut pods = PodDir::new(&dir);
 
-        let changes = pods.scan();
+        let changes = pods.scan().await;
         let [Change::Upsert(SourceKey::File(path), spec)] = &changes[..] else {
             panic!("one upsert expected");
         };
@@ -187,11 +249,36 @@ mod tests {
             matches!(&rejected.why, Unready::Refused(r) if r.starts_with("not a valid pod spec: unknown field `extra`")),
             "{rejected:?}"
         );
-        assert!(pods.scan().is_empty(), "unchanged files are not read again");
+        assert!(
+            pods.scan().await.is_empty(),
+            "unchanged files are not read again"
+        );
 
         fs::remove_file(&file).unwrap();
-        let changes = pods.scan();
+        let changes = pods.scan().await;
         assert!(matches!(&changes[..], [Change::Remove(SourceKey::File(p))] if *p == file));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Files are read off the loop's thread, and a scan a caller stopped waiting for still
+    /// delivers its changes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn scans_run_on_the_blocking_pool_and_survive_cancellation() {
+        let dir = std::env::temp_dir().join(format!("ms-pod-dir-pool-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a.yaml"), "name: a\ncgroup: /x\n").unwrap();
+        let mut pods = PodDir::new(&dir);
+        // Given up on at once: the scan goes on.
+        let gave_up = tokio::time::timeout(std::time::Duration::ZERO, pods.scan()).await;
+        assert!(gave_up.is_err(), "a scan cannot finish without yielding");
+        let changes = pods.scan().await;
+        assert!(
+            matches!(&changes[..], [Change::Upsert(SourceKey::File(p), _)] if p.ends_with("a.yaml")),
+            "{} changes",
+            changes.len()
+        );
+        let ran_on = pods.scanner.as_ref().and_then(|s| s.ran_on);
+        assert!(ran_on.is_some_and(|t| t != std::thread::current().id()));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -214,6 +301,7 @@ mod tests {
         let mut pods = PodDir::new(&dir);
         let mut reasons: Vec<(String, String)> = pods
             .scan()
+            .await
             .into_iter()
             .map(|c| match c {
                 Change::Upsert(_, spec) => match *spec {

@@ -23,10 +23,10 @@ pub enum Source {
 impl Source {
     /// What polling finds, every [`POLL`]: the directory's changes (always a complete
     /// listing), or the Kubernetes pods whose resolution is worth retrying.
-    pub fn poll(&mut self) -> Batch {
+    pub async fn poll(&mut self) -> Batch {
         match self {
             Self::Dir(dir) => Batch {
-                changes: dir.scan(),
+                changes: dir.scan().await,
                 complete: true,
             },
             Self::Kubernetes(kube) => Batch {
@@ -43,7 +43,7 @@ impl Source {
             Self::Dir(dir) => {
                 dir.notified().await;
                 Ok(Batch {
-                    changes: dir.scan(),
+                    changes: dir.scan().await,
                     complete: true,
                 })
             }
