@@ -30,8 +30,9 @@ pub fn meshsteer_template() -> Result<String> {
 /// What the injector renders a template with, for one pod.
 #[derive(Clone, Debug)]
 pub struct Injection {
-    /// The pod's annotations as created (before injection).
+    /// The pod's annotations and labels as created (before injection).
     pub annotations: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     /// ProxyConfig's `interceptionMode` after mesh config, ProxyConfig resources and the
     /// pod's `proxy.istio.io/config` are merged.
     pub interception_mode: String,
@@ -49,6 +50,7 @@ impl Default for Injection {
     fn default() -> Self {
         Self {
             annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
             interception_mode: "REDIRECT".into(),
             proxy_metadata: BTreeMap::new(),
             listen_ports: (0, 0),
@@ -63,7 +65,7 @@ impl Injection {
     /// values of Istio's default profile.
     fn data(&self) -> serde_json::Value {
         json!({
-            "ObjectMeta": {"Annotations": self.annotations, "Labels": {}},
+            "ObjectMeta": {"Annotations": self.annotations, "Labels": self.labels},
             "ProxyConfig": {
                 "InterceptionMode": self.interception_mode,
                 // A nil map when empty, as an unset ProxyMetadata is.
@@ -489,6 +491,7 @@ pub fn cases() -> Vec<Case> {
             name: "label-beats-annotation",
             injection: Injection {
                 annotations: strings(&[("sidecar.istio.io/inject", "false")]),
+                labels: strings(&[("sidecar.istio.io/inject", "true")]),
                 ..d()
             },
             istio_init: Some(IstioInit::line(&[], &[], &[])),
@@ -499,6 +502,83 @@ pub fn cases() -> Vec<Case> {
             istio_init: None,
         },
     ]
+}
+
+/// How a pod was injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injector {
+    /// With meshsteer's template after `sidecar` (`deploy/kind/istio.yaml`).
+    Meshsteer,
+    /// With a template that only deleted istio-init: a pod injected before meshsteer's
+    /// template wrote its annotation.
+    Older,
+}
+
+impl Case {
+    /// The pod as Istio's injector makes it from one created with the case's annotations
+    /// (metadata and spec, without name and node), written by hand from Istio 1.24's
+    /// `sidecar` template: its `istio-proxy` container's environment (ProxyMetadata, the
+    /// interception mode) and user (ProxyUID; root with TPROXY), istio-validation with CNI,
+    /// no istio-init (meshsteer's template deleted it), and with `injector` meshsteer's
+    /// annotation as rendered.
+    pub fn injected_pod(&self, injector: Injector) -> Result<serde_json::Value> {
+        let i = &self.injection;
+        let mut annotations = i.annotations.clone();
+        let mut labels = i.labels.clone();
+        labels.insert("app".into(), self.name.into());
+        annotations.insert(
+            "sidecar.istio.io/status".into(),
+            r#"{"initContainers":null,"containers":["istio-proxy"],"volumes":["workload-socket","istio-envoy","istio-data","istio-podinfo","istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}"#.into(),
+        );
+        if injector == Injector::Meshsteer {
+            annotations.insert(ISTIO_INIT.into(), i.istio_init_annotation()?);
+        }
+        let mode = match annotations.get("sidecar.istio.io/interceptionMode") {
+            Some(m) if !m.is_empty() => m.clone(),
+            _ => i.interception_mode.clone(),
+        };
+        let mut env = vec![
+            json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+            json!({"name": "PROXY_CONFIG", "value": "{}\n"}),
+            json!({"name": "ISTIO_META_INTERCEPTION_MODE", "value": mode}),
+        ];
+        env.extend(
+            i.proxy_metadata
+                .iter()
+                .map(|(k, v)| json!({"name": k, "value": v})),
+        );
+        let root = mode == "TPROXY";
+        let mut spec = json!({
+            "containers": [
+                {"name": "app", "image": "app"},
+                {
+                    "name": "istio-proxy",
+                    "image": "proxyv2",
+                    "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local"],
+                    "env": env,
+                    "securityContext": {
+                        "runAsUser": if root { 0 } else { i.proxy_uid },
+                        "runAsGroup": i.proxy_uid,
+                        "runAsNonRoot": !root,
+                    },
+                },
+            ],
+        });
+        if i.cni && mode != "NONE" {
+            spec["initContainers"] = json!([{
+                "name": "istio-validation",
+                "image": "proxyv2",
+                "args": ["istio-iptables", "--run-validation", "--skip-rule-apply"],
+            }]);
+        }
+        Ok(json!({
+            "metadata": {
+                "annotations": annotations,
+                "labels": labels,
+            },
+            "spec": spec,
+        }))
+    }
 }
 
 #[cfg(test)]

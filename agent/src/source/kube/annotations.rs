@@ -470,6 +470,62 @@ mod tests {
         }
     }
 
+    /// The template path: exactly the rendered line and environment, whatever else the pod
+    /// says; what is not meshsteer's template's is an error naming the annotation.
+    #[test]
+    fn the_templates_rendering_is_used_as_written() {
+        let with = |text: &str, others: &[(&str, &str)]| {
+            let mut a = annotations(others);
+            a.insert(keys::ISTIO_INIT.into(), text.into());
+            capture(&a, &proxy(&[("ISTIO_DUAL_STACK", "true")]))
+        };
+        let c = with(
+            r#"{"args": ["istio-iptables", "-p", "15002", "-z", "15007", "-u", "1000770000",
+                 "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020",
+                 "--log_output_level=default:info"], "env": {"ISTIO_META_MESH_ID": "x"}}"#,
+            // Ignored on this path: the template saw them when it rendered the line.
+            &[(
+                "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+                "10.0.0.0/8",
+            )],
+        )
+        .unwrap();
+        assert_eq!((c.proxy_port, c.inbound_port), (15002, 15007));
+        assert_eq!(c.proxy_uids, vec![1000770000]);
+        assert!(c.exclude_outbound_cidrs.is_empty());
+        // The sidecar's environment is the annotation path's: here only the rendered one.
+        assert!(!c.dual_stack);
+        let c = with(
+            r#"{"args": ["istio-iptables"], "env": {"ISTIO_DUAL_STACK": "true"}}"#,
+            &[],
+        );
+        assert!(c.unwrap().dual_stack);
+        let e = with(
+            r#"{"args": [], "env": {"ISTIO_META_DNS_CAPTURE": "true"}}"#,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("annotation meshsteer.io/istio-init: ISTIO_META_DNS_CAPTURE=\"true\""),
+            "{e}"
+        );
+        for bad in [
+            "istio-iptables -p 15001",
+            r#"{"args": [], "none": "x"}"#,
+            r#"{}"#,
+            r#"{"args": [], "extra": 1}"#,
+        ] {
+            let e = with(bad, &[]).unwrap_err().to_string();
+            assert!(
+                e.starts_with(
+                    "annotation meshsteer.io/istio-init: not what meshsteer's injection template writes"
+                ),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     #[test]
     fn no_annotations_is_the_injector_default() {
         let c = capture_of(&BTreeMap::new()).unwrap();

@@ -157,7 +157,7 @@ impl KubePods {
                     changes.extend(self.track(view));
                 }
             }
-            Update::Applied(_, Some(view)) => changes.extend(self.track(view)),
+            Update::Applied(_, Some(view)) => changes.extend(self.track(*view)),
             // No longer a pod with an Istio sidecar (finished, say): its cgroup is the
             // kubelet's business until its deletion comes.
             Update::Applied(id, None) => changes.extend(self.untrack(&id, false)),
@@ -416,7 +416,7 @@ mod tests {
         // `d`'s directory is now a tracked pod's (the same static pod, recreated).
         let mut again = view_of("d2", "d", serde_json::json!({}));
         again.pod.name = "d2".into();
-        tx.send(Update::Applied(again.pod.clone(), Some(again)))
+        tx.send(Update::Applied(again.pod.clone(), Some(Box::new(again))))
             .await
             .unwrap();
         pods.recv().await.unwrap();
@@ -470,7 +470,7 @@ mod tests {
         );
 
         // The same view again changes nothing; a relist without `a` removes it.
-        tx.send(Update::Applied(view("b").pod, Some(view("b"))))
+        tx.send(Update::Applied(view("b").pod, Some(Box::new(view("b")))))
             .await
             .unwrap();
         assert!(pods.recv().await.unwrap().changes.is_empty());
