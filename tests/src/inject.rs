@@ -44,6 +44,9 @@ pub struct Injection {
     pub proxy_uid: i64,
     /// Istio CNI (`pilot.cni.enabled`).
     pub cni: bool,
+    /// `global.logAsJson`, `global.proxy_init.forceApplyIptables`.
+    pub log_as_json: bool,
+    pub force_apply: bool,
 }
 
 impl Default for Injection {
@@ -56,6 +59,8 @@ impl Default for Injection {
             listen_ports: (0, 0),
             proxy_uid: 1337,
             cni: false,
+            log_as_json: false,
+            force_apply: false,
         }
     }
 }
@@ -80,7 +85,7 @@ impl Injection {
             "Values": {
                 "pilot": {"cni": {"enabled": self.cni}},
                 "global": {
-                    "logAsJson": false,
+                    "logAsJson": self.log_as_json,
                     "logging": {"level": "default:info"},
                     "proxy": {
                         "includeIPRanges": "*",
@@ -91,7 +96,7 @@ impl Injection {
                         "excludeOutboundPorts": "",
                         "statusPort": 15020,
                     },
-                    "proxy_init": {"forceApplyIptables": false},
+                    "proxy_init": {"forceApplyIptables": self.force_apply},
                 },
             },
         })
@@ -613,6 +618,28 @@ mod tests {
                 None => assert!(rendered["none"].is_string(), "{}: {rendered}", case.name),
             }
         }
+    }
+
+    /// Install values that add words to istio-init's line, in its order.
+    #[test]
+    fn log_and_apply_options_follow_istio_inits_order() {
+        let i = Injection {
+            log_as_json: true,
+            force_apply: true,
+            annotations: strings(&[("sidecar.istio.io/agentLogLevel", "default:debug")]),
+            ..Injection::default()
+        };
+        let rendered: serde_json::Value =
+            serde_json::from_str(&i.istio_init_annotation().unwrap()).unwrap();
+        let args = rendered["args"].as_array().unwrap();
+        assert_eq!(
+            args[args.len() - 3..],
+            [
+                json!("--log_output_level=default:debug"),
+                json!("--log_as_json"),
+                json!("--force-apply")
+            ]
+        );
     }
 
     #[test]
