@@ -201,6 +201,24 @@ impl Cluster {
         pod.metadata.uid.context("created pod has no UID")
     }
 
+    /// Creates pod `name` from `pod` (metadata and spec, as an injector left it) bound to
+    /// `node`; returns its UID.
+    pub fn create_pod_object(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        mut pod: serde_json::Value,
+    ) -> Result<String> {
+        pod["metadata"]["name"] = json!(name);
+        pod["spec"]["nodeName"] = json!(node);
+        let pod: Pod = serde_json::from_value(pod)?;
+        let pod = self
+            .block_on(self.pods(namespace).create(&PostParams::default(), &pod))
+            .with_context(|| format!("creating pod {namespace}/{name}"))?;
+        pod.metadata.uid.context("created pod has no UID")
+    }
+
     /// Publishes the pod's addresses through the status subresource, as its kubelet would.
     pub fn set_pod_ips(&self, namespace: &str, name: &str, ips: &[IpAddr]) -> Result<()> {
         let listed: Vec<_> = ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect();

@@ -13,7 +13,7 @@ use tracing::{info, info_span, warn};
 
 use crate::{
     bpf::accel::Support,
-    source::change::{Change, Rejected, SourceKey, Unready},
+    source::change::{Change, OptionsFrom, Rejected, SourceKey, Unready},
     spec::{plan::Plan, pod::PodSpec},
 };
 
@@ -48,6 +48,8 @@ struct Entry {
     unready: Option<Unready>,
     /// What its source did not apply ([`Change::Pending`]).
     pending: Option<String>,
+    /// Where its options came from, when its source said ([`Change::Origin`]).
+    from: Option<OptionsFrom>,
 }
 
 pub struct Registry<D = Kernel> {
@@ -112,7 +114,7 @@ impl<D: Dataplane> Registry<D> {
             .iter()
             .filter_map(|c| match c {
                 Change::Remove(k) => Some(k),
-                Change::Upsert(..) | Change::Pending(..) => None,
+                Change::Upsert(..) | Change::Pending(..) | Change::Origin(..) => None,
             })
             .collect();
         let mut renames = Vec::new();
@@ -142,6 +144,11 @@ impl<D: Dataplane> Registry<D> {
                         e.pending = pending;
                     }
                 }
+                Change::Origin(key, from) => {
+                    if let Some(e) = self.pods.get_mut(&key) {
+                        e.from = Some(from);
+                    }
+                }
             }
         }
     }
@@ -167,6 +174,7 @@ impl<D: Dataplane> Registry<D> {
             enrolled: None,
             unready: None,
             pending: previous.as_ref().and_then(|p| p.pending.clone()),
+            from: previous.as_ref().and_then(|p| p.from),
         };
         let result = spec.map_err(|r| r.why).and_then(|s| {
             entry.spec = Some(s.clone());

@@ -27,10 +27,10 @@ impl<D> Registry<D> {
                     .unwrap_or_default(),
                 accelerate: e.enrolled.as_ref().map(|x| x.plan.accelerates()),
                 options: Some(OptionsOrigin {
-                    from: match key {
+                    from: e.from.unwrap_or(match key {
                         SourceKey::File(_) => OptionsFrom::SpecFile,
                         SourceKey::Kube { .. } => OptionsFrom::Annotations,
-                    },
+                    }),
                     pending: e.pending.clone(),
                 }),
                 counters: None,

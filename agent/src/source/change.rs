@@ -60,6 +60,21 @@ impl Rejected {
     }
 }
 
+/// The path a pod's options took. New paths are new variants: readers must accept values
+/// they do not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OptionsFrom {
+    /// A spec file's `args` or `capture` (or the injector's default line).
+    SpecFile,
+    /// A Kubernetes pod's annotations and sidecar, as Istio's injector turns them into
+    /// istio-init's line (pods injected without meshsteer's template).
+    Annotations,
+    /// istio-init's line and environment as meshsteer's injection template rendered them into
+    /// the pod's `meshsteer.io/istio-init` annotation.
+    Template,
+}
+
 /// One pod of a source appeared, changed or went away.
 pub enum Change {
     Upsert(SourceKey, Box<Result<PodSpec, Rejected>>),
@@ -67,6 +82,9 @@ pub enum Change {
     /// Changes to a known pod that the source does not apply, and why (`None`: there are
     /// none). Shown in `meshsteer status`; follows the pod's `Upsert`.
     Pending(SourceKey, Option<String>),
+    /// Where a known pod's options came from, when its source tells them apart. Follows the
+    /// pod's `Upsert`.
+    Origin(SourceKey, OptionsFrom),
 }
 
 /// Changes from one look at a source.

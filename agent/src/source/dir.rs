@@ -311,7 +311,9 @@ mod tests {
                     }) => (name, r),
                     other => panic!("refused expected: {other:?}"),
                 },
-                Change::Remove(_) | Change::Pending(..) => panic!("no removal expected"),
+                Change::Remove(_) | Change::Pending(..) | Change::Origin(..) => {
+                    panic!("no removal expected")
+                }
             })
             .collect();
         reasons.sort();

@@ -1,12 +1,15 @@
 //! istio-iptables command lines, parsed into the capture settings they stand for.
 //!
-//! Supported: `-p -z -u -g -m REDIRECT -i -x -b -d -q -o -e` (and their long names), with
-//! istio-iptables' own defaults for what is omitted; `-k` and `-c` with an empty list (what the
-//! injector emits for an empty annotation). The options in [`IGNORED`] (logging, validation,
-//! how the rules are applied) have no effect on capture and are accepted and ignored by name,
-//! so that a real istio-init line parses. Anything else is refused by name so a pod is never
-//! enrolled with capture that differs silently from what its rules asked for.
+//! Supported: `-p -z -u -g -m REDIRECT -i -x -b -d -q -o -e --dual-stack` (and their long
+//! names), with istio-iptables' own defaults for what is omitted; `-k` and `-c` with an empty
+//! list (what the injector emits for an empty annotation). The [`Opt::Ignored`] options
+//! (logging, validation, how the rules are applied) have no effect on capture and are accepted
+//! and ignored by name, so that a real istio-init line parses. Anything else is refused by name
+//! so a pod is never enrolled with capture that differs silently from what its rules asked
+//! for. istio-init's environment (the mesh's `ProxyMetadata`) is read as istio-iptables reads
+//! it: [`Capture::from_istio_init`].
 use std::{
+    collections::BTreeMap,
     fmt,
     net::{AddrParseError, IpAddr},
     num::ParseIntError,
@@ -24,6 +27,18 @@ pub const INJECTOR_DEFAULT_ARGS: &str =
 pub enum ArgsError {
     #[error("unsupported istio-iptables option {0}: meshsteer does not implement it yet")]
     Unsupported(String),
+    /// An option set through istio-init's environment (the mesh's `ProxyMetadata`).
+    #[error("{var}={value:?} in istio-init's environment: {error}")]
+    Env {
+        var: String,
+        value: String,
+        error: Box<ArgsError>,
+    },
+    #[error(
+        "{var}={value:?} in istio-init's environment: meshsteer implements only the default \
+         of this istio-iptables setting"
+    )]
+    EnvOnly { var: String, value: String },
     #[error("unsupported interception mode {0:?}: only REDIRECT is implemented (TPROXY is not)")]
     Mode(String),
     /// `-k` or `-c` naming interfaces: only the empty list is implemented.
@@ -239,46 +254,85 @@ impl Capture {
     /// Parses an istio-iptables command line (the program name may lead).
     pub fn from_args(line: &str) -> Result<Self, ArgsError> {
         let words = shlex::split(line).ok_or_else(|| ArgsError::Quotes(line.into()))?;
-        let mut words = words.into_iter().peekable();
+        Self::from_istio_init(&words, &BTreeMap::new())
+    }
+
+    /// What istio-init installs when run with `args` (its container's `args`, the program
+    /// name may lead) and environment `env` (the injector renders the mesh's `ProxyMetadata`
+    /// there). As istio-iptables, an option on the command line wins over its environment
+    /// variable, and a boolean variable that is not a Go boolean is ignored. A variable that
+    /// asks for what meshsteer does not implement (`ISTIO_META_DNS_CAPTURE=true`) is an error
+    /// naming it.
+    pub fn from_istio_init(
+        args: &[impl AsRef<str>],
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ArgsError> {
+        let mut words = args.iter().map(AsRef::as_ref).peekable();
         if words.peek().is_some_and(|w| w.ends_with("istio-iptables")) {
             words.next();
         }
+        let line = parse_words(words)?;
         let mut c = Self::default();
-        while let Some(word) = words.next() {
-            let (flag, inline) = split_flag(&word)?;
-            // Looked up before its value is taken: an unknown flag is named as such.
-            let opt = Opt::lookup(&flag)?;
-            if opt.is_switch() {
-                // A boolean flag never takes the next word (`--log_as_json`), only `=value`.
-                let on = match inline {
-                    Some(v) => parse_bool(&v).map_err(|reason| ArgsError::Invalid {
-                        option: flag,
-                        value: v,
-                        reason,
-                    })?,
-                    None => true,
-                };
-                if let Opt::DualStack = opt {
-                    c.dual_stack = on;
-                }
+        for (var, (known, value)) in environment(env) {
+            if line.iter().any(|s| s.known.long == known.long) {
                 continue;
             }
-            let value = match inline {
-                Some(v) => v,
-                None => words
-                    .next()
-                    .ok_or_else(|| ArgsError::MissingValue(flag.clone()))?,
-            };
-            c.set_option(&flag, &value)?;
+            let flag = format!("--{}", known.long);
+            c.apply(known, &flag, Some(value))
+                .map_err(|error| ArgsError::Env {
+                    var: var.clone(),
+                    value: value.clone(),
+                    error: Box::new(error),
+                })?;
+        }
+        for (var, default) in ENV_ONLY {
+            if let Some(value) = env.get(*var).filter(|v| v.as_str() != *default) {
+                return Err(ArgsError::EnvOnly {
+                    var: var.to_string(),
+                    value: value.clone(),
+                });
+            }
+        }
+        for s in line {
+            c.apply(s.known, &s.flag, s.value.as_ref())?;
         }
         Ok(c)
+    }
+
+    /// One option as given: a switch's value (`None`: on, else `=value`), or an option's value.
+    fn apply(
+        &mut self,
+        known: &Known,
+        flag: &str,
+        value: Option<&String>,
+    ) -> Result<(), ArgsError> {
+        if known.switch {
+            let on = match value {
+                Some(v) => parse_bool(v).map_err(|reason| ArgsError::Invalid {
+                    option: flag.into(),
+                    value: v.clone(),
+                    reason,
+                })?,
+                None => true,
+            };
+            return match known.opt {
+                Opt::DualStack => {
+                    self.dual_stack = on;
+                    Ok(())
+                }
+                Opt::Unsupported if on => Err(ArgsError::Unsupported(flag.into())),
+                _ => Ok(()),
+            };
+        }
+        let value = value.ok_or_else(|| ArgsError::MissingValue(flag.into()))?;
+        self.set(known.opt, flag, value)
     }
 
     /// Sets one option as istio-iptables would take it from its command line: `flag` is its
     /// short or long name (`-x`, `--istio-service-exclude-cidr`), `value` its argument.
     /// Options meshsteer does not implement are refused by name, as in [`Capture::from_args`].
     pub fn set_option(&mut self, flag: &str, value: &str) -> Result<(), ArgsError> {
-        self.set(Opt::lookup(flag)?, flag, value)
+        self.apply(Known::lookup(flag)?, flag, Some(&value.to_string()))
     }
 
     fn set(&mut self, opt: Opt, flag: &str, v: &str) -> Result<(), ArgsError> {
@@ -340,13 +394,14 @@ impl Capture {
             Opt::DualStack => {
                 self.dual_stack = parse_bool(v).map_err(invalid)?;
             }
-            Opt::Ignored(_) => {}
+            Opt::Ignored => {}
+            Opt::Unsupported => return Err(ArgsError::Unsupported(flag.into())),
         }
         Ok(())
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Opt {
     ProxyPort,
     InboundPort,
@@ -365,113 +420,207 @@ enum Opt {
     /// `--dual-stack`, a switch.
     DualStack,
     /// Accepted and ignored: no effect on capture.
-    Ignored(Arity),
+    Ignored,
+    /// Changes capture in a way meshsteer does not implement: refused by name (a switch only
+    /// when on).
+    Unsupported,
 }
 
-/// Whether an option takes a value or is a boolean switch (pflag's `Bool`: `--flag` or
-/// `--flag=false`, never the next word).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Arity {
-    Value,
-    Switch,
+/// One option istio-iptables has.
+#[derive(Debug)]
+struct Known {
+    short: &'static str,
+    /// istio-iptables' own long name; its environment variable is this in UPPER_SNAKE.
+    long: &'static str,
+    opt: Opt,
+    /// A boolean switch (pflag's `Bool`: `--flag` or `--flag=false`, never the next word).
+    switch: bool,
 }
 
-/// (short, long, option). Long names are istio-iptables' own.
-const OPTIONS: &[(&str, &str, Opt)] = &[
-    ("p", "envoy-port", Opt::ProxyPort),
-    ("z", "inbound-capture-port", Opt::InboundPort),
-    ("e", "inbound-tunnel-port", Opt::TunnelPort),
-    ("u", "proxy-uid", Opt::Uid),
-    ("g", "proxy-gid", Opt::Gid),
-    ("m", "istio-inbound-interception-mode", Opt::Mode),
-    ("i", "istio-service-cidr", Opt::IncludeCidrs),
-    ("x", "istio-service-exclude-cidr", Opt::ExcludeCidrs),
-    ("b", "istio-inbound-ports", Opt::IncludeInboundPorts),
-    ("d", "istio-local-exclude-ports", Opt::ExcludeInboundPorts),
-    ("q", "istio-outbound-ports", Opt::IncludeOutboundPorts),
-    (
+const fn known(short: &'static str, long: &'static str, opt: Opt, switch: bool) -> Known {
+    Known {
+        short,
+        long,
+        opt,
+        switch,
+    }
+}
+
+/// Every option of istio-iptables (and, for `log_*`, of `pilot-agent`, which runs it from
+/// 1.15 on). The [`Opt::Ignored`] ones have no effect on the capture a pod gets: real
+/// istio-init lines carry `--log_output_level=…` and `--log_as_json` (1.15+),
+/// `--run-validation --skip-rule-apply` (with Istio CNI, which installs the same rules
+/// itself) and `--force-apply` (1.24). The [`Opt::Unsupported`] ones change capture in ways
+/// meshsteer does not implement (`--dry-run` and `--cleanup-only` install none,
+/// `--cni-mode` is the CNI plugin's).
+const KNOWN: &[Known] = &[
+    known("p", "envoy-port", Opt::ProxyPort, false),
+    known("z", "inbound-capture-port", Opt::InboundPort, false),
+    known("e", "inbound-tunnel-port", Opt::TunnelPort, false),
+    known("u", "proxy-uid", Opt::Uid, false),
+    known("g", "proxy-gid", Opt::Gid, false),
+    known("m", "istio-inbound-interception-mode", Opt::Mode, false),
+    known("i", "istio-service-cidr", Opt::IncludeCidrs, false),
+    known("x", "istio-service-exclude-cidr", Opt::ExcludeCidrs, false),
+    known("b", "istio-inbound-ports", Opt::IncludeInboundPorts, false),
+    known(
+        "d",
+        "istio-local-exclude-ports",
+        Opt::ExcludeInboundPorts,
+        false,
+    ),
+    known(
+        "q",
+        "istio-outbound-ports",
+        Opt::IncludeOutboundPorts,
+        false,
+    ),
+    known(
         "o",
         "istio-local-outbound-ports-exclude",
         Opt::ExcludeOutboundPorts,
+        false,
     ),
     // Virtual machine interfaces (`traffic.sidecar.istio.io/kubevirtInterfaces`): the injector
     // emits `-k` whenever the annotation is set, even to "".
-    ("k", "kube-virt-interfaces", Opt::Interfaces),
+    known("k", "kube-virt-interfaces", Opt::Interfaces, false),
     // Interfaces never captured (`traffic.sidecar.istio.io/excludeInterfaces`, 1.15+; 1.12 to
     // 1.14 have only the long name).
-    ("c", "istio-exclude-interfaces", Opt::Interfaces),
-    ("", "dual-stack", Opt::DualStack),
+    known("c", "istio-exclude-interfaces", Opt::Interfaces, false),
+    known("", "dual-stack", Opt::DualStack, true),
+    known("", "log_output_level", Opt::Ignored, false),
+    known("", "log_as_json", Opt::Ignored, true),
+    known("", "log_stacktrace_level", Opt::Ignored, false),
+    known("", "log_caller", Opt::Ignored, false),
+    known("", "log_target", Opt::Ignored, false),
+    known("", "log_rotate", Opt::Ignored, false),
+    known("", "log_rotate_max_age", Opt::Ignored, false),
+    known("", "log_rotate_max_size", Opt::Ignored, false),
+    known("", "log_rotate_max_backups", Opt::Ignored, false),
+    known("", "run-validation", Opt::Ignored, true),
+    known("", "skip-rule-apply", Opt::Ignored, true),
+    known("", "force-apply", Opt::Ignored, true),
+    known("", "reconcile", Opt::Ignored, true),
+    known("", "iptables-probe-port", Opt::Ignored, false),
+    known("", "probe-timeout", Opt::Ignored, false),
+    known("", "iptables-trace-logging", Opt::Ignored, true),
+    known("f", "restore-format", Opt::Ignored, true),
+    known("", "output-paths", Opt::Ignored, false),
+    known("", "iptables-version", Opt::Ignored, false),
+    known(
+        "r",
+        "istio-inbound-tproxy-route-table",
+        Opt::Unsupported,
+        false,
+    ),
+    known("t", "istio-inbound-tproxy-mark", Opt::Unsupported, false),
+    known("n", "dry-run", Opt::Unsupported, true),
+    known("", "redirect-dns", Opt::Unsupported, true),
+    known("", "capture-all-dns", Opt::Unsupported, true),
+    known("", "drop-invalid", Opt::Unsupported, true),
+    known("", "network-namespace", Opt::Unsupported, false),
+    known("", "cni-mode", Opt::Unsupported, true),
+    known("", "cleanup-only", Opt::Unsupported, true),
 ];
 
-/// Options of istio-iptables (and, for `log_*`, of `pilot-agent`, which runs it from 1.15 on)
-/// that have no effect on the capture a pod gets: accepted and ignored, by name. Real
-/// istio-init lines carry `--log_output_level=…` and `--log_as_json` (1.15+),
-/// `--run-validation --skip-rule-apply` (with Istio CNI, which installs the same rules
-/// itself) and `--force-apply` (1.24).
-pub const IGNORED: &[(&str, &str, bool)] = &[
-    // (short, long, is a switch)
-    ("", "log_output_level", false),
-    ("", "log_as_json", true),
-    ("", "log_stacktrace_level", false),
-    ("", "log_caller", false),
-    ("", "log_target", false),
-    ("", "log_rotate", false),
-    ("", "log_rotate_max_age", false),
-    ("", "log_rotate_max_size", false),
-    ("", "log_rotate_max_backups", false),
-    ("", "run-validation", true),
-    ("", "skip-rule-apply", true),
-    ("", "force-apply", true),
-    ("", "reconcile", true),
-    ("", "iptables-probe-port", false),
-    ("", "probe-timeout", false),
-    ("", "iptables-trace-logging", true),
-    ("f", "restore-format", true),
-    ("", "output-paths", false),
-    ("", "iptables-version", false),
+/// Older names istio-iptables also reads an option from, after its own (so they win):
+/// `ProxyMetadata` keys the injector copies into istio-init's environment.
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("ISTIO_META_DNS_CAPTURE", "redirect-dns"),
+    ("INVALID_DROP", "drop-invalid"),
+    ("ISTIO_DUAL_STACK", "dual-stack"),
 ];
 
-/// Options istio-iptables has that change capture in ways meshsteer does not implement
-/// (`--dry-run` and `--cleanup-only` install none, `--cni-mode` is the CNI plugin's).
-pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("r", "istio-inbound-tproxy-route-table"),
-    ("t", "istio-inbound-tproxy-mark"),
-    ("n", "dry-run"),
-    ("", "redirect-dns"),
-    ("", "capture-all-dns"),
-    ("", "drop-invalid"),
-    ("", "network-namespace"),
-    ("", "cni-mode"),
-    ("", "cleanup-only"),
+/// Settings istio-iptables takes only from its environment, with their defaults: any other
+/// value changes capture in a way meshsteer does not implement.
+const ENV_ONLY: &[(&str, &str)] = &[
+    ("ISTIO_OUTBOUND_OWNER_GROUPS", "*"),
+    ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", ""),
+    ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/32"),
 ];
 
-impl Opt {
-    fn is_switch(self) -> bool {
-        matches!(self, Self::DualStack | Self::Ignored(Arity::Switch))
+/// The option settings an environment gives, by variable, the last that counts for each
+/// option: each option's UPPER_SNAKE variable (viper's `AutomaticEnv` before 1.19, `BindEnv`
+/// from 1.19), then its [`ENV_ALIASES`]. A switch's variable counts only with a Go boolean
+/// (pflag refuses anything else, and istio-iptables ignores the refusal).
+fn environment(env: &BTreeMap<String, String>) -> Vec<(String, (&'static Known, &String))> {
+    let mut set: Vec<(String, (&'static Known, &String))> = Vec::new();
+    let named = KNOWN
+        .iter()
+        .filter(|k| !k.long.is_empty())
+        .map(|k| (k.long.to_uppercase().replace('-', "_"), k.long))
+        .chain(ENV_ALIASES.iter().map(|(v, l)| (v.to_string(), *l)));
+    for (var, long) in named {
+        let Some(value) = env.get(&var) else { continue };
+        let Some(k) = KNOWN.iter().find(|k| k.long == long) else {
+            continue;
+        };
+        if k.switch && go_bool(value).is_none() {
+            continue;
+        }
+        set.retain(|(_, (other, _))| other.long != long);
+        set.push((var, (k, value)));
     }
+    set
+}
 
-    fn lookup(flag: &str) -> Result<Self, ArgsError> {
+/// Whether istio-iptables reads environment variable `var` (as an option, or as a setting it
+/// takes only from there).
+pub fn reads_env(var: &str) -> bool {
+    ENV_ALIASES.iter().any(|(v, _)| *v == var)
+        || ENV_ONLY.iter().any(|(v, _)| *v == var)
+        || KNOWN
+            .iter()
+            .any(|k| !k.long.is_empty() && k.long.to_uppercase().replace('-', "_") == var)
+}
+
+impl Known {
+    fn lookup(flag: &str) -> Result<&'static Self, ArgsError> {
         let (short, long) = match flag.strip_prefix("--") {
             Some(l) => ("", l),
             None => (flag.trim_start_matches('-'), ""),
         };
-        let matches =
-            |s: &str, l: &str| (!short.is_empty() && s == short) || (!long.is_empty() && l == long);
-        if let Some((_, _, o)) = OPTIONS.iter().find(|(s, l, _)| matches(s, l)) {
-            return Ok(*o);
-        }
-        if let Some((_, _, switch)) = IGNORED.iter().find(|(s, l, _)| matches(s, l)) {
-            return Ok(Opt::Ignored(if *switch {
-                Arity::Switch
-            } else {
-                Arity::Value
-            }));
-        }
-        if UNSUPPORTED.iter().any(|(s, l)| matches(s, l)) {
-            return Err(ArgsError::Unsupported(flag.into()));
-        }
-        Err(ArgsError::Unknown(flag.into()))
+        KNOWN
+            .iter()
+            .find(|k| {
+                (!short.is_empty() && k.short == short) || (!long.is_empty() && k.long == long)
+            })
+            .ok_or_else(|| ArgsError::Unknown(flag.into()))
     }
+}
+
+/// One option of a command line, as written.
+struct Setting {
+    known: &'static Known,
+    flag: String,
+    value: Option<String>,
+}
+
+/// A command line's options, in order. Unknown options, and those meshsteer does not
+/// implement that take a value, are refused by name before their value is looked at.
+fn parse_words<'a>(words: impl Iterator<Item = &'a str>) -> Result<Vec<Setting>, ArgsError> {
+    let mut words = words.peekable();
+    let mut line = Vec::new();
+    while let Some(word) = words.next() {
+        let (flag, inline) = split_flag(word)?;
+        let known = Known::lookup(&flag)?;
+        if known.opt == Opt::Unsupported && !known.switch {
+            return Err(ArgsError::Unsupported(flag));
+        }
+        // A switch never takes the next word (`--log_as_json`), only `=value`.
+        let value = match inline {
+            Some(v) => Some(v),
+            None if known.switch => None,
+            None => Some(
+                words
+                    .next()
+                    .ok_or_else(|| ArgsError::MissingValue(flag.clone()))?
+                    .to_string(),
+            ),
+        };
+        line.push(Setting { known, flag, value });
+    }
+    Ok(line)
 }
 
 /// `-p15001`, `-p=15001`, `--envoy-port=15001`, or a flag whose value is the next word.
@@ -719,6 +868,96 @@ mod tests {
             assert_eq!(single.ipv6_rules(&ips(list)), without, "{list:?}");
             assert_eq!(dual.ipv6_rules(&ips(list)), with, "{list:?} dual-stack");
         }
+    }
+
+    /// istio-init's environment, as istio-iptables reads it: each option's UPPER_SNAKE
+    /// variable and the older ProxyMetadata names, under the command line.
+    #[test]
+    fn istio_init_environment_sets_what_the_line_does_not() {
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let run =
+            |args: &[&str], pairs: &[(&str, &str)]| Capture::from_istio_init(args, &env(pairs));
+        let c = run(
+            &["istio-iptables", "-p", "15001"],
+            &[
+                ("PROXY_GID", "5"),
+                ("ISTIO_OUTBOUND_PORTS", "9000"),
+                ("INBOUND_TUNNEL_PORT", "15009"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.gids(), &c.include_outbound_ports[..], c.tunnel_port),
+            (&[5][..], &[9000][..], 15009)
+        );
+        // The line wins.
+        assert_eq!(
+            run(&["-g", "6"], &[("PROXY_GID", "5")]).unwrap().gids(),
+            &[6]
+        );
+        assert!(
+            run(
+                &["--redirect-dns=false"],
+                &[("ISTIO_META_DNS_CAPTURE", "true")]
+            )
+            .is_ok()
+        );
+        // Not implemented, set through the environment: named.
+        assert_eq!(
+            run(&[], &[("ISTIO_META_DNS_CAPTURE", "true")])
+                .unwrap_err()
+                .to_string(),
+            "ISTIO_META_DNS_CAPTURE=\"true\" in istio-init's environment: unsupported istio-iptables \
+             option --redirect-dns: meshsteer does not implement it yet"
+        );
+        for var in [
+            "REDIRECT_DNS",
+            "INVALID_DROP",
+            "DROP_INVALID",
+            "CAPTURE_ALL_DNS",
+            "DRY_RUN",
+        ] {
+            assert!(
+                matches!(run(&[], &[(var, "1")]), Err(ArgsError::Env { .. })),
+                "{var}"
+            );
+            // Off, or not a Go boolean (pflag refuses it, istio-iptables ignores that): nothing.
+            assert!(run(&[], &[(var, "false")]).is_ok(), "{var}");
+            assert!(run(&[], &[(var, "yes")]).is_ok(), "{var}");
+        }
+        // The older name is read after the new one and wins.
+        assert!(
+            run(
+                &[],
+                &[
+                    ("REDIRECT_DNS", "true"),
+                    ("ISTIO_META_DNS_CAPTURE", "false")
+                ]
+            )
+            .is_ok()
+        );
+        assert!(run(&[], &[("ISTIO_INBOUND_TPROXY_MARK", "1337")]).is_err());
+        assert!(matches!(
+            run(&[], &[("ISTIO_OUTBOUND_OWNER_GROUPS", "1000")]),
+            Err(ArgsError::EnvOnly { .. })
+        ));
+        assert!(run(&[], &[("ISTIO_OUTBOUND_OWNER_GROUPS", "*")]).is_ok());
+        // A value option's bad value fails as it would in istio-iptables.
+        assert!(matches!(
+            run(&[], &[("INBOUND_CAPTURE_PORT", "x")]),
+            Err(ArgsError::Env { .. })
+        ));
+        // Variables istio-iptables does not read are nobody's business.
+        assert_eq!(
+            run(&[], &[("ISTIO_META_MESH_ID", "x")]),
+            Ok(Capture::default())
+        );
+        assert!(reads_env("ISTIO_DUAL_STACK") && reads_env("PROXY_UID") && !reads_env("POD_NAME"));
     }
 
     #[test]

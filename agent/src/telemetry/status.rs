@@ -72,16 +72,7 @@ pub struct OptionsOrigin {
     pub pending: Option<String>,
 }
 
-/// The path a pod's options took. New paths are new variants: readers must accept values
-/// they do not know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum OptionsFrom {
-    /// A spec file's `args` or `capture` (or the injector's default line).
-    SpecFile,
-    /// A Kubernetes pod's annotations, as Istio's injector turns them into istio-init's line.
-    Annotations,
-}
+pub use crate::source::change::OptionsFrom;
 
 /// Whether a pod's capture is in effect. In the file it is one string: `ready`,
 /// `waiting: <reason>` or `error: <reason>`, so that a person and a script read it alike.

@@ -11,13 +11,16 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use meshsteer::inspect::{Pins, PodMaps};
+use meshsteer::inspect::{Capture, INJECTOR_DEFAULT_ARGS, Pins, PodMaps};
 use meshsteer_tests::{
     Agent, Node, Pod,
     agent::path_str,
     area::{self, AreaGuard},
+    inject::{self, Injector},
     kube::{Cluster, UP_SH_APPLY, cluster, repo_root},
+    topology::start_listener_on,
 };
+use serde_json::json;
 
 const WORLD: &str = "10.200.0.1:80";
 const EXCLUDE_OUTBOUND: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
@@ -407,4 +410,178 @@ fn deploy_manifests_validate_and_grant_only_pod_reads() -> Result<()> {
     }
     ensure!(!can("get", "secrets", Some("meshsteer"))?);
     Ok(())
+}
+
+/// What the agent should make of an injected pod.
+#[derive(Debug)]
+enum Outcome {
+    /// Captured with exactly this (istio-init's) capture.
+    Ready(Capture),
+    /// Refused, with this in its error.
+    Error(&'static str),
+    /// Istio gave it no istio-init: not captured, not listed.
+    LeftAlone,
+}
+
+/// Issue 12's table against a real API server: each pod as Istio's injector makes it
+/// ([`inject::cases`]), injected with meshsteer's template (its annotation rendered from
+/// `deploy/kind/istio.yaml`) and as an older pod without it, gets exactly the capture
+/// istio-init would have given it (parsed from istio-init's args and env, written by hand
+/// from Istio's `sidecar` template), a clear error for what meshsteer does not implement, or
+/// none where Istio gives no istio-init. Also: a Helm gateway, a pod with its own
+/// `inject.istio.io/templates` (keeping istio-init), and a live change of the annotation.
+#[test]
+fn injected_pods_get_exactly_istio_inits_capture() -> Result<()> {
+    let mut s = Scene::new()?;
+    let mut expected = Vec::new();
+    let mut pods = BTreeMap::new();
+    for injector in [Injector::Meshsteer, Injector::Older] {
+        for case in inject::cases() {
+            let name = format!(
+                "{}-{}",
+                case.name,
+                if injector == Injector::Meshsteer {
+                    "t"
+                } else {
+                    "a"
+                }
+            );
+            let outcome = match (&case.istio_init, case.name) {
+                (None, _) => Outcome::LeftAlone,
+                (Some(_), "proxyconfig-tproxy") => Outcome::Error("TPROXY"),
+                (Some(_), "dns-capture") => Outcome::Error("ISTIO_META_DNS_CAPTURE"),
+                // Mesh config is not on the pod: an older pod gets the default ports (the
+                // template is what fixes this).
+                (Some(_), "mesh-ports") if injector == Injector::Older => {
+                    Outcome::Ready(Capture::from_args(INJECTOR_DEFAULT_ARGS)?)
+                }
+                (Some(init), _) => Outcome::Ready(Capture::from_istio_init(&init.args, &init.env)?),
+            };
+            let pod = case.injected_pod(injector)?;
+            pods.insert(name.clone(), injected(&mut s, &name, pod)?);
+            expected.push((name, injector, outcome));
+        }
+    }
+    // A pod of Istio's Helm `gateway` chart: its own template, no istio-init, no meshsteer.
+    let gateway = json!({
+        "metadata": {
+            "labels": {"sidecar.istio.io/inject": "true", "istio": "ingressgateway"},
+            "annotations": {"inject.istio.io/templates": "gateway", "sidecar.istio.io/status": "{}"},
+        },
+        "spec": {"containers": [{"name": "istio-proxy", "image": "proxyv2",
+                                 "args": ["proxy", "router"]}]},
+    });
+    pods.insert("gateway".into(), injected(&mut s, "gateway", gateway)?);
+    // Its own `inject.istio.io/templates: sidecar`: Istio's istio-init stays, with its rules.
+    let own = json!({
+        "metadata": {"annotations": {"inject.istio.io/templates": "sidecar", "sidecar.istio.io/status": "{}"}},
+        "spec": {
+            "initContainers": [{"name": "istio-init", "image": "proxyv2",
+                                "args": ["istio-iptables", "-p", "15001"]}],
+            "containers": [{"name": "app", "image": "app"}, {"name": "istio-proxy", "image": "proxyv2"}],
+        },
+    });
+    pods.insert(
+        "own-templates".into(),
+        injected(&mut s, "own-templates", own)?,
+    );
+
+    let mut ready = 0;
+    for (name, injector, outcome) in &expected {
+        let status_name = s.status_name(name);
+        match outcome {
+            Outcome::Ready(capture) => {
+                ready += 1;
+                let from = match injector {
+                    Injector::Meshsteer => "template",
+                    Injector::Older => "annotations",
+                };
+                s.agent.wait_pod(&status_name, |p| p["state"] == "ready")?;
+                let p = s.agent.pod_status(&status_name).context("listed")?;
+                assert_eq!(p["capture"], serde_json::to_value(capture)?, "{name}");
+                assert_eq!(p["options"]["from"], from, "{name}");
+            }
+            Outcome::Error(what) => {
+                s.agent.wait_state(&status_name, |st| {
+                    st.starts_with("error: ") && st.contains(what)
+                })?;
+                assert_eq!(
+                    pods[name].probe(1000, 1000, WORLD, &[])?["listener"],
+                    80,
+                    "{name}"
+                );
+            }
+            Outcome::LeftAlone => {}
+        }
+    }
+    // Every listed pod has been decided: the rest were left alone.
+    for (name, _, outcome) in &expected {
+        if matches!(outcome, Outcome::LeftAlone) {
+            assert_eq!(s.agent.state(&s.status_name(name)), None, "{name}");
+            assert_eq!(
+                pods[name].probe(1000, 1000, WORLD, &[])?["listener"],
+                80,
+                "{name}"
+            );
+        }
+    }
+    for name in ["gateway", "own-templates"] {
+        assert_eq!(s.agent.state(&s.status_name(name)), None, "{name}");
+        assert_eq!(
+            pods[name].probe(1000, 1000, WORLD, &[])?["listener"],
+            80,
+            "{name}"
+        );
+    }
+    assert_eq!(s.enrolled_pods()?, ready);
+
+    // The capture in effect, by traffic: IPv4-first pods get IPv6 capture only with
+    // ISTIO_DUAL_STACK; the proxy's own uid (OpenShift's) is never captured; the mesh's ports.
+    const WORLD6: &str = "[fd00:200::1]:80";
+    pods["default-t"].lands_on(WORLD, 15001)?;
+    assert_eq!(
+        pods["default-t"].probe(1000, 1000, WORLD6, &[])?["listener"],
+        80
+    );
+    pods["dual-stack-t"].lands_on(WORLD6, 15001)?;
+    let openshift = &pods["openshift-uid-t"];
+    assert_eq!(
+        openshift.probe(1000770000, 1000770000, WORLD, &[])?["listener"],
+        80
+    );
+    openshift.lands_on(WORLD, 15001)?;
+    let mesh = pods.get_mut("mesh-ports-t").context("mesh-ports-t")?;
+    let listener = start_listener_on(&mesh.place(1337, 1337), &[15002, 15007])?;
+    mesh.keep(listener);
+    mesh.lands_on(WORLD, 15002)?;
+
+    // A live change of meshsteer's annotation: noted, not applied (istio-init ran once).
+    let name = s.status_name("default-t");
+    s.k8s.annotate(
+        &s.ns,
+        "default-t",
+        inject::ISTIO_INIT,
+        Some(r#"{"none": "changed"}"#),
+    )?;
+    s.agent.wait_pod(&name, |p| {
+        p["options"]["pending"]
+            .as_str()
+            .is_some_and(|t| t.contains(inject::ISTIO_INIT))
+    })?;
+    assert_eq!(s.agent.state(&name).as_deref(), Some("ready"));
+    pods["default-t"].lands_on(WORLD, 15001)?;
+    Ok(())
+}
+
+/// A pod made through the API from `pod` (as an injector left it), backed by a simulated pod
+/// of this node with its app listening and its addresses published.
+fn injected(s: &mut Scene, name: &str, pod: serde_json::Value) -> Result<Pod> {
+    let node = s.node.id.clone();
+    let uid = s.k8s.create_pod_object(&s.ns, name, &node, pod)?;
+    // Named after its UID on the node: interface names are short.
+    let mut pod = s.node.add_pod_at(&uid[..8], &besteffort_cgroup(&uid))?;
+    pod.start_listener()?;
+    s.k8s
+        .set_pod_ips(&s.ns, name, &[pod.ip4.parse()?, pod.ip6.parse()?])?;
+    Ok(pod)
 }

@@ -157,7 +157,7 @@ impl KubePods {
                     changes.extend(self.track(view));
                 }
             }
-            Update::Applied(_, Some(view)) => changes.extend(self.track(view)),
+            Update::Applied(_, Some(view)) => changes.extend(self.track(*view)),
             // No longer a pod with an Istio sidecar (finished, say): its cgroup is the
             // kubelet's business until its deletion comes.
             Update::Applied(id, None) => changes.extend(self.untrack(&id, false)),
@@ -235,14 +235,7 @@ impl KubePods {
         };
         let _g = info_span!("pod", pod = %id).entered();
         let decided = t.view.decided_by(&t.first);
-        let sent = decided.captured().then(|| {
-            self.resolver.spec(&decided).map(|mut spec| {
-                if let Some(c) = spec.capture.as_mut() {
-                    c.dual_stack = decided.dual_stack;
-                }
-                spec
-            })
-        });
+        let sent = decided.captured().then(|| self.resolver.spec(&decided));
         let key = id.key();
         let mut changes = Vec::new();
         if sent != t.sent {
@@ -250,7 +243,15 @@ impl KubePods {
                 debug!(why = ?r.why, "not ready for capture");
             }
             match &sent {
-                Some(s) => changes.push(Change::Upsert(key.clone(), Box::new(s.clone()))),
+                Some(s) => {
+                    let first = t.sent.is_none();
+                    changes.push(Change::Upsert(key.clone(), Box::new(s.clone())));
+                    if first {
+                        let from = decided.options_from();
+                        info!(?from, "capture decided");
+                        changes.push(Change::Origin(key.clone(), from));
+                    }
+                }
                 None => changes.push(Change::Remove(key.clone())),
             }
             t.sent = sent;
@@ -389,6 +390,7 @@ mod tests {
                 }
                 Change::Remove(key) => panic!("removed {key}"),
                 Change::Pending(key, _) => panic!("noted {key}"),
+                Change::Origin(..) => {}
             }
         }
         for name in ["a", "b", "d"] {
@@ -414,7 +416,7 @@ mod tests {
         // `d`'s directory is now a tracked pod's (the same static pod, recreated).
         let mut again = view_of("d2", "d", serde_json::json!({}));
         again.pod.name = "d2".into();
-        tx.send(Update::Applied(again.pod.clone(), Some(again)))
+        tx.send(Update::Applied(again.pod.clone(), Some(Box::new(again))))
             .await
             .unwrap();
         pods.recv().await.unwrap();
@@ -450,10 +452,13 @@ mod tests {
         let upserted: Vec<_> = batch
             .changes
             .iter()
-            .map(|c| match c {
-                Change::Upsert(key, spec) => (key.clone(), spec.as_ref().clone().unwrap_err().name),
+            .filter_map(|c| match c {
+                Change::Upsert(key, spec) => {
+                    Some((key.clone(), spec.as_ref().clone().unwrap_err().name))
+                }
                 Change::Remove(key) => panic!("removed {key}"),
                 Change::Pending(key, _) => panic!("noted {key}"),
+                Change::Origin(..) => None,
             })
             .collect();
         assert_eq!(
@@ -465,7 +470,7 @@ mod tests {
         );
 
         // The same view again changes nothing; a relist without `a` removes it.
-        tx.send(Update::Applied(view("b").pod, Some(view("b"))))
+        tx.send(Update::Applied(view("b").pod, Some(Box::new(view("b")))))
             .await
             .unwrap();
         assert!(pods.recv().await.unwrap().changes.is_empty());
@@ -487,7 +492,8 @@ mod tests {
         PodView::of(&pod).unwrap().unwrap()
     }
 
-    /// What each change says, in order: `upsert`, `remove`, `pending: …`, `clear`.
+    /// What each change says, in order: `upsert`, `remove`, `pending: …`, `clear`,
+    /// `from …`.
     fn said(changes: &[Change]) -> Vec<String> {
         changes
             .iter()
@@ -496,6 +502,7 @@ mod tests {
                 Change::Remove(_) => "remove".into(),
                 Change::Pending(_, Some(p)) => format!("pending: {p}"),
                 Change::Pending(_, None) => "clear".into(),
+                Change::Origin(_, from) => format!("from {from:?}"),
             })
             .collect()
     }
@@ -507,7 +514,7 @@ mod tests {
         let id = pod_view("u1", serde_json::json!({}), None).pod;
         assert_eq!(
             said(&pods.track(pod_view("u1", serde_json::json!({}), None))),
-            ["upsert"]
+            ["upsert", "from Annotations"]
         );
         let decided = pods.pods[&id].sent.clone();
 
@@ -560,7 +567,7 @@ mod tests {
             serde_json::json!({"sidecar.istio.io/inject": "false"}),
             Some("true"),
         );
-        assert_eq!(said(&pods.track(labelled)), ["upsert"]);
+        assert_eq!(said(&pods.track(labelled)), ["upsert", "from Annotations"]);
     }
 
     /// Both at once: a pod replaced by a new one of the same name (a new UID) was deleted, so
@@ -580,11 +587,11 @@ mod tests {
         let gw = root.cgroup("kubepods/podg", "");
         assert_eq!(
             said(&pods.track(view_of("web", "u1", serde_json::json!({})))),
-            ["upsert"]
+            ["upsert", "from Annotations"]
         );
         assert_eq!(
             said(&pods.track(view_of("web", "u2", serde_json::json!({})))),
-            ["remove", "upsert"]
+            ["remove", "upsert", "from Annotations"]
         );
         assert_eq!(pods.reaper.pending(), [old.as_path()]);
 

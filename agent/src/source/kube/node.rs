@@ -53,8 +53,8 @@ impl Resolver {
     /// honour, waiting for what is not on the node yet.
     pub fn spec(&self, view: &PodView) -> Result<PodSpec, Rejected> {
         let name = view.pod.to_string();
-        let capture =
-            capture(&view.annotations).map_err(|e| Rejected::refused(&name, e.to_string()))?;
+        let capture = capture(&view.annotations, &view.proxy)
+            .map_err(|e| Rejected::refused(&name, e.to_string()))?;
         let (cgroup, netns) = self
             .locate(view)
             .map_err(|e| Rejected::waiting(&name, e.to_string()))?;

@@ -9,10 +9,11 @@ use k8s_openapi::api::core::v1::Pod;
 use tracing::debug;
 
 use super::annotations::{
-    PROXY_CONTAINER, dual_stack, inject_selector, istio_true, keys, read_by_capture,
+    ISTIO_RULES_CONTAINERS, PROXY_CONTAINER, Proxy, from_template, inject_selector,
+    interception_mode, istio_true, keys, read_by_capture, template_says_none,
     templates_have_istio_init,
 };
-use crate::source::change::SourceKey;
+use crate::source::change::{OptionsFrom, SourceKey};
 
 /// A pod's namespace and name: what the API server names it by, and (shown
 /// `namespace/name`) its name in `meshsteer status`.
@@ -91,8 +92,8 @@ pub struct PodView {
     pub labels: BTreeMap<String, String>,
     /// `status.podIPs` (or `status.podIP`).
     pub ips: Vec<IpAddr>,
-    /// istio-init's `--dual-stack`, from the `ProxyMetadata` the sidecar's environment shows.
-    pub dual_stack: bool,
+    /// What the annotation path reads of the `istio-proxy` container.
+    pub proxy: Proxy,
     /// Why Istio gave this pod no istio-init, though it has a sidecar (`None`: it did).
     pub left_alone: Option<String>,
 }
@@ -116,13 +117,23 @@ impl PodView {
             .chain(spec.init_containers.iter().flatten())
             .find(|c| c.name == PROXY_CONTAINER);
         let has_proxy = proxy.is_some();
-        let dual_stack = dual_stack(
-            proxy
-                .and_then(|c| c.env.as_ref())
-                .into_iter()
-                .flatten()
-                .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?))),
-        );
+        let proxy = proxy.map_or_else(Proxy::default, |c| {
+            let security = c.security_context.as_ref();
+            Proxy::new(
+                c.env
+                    .iter()
+                    .flatten()
+                    .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?))),
+                security.and_then(|s| s.run_as_user),
+                security.and_then(|s| s.run_as_group),
+            )
+        });
+        let istio_rules = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| ISTIO_RULES_CONTAINERS.contains(&c.name.as_str()))
+            .map(|c| c.name.clone());
         if !has_proxy && !annotations.contains_key(keys::STATUS) {
             return Ok(None);
         }
@@ -155,7 +166,12 @@ impl PodView {
             })
             .collect::<Result<_, _>>()?;
 
-        let left_alone = left_alone(&labels, &annotations);
+        let left_alone = match istio_rules {
+            Some(name) => Some(format!(
+                "has Istio's own init container {name}: Istio installs its iptables rules"
+            )),
+            None => left_alone(&labels, &annotations, &proxy),
+        };
         let keep = |map: &BTreeMap<String, String>, keys: &mut dyn Iterator<Item = &str>| {
             keys.filter_map(|k| Some((k.to_string(), map.get(k)?.clone())))
                 .collect()
@@ -169,7 +185,7 @@ impl PodView {
             ),
             labels: keep(&labels, &mut [keys::INJECT].into_iter()),
             ips,
-            dual_stack,
+            proxy,
             left_alone,
         }))
     }
@@ -208,13 +224,19 @@ impl PodView {
 /// Annotations that decide whether Istio gave a pod istio-init at all.
 const SELECTION_ANNOTATIONS: &[&str] = &[keys::INJECT, keys::TEMPLATES];
 
-/// Why a pod with an Istio sidecar got no istio-init, read from its labels and annotations:
-/// opted out (the `sidecar.istio.io/inject` label, else the annotation), injected with
-/// templates that do not include `sidecar` (Helm gateways), or interception mode `NONE`.
+/// Why a pod with an Istio sidecar got no istio-init. With meshsteer's template, what it
+/// wrote (interception mode `NONE`, Istio CNI). Without, read from its labels, annotations and
+/// sidecar: opted out (the `sidecar.istio.io/inject` label, else the annotation), injected
+/// with templates that do not include `sidecar` (Helm gateways), or interception mode `NONE`
+/// (annotated, else from ProxyConfig).
 fn left_alone(
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
+    proxy: &Proxy,
 ) -> Option<String> {
+    if from_template(annotations) {
+        return template_says_none(annotations);
+    }
     if let Some(v) = inject_selector(labels, annotations).filter(|v| !istio_true(v)) {
         return Some(format!("{} is {v:?}", keys::INJECT));
     }
@@ -225,16 +247,25 @@ fn left_alone(
         ));
     }
     // The injection template compares it as is: no trimming.
-    if annotations
-        .get(keys::INTERCEPTION_MODE)
-        .is_some_and(|m| m == "NONE")
-    {
-        return Some(format!("{} is NONE", keys::INTERCEPTION_MODE));
+    if interception_mode(annotations, proxy) == Some("NONE") {
+        return Some(match annotations.get(keys::INTERCEPTION_MODE) {
+            Some(_) => format!("{} is NONE", keys::INTERCEPTION_MODE),
+            None => "ProxyConfig's interceptionMode is NONE".into(),
+        });
     }
     None
 }
 
 impl PodView {
+    /// Where the pod's options come from: meshsteer's injection template, or its annotations.
+    pub fn options_from(&self) -> OptionsFrom {
+        if from_template(&self.annotations) {
+            OptionsFrom::Template
+        } else {
+            OptionsFrom::Annotations
+        }
+    }
+
     /// Whether istio-init would have captured the pod.
     pub fn captured(&self) -> bool {
         self.left_alone.is_none()
@@ -476,30 +507,100 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn dual_stack_is_read_from_the_sidecar_environment() {
+    fn the_sidecars_environment_and_user_are_read() {
         let mut p = sidecar_pod(serde_json::json!({}));
-        assert!(!PodView::of(&p).unwrap().unwrap().dual_stack);
-        // As the injector renders meshConfig.defaultConfig.proxyMetadata.ISTIO_DUAL_STACK.
-        p.spec.as_mut().unwrap().containers[1].env = Some(vec![
+        assert_eq!(PodView::of(&p).unwrap().unwrap().proxy, Proxy::default());
+        // As the injector renders meshConfig.defaultConfig.proxyMetadata and ProxyUID.
+        let proxy = &mut p.spec.as_mut().unwrap().containers[1];
+        proxy.env = Some(
+            serde_json::from_value(serde_json::json!([
+                {"name": "ISTIO_META_MESH_ID", "value": "cluster.local"},
+                {"name": "ISTIO_DUAL_STACK", "value": "true"},
+                {"name": "ISTIO_META_INTERCEPTION_MODE", "value": "REDIRECT"},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            ]))
+            .unwrap(),
+        );
+        proxy.security_context = Some(
             serde_json::from_value(
-                serde_json::json!({"name": "ISTIO_META_MESH_ID", "value": "cluster.local"}),
+                serde_json::json!({"runAsUser": 1000770000, "runAsGroup": 1000770001}),
             )
             .unwrap(),
-            serde_json::from_value(
-                serde_json::json!({"name": "ISTIO_DUAL_STACK", "value": "true"}),
+        );
+        let v = PodView::of(&p).unwrap().unwrap();
+        assert_eq!(
+            v.proxy,
+            Proxy::new(
+                [
+                    ("ISTIO_DUAL_STACK", "true"),
+                    ("ISTIO_META_INTERCEPTION_MODE", "REDIRECT")
+                ],
+                Some(1000770000),
+                Some(1000770001)
             )
-            .unwrap(),
-        ]);
-        assert!(PodView::of(&p).unwrap().unwrap().dual_stack);
+        );
+        assert_eq!(v.options_from(), OptionsFrom::Annotations);
         // Only the sidecar's environment counts.
         let mut p = sidecar_pod(serde_json::json!({}));
-        p.spec.as_mut().unwrap().containers[0].env = Some(vec![
+        p.spec.as_mut().unwrap().containers[0].env = Some(
             serde_json::from_value(
-                serde_json::json!({"name": "ISTIO_DUAL_STACK", "value": "true"}),
+                serde_json::json!([{"name": "ISTIO_DUAL_STACK", "value": "true"}]),
             )
             .unwrap(),
-        ]);
-        assert!(!PodView::of(&p).unwrap().unwrap().dual_stack);
+        );
+        assert_eq!(PodView::of(&p).unwrap().unwrap().proxy, Proxy::default());
+    }
+
+    #[test]
+    fn proxy_config_none_and_istios_own_rules_leave_the_pod_alone() {
+        let mut p = sidecar_pod(serde_json::json!({}));
+        p.spec.as_mut().unwrap().containers[1].env = Some(
+            serde_json::from_value(
+                serde_json::json!([{"name": "ISTIO_META_INTERCEPTION_MODE", "value": "NONE"}]),
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            PodView::of(&p).unwrap().unwrap().left_alone.unwrap(),
+            "ProxyConfig's interceptionMode is NONE"
+        );
+        // The annotation wins over ProxyConfig, as the template's `annotation` has it.
+        p.metadata.annotations = Some(annotations(&[(keys::INTERCEPTION_MODE, "REDIRECT")]));
+        assert_eq!(PodView::of(&p).unwrap().unwrap().left_alone, None);
+        // A pod that kept Istio's istio-init (its own templates name `sidecar` only, or it
+        // was injected before meshsteer) has iptables rules: never captured twice.
+        for init in ["istio-init", "istio-validation"] {
+            let mut p = sidecar_pod(serde_json::json!({"inject.istio.io/templates": "sidecar"}));
+            p.spec.as_mut().unwrap().init_containers =
+                Some(serde_json::from_value(serde_json::json!([{"name": init}])).unwrap());
+            assert_eq!(
+                PodView::of(&p).unwrap().unwrap().left_alone.unwrap(),
+                format!("has Istio's own init container {init}: Istio installs its iptables rules")
+            );
+        }
+    }
+
+    #[test]
+    fn meshsteers_template_decides_where_it_wrote() {
+        let line = r#"{"args": ["istio-iptables", "-p", "15001"], "env": null}"#;
+        let v = PodView::of(&sidecar_pod(
+            serde_json::json!({"meshsteer.io/istio-init": line}),
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(v.options_from(), OptionsFrom::Template);
+        assert_eq!(v.left_alone, None);
+        assert_eq!(v.annotations[keys::ISTIO_INIT], line);
+        // NONE in the template's data: no istio-init, even with nothing on the pod saying so.
+        let v = PodView::of(&sidecar_pod(serde_json::json!({
+            "meshsteer.io/istio-init": r#"{"none": "interception mode NONE"}"#,
+        })))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            v.left_alone.unwrap(),
+            "meshsteer.io/istio-init: interception mode NONE"
+        );
     }
 
     #[test]

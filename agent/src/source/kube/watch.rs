@@ -23,7 +23,7 @@ pub(super) enum Update {
     /// watch could not resume. Pods it does not name are gone.
     Listed(Vec<PodView>),
     /// A pod was added or changed (`None`: no sidecar, host network, or finished).
-    Applied(PodRef, Option<PodView>),
+    Applied(PodRef, Option<Box<PodView>>),
     Deleted(PodRef),
 }
 
@@ -104,7 +104,7 @@ pub(super) async fn watch(pods: Api<Pod>, node: String, updates: mpsc::Sender<Up
             }
             Ok(Event::InitDone) => Update::Listed(listing.take().unwrap_or_default()),
             Ok(Event::Apply(pod)) => match PodRef::of(&pod) {
-                Some(id) => Update::Applied(id, view(&pod)),
+                Some(id) => Update::Applied(id, view(&pod).map(Box::new)),
                 None => continue,
             },
             Ok(Event::Delete(pod)) => match PodRef::of(&pod) {
