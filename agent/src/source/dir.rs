@@ -268,10 +268,13 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("a.yaml"), "name: a\ncgroup: /x\n").unwrap();
         let mut pods = PodDir::new(&dir);
-        // Given up on at once: the scan goes on.
-        let gave_up = tokio::time::timeout(std::time::Duration::ZERO, pods.scan()).await;
-        assert!(gave_up.is_err(), "a scan cannot finish without yielding");
-        let changes = pods.scan().await;
+        // Given up on at once (unless the pool was faster): the scan goes on, and the next
+        // call delivers its changes.
+        let first = tokio::time::timeout(std::time::Duration::ZERO, pods.scan()).await;
+        let changes = match first {
+            Ok(changes) => changes,
+            Err(_) => pods.scan().await,
+        };
         assert!(
             matches!(&changes[..], [Change::Upsert(SourceKey::File(p), _)] if p.ends_with("a.yaml")),
             "{} changes",
