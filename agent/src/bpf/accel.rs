@@ -29,7 +29,7 @@ use meshsteer_common::maps::{
 };
 use tracing::{debug, info, warn};
 
-use super::{btf::Btf, pins::Pins};
+use super::{btf, pins::Pins};
 use crate::sys::bpf as bpf_sys;
 
 /// The sk_msg program's name in the object.
@@ -186,16 +186,14 @@ pub struct Offsets {
 /// From `/sys/kernel/btf/vmlinux`. `sk_psock::msg_tot_len` (the bytes queued on a socket's
 /// redirected-receive queue) is what bounding needs; a kernel without it cannot be bounded.
 pub fn kernel_offsets() -> Result<Offsets> {
-    let path = "/sys/kernel/btf/vmlinux";
-    let data = fs::read(path).with_context(|| format!("reading {path}"))?;
-    let btf = Btf::parse(&data).with_context(|| format!("parsing {path}"))?;
-    let field = |s: &str, m: &str| {
-        btf.member_offset(s, m)
-            .with_context(|| format!("the kernel has no struct {s}::{m}"))
-    };
+    let [sk_msg_sk_redir, sock_user_data, psock_msg_tot_len] = btf::kernel_offsets([
+        ("sk_msg", "sk_redir"),
+        ("sock", "sk_user_data"),
+        ("sk_psock", "msg_tot_len"),
+    ])?;
     Ok(Offsets {
-        sk_msg_sk_redir: field("sk_msg", "sk_redir")?,
-        sock_user_data: field("sock", "sk_user_data")?,
-        psock_msg_tot_len: field("sk_psock", "msg_tot_len")?,
+        sk_msg_sk_redir,
+        sock_user_data,
+        psock_msg_tot_len,
     })
 }

@@ -73,6 +73,28 @@ impl<'a> Btf<'a> {
     }
 }
 
+/// The running kernel's own BTF.
+const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// Byte offsets of `fields` (struct, member) in the running kernel's structs, in order: what
+/// programs that read kernel memory need, as aya has no CO-RE for Rust programs.
+pub fn kernel_offsets<const N: usize>(fields: [(&str, &str); N]) -> Result<[u32; N]> {
+    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+    offsets_in(&data, fields).with_context(|| format!("in {VMLINUX}"))
+}
+
+/// [`kernel_offsets`] in the BTF blob `data`.
+pub fn offsets_in<const N: usize>(data: &[u8], fields: [(&str, &str); N]) -> Result<[u32; N]> {
+    let btf = Btf::parse(data).context("parsing BTF")?;
+    let mut out = [0; N];
+    for (o, (s, m)) in out.iter_mut().zip(fields) {
+        *o = btf
+            .member_offset(s, m)
+            .with_context(|| format!("the kernel has no struct {s}::{m}"))?;
+    }
+    Ok(out)
+}
+
 /// Bytes that follow a type's 12-byte header, by kind.
 fn extra_len(kind: u32, vlen: u32) -> Result<usize> {
     let vlen = vlen as usize;

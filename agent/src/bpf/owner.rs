@@ -2,30 +2,25 @@
 //! (the creator's fsuid/fsgid, see `ebpf/src/owner.rs`). No helper returns them, and aya has
 //! no CO-RE for Rust programs, so the agent reads them from the kernel's BTF and sets them in
 //! the object at load.
-use std::fs;
-
 use anyhow::{Context, Result};
 use meshsteer_common::globals::OwnerOffsets;
 
-use super::btf::Btf;
+use super::btf;
 
-/// From `/sys/kernel/btf/vmlinux`.
+const FIELDS: [(&str, &str); 3] = [
+    ("task_struct", "cred"),
+    ("cred", "fsuid"),
+    ("cred", "fsgid"),
+];
+
+/// From the kernel's BTF.
 pub fn kernel_offsets() -> Result<OwnerOffsets> {
-    let path = "/sys/kernel/btf/vmlinux";
-    let data = fs::read(path).with_context(|| format!("reading {path}"))?;
-    offsets(&data).with_context(|| format!("finding the socket owner's credentials in {path}"))
-}
-
-fn offsets(btf: &[u8]) -> Result<OwnerOffsets> {
-    let btf = Btf::parse(btf)?;
-    let field = |s: &str, m: &str| {
-        btf.member_offset(s, m)
-            .with_context(|| format!("the kernel has no struct {s}::{m}"))
-    };
+    let [task_cred, cred_fsuid, cred_fsgid] =
+        btf::kernel_offsets(FIELDS).context("finding the socket owner's credentials")?;
     Ok(OwnerOffsets {
-        task_cred: field("task_struct", "cred")?,
-        cred_fsuid: field("cred", "fsuid")?,
-        cred_fsgid: field("cred", "fsgid")?,
+        task_cred,
+        cred_fsuid,
+        cred_fsgid,
         valid: 1,
     })
 }
@@ -46,6 +41,6 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        assert!(offsets(b"not btf").is_err());
+        assert!(btf::offsets_in(b"not btf", FIELDS).is_err());
     }
 }
