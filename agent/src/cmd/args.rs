@@ -96,16 +96,21 @@ impl Switch {
 
 #[derive(Args, Debug, Clone)]
 pub struct MetricsArgs {
-    /// Where to serve /metrics, /healthz and /readyz (`IP:PORT`; port 0 picks one, published
-    /// in the status file); "" or "off" serves nothing.
+    /// Where to serve /metrics, /healthz and /readyz: `IP:PORT` (`[IPv6]:PORT`), or a bare IP
+    /// for port 9090; port 0 picks one, published in the status file; "" or "off" serves
+    /// nothing. Loopback by default: the DaemonSet binds the node's own IP (`status.hostIP`)
+    /// so that its probes and Prometheus reach it, and nothing else does.
     #[arg(
         long = "metrics-addr",
         env = "MESHSTEER_METRICS_ADDR",
-        default_value = "0.0.0.0:9090",
+        default_value = "127.0.0.1:9090",
         value_parser = parse_metrics_addr
     )]
     pub addr: MetricsAddr,
 }
+
+/// The port of a `--metrics-addr` given as a bare IP.
+pub const METRICS_PORT: u16 = 9090;
 
 /// `--metrics-addr`: an address, or none (endpoints off).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,16 +118,20 @@ pub struct MetricsAddr(pub Option<SocketAddr>);
 
 /// A `--metrics-addr` that is neither an address nor "off".
 #[derive(Debug, thiserror::Error)]
-#[error("{0}: expected IP:PORT, \"\" or \"off\"")]
+#[error("{0}: expected IP:PORT, [IPv6]:PORT, a bare IP (port 9090), \"\" or \"off\"")]
 pub struct MetricsAddrError(AddrParseError);
 
 fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, MetricsAddrError> {
     match s.trim() {
         "" | "off" => Ok(MetricsAddr(None)),
-        a => a
-            .parse()
-            .map(|a| MetricsAddr(Some(a)))
-            .map_err(MetricsAddrError),
+        // A bare IP (the DaemonSet passes `status.hostIP`, which has no brackets for IPv6).
+        a => match a.parse::<SocketAddr>() {
+            Ok(sa) => Ok(MetricsAddr(Some(sa))),
+            Err(e) => a
+                .parse::<std::net::IpAddr>()
+                .map(|ip| MetricsAddr(Some(SocketAddr::new(ip, METRICS_PORT))))
+                .map_err(|_| MetricsAddrError(e)),
+        },
     }
 }
 
@@ -242,7 +251,15 @@ mod tests {
     #[test]
     fn metrics_addr() {
         let addr = |extra: &[&str]| run_args(extra).map(|a| a.metrics.addr.0);
-        assert_eq!(addr(&[]).unwrap(), Some("0.0.0.0:9090".parse().unwrap()));
+        assert_eq!(addr(&[]).unwrap(), Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            addr(&["--metrics-addr", "10.0.0.7"]).unwrap(),
+            Some("10.0.0.7:9090".parse().unwrap())
+        );
+        assert_eq!(
+            addr(&["--metrics-addr", "fd00::7"]).unwrap(),
+            Some("[fd00::7]:9090".parse().unwrap())
+        );
         assert_eq!(
             addr(&["--metrics-addr", "127.0.0.1:0"]).unwrap(),
             Some("127.0.0.1:0".parse().unwrap())
@@ -252,7 +269,7 @@ mod tests {
         let e = addr(&["--metrics-addr", "9090"]).unwrap_err();
         assert!(
             e.to_string()
-                .contains("invalid socket address syntax: expected IP:PORT, \"\" or \"off\""),
+                .contains("invalid socket address syntax: expected IP:PORT, [IPv6]:PORT, a bare IP"),
             "{e}"
         );
     }
