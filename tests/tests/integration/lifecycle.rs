@@ -227,3 +227,29 @@ fn cgroup2_depth_base(dir: &std::path::Path) -> usize {
     assert!(dir.starts_with(&mount));
     mount.components().count()
 }
+
+/// An agent without CAP_NET_ADMIN (a DaemonSet missing a capability) is told so: the kernel's
+/// EPERM on a feature probe once read as "the kernel lacks sockops programs (needs Linux
+/// 4.13)", on a 6.x kernel. It exits before attaching anything.
+#[test]
+fn an_agent_without_a_capability_is_told_so_not_that_the_kernel_is_too_old() -> anyhow::Result<()> {
+    let _area = meshsteer_tests::area::enter();
+    let dir = std::env::temp_dir().join(format!("ms-nocap-{}", std::process::id()));
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"])
+        .arg(agent_bin())
+        .args(["run", "--metrics-addr", "off", "--bpffs-dir"])
+        .arg(dir.join("bpf"))
+        .arg("--pods-dir")
+        .arg(dir.join("pods"))
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran without CAP_NET_ADMIN: {stderr}");
+    assert!(!stderr.contains("the kernel lacks"), "{stderr}");
+    assert!(
+        stderr.contains("could not probe the kernel") && stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    Ok(())
+}
