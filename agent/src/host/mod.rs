@@ -2,5 +2,6 @@
 //! ([`bpffs`]), and what /proc says of a pod's processes ([`proc`]).
 pub mod bpffs;
 pub mod cgroup;
+pub mod locks;
 pub mod netns;
 pub mod proc;
