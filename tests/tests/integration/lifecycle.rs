@@ -253,3 +253,27 @@ fn an_agent_without_a_capability_is_told_so_not_that_the_kernel_is_too_old() -> 
     );
     Ok(())
 }
+
+/// `uninstall --live` under a live agent: the agent itself detaches everything and removes its
+/// pins, and then idles, still answering its probes (so a kubelet would not restart it into
+/// capturing again) and capturing nothing, until it is stopped.
+#[test]
+fn uninstall_live_has_the_agent_remove_everything_and_idle() -> anyhow::Result<()> {
+    let mut bed = Testbed::new()?;
+    let pod = bed.enrolled_pod("a")?;
+    assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
+    let root_id = meshsteer::inspect::cgroup_id(&bed.node.cgroup_root)?;
+    assert!(!meshsteer::inspect::cgroup_links(root_id)?.is_empty());
+
+    bed.agent.cli(&["uninstall", "--live"])?;
+    assert!(!Pins::new(&bed.agent.bpffs_dir).root.exists());
+    assert_eq!(meshsteer::inspect::cgroup_links(root_id)?, Vec::<u32>::new());
+    assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 80);
+    // Idle, alive and healthy; nothing comes back meanwhile.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(bed.agent.http_get("/healthz")?.0, 200);
+    assert!(!Pins::new(&bed.agent.bpffs_dir).root.exists());
+    let status = bed.agent.stop(libc::SIGTERM);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    Ok(())
+}
