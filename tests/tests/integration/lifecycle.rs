@@ -267,7 +267,10 @@ fn uninstall_live_has_the_agent_remove_everything_and_idle() -> anyhow::Result<(
 
     bed.agent.cli(&["uninstall", "--live"])?;
     assert!(!Pins::new(&bed.agent.bpffs_dir).root.exists());
-    assert_eq!(meshsteer::inspect::cgroup_links(root_id)?, Vec::<u32>::new());
+    assert_eq!(
+        meshsteer::inspect::cgroup_links(root_id)?,
+        Vec::<u32>::new()
+    );
     assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 80);
     // Idle, alive and healthy; nothing comes back meanwhile.
     std::thread::sleep(std::time::Duration::from_secs(1));
