@@ -26,8 +26,8 @@ const RATE: u32 = 20;
 
 #[test]
 fn requests_survive_agent_delete_roll_and_sigkill() -> Result<()> {
-    let t = Instant::now();
     let mut node = node()?;
+    let t = Instant::now();
     // The same image under a second name: what a new release looks like to the DaemonSet.
     let image = |tag: &str| format!("docker.io/library/{tag}");
     let _ = meshsteer_tests::node_box::checked(node.ctr().args(["image", "rm", &image(ROLLED)]));

@@ -17,8 +17,8 @@ const STATIC: &str = "static-web";
 
 #[test]
 fn every_qos_class_and_pod_kind_is_captured() -> Result<()> {
-    let t = std::time::Instant::now();
     let node = node()?;
+    let t = std::time::Instant::now();
     let static_manifest = node.static_pod_dir().join("meshsteer-test-static-web.json");
     let result = scenario(&node, &static_manifest);
     if result.is_err() {

@@ -309,6 +309,11 @@ impl<'a> AppNs<'a> {
 
 impl Drop for AppNs<'_> {
     fn drop(&mut self) {
+        // The pods first: they go within their 1 s grace period, while the namespace
+        // controller may take a minute to get to them.
+        let _ = self
+            .node
+            .kc(&["-n", self.name, "delete", "pods", "--all", "--wait=false"]);
         let _ = self
             .node
             .kc(&["delete", "namespace", self.name, "--wait=false"]);

@@ -23,8 +23,8 @@ const PINS: &str = "/sys/fs/bpf/meshsteer";
 
 #[test]
 fn fifty_pods_created_and_deleted_leave_the_agent_idle() -> Result<()> {
-    let t = Instant::now();
     let node = node()?;
+    let t = Instant::now();
     let result = scenario(&node);
     if result.is_err() {
         node.dump(super::AGENT_NS);

@@ -12,8 +12,8 @@ const CLIENT: &str = "client";
 
 #[test]
 fn daemonset_captures_real_pods_through_real_sidecars() -> Result<()> {
-    let t = std::time::Instant::now();
     let node = node()?;
+    let t = std::time::Instant::now();
     let result = scenario(&node);
     if result.is_err() {
         node.dump(super::AGENT_NS);

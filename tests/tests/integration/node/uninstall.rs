@@ -16,8 +16,8 @@ const PINS: &str = "/sys/fs/bpf/meshsteer";
 
 #[test]
 fn uninstall_in_the_agent_pod_removes_everything_from_the_node() -> Result<()> {
-    let t = Instant::now();
     let node = node()?;
+    let t = Instant::now();
     let result = scenario(&node);
     if result.is_err() {
         node.dump(AGENT_NS);
