@@ -114,8 +114,8 @@ pub fn check() -> Result<(), Missing> {
     for (feature, since, probe) in REQUIRED {
         let refused = |error: String| Missing::Refused { feature, error };
         let present = match probe {
-            Probe::Program(t) => is_program_supported(*t).map_err(|e| refused(e.to_string()))?,
-            Probe::Map(t) => is_map_supported(*t).map_err(|e| refused(e.to_string()))?,
+            Probe::Program(t) => is_program_supported(*t).map_err(|e| refused(chain(&e)))?,
+            Probe::Map(t) => is_map_supported(*t).map_err(|e| refused(chain(&e)))?,
             Probe::Helper(t, h) => is_helper_supported(*t, *h).unwrap_or(false),
             Probe::File(p) => Path::new(p).exists(),
         };
@@ -128,6 +128,17 @@ pub fn check() -> Result<(), Missing> {
         }
     }
     Ok(())
+}
+
+/// An error and its sources, as one line (aya's errors keep the errno in their source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 pub fn kernel_release() -> String {
