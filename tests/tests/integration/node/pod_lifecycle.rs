@@ -36,16 +36,26 @@ fn fifty_pods_created_and_deleted_leave_the_agent_idle() -> Result<()> {
 fn scenario(node: &NodeBox) -> Result<()> {
     let agent = deploy_agent(node)?;
     let ns = AppNs::create(node, NS)?;
-    // Other tests' namespaces may still be going: their pods would leave the maps meanwhile.
-    NodeBox::wait_for("no namespace terminating", Duration::from_secs(120), || {
-        let phases = node.kc(&[
-            "get",
-            "namespaces",
-            "-o",
-            "jsonpath={.items[*].status.phase}",
-        ])?;
-        Ok((!phases.contains("Terminating")).then_some(()))
-    })?;
+    // Other tests' pods may still be going: they would leave the maps meanwhile. Idle is no
+    // pod on the node but the agent's, and none in the agent's status.
+    NodeBox::wait_for(
+        "the agent alone on the node",
+        Duration::from_secs(120),
+        || {
+            let namespaces = node.kc(&[
+                "get",
+                "pods",
+                "-A",
+                "-o",
+                "jsonpath={.items[*].metadata.namespace}",
+            ])?;
+            let others = namespaces.split_whitespace().any(|n| n != super::AGENT_NS);
+            let listed = agent_status(node, &agent.name)?["pods"]
+                .as_array()
+                .map_or(0, Vec::len);
+            Ok((!others && listed == 0).then_some(()))
+        },
+    )?;
     let before = idle_state()?;
     let mut uids = Vec::new();
     for round in 0..ROUNDS {
