@@ -121,10 +121,10 @@ fn scenario(node: &NodeBox) -> Result<()> {
         "the agent's container stopped",
         std::time::Duration::from_secs(60),
         || {
-            Ok(node
+            let running = node
                 .container_pid(AGENT_NS, &agent.name, "agent")
-                .is_err()
-                .then_some(()))
+                .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            Ok((!running).then_some(()))
         },
     )?;
     gone()
