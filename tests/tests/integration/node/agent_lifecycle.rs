@@ -29,14 +29,16 @@ fn requests_survive_agent_delete_roll_and_sigkill() -> Result<()> {
     let mut node = node()?;
     let t = Instant::now();
     // The same image under a second name: what a new release looks like to the DaemonSet.
-    let image = |tag: &str| format!("docker.io/library/{tag}");
-    let _ = meshsteer_tests::node_box::checked(node.ctr().args(["image", "rm", &image(ROLLED)]));
-    meshsteer_tests::node_box::checked(node.ctr().args([
-        "image",
-        "tag",
-        &image("meshsteer:dev"),
-        &image(ROLLED),
-    ]))?;
+    // containerd knows it by its normalised name, taken from the imported one.
+    let listed = meshsteer_tests::node_box::checked(node.ctr().args(["image", "ls", "-q"]))?;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let dev = listed
+        .lines()
+        .find(|l| l.ends_with("/meshsteer:dev"))
+        .with_context(|| format!("no meshsteer:dev image in {listed:?}"))?;
+    let rolled = format!("{}{ROLLED}", dev.trim_end_matches("meshsteer:dev"));
+    let _ = meshsteer_tests::node_box::checked(node.ctr().args(["image", "rm", &rolled]));
+    meshsteer_tests::node_box::checked(node.ctr().args(["image", "tag", dev, &rolled]))?;
     let result = scenario(&mut node);
     if result.is_err() {
         node.dump(AGENT_NS);
