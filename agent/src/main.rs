@@ -16,7 +16,8 @@ fn main() -> std::process::ExitCode {
         Command::Status(a) => cmd::status::show(&a.status.status_file, &a.pins.bpffs_dir, a.json),
         Command::Trace(a) => block_on(cmd::trace::run(a)),
         Command::Explain(a) => cmd::explain::run(&a),
-        Command::Uninstall(a) => cmd::uninstall::uninstall(&a.bpffs_dir),
+        Command::Uninstall(a) => cmd::uninstall::uninstall(&a.pins.bpffs_dir, a.live),
+        Command::MountBpffs(a) => cmd::mount_bpffs::run(&a.bpffs_dir),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -5,16 +5,27 @@
 //!
 //! [`NodeBox::start`] stops any node a killed run left, starts one, and stops it again when
 //! dropped (panics included): stop leaves nothing of the node on the host.
+//!
+//! The `node` area's tests share one node ([`shared`]): each holds it alone while it runs, and
+//! the last one out stops it, so the node's start and stop (about 35 s together) are paid once
+//! per run of consecutive tests rather than once per test. A test that finds the node idle
+//! (between runs, or after a test left it) simply starts a new one.
 use std::{
+    collections::BTreeSet,
     fs,
+    ops::{Deref, DerefMut},
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 
-use crate::kube::repo_root;
+use crate::{area, kube::repo_root};
 
 /// The node's name, as the kubelet registers it.
 pub const NODE_NAME: &str = "box-node";
@@ -22,6 +33,68 @@ pub const NODE_NAME: &str = "box-node";
 pub struct NodeBox {
     dir: PathBuf,
     ctr_dir: PathBuf,
+    imported: BTreeSet<PathBuf>,
+}
+
+/// The `node` area's node, while some test of the area holds or awaits it.
+static SHARED: Mutex<Option<NodeBox>> = Mutex::new(None);
+/// Tests holding or awaiting [`SHARED`]: the last one out stops the node.
+static WANTED: AtomicUsize = AtomicUsize::new(0);
+
+/// The shared node, held alone by one test (the others wait): see the module's doc.
+pub struct Shared {
+    node: MutexGuard<'static, Option<NodeBox>>,
+    _area: area::AreaGuard,
+}
+
+/// Enters the calling test's area and takes the shared node, starting it if none runs. A test
+/// that failed half-way may have left the node in any state: each test makes sure of what it
+/// needs (the agent deployed, its own namespace) rather than trusting the previous one.
+pub fn shared() -> Result<Shared> {
+    let area = area::enter();
+    WANTED.fetch_add(1, Ordering::SeqCst);
+    let mut node = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+    if node.is_none() {
+        match NodeBox::start() {
+            Ok(n) => *node = Some(n),
+            Err(e) => {
+                WANTED.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+    }
+    Ok(Shared { node, _area: area })
+}
+
+impl Deref for Shared {
+    type Target = NodeBox;
+    fn deref(&self) -> &NodeBox {
+        self.node.as_ref().expect("a started node")
+    }
+}
+
+impl DerefMut for Shared {
+    fn deref_mut(&mut self) -> &mut NodeBox {
+        self.node.as_mut().expect("a started node")
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Decided under the lock: a test that comes later starts a node of its own.
+        if WANTED.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Some(node) = self.node.take()
+        {
+            drop(node);
+            // The agent's pins outlive the node by design: with the node gone, nothing else
+            // may capture the machine's traffic (the next area's tests run on it).
+            if let Some(agent) = std::env::var_os("MESHSTEER_BIN")
+                && let Err(e) = checked(Command::new(agent).arg("uninstall"))
+            {
+                eprintln!("warning: meshsteer uninstall after the node stopped: {e:#}");
+            }
+        }
+    }
 }
 
 fn script() -> PathBuf {
@@ -63,7 +136,13 @@ impl NodeBox {
             ctr_dir: std::env::var_os("CTR_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "/run/node-box/containerd".into()),
+            imported: BTreeSet::new(),
         })
+    }
+
+    /// The kubelet's static pod directory (`staticPodPath`).
+    pub fn static_pod_dir(&self) -> PathBuf {
+        self.dir.join("manifests")
     }
 
     pub fn kubectl(&self) -> Command {
@@ -86,8 +165,13 @@ impl NodeBox {
         cmd
     }
 
-    pub fn import(&self, archive: &Path) -> Result<()> {
+    /// Imports an image archive into the node's containerd, once per node.
+    pub fn import(&mut self, archive: &Path) -> Result<()> {
+        if self.imported.contains(archive) {
+            return Ok(());
+        }
         checked(self.ctr().args(["image", "import"]).arg(archive))?;
+        self.imported.insert(archive.to_path_buf());
         Ok(())
     }
 

@@ -48,6 +48,11 @@ impl Counters {
             .unwrap_or(0)
     }
 
+    /// Pods with counters (one entry per enrolled pod).
+    pub fn pod_entries(&self) -> usize {
+        self.pods.keys().count()
+    }
+
     /// Live published original destinations (the map's idle size is 0).
     pub fn orig_dst_entries(&self) -> usize {
         self.orig_dst.keys().count()

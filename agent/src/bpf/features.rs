@@ -9,11 +9,23 @@ use aya::{
 };
 
 #[derive(Debug, thiserror::Error)]
-#[error("the kernel lacks {feature} (needs Linux {since} or later); running {running}")]
-pub struct Missing {
-    pub feature: &'static str,
-    pub since: &'static str,
-    pub running: String,
+pub enum Missing {
+    #[error("the kernel lacks {feature} (needs Linux {since} or later); running {running}")]
+    Feature {
+        feature: &'static str,
+        since: &'static str,
+        running: String,
+    },
+    /// The probe itself was refused (EPERM without CAP_BPF/CAP_NET_ADMIN, a seccomp filter):
+    /// that says nothing of the kernel, so it must not read as a missing feature.
+    #[error(
+        "could not probe the kernel for {feature}: {error}; the agent needs CAP_BPF, \
+         CAP_PERFMON and CAP_NET_ADMIN (see deploy/daemonset.yaml), and bpf() allowed by seccomp"
+    )]
+    Refused {
+        feature: &'static str,
+        error: String,
+    },
 }
 
 enum Probe {
@@ -100,14 +112,15 @@ const REQUIRED: &[(&str, &str, Probe)] = &[
 /// getpeername hooks: 5.8) are reported by the loader when the attach itself fails.
 pub fn check() -> Result<(), Missing> {
     for (feature, since, probe) in REQUIRED {
+        let refused = |error: String| Missing::Refused { feature, error };
         let present = match probe {
-            Probe::Program(t) => is_program_supported(*t).unwrap_or(false),
-            Probe::Map(t) => is_map_supported(*t).unwrap_or(false),
+            Probe::Program(t) => is_program_supported(*t).map_err(|e| refused(chain(&e)))?,
+            Probe::Map(t) => is_map_supported(*t).map_err(|e| refused(chain(&e)))?,
             Probe::Helper(t, h) => is_helper_supported(*t, *h).unwrap_or(false),
             Probe::File(p) => Path::new(p).exists(),
         };
         if !present {
-            return Err(Missing {
+            return Err(Missing::Feature {
                 feature,
                 since,
                 running: kernel_release(),
@@ -115,6 +128,17 @@ pub fn check() -> Result<(), Missing> {
         }
     }
     Ok(())
+}
+
+/// An error and its sources, as one line (aya's errors keep the errno in their source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 pub fn kernel_release() -> String {

@@ -59,6 +59,22 @@ impl PodMaps {
         self.pods.iter().filter_map(Result::ok).collect()
     }
 
+    /// Entries of every map that holds per-pod state, by map name: deleting every pod brings
+    /// each back to its count before they were enrolled.
+    pub fn entry_counts(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            (names::PODS, self.pods.keys().count()),
+            (names::PORTS, self.ports.keys().count()),
+            (names::CIDR_EXCLUDE, self.cidr_exclude.keys().count()),
+            (names::CIDR_INCLUDE, self.cidr_include.keys().count()),
+            (names::LOCAL_ADDRS, self.local.keys().count()),
+            (names::INBOUND_ADDRS, self.inbound_addrs.keys().count()),
+            (names::LISTENERS, self.listeners.keys().count()),
+            (names::POD_STATS, self.counters.pod_entries()),
+            (names::ORIG_DST, self.counters.orig_dst_entries()),
+        ]
+    }
+
     /// Points `cgroup_id` at `plan`; `previous` (same cgroup, other pod id) is cleaned after.
     /// On error nothing of `plan` stays behind and `previous` is still in effect.
     pub fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()> {

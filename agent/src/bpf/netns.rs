@@ -2,6 +2,7 @@
 //! namespace through a pinned bpf_link (an agent restart adopts it; `BPF_LINK_UPDATE` swaps in
 //! the new program).
 use std::{
+    collections::BTreeSet,
     fs::{self, File},
     os::{
         fd::{AsFd, BorrowedFd},
@@ -45,6 +46,19 @@ pub fn attach(prog: BorrowedFd<'_>, netns: &Path, pin: &Path) -> Result<()> {
 pub fn detach(pin: &Path) {
     if fs::remove_file(pin).is_ok() {
         info!(pin = %pin.display(), "inbound capture detached");
+    }
+}
+
+/// Removes the sk_lookup links pinned in `dir` of every pod cgroup id not in `keep`: pods a
+/// previous agent enrolled that went while no agent ran (their maps entries are collected
+/// likewise). A live namespace's link detaches; a gone one's pin is freed.
+pub fn detach_all_but(dir: &Path, keep: &BTreeSet<u64>) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let id = name.to_str().and_then(|n| n.parse::<u64>().ok());
+        if id.is_some_and(|id| !keep.contains(&id)) {
+            detach(&entry.path());
+        }
     }
 }
 

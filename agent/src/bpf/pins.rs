@@ -42,10 +42,12 @@ impl Pins {
 
     /// A pod's sk_lookup link, by pod cgroup id.
     pub fn netns_link(&self, pod_cgroup: u64) -> PathBuf {
-        self.root
-            .join("links")
-            .join("netns")
-            .join(pod_cgroup.to_string())
+        self.netns_links().join(pod_cgroup.to_string())
+    }
+
+    /// Where the pods' sk_lookup links are pinned, one file per pod cgroup id.
+    pub fn netns_links(&self) -> PathBuf {
+        self.root.join("links").join("netns")
     }
 
     /// Refuses pins of another layout: adopting maps whose key/value layout differs would

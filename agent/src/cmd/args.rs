@@ -31,7 +31,10 @@ pub enum Command {
     /// Stream live capture decisions, one line each, until interrupted.
     Trace(TraceArgs),
     /// Detach every program and remove every pin: capture stops on this node.
-    Uninstall(PinArgs),
+    Uninstall(UninstallArgs),
+    /// Make sure --bpffs-dir is on a bpffs, mounting one at /sys/fs/bpf if there is none, and
+    /// exit: the DaemonSet's init container, whose mount propagates to the node.
+    MountBpffs(PinArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -43,6 +46,17 @@ pub struct PinArgs {
         default_value = "/sys/fs/bpf/meshsteer"
     )]
     pub bpffs_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// If a live agent holds the pins, have it detach everything and remove them (it then
+    /// idles, capturing nothing, until it is stopped) instead of refusing. For `kubectl exec`
+    /// in the agent's pod; then delete the DaemonSet, or a restarted agent captures again.
+    #[arg(long)]
+    pub live: bool,
 }
 
 #[derive(Args, Debug, Clone)]

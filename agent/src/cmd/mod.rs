@@ -1,6 +1,7 @@
 //! The `meshsteer` commands, one file each, and their arguments ([`args`]).
 pub mod args;
 pub mod explain;
+pub mod mount_bpffs;
 pub mod run;
 pub mod status;
 pub mod trace;

@@ -60,7 +60,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // `meshsteer uninstall --live`: the one way to stop capture while this agent runs.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(POLL);
+    let mut uninstall = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -78,12 +81,47 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr1.recv() => {
+                uninstall = true;
+                break;
+            }
         }
+    }
+    if uninstall {
+        // Every fd of maps, programs and links closed (the pin lock with them), so that
+        // unpinning detaches and frees everything.
+        drop(source);
+        drop(registry);
+        drop(datapath);
+        super::uninstall::uninstall(&args.pins.bpffs_dir, false)?;
+        reporter.publish(Vec::new())?;
+        warn!(
+            "uninstalled on request: capture is off on this node; idling until stopped (a \
+             restarted agent captures again)"
+        );
+        return idle(&reporter, &mut term, &mut int).await;
     }
     // Programs stay attached through their pinned links and maps keep every pod's config:
     // stopping (or crashing) the agent never lets traffic escape capture.
     info!("stopping; capture stays in effect until `meshsteer uninstall`");
     Ok(())
+}
+
+/// After an uninstall: alive (the probes keep answering, so the kubelet does not restart the
+/// agent, which would capture again) and doing nothing until stopped.
+async fn idle(
+    reporter: &Reporter,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> Result<()> {
+    let mut tick = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => reporter.heartbeat(true),
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+        }
+    }
 }
 
 /// The pod source, checked but not started: the pod-spec directory, or with `--kubernetes`

@@ -2,6 +2,7 @@
 //! ([`bpffs`]), and what /proc says of a pod's processes ([`proc`]).
 pub mod bpffs;
 pub mod cgroup;
+pub mod locks;
 pub mod netns;
 pub mod proc;
 pub mod userns;

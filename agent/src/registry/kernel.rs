@@ -56,6 +56,7 @@ impl Dataplane for Kernel {
 
     fn garbage_collect(&mut self, keep: &BTreeSet<u64>) {
         self.maps.garbage_collect(keep);
+        netns::detach_all_but(&self.pins.netns_links(), keep);
     }
 
     fn cgroup_id(&self, dir: &Path) -> Result<u64> {

@@ -10,3 +10,4 @@ pub mod inotify;
 pub mod mount;
 pub mod ns;
 pub mod pidfd;
+pub mod signal;

@@ -227,3 +227,61 @@ fn cgroup2_depth_base(dir: &std::path::Path) -> usize {
     assert!(dir.starts_with(&mount));
     mount.components().count()
 }
+
+/// An agent without CAP_NET_ADMIN (the DaemonSet's capabilities less that one; CAP_SYS_ADMIN,
+/// which would stand in for it, is not among them) is told so: the kernel's EPERM on a feature
+/// probe once read as "the kernel lacks sockops programs (needs Linux 4.13)", on a 6.x kernel.
+/// It exits before attaching anything.
+#[test]
+fn an_agent_without_a_capability_is_told_so_not_that_the_kernel_is_too_old() -> anyhow::Result<()> {
+    let _area = meshsteer_tests::area::enter();
+    let dir = std::env::temp_dir().join(format!("ms-nocap-{}", std::process::id()));
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--bounding-set=-net_admin,-sys_admin",
+            "--inh-caps=-net_admin,-sys_admin",
+            "--",
+        ])
+        .arg(agent_bin())
+        .args(["run", "--metrics-addr", "off", "--bpffs-dir"])
+        .arg(dir.join("bpf"))
+        .arg("--pods-dir")
+        .arg(dir.join("pods"))
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "ran without CAP_NET_ADMIN: {stderr}");
+    assert!(!stderr.contains("the kernel lacks"), "{stderr}");
+    assert!(
+        stderr.contains("could not probe the kernel") && stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// `uninstall --live` under a live agent: the agent itself detaches everything and removes its
+/// pins, and then idles, still answering its probes (so a kubelet would not restart it into
+/// capturing again) and capturing nothing, until it is stopped.
+#[test]
+fn uninstall_live_has_the_agent_remove_everything_and_idle() -> anyhow::Result<()> {
+    let mut bed = Testbed::new()?;
+    let pod = bed.enrolled_pod("a")?;
+    assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
+    let root_id = meshsteer::inspect::cgroup_id(&bed.node.cgroup_root)?;
+    assert!(!meshsteer::inspect::cgroup_links(root_id)?.is_empty());
+
+    bed.agent.cli(&["uninstall", "--live"])?;
+    assert!(!Pins::new(&bed.agent.bpffs_dir).root.exists());
+    assert_eq!(
+        meshsteer::inspect::cgroup_links(root_id)?,
+        Vec::<u32>::new()
+    );
+    assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 80);
+    // Idle, alive and healthy; nothing comes back meanwhile.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(bed.agent.http_get("/healthz")?.0, 200);
+    assert!(!Pins::new(&bed.agent.bpffs_dir).root.exists());
+    let status = bed.agent.stop(libc::SIGTERM);
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    Ok(())
+}

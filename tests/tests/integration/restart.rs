@@ -16,6 +16,8 @@ const WORLD: &str = "10.200.0.1:80";
 fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     let mut bed = Testbed::new()?;
     let pod = bed.enrolled_pod("a")?;
+    let a_netns = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&pod.netns)?);
+    assert_eq!(meshsteer::inspect::netns_links(a_netns)?.len(), 1);
     // A pod whose proxy is slow to accept (it has no other listener on 15001).
     let slow = bed.node.add_pod("c")?;
     let agent = &mut bed.agent;
@@ -68,6 +70,9 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     eprintln!("restarted agent reconciled in {took:?}");
     assert!(took < Duration::from_secs(1), "reconcile took {took:?}");
     assert_eq!(other.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
+    // Pod a went while no agent ran: its sk_lookup link goes with its map entries, pin and
+    // all, instead of staying attached to its namespace.
+    assert_eq!(meshsteer::inspect::netns_links(a_netns)?, Vec::<u32>::new());
     let late = late.join().expect("late-accept thread")?;
     assert_eq!(
         late,

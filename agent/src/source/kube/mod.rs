@@ -64,6 +64,10 @@ struct Tracked {
     sent: Option<Result<PodSpec, Rejected>>,
     /// What the registry was last told was not applied.
     pending: Option<String>,
+    /// The cgroup of the last spec sent: still the pod's to reap when its deletion comes
+    /// after its spec became an error (the kubelet stops the sandbox, and the network
+    /// namespace goes with it, before the API server deletes the pod).
+    enrolled: Option<PathBuf>,
 }
 
 /// How to reach the API server and find pods on this node (from the `run` flags).
@@ -221,6 +225,7 @@ impl KubePods {
             view: view.clone(),
             sent: None,
             pending: None,
+            enrolled: None,
         });
         tracked.view = view;
         changes.extend(self.resolve(&id));
@@ -255,6 +260,9 @@ impl KubePods {
                 None => changes.push(Change::Remove(key.clone())),
             }
             t.sent = sent;
+            if let Some(Ok(spec)) = &t.sent {
+                t.enrolled = Some(spec.cgroup.clone());
+            }
         }
         if t.sent.is_none() {
             if let Some(why) = &decided.left_alone {
@@ -286,10 +294,9 @@ impl KubePods {
             }
             return None;
         };
-        let sent = t.sent?;
-        let dir = sent
-            .ok()
-            .map(|s| s.cgroup)
+        t.sent.as_ref()?;
+        let dir = t
+            .enrolled
             .filter(|dir| self.resolver.removable(dir, &t.view.uid));
         match dir {
             Some(dir) if deleted => self.reaper.deleted(id.to_string(), dir, now),
@@ -436,6 +443,38 @@ mod tests {
         assert!(!a.exists());
         assert!(b.exists() && d.exists());
         assert!(pods.reaper.pending().is_empty());
+    }
+
+    /// On a real node the kubelet stops a deleted pod's sandbox, and its network namespace
+    /// goes, before the API server's deletion comes: the pod's spec turns into "waiting for
+    /// the network namespace" first. Its cgroup was still left behind on hybrid hosts.
+    #[tokio::test]
+    async fn a_pod_whose_netns_went_before_its_deletion_still_has_its_cgroup_removed() {
+        let root = node::tests::FakeRoot::new("reap-netns");
+        let netns = root.0.join("netns");
+        std::fs::write(&netns, "").unwrap();
+        let (tx, mut pods) = pods_with(
+            Resolver::new(&root.0, Some(netns.display().to_string())),
+            Reaper::with_remove(cgroup_rmdir),
+        );
+        let a = root.cgroup("kubepods/besteffort/poda", "7\n");
+        let view = view_of("a", "a", serde_json::json!({}));
+        tx.send(Update::Listed(vec![view.clone()])).await.unwrap();
+        let batch = pods.recv().await.unwrap();
+        assert!(
+            matches!(batch.changes.as_slice(), [Change::Upsert(_, s)] if s.is_ok()),
+            "enrolled"
+        );
+        std::fs::remove_file(&netns).unwrap();
+        let changes = pods.poll();
+        assert!(
+            matches!(changes.as_slice(), [Change::Upsert(_, s)] if s.is_err()),
+            "the spec turned into an error: {} changes",
+            changes.len()
+        );
+        tx.send(Update::Deleted(view.pod.clone())).await.unwrap();
+        pods.recv().await.unwrap();
+        assert_eq!(pods.reaper.pending(), [a.as_path()]);
     }
 
     #[tokio::test]
