@@ -282,8 +282,9 @@ mod tests {
         assert_eq!(addr(&["--metrics-addr", "off"]).unwrap(), None);
         let e = addr(&["--metrics-addr", "9090"]).unwrap_err();
         assert!(
-            e.to_string()
-                .contains("invalid socket address syntax: expected IP:PORT, [IPv6]:PORT, a bare IP"),
+            e.to_string().contains(
+                "invalid socket address syntax: expected IP:PORT, [IPv6]:PORT, a bare IP"
+            ),
             "{e}"
         );
     }
