@@ -38,8 +38,23 @@ pub fn show(status_file: &Path, bpffs_dir: &Path, json: bool) -> Result<()> {
     if let Some(addr) = doc.metrics_addr {
         println!("metrics http://{addr}/metrics");
     }
+    if let Some(b) = doc.budget {
+        println!(
+            "budget per pod (--max-pods {}): {} ports, {} CIDRs per list, {} addresses",
+            b.max_pods, b.ports, b.cidrs, b.local_addrs
+        );
+    }
     for pod in &doc.pods {
         println!("{}\t{}", pod.name, pod.state);
+        if pod.fail_closed {
+            println!("\tfail closed: its connect()s fail (EPERM), inbound connections refused");
+        }
+        if let Some(u) = pod.usage {
+            println!(
+                "\tuses {} ports, {}+{} CIDRs (-x, -i), {} addresses",
+                u.ports, u.cidr_exclude, u.cidr_include, u.local_addrs
+            );
+        }
         let nonzero: Vec<String> = pod
             .counters
             .iter()

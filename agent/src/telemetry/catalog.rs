@@ -37,6 +37,13 @@ pub const IN_NO_LISTENER: Family = Family {
     help: "Connections to steer that were refused because the proxy had no inbound listener",
 };
 
+pub const REFUSED: Family = Family {
+    name: "meshsteer_refused_pod_connections",
+    help: "Connections of a pod enrolled refused (over its budget, or an option meshsteer \
+           cannot apply), failed rather than let through uncaptured: outbound connect()s \
+           failed with EPERM, inbound ones refused",
+};
+
 /// Per-pod counters without a family of their own (socket-level acceleration, …), labelled
 /// `event` with their `meshsteer status` name.
 pub const OTHER: Family = Family {
@@ -46,13 +53,14 @@ pub const OTHER: Family = Family {
 };
 
 /// Every family of per-pod counters, in exposition order.
-pub const POD_FAMILIES: [Family; 7] = [
+pub const POD_FAMILIES: [Family; 8] = [
     OUTBOUND,
     INBOUND,
     ORIG_DST_LOOKUPS,
     ORIG_DST_MAP_FULL,
     ORIG_DST_EVICTED,
     IN_NO_LISTENER,
+    REFUSED,
     OTHER,
 ];
 
@@ -117,6 +125,8 @@ pub fn catalog() -> Vec<CounterInfo> {
             counter::ORIG_DST_MAP_FULL => info(ORIG_DST_MAP_FULL),
             counter::ORIG_DST_EVICTED => info(ORIG_DST_EVICTED),
             counter::IN_NO_LISTENER => info(IN_NO_LISTENER),
+            counter::REFUSED_CONNECT => info(REFUSED).label("direction", "outbound"),
+            counter::REFUSED_INBOUND => info(REFUSED).label("direction", "inbound"),
             _ => info(OTHER).label("event", key),
         }
     });

@@ -25,6 +25,12 @@ pub mod counter {
     /// A connection to steer, but the pod's proxy has no inbound listener: refused, as
     /// iptables REDIRECT to a closed port is.
     pub const IN_NO_LISTENER: usize = 28;
+    /// A TCP connect() of a pod enrolled refused ([`pod_flags::REFUSED`]): failed with EPERM.
+    ///
+    /// [`pod_flags::REFUSED`]: crate::maps::pod_flags::REFUSED
+    pub const REFUSED_CONNECT: usize = 29;
+    /// A connection arriving at a refused pod's address: refused with a RST.
+    pub const REFUSED_INBOUND: usize = 30;
     /// Socket-level acceleration (pods with `ACCELERATE`): sockets put into `MS_SOCKS`.
     pub const ACCEL_SOCKETS: usize = 32;
     /// Connections left on the normal path, by reason. `MS_SOCKS` was full.
@@ -44,12 +50,14 @@ pub mod counter {
     pub const ACCEL_HALF_CLOSE: usize = 38;
     pub const COUNT: usize = 48;
 
-    pub const NAMES: [(usize, &str); 12] = [
+    pub const NAMES: [(usize, &str); 14] = [
         (ORIG_DST_HIT, "orig_dst_hit"),
         (ORIG_DST_MISS, "orig_dst_miss"),
         (ORIG_DST_MAP_FULL, "orig_dst_map_full"),
         (ORIG_DST_EVICTED, "orig_dst_evicted"),
         (IN_NO_LISTENER, "inbound_no_listener"),
+        (REFUSED_CONNECT, "refused_connect"),
+        (REFUSED_INBOUND, "refused_inbound"),
         (ACCEL_SOCKETS, "accel_sockets"),
         (ACCEL_MAP_FULL, "accel_map_full"),
         (ACCEL_NO_PEER, "accel_no_peer"),
