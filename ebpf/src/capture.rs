@@ -9,6 +9,7 @@ use meshsteer_common::{
 
 use crate::{
     ctx::SockAddrCtx,
+    orig_dst,
     pod::{
         MapTables, count, count_node, current_owner, pod_config, pod_of_current_task, sock_state,
         sock_state_or_create,
@@ -89,6 +90,12 @@ pub fn steer(ctx: &SockAddrContext, v6_socket: bool, src: Addr, dst: Addr, dport
     }
     if !verdict.is_redirect() {
         return Steer::Pass;
+    }
+    if orig_dst::over_budget(pod_cgroup) {
+        // The pod holds its budget of live redirected connections: this one fails rather
+        // than take another pod's room (or go uncaptured).
+        count(pod_cgroup, counter::ORIG_DST_OVER_BUDGET);
+        return Steer::Deny;
     }
     let Some(state) = sock_state_or_create(sk) else {
         return Steer::Pass;

@@ -4,11 +4,19 @@ use std::{fs, path::Path, time::Duration};
 use anyhow::{Context, Result};
 use tracing::info;
 
-use crate::bpf::{accel, lock::PinLock, pins::Pins};
+use crate::bpf::{accel, lock::PinLock, migrate, pins::Pins};
 
 /// Detaches everything and removes the pins: capture stops for every pod on the node.
 pub fn uninstall(bpffs_dir: &Path) -> Result<()> {
     let pins = Pins::new(bpffs_dir);
+    // Pins of the layout this agent would upgrade (never run since) go too.
+    let previous = migrate::previous_root(bpffs_dir);
+    if previous.exists() {
+        let _lock = PinLock::acquire(bpffs_dir, Duration::ZERO)?;
+        fs::remove_dir_all(&previous)
+            .with_context(|| format!("unpinning {}", previous.display()))?;
+        info!(path = %previous.display(), "uninstalled");
+    }
     if !pins.root.exists() {
         info!(path = %pins.root.display(), "nothing pinned");
         return Ok(());

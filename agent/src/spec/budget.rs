@@ -1,7 +1,8 @@
-//! Per-pod budgets: how many entries one pod may hold in each node-wide map the agent writes.
-//! Each budget is that map's capacity divided by the node's pod limit (`--max-pods`), and the
-//! agent enrols at most that many pods with sets, so pods at their budgets fill each map at
-//! most exactly: whatever one pod asks for, every other pod still has its whole budget.
+//! Per-pod budgets: how many entries one pod may hold in each node-wide map. Each budget is
+//! that map's capacity divided by the node's pod limit (`--max-pods`), and the agent enrols at
+//! most that many pods with sets, so pods at their budgets fill each map at most exactly:
+//! whatever one pod asks for, every other pod still has its whole budget. The agent checks the
+//! maps it writes before writing; the datapath checks live original destinations itself.
 use meshsteer_common::maps::capacity;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,10 @@ pub struct Budget {
     pub cidrs: u32,
     /// Per pod: the pod's own addresses.
     pub local_addrs: u32,
+    /// Per pod: live redirected connections (their original destinations, `MS_ORIG_DST`).
+    /// Absent in status files of layout-2 agents.
+    #[serde(default)]
+    pub orig_dst: u32,
 }
 
 /// What one pod's plan takes of each map.
@@ -70,6 +75,8 @@ impl Budget {
             cidrs: capacity::CIDRS / max_pods,
             // The addresses also key MS_INBOUND_ADDRS, of the same capacity.
             local_addrs: capacity::LOCAL_ADDRS / max_pods,
+            // The map's slack beyond the budgets absorbs concurrent connect()s (capacity.rs).
+            orig_dst: capacity::ORIG_DST_BUDGETED / max_pods,
         })
     }
 
@@ -126,7 +133,11 @@ mod tests {
             assert!(
                 u64::from(b.local_addrs) * u64::from(max_pods) <= u64::from(capacity::LOCAL_ADDRS)
             );
-            assert!(b.ports >= 1 && b.cidrs >= 1 && b.local_addrs >= 1);
+            assert!(
+                u64::from(b.orig_dst) * u64::from(max_pods)
+                    <= u64::from(capacity::ORIG_DST - capacity::ORIG_DST_SLACK)
+            );
+            assert!(b.ports >= 1 && b.cidrs >= 1 && b.local_addrs >= 1 && b.orig_dst >= 1);
         }
         assert!(Budget::new(0).is_err());
         assert!(Budget::new(Budget::MAX_PODS + 1).is_err());

@@ -44,6 +44,8 @@ struct Scrape {
     /// The node's per-pod budgets, and what each pod's capture takes of them.
     budget: Option<Budget>,
     usage: Vec<(String, Usage)>,
+    /// (pod name, its live redirected connections).
+    orig_dst_live: Vec<(String, u64)>,
     orig_dst_entries: u64,
     owner_from_task: u64,
     trace_dropped: u64,
@@ -76,6 +78,13 @@ impl Scrape {
             fail_closed_pods,
             budget,
             usage,
+            orig_dst_live: pods
+                .iter()
+                .filter_map(|(name, id, _)| {
+                    let live = c.live((*id)?)?.orig_dst;
+                    Some((name.clone(), u64::try_from(live).unwrap_or(0)))
+                })
+                .collect(),
             pods: pods
                 .into_iter()
                 .filter_map(|(name, id, _)| Some((name, c.pod(id?)?)))
@@ -164,6 +173,7 @@ impl Scrape {
             ("cidr_exclude", b.cidrs),
             ("cidr_include", b.cidrs),
             ("local_addrs", b.local_addrs),
+            ("orig_dst", b.orig_dst),
         ];
         for (resource, n) in limits {
             ConstGauge::new(u64::from(n))
@@ -185,6 +195,10 @@ impl Scrape {
                 let labels = [("pod", pod.as_str()), ("resource", resource)];
                 ConstGauge::new(u64::from(n)).encode(used.encode_family(&labels)?)?;
             }
+        }
+        for (pod, n) in &self.orig_dst_live {
+            let labels = [("pod", pod.as_str()), ("resource", "orig_dst")];
+            ConstGauge::new(*n).encode(used.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -254,6 +268,7 @@ mod tests {
                     ..Default::default()
                 },
             )],
+            orig_dst_live: vec![("default/web-0".into(), 5)],
             orig_dst_entries: 4,
             ..Default::default()
         })
@@ -272,6 +287,8 @@ mod tests {
             "meshsteer_max_pods 128",
             r#"meshsteer_pod_budget{resource="ports"} 512"#,
             r#"meshsteer_pod_budget_used{pod="default/web-0",resource="ports"} 3"#,
+            r#"meshsteer_pod_budget{resource="orig_dst"} 1024"#,
+            r#"meshsteer_pod_budget_used{pod="default/web-0",resource="orig_dst"} 5"#,
             r#"meshsteer_refused_pod_connections_total{pod="default/web-0",direction="outbound"} 0"#,
             "meshsteer_orig_dst_entries 4",
             "meshsteer_trace_events_dropped_total 0",

@@ -221,6 +221,16 @@ mod tests {
     }
 
     #[test]
+    fn a_layout_2_agents_budget_is_read() {
+        let doc: AgentStatus = serde_json::from_str(
+            r#"{"pid": 1, "budget": {"maxPods": 128, "ports": 512, "cidrs": 2048,
+                "localAddrs": 512}, "pods": []}"#,
+        )
+        .unwrap();
+        assert_eq!(doc.budget.map(|b| (b.ports, b.orig_dst)), Some((512, 0)));
+    }
+
+    #[test]
     fn file_round_trips() {
         let doc = AgentStatus {
             pid: 7,
