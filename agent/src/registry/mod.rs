@@ -199,12 +199,18 @@ impl<D: Dataplane> Registry<D> {
             unready: None,
             pending: previous.as_ref().and_then(|p| p.pending.clone()),
         };
-        let result = spec.map_err(|r| r.why).and_then(|s| {
-            entry.spec = Some(s.clone());
-            self.enrol(key, &s, previous.as_ref().and_then(|p| p.enrolled.as_ref()))
-                // The status file's reason: the whole chain, as anyhow shows it.
-                .map_err(|e| Unready::Refused(format!("{:#}", anyhow::Error::new(e))))
-        });
+        let mut located = None;
+        let result = spec
+            .map_err(|r| {
+                located = r.located.map(|b| *b);
+                r.why
+            })
+            .and_then(|s| {
+                entry.spec = Some(s.clone());
+                self.enrol(key, &s, previous.as_ref().and_then(|p| p.enrolled.as_ref()))
+                    // The status file's reason: the whole chain, as anyhow shows it.
+                    .map_err(|e| Unready::Refused(format!("{:#}", anyhow::Error::new(e))))
+            });
         match result {
             Ok(enrolled) => {
                 info!(
@@ -221,10 +227,11 @@ impl<D: Dataplane> Registry<D> {
                 }
                 // A failed update leaves the pod's previous capture in effect: keep it. A pod
                 // with none is enrolled refused, fail closed: never uncaptured.
-                entry.enrolled = match (previous.and_then(|p| p.enrolled), &entry.spec) {
+                // Where the pod is: its spec, or where its source found it.
+                let at = entry.spec.clone().or(located);
+                entry.enrolled = match (previous.and_then(|p| p.enrolled), at) {
                     (Some(x), _) if !x.plan.is_refused() => Some(x),
                     (old, Some(spec)) if matches!(why, Unready::Refused(_)) => {
-                        let spec = spec.clone();
                         self.fence(key, &spec, old)
                     }
                     (old, _) => old,

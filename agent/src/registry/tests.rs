@@ -968,3 +968,21 @@ fn a_pod_whose_cgroup_cannot_be_enrolled_is_not_fenced_either() {
     assert!(r.error(&file("a")).contains("outside the cgroup root"));
     assert!(r.fake().enrolled.is_empty());
 }
+
+#[test]
+fn a_pod_its_source_refuses_but_located_is_enrolled_refused() {
+    let mut r = registry(host());
+    let refused = Rejected::refused(
+        "ns/a",
+        "annotation sidecar.istio.io/interceptionMode: TPROXY",
+    );
+    r.upsert(&file("a"), Err(refused.clone().at(pod("ns/a", CG_A, NS_A))));
+    assert!(r.error(&file("a")).contains("TPROXY"));
+    assert!(r.fake().refused.contains(&11));
+    assert_eq!(r.fake().inbound.get(&11), Some(&vec![IP]));
+    // Not located (yet): nothing to enrol.
+    r.upsert(&file("b"), Err(Rejected::refused("ns/b", "TPROXY")));
+    assert!(!r.fake().enrolled.contains_key(&12));
+    r.remove(&file("a"));
+    assert!(r.fake().enrolled.is_empty());
+}

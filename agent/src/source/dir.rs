@@ -220,6 +220,7 @@ mod tests {
                     Err(Rejected {
                         name,
                         why: Unready::Refused(r),
+                        ..
                     }) => (name, r),
                     other => panic!("refused expected: {other:?}"),
                 },
