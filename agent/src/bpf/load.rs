@@ -96,6 +96,9 @@ impl Datapath {
         }
         // The previous layout's maps and links, pinned here too: reused and swapped below.
         let previous = migrate::carry_over(bpffs_dir, &pins)?;
+        if previous.is_none() {
+            migrate::release_drained(&pins)?;
+        }
         let map_paths: Vec<(&str, PathBuf)> =
             names::PINNED.iter().map(|n| (*n, pins.map(n))).collect();
         let mut loader = EbpfLoader::new();

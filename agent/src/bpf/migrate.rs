@@ -9,6 +9,9 @@
 //!    (`BPF_LINK_UPDATE`): programs are never detached, traffic never escapes;
 //! 3. after the swap, removes the previous layout's directory ([`retire`]).
 //!
+//! A later start releases the adopted `MS_ORIG_DST_V2` once it has drained
+//! ([`release_drained`]).
+//!
 //! Every step is idempotent: an agent killed half-way leaves both directories, and the next
 //! one finishes the job. A map whose key or value changed cannot be reused as it is: it gets a
 //! new name here and the new programs read it as a fallback until it drains (as `MS_ORIG_DST`
@@ -20,7 +23,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use meshsteer_common::maps::{LAYOUT_VERSION, names};
+use aya::maps::{HashMap, MapData};
+use meshsteer_common::maps::{LAYOUT_VERSION, OrigDst, TupleKey, names};
 use tracing::info;
 
 use super::pins::Pins;
@@ -93,6 +97,33 @@ pub fn carry_over(bpffs_dir: &Path, pins: &Pins) -> Result<Option<PathBuf>> {
 pub fn retire(old: &Path) -> Result<()> {
     fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
     info!(path = %old.display(), "layout {PREVIOUS} retired");
+    Ok(())
+}
+
+/// Once drained, the adopted layout-2 `MS_ORIG_DST` is unpinned before loading: the loader
+/// then makes its one-entry placeholder again, and the old map's memory goes. Only layout-2
+/// programs ever stored into it and none runs any more (the upgrade swapped them all), so an
+/// empty one stays empty. Not in the run that upgrades: its old programs still run until the
+/// swap.
+pub fn release_drained(pins: &Pins) -> Result<()> {
+    let path = pins.map(names::ORIG_DST_V2);
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if info.max_entries() <= 1 {
+        return Ok(());
+    }
+    let old: HashMap<MapData, TupleKey, OrigDst> = pins.open_map(names::ORIG_DST_V2)?.try_into()?;
+    if old.keys().next().is_some() {
+        return Ok(());
+    }
+    fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+    info!(
+        map = names::ORIG_DST_V2,
+        "the adopted layout-{PREVIOUS} map is drained: released"
+    );
     Ok(())
 }
 

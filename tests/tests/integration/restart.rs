@@ -162,5 +162,30 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     assert!(status["counters"]["orig_dst_live"].is_u64(), "{status}");
     let doc: Value = serde_json::from_slice(&std::fs::read(&bed.agent.status_file)?)?;
     assert!(doc["budget"]["origDst"].is_u64(), "{doc}");
+
+    // The adopted layout-2 map holds connections redirected before the upgrade; once they are
+    // gone, the next start releases it (a one-entry placeholder takes its place).
+    let adopted = bed.agent.bpffs_dir.join(format!(
+        "v{layout}/maps/{}",
+        meshsteer_common::maps::names::ORIG_DST_V2
+    ));
+    let entries = || -> anyhow::Result<usize> {
+        let data = aya::maps::MapData::from_pin(&adopted)?;
+        let map: aya::maps::HashMap<
+            _,
+            meshsteer_common::maps::TupleKey,
+            meshsteer_common::maps::OrigDst,
+        > = aya::maps::Map::from_map_data(data)?.try_into()?;
+        Ok(map.keys().count())
+    };
+    assert!(aya::maps::MapInfo::from_pin(&adopted)?.max_entries() > 1);
+    bed.agent
+        .wait_until(Duration::from_secs(5), "the adopted map to drain", |_| {
+            entries().is_ok_and(|n| n == 0)
+        })?;
+    bed.agent.restart(libc::SIGTERM)?;
+    bed.agent.wait_state("test/a", |s| s == "ready")?;
+    assert_eq!(aya::maps::MapInfo::from_pin(&adopted)?.max_entries(), 1);
+    assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["orig_dst"], WORLD);
     Ok(())
 }
