@@ -3,12 +3,13 @@
 use aya_ebpf::programs::SockAddrContext;
 use meshsteer_common::{
     Addr,
-    maps::{PodConfig, SockState, node_counter, sock_flags},
+    maps::{PodConfig, SockState, counter, node_counter, pod_flags, sock_flags},
     outbound::{Connection, PodTables, decide},
 };
 
 use crate::{
     ctx::SockAddrCtx,
+    orig_dst,
     owner::current_owner,
     pod::{
         MapTables, count, count_node, pod_config, pod_of_current_task, sock_state,
@@ -21,6 +22,8 @@ use crate::{
 pub const SOCK_STREAM: u32 = 1;
 /// cgroup/connect* programs return 1 to let connect() proceed.
 pub const ALLOW: i32 = 1;
+/// ... and 0 to fail it with EPERM.
+pub const DENY: i32 = 0;
 
 /// Where connect() should go instead.
 pub struct Redirect {
@@ -28,28 +31,51 @@ pub struct Redirect {
     pub port: u16,
 }
 
+/// What becomes of a connect().
+pub enum Steer {
+    /// It goes where it was going.
+    Pass,
+    /// To the proxy instead.
+    Redirect(Redirect),
+    /// It fails (EPERM): the pod is enrolled refused, fail closed.
+    Deny,
+}
+
+impl Steer {
+    /// The connect hook's return value; a redirect is applied by the hook first.
+    pub const fn verdict(&self) -> i32 {
+        match self {
+            Self::Deny => DENY,
+            Self::Pass | Self::Redirect(_) => ALLOW,
+        }
+    }
+}
+
 /// Decides a TCP connect() from `src` (bound source, unspecified if none) to `dst:dport`.
 #[inline(always)]
-pub fn steer(
-    ctx: &SockAddrContext,
-    v6_socket: bool,
-    src: Addr,
-    dst: Addr,
-    dport: u16,
-) -> Option<Redirect> {
+pub fn steer(ctx: &SockAddrContext, v6_socket: bool, src: Addr, dst: Addr, dport: u16) -> Steer {
     let sk = ctx.sock();
     // Owner and pod as recorded at socket creation; sockets older than the agent fall back to
     // the connecting task (counted: that is where iptables' creator-based match could differ).
     let (pod_cgroup, uid, gid) = match sock_state(sk) {
         Some(s) if s.pod_cgroup != 0 => (s.pod_cgroup, s.uid, s.gid),
         _ => {
-            let pod = pod_of_current_task()?;
+            let Some(pod) = pod_of_current_task() else {
+                return Steer::Pass;
+            };
             count_node(node_counter::OWNER_FROM_TASK);
             let (uid, gid) = current_owner();
             (pod, uid, gid)
         }
     };
-    let cfg = pod_config(pod_cgroup)?;
+    let Some(cfg) = pod_config(pod_cgroup) else {
+        return Steer::Pass;
+    };
+    if cfg.flags & pod_flags::REFUSED != 0 {
+        // Fail closed: the pod's capture could not be applied, so none of its TCP leaves.
+        count(pod_cgroup, counter::REFUSED_CONNECT);
+        return Steer::Deny;
+    }
     let tables = MapTables::new(cfg);
     let conn = Connection {
         uid,
@@ -64,9 +90,17 @@ pub fn steer(
         trace::outbound(pod_cgroup, &conn, verdict.rule, verdict.redirect_port);
     }
     if !verdict.is_redirect() {
-        return None;
+        return Steer::Pass;
     }
-    let state = sock_state_or_create(sk)?;
+    if orig_dst::over_budget(pod_cgroup) {
+        // The pod holds its budget of live redirected connections: this one fails rather
+        // than take another pod's room (or go uncaptured).
+        count(pod_cgroup, counter::ORIG_DST_OVER_BUDGET);
+        return Steer::Deny;
+    }
+    let Some(state) = sock_state_or_create(sk) else {
+        return Steer::Pass;
+    };
     if state.pod_cgroup == 0 {
         *state = SockState {
             pod_cgroup,
@@ -82,7 +116,7 @@ pub fn steer(
     if src.is_unspecified() {
         bind_source(ctx, v6_socket, cfg, &tables, &dst);
     }
-    Some(Redirect {
+    Steer::Redirect(Redirect {
         addr: dst.localhost_like(),
         port: verdict.redirect_port,
     })

@@ -3,7 +3,7 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use meshsteer_common::Addr;
 
 use crate::{
-    capture::{ALLOW, SOCK_STREAM, steer},
+    capture::{ALLOW, SOCK_STREAM, Steer, steer},
     ctx::SockAddrCtx,
 };
 
@@ -15,11 +15,12 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     let dst = Addr::from_be_u32(ctx.user_ip4());
     let dport = u16::from_be(ctx.user_port_be());
     let src = Addr::from_be_u32(ctx.sock().src_ip4());
-    if let Some(r) = steer(&ctx, false, src, dst, dport)
+    let steer = steer(&ctx, false, src, dst, dport);
+    if let Steer::Redirect(r) = &steer
         && let Some(ip) = r.addr.be_u32()
     {
         ctx.set_user_ip4(ip);
         ctx.set_user_port_be(r.port.to_be());
     }
-    ALLOW
+    steer.verdict()
 }

@@ -4,7 +4,7 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use meshsteer_common::Addr;
 
 use crate::{
-    capture::{ALLOW, SOCK_STREAM, steer},
+    capture::{ALLOW, SOCK_STREAM, Steer, steer},
     ctx::SockAddrCtx,
 };
 
@@ -16,9 +16,10 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     let dst = Addr::from_be_words(ctx.user_ip6());
     let src = Addr::from_be_words(ctx.sock().src_ip6());
     let dport = u16::from_be(ctx.user_port_be());
-    if let Some(r) = steer(&ctx, true, src, dst, dport) {
+    let steer = steer(&ctx, true, src, dst, dport);
+    if let Steer::Redirect(r) = &steer {
         ctx.set_user_ip6(r.addr.be_words());
         ctx.set_user_port_be(r.port.to_be());
     }
-    ALLOW
+    steer.verdict()
 }

@@ -326,6 +326,8 @@ pub trait SockoptCtx {
     /// Answers the call with `value` (optval, optlen = its size, retval 0) and reports
     /// success, if optval can hold it.
     fn reply<T>(&self, value: T) -> bool;
+    /// Makes the call fail with `errno` (Linux 5.19: any error, not only the kernel's own).
+    fn fail(&self, errno: i32);
 }
 
 impl SockoptCtx for SockoptContext {
@@ -346,6 +348,12 @@ impl SockoptCtx for SockoptContext {
     fn set_optlen(&self, len: i32) {
         // SAFETY: a field of this ctx, writable in getsockopt programs.
         unsafe { ptr::write_volatile(&raw mut (*self.sockopt).optlen, len) };
+    }
+
+    #[inline(always)]
+    fn fail(&self, errno: i32) {
+        // SAFETY: a field of this ctx, writable in getsockopt programs.
+        unsafe { ptr::write_volatile(&raw mut (*self.sockopt).retval, -errno) };
     }
 
     #[inline(always)]

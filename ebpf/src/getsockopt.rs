@@ -1,7 +1,10 @@
 //! cgroup/getsockopt: answer `SOL_IP/SO_ORIGINAL_DST` and `SOL_IPV6/IP6T_SO_ORIGINAL_DST` in
 //! enrolled pods as netfilter's conntrack does under istio-iptables: a redirected
 //! connection's proxy side gets its original destination from `MS_ORIG_DST`, any other
-//! connection its own original destination. Every other call passes through untouched.
+//! connection its own original destination. A connection to the proxy's capture port on
+//! loopback whose entry is missing (it could not be stored) gets ENOENT, as a conntrack miss
+//! does: never the proxy's own address, which would make it connect to itself. Every other
+//! call passes through untouched.
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use meshsteer_common::{
     Addr,
@@ -10,11 +13,13 @@ use meshsteer_common::{
 
 use crate::{
     ctx::{Ends, NetnsCookie, SockoptCtx},
-    maps::ORIG_DST,
-    pod::{count, pod_of_current_task, sock_state},
+    orig_dst,
+    pod::{count, pod_config, pod_of_current_task, sock_state},
     sockaddr::{SockaddrIn, SockaddrIn6},
     tuple,
 };
+
+const ENOENT: i32 = 2;
 
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
@@ -42,12 +47,19 @@ fn answer(ctx: &SockoptContext, ipv6_level: bool) {
     let (local, remote) = sk.ends();
     let key = tuple::key(ctx.netns_cookie(), local, remote);
     let pod = pod_of_current_task();
-    let (addr, port_be, hit) = match ORIG_DST.get_ptr(key) {
+    let (addr, port_be, hit) = match orig_dst::find(&key) {
         // SAFETY: value pointer valid for this run; copied out at once.
         Some(p) => unsafe { ((*p).addr, (*p).port_be, true) },
         None => {
-            let kernel_answered = ctx.retval() == 0;
-            if pod.is_none() || kernel_answered {
+            let Some(pod_cgroup) = pod else { return };
+            // Before the kernel's answer: a conntrack of the host's would answer the
+            // loopback connection with the proxy's own address.
+            if to_capture_port(pod_cgroup, &local) {
+                count(pod_cgroup, counter::ORIG_DST_NOT_FOUND);
+                ctx.fail(ENOENT);
+                return;
+            }
+            if ctx.retval() == 0 {
                 return;
             }
             // Un-redirected connection of an enrolled pod. Under istio-iptables conntrack
@@ -70,6 +82,18 @@ fn answer(ctx: &SockoptContext, ipv6_level: bool) {
         };
         count(pod_cgroup, c);
     }
+}
+
+/// Whether `local` (the asking socket's own end) is where meshsteer redirects connections to:
+/// the pod's outbound or inbound capture port on loopback. A connection there without an
+/// entry is a redirected one whose original destination could not be stored.
+#[inline(always)]
+fn to_capture_port(pod_cgroup: u64, local: &(Addr, u16)) -> bool {
+    let Some(cfg) = pod_config(pod_cgroup) else {
+        return false;
+    };
+    let port = u16::from_be(local.1);
+    local.0.is_loopback() && (port == cfg.proxy_port || port == cfg.inbound_port)
 }
 
 /// Writes the answer into optval and reports success, if optval can hold it.

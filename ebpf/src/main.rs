@@ -17,9 +17,13 @@
 //! Shared pieces: `ctx.rs` (every access to a hook's context, as safe accessors), `tuple.rs`
 //! (connection keys), `maps.rs` (every map), `pod.rs` (socket → pod → config, counters),
 //! `capture.rs` (the connect-time steering both connect hooks use), `trace.rs` (decision
-//! records for `meshsteer trace`), `accel.rs` (sockops' half of acceleration), `sockaddr.rs`.
+//! records for `meshsteer trace`), `accel.rs` (sockops' half of acceleration), `orig_dst.rs`
+//! (original destinations and each pod's budget of them), `sockaddr.rs`.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has no atomic read-modify-write types (see `orig_dst.rs`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod accel;
 mod capture;
@@ -30,6 +34,7 @@ mod getpeername4;
 mod getpeername6;
 mod getsockopt;
 mod maps;
+mod orig_dst;
 mod owner;
 mod pod;
 mod sk_lookup;

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use meshsteer_common::{
     Addr,
     maps::{
-        CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PortKey, SockState,
-        TupleKey,
+        CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PodLive, PortKey,
+        SockState, TupleKey,
         accel::{AccelConfig, AccelState},
         capacity, node_counter,
         trace::{self, TraceCtl, TraceEvent},
@@ -43,10 +43,22 @@ pub static LOCAL_ADDRS: HashMap<LocalKey, u8, { capacity::LOCAL_ADDRS as usize }
 pub static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
 
 /// Redirected connection (as the proxy's accepted socket sees it) → original destination.
-/// LRU so a leak can never fill it; a live entry lost to eviction is counted at close.
+/// A plain hash map: an entry lives exactly as long as its connection (freed at close, see
+/// `orig_dst.rs`), and each pod holds at most its budget of them (`MS_POD_LIVE`), so no pod's
+/// connections can push out another's. Preallocated: an insert within the budgets never fails.
 #[btf_map(name = "MS_ORIG_DST")]
-pub static ORIG_DST: LruHashMap<TupleKey, OrigDst, { capacity::ORIG_DST as usize }> =
-    LruHashMap::new();
+pub static ORIG_DST: HashMap<TupleKey, OrigDst, { capacity::ORIG_DST as usize }> = HashMap::new();
+
+/// Layout 2's LRU `MS_ORIG_DST`, adopted by an upgrade: connections redirected before it are
+/// looked up and freed here until none is left. One entry on a node that never ran layout 2
+/// (the loader reuses the pinned map whatever its size).
+#[btf_map(name = "MS_ORIG_DST_V2")]
+pub static ORIG_DST_V2: LruHashMap<TupleKey, OrigDst, 1> = LruHashMap::new();
+
+/// Pod-level cgroup id → its live `MS_ORIG_DST` entries and their budget ([`PodLive`]),
+/// written by the agent at enrolment and counted here with atomic adds.
+#[btf_map(name = "MS_POD_LIVE")]
+pub static POD_LIVE: HashMap<u64, PodLive, { capacity::PODS as usize }> = HashMap::new();
 
 /// Pod-level cgroup id → counters (stable across config changes). Not preallocated:
 /// per-CPU values for every possible pod add up.

@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use meshsteer_common::{
     inbound::decide,
-    maps::{ListenerKey, counter, trace::action},
+    maps::{ListenerKey, counter, pod_flags, trace::action},
 };
 
 use crate::{
@@ -34,6 +34,11 @@ pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
     let Some(cfg) = pod_config(pod_cgroup) else {
         return SK_PASS;
     };
+    if cfg.flags & pod_flags::REFUSED != 0 {
+        // Fail closed, as a pod whose istio-init failed: nothing reaches the app.
+        count(pod_cgroup, counter::REFUSED_INBOUND);
+        return SK_DROP;
+    }
     let rule = decide(
         cfg,
         &MapTables::new(cfg),

@@ -1,5 +1,6 @@
 //! sockops: once a redirected connect() has its source port (TCP_CONNECT_CB), publish its
-//! original destination under the tuple the proxy will see; drop it when the socket closes.
+//! original destination under the tuple the proxy will see (a direct connection to a capture
+//! port too, see `direct_to_capture_port`); drop it when the connection ends.
 //! And when a pod's proxy listens on its inbound port (TCP_LISTEN_CB), register that listener
 //! for sk_lookup. Established connections of accelerated pods go to `accel.rs`.
 use aya_ebpf::{
@@ -13,14 +14,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use meshsteer_common::{
+    Addr,
     inbound::may_listen,
     maps::{ListenerKey, OrigDst, SockState, TupleKey, counter, sock_flags},
 };
 
 use crate::{
     accel,
-    ctx::SockOpsCtx,
-    maps::{LISTENERS, ORIG_DST},
+    ctx::{Ends, SockOpsCtx},
+    maps::LISTENERS,
+    orig_dst::{self, NotStored},
     pod::{count, pod_config, sock_state, sock_state_or_create},
     tuple::{mirrored, own_view},
 };
@@ -70,38 +73,59 @@ fn register_listener(ctx: &SockOpsContext) {
     let _ = ctx.store_in(&LISTENERS, &mut key);
 }
 
-/// The redirected socket's state, if this socket is one.
-#[inline(always)]
-fn redirected(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
-    sock_state(ctx.sock()?).filter(|s| s.flags & sock_flags::REDIRECTED != 0)
-}
-
 /// The connecting socket's connection as the proxy's accepted socket sees it.
 #[inline(always)]
 fn connection_key(ctx: &SockOpsContext) -> TupleKey {
     mirrored(&own_view(ctx))
 }
 
+/// A connection of an enrolled pod straight to its proxy's capture port on loopback (not
+/// redirected: `-d 127.0.0.1 -j RETURN`). Its entry says where it went, as conntrack would: so
+/// that a connection at a capture port *without* an entry is always a redirected one whose
+/// entry is missing, and its proxy gets ENOENT instead of its own address (`getsockopt.rs`).
+#[inline(always)]
+fn direct_to_capture_port(ctx: &SockOpsContext, state: &SockState) -> Option<(Addr, u16)> {
+    let cfg = pod_config(state.pod_cgroup)?;
+    let (_, (addr, port_be)) = ctx.ends();
+    let port = u16::from_be(port_be);
+    (addr.is_loopback() && (port == cfg.proxy_port || port == cfg.inbound_port))
+        .then_some((addr, port_be))
+}
+
 #[inline(always)]
 fn publish(ctx: &SockOpsContext) {
-    let Some(state) = redirected(ctx) else { return };
+    let Some(state) = ctx.sock().and_then(sock_state) else {
+        return;
+    };
+    let (addr, port_be) = if state.flags & sock_flags::REDIRECTED != 0 {
+        (state.orig_addr, state.orig_port_be)
+    } else if let Some(direct) = direct_to_capture_port(ctx, state) {
+        direct
+    } else {
+        return;
+    };
     let orig = OrigDst {
-        addr: state.orig_addr,
-        port_be: state.orig_port_be,
+        addr,
+        port_be,
         claimed: 0,
         _pad: 0,
         pod_cgroup: state.pod_cgroup,
     };
-    if ORIG_DST.insert(connection_key(ctx), orig, 0).is_ok() {
-        state.flags |= sock_flags::PUBLISHED;
-        // Ask for state callbacks so the entry goes away with the connection.
-        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-    } else {
-        count(state.pod_cgroup, counter::ORIG_DST_MAP_FULL);
-        warn!(
-            ctx,
-            "MS_ORIG_DST insert failed: the proxy will not learn this original destination"
-        );
+    match orig_dst::publish(&connection_key(ctx), &orig) {
+        Ok(()) => {
+            state.flags |= sock_flags::PUBLISHED;
+            // Ask for state callbacks so the entry goes away with the connection.
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        }
+        // The proxy's SO_ORIGINAL_DST then fails (ENOENT): it never gets a wrong answer.
+        Err(NotStored::OverBudget) => count(state.pod_cgroup, counter::ORIG_DST_OVER_BUDGET),
+        Err(NotStored::MapFull) => {
+            count(state.pod_cgroup, counter::ORIG_DST_MAP_FULL);
+            warn!(
+                ctx,
+                "MS_ORIG_DST insert failed: the proxy will not learn this original destination"
+            );
+        }
     }
 }
 
@@ -110,7 +134,7 @@ fn publish(ctx: &SockOpsContext) {
 /// has already closed must still learn it (else it would connect to itself).
 #[inline(always)]
 fn claim(ctx: &SockOpsContext) {
-    let Some(entry) = ORIG_DST.get_ptr_mut(own_view(ctx)) else {
+    let Some(entry) = orig_dst::find(&own_view(ctx)) else {
         return;
     };
     let Some(sk) = ctx.sock() else { return };
@@ -136,8 +160,8 @@ fn unpublish(ctx: &SockOpsContext) {
     };
     if state.flags & sock_flags::ORIG_OWNER != 0 {
         state.flags &= !sock_flags::ORIG_OWNER;
-        if ORIG_DST.remove(own_view(ctx)).is_err() {
-            // The LRU evicted a live connection's entry: its proxy may have asked in vain.
+        if !orig_dst::free(&own_view(ctx)) {
+            // A live connection's entry was gone (evicted from the adopted layout-2 LRU map).
             count(state.pod_cgroup, counter::ORIG_DST_EVICTED);
         }
         return;
@@ -149,10 +173,8 @@ fn unpublish(ctx: &SockOpsContext) {
     state.flags &= !sock_flags::PUBLISHED;
     let key = connection_key(ctx);
     // SAFETY: a value of the map, read at once.
-    let claimed = ORIG_DST
-        .get_ptr(key)
-        .is_some_and(|e| unsafe { (*e).claimed } != 0);
+    let claimed = orig_dst::find(&key).is_some_and(|e| unsafe { (*e).claimed } != 0);
     if !claimed {
-        let _ = ORIG_DST.remove(key);
+        orig_dst::free(&key);
     }
 }

@@ -22,8 +22,22 @@ pub fn agent_bin() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshsteer"))
 }
 
+/// The previous pin layout's agent (`MESHSTEER_PREVIOUS_BIN`, built by `cargo xtask test` or
+/// `cargo xtask previous-agent` from git history), for the upgrade test.
+pub fn previous_agent_bin() -> Result<PathBuf> {
+    let bin = std::env::var_os("MESHSTEER_PREVIOUS_BIN").context(
+        "MESHSTEER_PREVIOUS_BIN is not set: run through `cargo xtask test`, which builds the \
+         previous layout's agent (or set it to `cargo xtask previous-agent`'s output)",
+    )?;
+    let bin = PathBuf::from(bin);
+    anyhow::ensure!(bin.is_file(), "{} is not a file", bin.display());
+    Ok(bin)
+}
+
 pub struct Agent {
     proc: Option<Proc>,
+    /// The binary `run` starts (the one under test unless an upgrade test says otherwise).
+    bin: PathBuf,
     pub bpffs_dir: PathBuf,
     pub pods_dir: PathBuf,
     pub status_file: PathBuf,
@@ -40,9 +54,15 @@ impl Agent {
 
     /// Starts the agent with more `run` arguments (e.g. `--kubernetes …`).
     pub fn start_with(node: &Node, extra_args: &[&str]) -> Result<Self> {
+        Self::start_bin(node, &agent_bin(), extra_args)
+    }
+
+    /// Starts `bin` as the agent (an upgrade test's previous agent).
+    pub fn start_bin(node: &Node, bin: &Path, extra_args: &[&str]) -> Result<Self> {
         let work = std::env::temp_dir().join("meshsteer-tests").join(&node.id);
         let agent = Self {
             proc: None,
+            bin: bin.to_path_buf(),
             bpffs_dir: Path::new("/sys/fs/bpf").join(format!("meshsteer-{}", node.id)),
             pods_dir: work.join("pods"),
             status_file: work.join("status.json"),
@@ -58,7 +78,7 @@ impl Agent {
 
     fn launch(&mut self) -> Result<()> {
         let _ = fs::remove_file(&self.status_file);
-        let bin = agent_bin();
+        let bin = self.bin.clone();
         let mut args = vec![
             "run",
             "--cgroup-root",
@@ -92,6 +112,13 @@ impl Agent {
     /// Stops the agent with `signal` (its pins stay) and starts a new one.
     pub fn restart(&mut self, signal: i32) -> Result<()> {
         self.stop(signal);
+        self.launch()
+    }
+
+    /// Stops the agent with `signal` and starts the agent under test on its pins (an upgrade).
+    pub fn upgrade(&mut self, signal: i32) -> Result<()> {
+        self.stop(signal);
+        self.bin = agent_bin();
         self.launch()
     }
 
@@ -245,8 +272,15 @@ impl Drop for Agent {
         {
             eprintln!("--- meshsteer agent log ---\n{log}--- end of agent log ---");
         }
-        // Unpin everything: the test's programs leave with it.
+        // Unpin everything: the test's programs leave with it (a previous agent's pins too,
+        // if an upgrade test failed before the upgrade).
         let _ = self.cli(&["uninstall"]);
+        if self.bin != agent_bin() {
+            let _ = cmd::host(
+                path_str(&self.bin),
+                &["uninstall", "--bpffs-dir", path_str(&self.bpffs_dir)],
+            );
+        }
         let _ = fs::remove_dir(&self.bpffs_dir);
         let _ = fs::remove_dir_all(&self.work);
     }

@@ -9,6 +9,7 @@ mod k8s_box;
 mod layers;
 mod lint;
 mod node_box;
+mod previous;
 mod process;
 mod setup;
 mod test;
@@ -71,6 +72,9 @@ enum Task {
     /// table and writes JSON lines to target/bench/results.jsonl. Knobs: MESHSTEER_BENCH_REPS,
     /// MESHSTEER_BENCH_SECS, MESHSTEER_BENCH_CONNS, MESHSTEER_BENCH_CHURN.
     Bench,
+    /// Build (once, cached) the previous pin layout's release agent for the upgrade test, from
+    /// the last commit with that layout, and print its path (see xtask/src/previous.rs).
+    PreviousAgent,
     /// OCI image archives for the real-node test, in target/images (see xtask/src/image.rs):
     /// the agent (release build), nginx, curl and the `istio-proxy` HAProxy sidecar.
     Image,
@@ -105,6 +109,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
         }
         Task::Test { args } => return test::run_tests(&root, &args),
         Task::Bench => return bench::run_bench(&root),
+        Task::PreviousAgent => println!("{}", previous::build(&root)?.display()),
         Task::Image => {
             setup::run_setup(false)?;
             println!("{}", image::build_all(&root)?.display());

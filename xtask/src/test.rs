@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::process::ensure_root_or_reexec;
 use crate::workspace::cargo;
-use crate::{agent, image, setup};
+use crate::{agent, image, previous, setup};
 
 /// The privileged integration tests' package (also home of the bench's binaries).
 pub const TESTS_PACKAGE: &str = "meshsteer-tests";
@@ -31,6 +31,8 @@ pub fn run_tests(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
     ensure_root_or_reexec("`cargo xtask test` (privileged tests)")?;
     setup::run_setup(true)?;
     let agent = agent::build(root, false)?;
+    // The upgrade test runs the previous pin layout's agent, then this one on its pins.
+    let previous = previous::build(root)?;
     // The real-node test's images (the agent's is a release build).
     let images = image::build_all(root)?;
     let mut cmd = cargo(root);
@@ -40,6 +42,7 @@ pub fn run_tests(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
     }
     cmd.args(extra)
         .env("MESHSTEER_BIN", &agent)
+        .env("MESHSTEER_PREVIOUS_BIN", &previous)
         .env("MESHSTEER_IMAGES", &images);
     cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().context("could not start cargo test")?;

@@ -2,16 +2,18 @@
 //! destinations. What each counter means and is called lives in `telemetry::catalog`.
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use meshsteer_common::maps::{OrigDst, PodCounters, TupleKey, names};
+use meshsteer_common::maps::{OrigDst, PodCounters, PodLive, TupleKey, names};
 
 use super::pins::Pins;
 
 /// The counter maps: per-pod counters (`MS_POD_STATS`), node counters (`MS_NODE_STATS`) and
-/// the live original destinations (`MS_ORIG_DST`). Reads never block the datapath.
+/// the live original destinations, counted per pod by the datapath (`MS_POD_LIVE`), plus those
+/// left in the drained layout-2 map (`MS_ORIG_DST_V2`). Reads never block the datapath.
 pub struct Counters {
     pods: PerCpuHashMap<MapData, u64, PodCounters>,
     node: PerCpuArray<MapData, u64>,
-    orig_dst: HashMap<MapData, TupleKey, OrigDst>,
+    live: HashMap<MapData, u64, PodLive>,
+    orig_dst_v2: HashMap<MapData, TupleKey, OrigDst>,
 }
 
 impl Counters {
@@ -24,7 +26,8 @@ impl Counters {
         Ok(Self {
             pods: get(names::POD_STATS)?.try_into()?,
             node: get(names::NODE_STATS)?.try_into()?,
-            orig_dst: get(names::ORIG_DST)?.try_into()?,
+            live: get(names::POD_LIVE)?.try_into()?,
+            orig_dst_v2: get(names::ORIG_DST_V2)?.try_into()?,
         })
     }
 
@@ -53,9 +56,21 @@ impl Counters {
         self.pods.keys().count()
     }
 
-    /// Live published original destinations (the map's idle size is 0).
+    /// Live published original destinations (the map's idle size is 0): one read per pod,
+    /// not per entry, plus what an upgrade left in the drained layout-2 map (none once drained).
     pub fn orig_dst_entries(&self) -> usize {
-        self.orig_dst.keys().count()
+        let counted: i64 = self
+            .live
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, l)| l.orig_dst.max(0))
+            .sum();
+        usize::try_from(counted).unwrap_or(0) + self.orig_dst_v2.keys().count()
+    }
+
+    /// A pod's live original destinations and their budget.
+    pub fn live(&self, cgroup_id: u64) -> Option<PodLive> {
+        self.live.get(&cgroup_id, 0).ok()
     }
 
     /// Gives an enrolled pod its zeroed counters, unless it has some (kept across updates).
@@ -71,6 +86,47 @@ impl Counters {
 
     pub(crate) fn remove_pod(&mut self, cgroup_id: u64) {
         let _ = self.pods.remove(&cgroup_id);
+        let _ = self.live.remove(&cgroup_id);
+    }
+
+    /// Gives the pod its live-entry count and budget. An existing count is kept (its
+    /// connections' entries are in the map): only the budget is set.
+    pub(crate) fn ensure_live(&mut self, cgroup_id: u64, limit: i64) -> Result<()> {
+        match self.live.get(&cgroup_id, 0) {
+            Ok(l) if l.orig_dst_limit == limit => Ok(()),
+            // Written whole while the datapath adds to `orig_dst` atomically: a race can lose
+            // one add (a count one off until the pod goes), never the budget.
+            Ok(l) => self.live.insert(
+                cgroup_id,
+                PodLive {
+                    orig_dst_limit: limit,
+                    ..l
+                },
+                0,
+            ),
+            Err(_) => self.live.insert(
+                cgroup_id,
+                PodLive {
+                    orig_dst: 0,
+                    orig_dst_limit: limit,
+                },
+                0,
+            ),
+        }
+        .context("writing the pod's budget of live connections (MS_POD_LIVE)")
+    }
+
+    /// Drops the live counts of pods whose cgroup is not in `keep`.
+    pub(crate) fn retain_live(&mut self, keep: &std::collections::BTreeSet<u64>) {
+        let dead: Vec<u64> = self
+            .live
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|c| !keep.contains(c))
+            .collect();
+        for c in dead {
+            let _ = self.live.remove(&c);
+        }
     }
 }
 

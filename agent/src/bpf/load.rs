@@ -16,7 +16,7 @@ use aya::{
 use meshsteer_common::{globals, maps::names};
 use tracing::{debug, info};
 
-use super::{accel, lock::PinLock, owner, pins::Pins};
+use super::{accel, lock::PinLock, migrate, owner, pins::Pins};
 use crate::{
     host::{bpffs, cgroup},
     sys::bpf::{self as bpf_sys, AttachType},
@@ -31,24 +31,16 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// The object built by build.rs from `ebpf/` (same code as `cargo xtask build-ebpf`).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshsteer.bpf.o"));
 
-/// (program, attach type, what a failure to attach most likely means).
+/// (program, attach type, what a failure to attach most likely means). In update order: on
+/// an upgrade each link swaps its program on its own, so the readers of `MS_ORIG_DST`
+/// (getsockopt, which also reads the previous layout's map) go before its writer (sockops):
+/// an entry the new sockops stores is never asked of the old getsockopt.
 const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
     (
         "sock_create",
         AttachType::SockCreate,
         "cgroup/sock_create (Linux 4.10)",
     ),
-    (
-        "connect4",
-        AttachType::Connect4,
-        "cgroup/connect4 (Linux 4.17)",
-    ),
-    (
-        "connect6",
-        AttachType::Connect6,
-        "cgroup/connect6 (Linux 4.17)",
-    ),
-    ("ms_sockops", AttachType::SockOps, "sockops (Linux 4.13)"),
     (
         "getsockopt",
         AttachType::GetSockopt,
@@ -64,6 +56,17 @@ const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
         AttachType::GetPeername6,
         "cgroup/getpeername6 (Linux 5.8)",
     ),
+    (
+        "connect4",
+        AttachType::Connect4,
+        "cgroup/connect4 (Linux 4.17)",
+    ),
+    (
+        "connect6",
+        AttachType::Connect6,
+        "cgroup/connect6 (Linux 4.17)",
+    ),
+    ("ms_sockops", AttachType::SockOps, "sockops (Linux 4.13)"),
 ];
 
 /// The loaded object; its programs stay attached through their pinned links.
@@ -85,11 +88,16 @@ impl Datapath {
     pub fn load(bpffs_dir: &Path, cgroup_root: &Path) -> Result<Self> {
         bpffs::ensure_bpffs(bpffs_dir)?;
         let lock = PinLock::acquire(bpffs_dir, LOCK_WAIT)?;
-        Pins::check_layout(bpffs_dir)?;
+        Pins::check_layout(bpffs_dir, migrate::PREVIOUS)?;
         let pins = Pins::new(bpffs_dir);
         for sub in ["maps", "links"] {
             fs::create_dir_all(pins.root.join(sub))
                 .with_context(|| format!("creating {}", pins.root.join(sub).display()))?;
+        }
+        // The previous layout's maps and links, pinned here too: reused and swapped below.
+        let previous = migrate::carry_over(bpffs_dir, &pins)?;
+        if previous.is_none() {
+            migrate::release_drained(&pins)?;
         }
         let map_paths: Vec<(&str, PathBuf)> =
             names::PINNED.iter().map(|n| (*n, pins.map(n))).collect();
@@ -128,6 +136,11 @@ impl Datapath {
             .with_context(|| format!("attaching {what} at {}", cgroup_root.display()))?;
         }
         let sk_lookup = load_sk_lookup(&mut bpf)?;
+        // Every carried cgroup and sk_msg link runs our programs now (per-pod sk_lookup links
+        // are swapped as their pods are enrolled): the previous layout's pins can go.
+        if let Some(old) = previous {
+            migrate::retire(&old)?;
+        }
         info!(pins = %pins.root.display(), cgroup = %cgroup_root.display(), "datapath attached");
         Ok(Self {
             _lock: lock,

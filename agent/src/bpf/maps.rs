@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, LpmTrie, Map, MapData, SockHash, lpm_trie::Key};
 use meshsteer_common::{
     Addr,
-    maps::{CidrKey, ListenerKey, LocalKey, PodConfig, PodCounters, PortKey, names},
+    maps::{CidrKey, ListenerKey, LocalKey, PodConfig, PodCounters, PodLive, PortKey, names},
 };
 
 use super::{counters::Counters, pins::Pins};
@@ -24,6 +24,8 @@ pub struct PodMaps {
     counters: Counters,
     inbound_addrs: HashMap<MapData, Addr, u64>,
     listeners: SockHash<MapData, ListenerKey>,
+    /// Each pod's budget of live original destinations (`MS_POD_LIVE`).
+    orig_dst_limit: i64,
 }
 
 impl PodMaps {
@@ -51,7 +53,14 @@ impl PodMaps {
             local: typed(names::LOCAL_ADDRS)?.try_into()?,
             inbound_addrs: typed(names::INBOUND_ADDRS)?.try_into()?,
             listeners: typed(names::LISTENERS)?.try_into()?,
+            orig_dst_limit: i64::MAX,
         })
+    }
+
+    /// Each pod's budget of live original destinations, written at enrolment.
+    pub fn with_orig_dst_limit(mut self, limit: u32) -> Self {
+        self.orig_dst_limit = i64::from(limit);
+        self
     }
 
     /// Pods enrolled in the maps (after a restart: by the previous agent).
@@ -83,6 +92,10 @@ impl PodMaps {
             return Err(e);
         }
         self.counters.ensure_pod(cgroup_id)?;
+        if let Err(e) = self.counters.ensure_live(cgroup_id, self.orig_dst_limit) {
+            self.remove_sets(plan);
+            return Err(e);
+        }
         if let Err(e) = self.pods.insert(cgroup_id, plan.config, 0) {
             self.remove_sets(plan);
             return Err(e).context("writing the pod's config");
@@ -224,6 +237,7 @@ impl PodMaps {
         for k in dead_local {
             let _ = self.local.remove(&k);
         }
+        self.counters.retain_live(keep);
         for trie in [&mut self.cidr_exclude, &mut self.cidr_include] {
             let dead: Vec<Key<CidrKey>> = trie
                 .keys()
@@ -244,6 +258,11 @@ impl PodMaps {
     /// Live published original destinations (the map's idle size is 0).
     pub fn orig_dst_entries(&self) -> usize {
         self.counters.orig_dst_entries()
+    }
+
+    /// A pod's live original destinations and their budget.
+    pub fn live(&self, cgroup_id: u64) -> Option<PodLive> {
+        self.counters.live(cgroup_id)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The eBPF side, from user space: loading and attaching the object ([`load`]), the pin layout
-//! ([`pins`]), the per-pod map writes ([`maps`]), counters, per-netns sk_lookup links
+//! ([`pins`]), the upgrade from the previous layout's pins ([`migrate`]), the per-pod map
+//! writes ([`maps`]), counters, per-netns sk_lookup links
 //! ([`netns`]), the trace lease, acceleration, and the kernel feature probes.
 pub mod accel;
 pub mod btf;
@@ -8,6 +9,7 @@ pub mod features;
 pub mod load;
 pub mod lock;
 pub mod maps;
+pub mod migrate;
 pub mod netns;
 pub mod owner;
 pub mod pins;

@@ -50,26 +50,68 @@ impl Pins {
         self.root.join("links").join("netns")
     }
 
-    /// Refuses pins of another layout: adopting maps whose key/value layout differs would
-    /// misread them silently.
-    pub(crate) fn check_layout(bpffs_dir: &Path) -> Result<()> {
-        let current = format!("v{LAYOUT_VERSION}");
+    /// Refuses pins of a layout this agent can neither use nor upgrade (older than the
+    /// previous one, or newer than its own): adopting maps whose key/value layout differs
+    /// would misread them silently. The previous layout's pins are upgraded
+    /// (`bpf::migrate`).
+    pub(crate) fn check_layout(bpffs_dir: &Path, upgradable: u32) -> Result<()> {
         let Ok(entries) = fs::read_dir(bpffs_dir) else {
             return Ok(());
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('v')
-                && name[1..].chars().all(|c| c.is_ascii_digit())
-                && name != current
-            {
-                bail!(
-                    "{} holds pins of layout {name}, this agent uses {current}: run the matching \
-                     agent's `meshsteer uninstall`, or remove that directory, before switching",
-                    bpffs_dir.display()
-                );
+            let Some(version) = name.strip_prefix('v').and_then(|v| v.parse::<u32>().ok()) else {
+                continue;
+            };
+            if version == LAYOUT_VERSION || version == upgradable {
+                continue;
             }
+            let (what, how) = if version > LAYOUT_VERSION {
+                (
+                    "a newer layout",
+                    "run that agent (downgrades are not supported)".to_string(),
+                )
+            } else {
+                (
+                    "a layout too old to upgrade",
+                    format!("upgrade through an agent of layout v{upgradable} first"),
+                )
+            };
+            bail!(
+                "{} holds pins of {what} (v{version}), this agent uses v{LAYOUT_VERSION} and \
+                 upgrades v{upgradable}: {how}, or run that agent's `meshsteer uninstall` \
+                 (capture stops) before switching",
+                bpffs_dir.display()
+            );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_layout_and_the_upgradable_one_are_accepted() {
+        let dir = std::env::temp_dir().join(format!("ms-pins-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join(format!("v{LAYOUT_VERSION}"))).unwrap();
+        fs::create_dir_all(dir.join("other")).unwrap();
+        let previous = LAYOUT_VERSION - 1;
+        fs::create_dir_all(dir.join(format!("v{previous}"))).unwrap();
+        Pins::check_layout(&dir, previous).unwrap();
+        let newer = dir.join(format!("v{}", LAYOUT_VERSION + 1));
+        fs::create_dir_all(&newer).unwrap();
+        let e = Pins::check_layout(&dir, previous).unwrap_err().to_string();
+        assert!(
+            e.contains("a newer layout") && e.contains("downgrades"),
+            "{e}"
+        );
+        fs::remove_dir(&newer).unwrap();
+        fs::create_dir_all(dir.join("v0")).unwrap();
+        let e = Pins::check_layout(&dir, previous).unwrap_err().to_string();
+        assert!(e.contains("too old to upgrade"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,6 +6,8 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::spec::budget::{Budget, DEFAULT_MAX_PODS};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "meshsteer",
@@ -94,6 +96,17 @@ pub struct RunArgs {
     /// (`accelerate: true|false` wins). See the README for what it changes.
     #[arg(long, env = "MESHSTEER_ACCELERATE", value_enum, default_value_t = Switch::Off)]
     pub accelerate: Switch,
+    /// Pods enrolled with capture at most, and so each pod's share of the node-wide maps
+    /// (ports, CIDRs, addresses: each map's capacity / this). Set it at least to the kubelet's
+    /// maxPods; a pod beyond it, or over its share, is enrolled refused (fail closed).
+    #[arg(long, env = "MESHSTEER_MAX_PODS", default_value_t = DEFAULT_MAX_PODS,
+          value_parser = parse_max_pods)]
+    pub max_pods: u32,
+}
+
+fn parse_max_pods(s: &str) -> Result<u32, String> {
+    let n: u32 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    Budget::new(n).map(|_| n).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -287,6 +300,14 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn max_pods() {
+        assert_eq!(run_args(&[]).unwrap().max_pods, DEFAULT_MAX_PODS);
+        assert_eq!(run_args(&["--max-pods", "16"]).unwrap().max_pods, 16);
+        assert!(run_args(&["--max-pods", "0"]).is_err());
+        assert!(run_args(&["--max-pods", "1000000"]).is_err());
     }
 
     #[test]

@@ -216,6 +216,8 @@ mod tests {
                 .unwrap_or_default(),
             capture,
             accelerate: None,
+            usage: None,
+            fail_closed: false,
             options: None,
             counters: None,
         }
@@ -230,6 +232,7 @@ mod tests {
         AgentStatus {
             pid: 1,
             metrics_addr: None,
+            budget: None,
             pods: vec![
                 pod("ns/web", PodState::Ready, Some(excluding.clone())),
                 pod("ns/new", PodState::Waiting("no cgroup yet".into()), None),

@@ -23,6 +23,7 @@ use crate::{
         dir::PodDir,
         kube::{self, KubePods},
     },
+    spec::budget::Budget,
     sys::async_fd,
     telemetry::{http::Endpoints, reporter::Reporter},
 };
@@ -39,18 +40,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Bound before anything is attached: a taken port stops the agent before it changes
     // anything; served once the datapath is attached.
     let endpoints = Endpoints::bind(args.metrics.addr.0).await?;
-    let reporter = Reporter::new(&args.status.status_file, endpoints.addr());
+    // In range: checked by the argument parser.
+    let budget = Budget::new(args.max_pods)?;
+    let reporter = Reporter::new(&args.status.status_file, endpoints.addr()).with_budget(budget);
     let mut datapath = Datapath::load(&args.pins.bpffs_dir, &cgroup_root)?;
     if let Some(logger) = datapath.take_logger() {
         tokio::spawn(forward_ebpf_logs(logger));
     }
     endpoints.serve(&datapath.pins, reporter.subscribe())?;
-    let maps = PodMaps::take(&mut datapath.bpf)?;
+    let maps = PodMaps::take(&mut datapath.bpf)?.with_orig_dst_limit(budget.orig_dst);
     let sk_lookup = datapath.sk_lookup.try_clone()?;
     let mut source = source.open(&cgroup_root);
     let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookup);
     let mut registry = Registry::new(dataplane, cgroup_root)
-        .with_acceleration(args.accelerate.on(), datapath.accel.clone());
+        .with_acceleration(args.accelerate.on(), datapath.accel.clone())
+        .with_budget(budget);
     // Set once the source has listed every pod (at once for a directory; after the first
     // list for Kubernetes): only then can a previous agent's enrolments be reconciled.
     let mut reconciled = false;

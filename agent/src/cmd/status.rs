@@ -22,12 +22,18 @@ pub fn show(status_file: &Path, bpffs_dir: &Path, json: bool) -> Result<()> {
         if let (Some(counters), Some(id)) = (&counters, pod.cgroup_id)
             && let Some(c) = counters.pod(id)
         {
-            pod.counters = Some(
-                catalog
-                    .iter()
-                    .map(|i| (i.key.clone(), c.0[i.index]))
-                    .collect(),
-            );
+            let mut shown: std::collections::BTreeMap<String, u64> = catalog
+                .iter()
+                .map(|i| (i.key.clone(), c.0[i.index]))
+                .collect();
+            // Not a counter but a count: its live redirected connections, against its budget.
+            if let Some(l) = counters.live(id) {
+                shown.insert(
+                    "orig_dst_live".into(),
+                    u64::try_from(l.orig_dst).unwrap_or(0),
+                );
+            }
+            pod.counters = Some(shown);
         }
     }
     if json {
@@ -38,8 +44,24 @@ pub fn show(status_file: &Path, bpffs_dir: &Path, json: bool) -> Result<()> {
     if let Some(addr) = doc.metrics_addr {
         println!("metrics http://{addr}/metrics");
     }
+    if let Some(b) = doc.budget {
+        println!(
+            "budget per pod (--max-pods {}): {} ports, {} CIDRs per list, {} addresses, {} live \
+             redirected connections",
+            b.max_pods, b.ports, b.cidrs, b.local_addrs, b.orig_dst
+        );
+    }
     for pod in &doc.pods {
         println!("{}\t{}", pod.name, pod.state);
+        if pod.fail_closed {
+            println!("\tfail closed: its connect()s fail (EPERM), inbound connections refused");
+        }
+        if let Some(u) = pod.usage {
+            println!(
+                "\tuses {} ports, {}+{} CIDRs (-x, -i), {} addresses",
+                u.ports, u.cidr_exclude, u.cidr_include, u.local_addrs
+            );
+        }
         let nonzero: Vec<String> = pod
             .counters
             .iter()

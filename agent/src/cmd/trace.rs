@@ -435,12 +435,15 @@ mod tests {
             capture: None,
             ips: vec![],
             accelerate: None,
+            usage: None,
+            fail_closed: false,
             options: None,
             counters: None,
         };
         let doc = |pod| AgentStatus {
             pid: 1,
             metrics_addr: None,
+            budget: None,
             pods: vec![pod],
         };
         let ready = doc(status(PodState::Ready, Some(7)));

@@ -8,6 +8,7 @@ use crate::{
     bpf::{
         accel,
         lock::{LockError, PinLock},
+        migrate,
         pins::Pins,
     },
     host::locks,
@@ -21,6 +22,14 @@ const LIVE_WAIT: Duration = Duration::from_secs(30);
 /// `live`, a live agent holding the pins is asked to do it (SIGUSR1) instead of refused.
 pub fn uninstall(bpffs_dir: &Path, live: bool) -> Result<()> {
     let pins = Pins::new(bpffs_dir);
+    // Pins of the layout this agent would upgrade (never run since) go too.
+    let previous = migrate::previous_root(bpffs_dir);
+    if previous.exists() {
+        let _lock = PinLock::acquire(bpffs_dir, Duration::ZERO)?;
+        fs::remove_dir_all(&previous)
+            .with_context(|| format!("unpinning {}", previous.display()))?;
+        info!(path = %previous.display(), "uninstalled");
+    }
     if !pins.root.exists() {
         info!(path = %pins.root.display(), "nothing pinned");
         return Ok(());

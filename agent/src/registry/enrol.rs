@@ -1,6 +1,9 @@
 //! Enrolling one pod: the checks that refuse it, then the dataplane writes, in the order the
 //! datapath needs (link before addresses, new plan before the old one goes).
-use std::path::Path;
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use meshsteer_common::{
     Addr,
@@ -14,16 +17,13 @@ use crate::{
     bpf::accel::Support,
     host::userns::IdMaps,
     source::change::SourceKey,
-    spec::{plan::Plan, pod::PodSpec},
+    spec::{budget::Usage, plan::Plan, pod::PodSpec},
 };
 
 impl<D: Dataplane> Registry<D> {
-    pub(super) fn enrol(
-        &mut self,
-        key: &SourceKey,
-        spec: &PodSpec,
-        previous: Option<&Enrolled>,
-    ) -> Result<Enrolled, EnrolError> {
+    /// The checks on a pod's cgroup (its own, inside the root, nested in no other pod's and
+    /// around none): the cgroup id it may be enrolled under, captured or refused.
+    fn admit_cgroup(&self, key: &SourceKey, spec: &PodSpec) -> Result<u64, EnrolError> {
         if let Some((other, _)) = self
             .pods
             .iter()
@@ -68,6 +68,26 @@ impl<D: Dataplane> Registry<D> {
                 other: other.clone(),
             });
         }
+        Ok(cgroup_id)
+    }
+
+    /// Pods other than `key`'s enrolled with capture (refused ones hold no sets).
+    fn captured_pods(&self, key: &SourceKey) -> u32 {
+        let n = self
+            .pods
+            .iter()
+            .filter(|(k, e)| *k != key && e.enrolled.as_ref().is_some_and(|x| !x.plan.is_refused()))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    pub(super) fn enrol(
+        &mut self,
+        key: &SourceKey,
+        spec: &PodSpec,
+        previous: Option<&Enrolled>,
+    ) -> Result<Enrolled, EnrolError> {
+        let cgroup_id = self.admit_cgroup(key, spec)?;
         if let Some(ns) = &spec.netns {
             self.dataplane.check_netns(ns)?;
         }
@@ -78,12 +98,20 @@ impl<D: Dataplane> Registry<D> {
             to_host_ids(&mut plan.config, &maps)?;
         }
         self.next_pod_id += 1;
+        // Checked before anything is written: a pod over its share is refused whole.
+        self.budget.check(&Usage::of(&plan))?;
+        if self.captured_pods(key) >= self.budget.max_pods {
+            return Err(EnrolError::PodLimit {
+                max_pods: self.budget.max_pods,
+            });
+        }
         plan.set_accelerate(spec.accelerate.unwrap_or(self.accelerate));
         if let (true, Support::Unavailable(why)) = (plan.accelerates(), &self.accel_support) {
             warn!(reason = %why, "acceleration asked for but unavailable: normal path");
         }
         let inbound = plan.config.flags & pod_flags::IN_CAPTURE != 0;
-        if inbound && let Some((addr, other)) = self.address_taken(key, &plan) {
+        let addrs: Vec<Addr> = plan.local.iter().map(|k| k.addr).collect();
+        if inbound && let Some((addr, other)) = self.address_taken(key, &addrs) {
             return Err(EnrolError::AddressTaken { addr, other });
         }
         match (&spec.netns, inbound) {
@@ -111,7 +139,6 @@ impl<D: Dataplane> Registry<D> {
             self.dataplane.remove(old.cgroup_id, &old.plan);
             self.dataplane.detach_netns(old.cgroup_id);
         }
-        let addrs: Vec<Addr> = plan.local.iter().map(|k| k.addr).collect();
         self.dataplane
             .set_inbound_addrs(cgroup_id, if inbound { &addrs } else { &[] });
         if inbound && let Some(netns) = &spec.netns {
@@ -124,20 +151,84 @@ impl<D: Dataplane> Registry<D> {
         })
     }
 
-    /// An address of `plan` that another enrolled pod already captures inbound.
-    fn address_taken(&self, key: &SourceKey, plan: &Plan) -> Option<(std::net::IpAddr, SourceKey)> {
+    /// An address of `addrs` that another enrolled pod already has for inbound capture (or,
+    /// enrolled refused, for refusing connections to it).
+    fn address_taken(&self, key: &SourceKey, addrs: &[Addr]) -> Option<(IpAddr, SourceKey)> {
         self.pods
             .iter()
             .filter(|(k, _)| *k != key)
-            .filter_map(|(k, e)| Some((k, &e.enrolled.as_ref()?.plan)))
-            .filter(|(_, theirs)| theirs.config.flags & pod_flags::IN_CAPTURE != 0)
+            .filter_map(|(k, e)| Some((k, e.enrolled.as_ref()?)))
             .find_map(|(k, theirs)| {
-                let shared = plan
-                    .local
+                let shared = addrs
                     .iter()
-                    .find(|mine| theirs.local.iter().any(|t| t.addr == mine.addr))?;
-                Some((std::net::IpAddr::from(shared.addr), k.clone()))
+                    .find(|mine| theirs.inbound_addrs().contains(mine))?;
+                Some((IpAddr::from(*shared), k.clone()))
             })
+    }
+
+    /// A pod that cannot be captured as asked is enrolled refused, fail closed, as a pod
+    /// whose istio-init failed never runs: its connect()s fail, and connections to its
+    /// addresses are refused where they are its own. `old` is what the pod had enrolled
+    /// (nothing, or refused already); returned when the pod cannot even be enrolled refused
+    /// (its cgroup is not one that can be: outside the root, nested, missing).
+    pub(super) fn fence(
+        &mut self,
+        key: &SourceKey,
+        spec: &PodSpec,
+        old: Option<Enrolled>,
+    ) -> Option<Enrolled> {
+        let cgroup_id = match self.admit_cgroup(key, spec) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(error = %e, "cannot enrol the pod refused either");
+                return old;
+            }
+        };
+        if old.as_ref().is_some_and(|o| o.cgroup_id == cgroup_id) {
+            return old;
+        }
+        let plan = Plan::refused(&spec.ips);
+        if let Err(e) = self.dataplane.apply(cgroup_id, &plan, None) {
+            warn!(error = %format!("{e:#}"), "could not enrol the pod refused");
+            return old;
+        }
+        if let Some(o) = old {
+            self.dataplane.remove(o.cgroup_id, &o.plan);
+            self.dataplane.detach_netns(o.cgroup_id);
+        }
+        let netns = self.refuse_inbound(key, cgroup_id, spec);
+        info!(cgroup_id, "enrolled refused: its connections fail");
+        Some(Enrolled {
+            cgroup_id,
+            plan,
+            netns,
+        })
+    }
+
+    /// Maps a refused pod's addresses so that sk_lookup refuses connections to them, when
+    /// they fit its budget and are no other pod's. The netns, if attached.
+    fn refuse_inbound(
+        &mut self,
+        key: &SourceKey,
+        cgroup_id: u64,
+        spec: &PodSpec,
+    ) -> Option<PathBuf> {
+        let ns = spec.netns.as_ref()?;
+        let addrs: Vec<Addr> = spec.ips.iter().map(|ip| Addr::from(*ip)).collect();
+        let fits = u32::try_from(addrs.len()).is_ok_and(|n| n <= self.budget.local_addrs);
+        if addrs.is_empty() || !fits || self.address_taken(key, &addrs).is_some() {
+            return None;
+        }
+        let attached = self
+            .dataplane
+            .check_netns(ns)
+            .and_then(|()| self.dataplane.attach_netns(cgroup_id, ns));
+        if let Err(e) = attached {
+            warn!(error = %format!("{e:#}"), "refused pod: inbound connections not refused");
+            return None;
+        }
+        self.dataplane.set_inbound_addrs(cgroup_id, &addrs);
+        Some(ns.clone())
     }
 
     /// Listeners the proxy opened before the agent ran never passed through sockops: fetch

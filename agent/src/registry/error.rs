@@ -1,7 +1,10 @@
 //! Why the registry refused a pod.
 use std::path::PathBuf;
 
-use crate::{source::change::SourceKey, spec::pod::SpecError};
+use crate::{
+    source::change::SourceKey,
+    spec::{budget::OverBudget, pod::SpecError},
+};
 
 /// Why a pod was not enrolled (or not updated: then its previous capture stays).
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,13 @@ pub enum EnrolError {
          would be refused too (xt_owner reads it in that namespace)"
     )]
     UnmappedId { flag: &'static str, id: u32 },
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
+    #[error(
+        "the node's pod limit is reached: {max_pods} pods are enrolled with capture (--max-pods); \
+         the pod is refused, fail closed"
+    )]
+    PodLimit { max_pods: u32 },
     /// The spec asks for what meshsteer cannot do.
     #[error(transparent)]
     Spec(#[from] SpecError),

@@ -76,6 +76,8 @@ pub struct Fake {
     pub enrolled: BTreeMap<u64, u32>,
     /// The config last written for each cgroup id.
     pub configs: BTreeMap<u64, PodConfig>,
+    /// Cgroups enrolled refused (fail closed).
+    pub refused: BTreeSet<u64>,
     /// The sk_lookup links: namespace by cgroup id.
     pub links: BTreeMap<u64, PathBuf>,
     /// Inbound addresses by cgroup id.
@@ -171,6 +173,7 @@ impl Dataplane for Fake {
             keep: keep.iter().copied().collect(),
         });
         self.enrolled.retain(|c, _| keep.contains(c));
+        self.refused.retain(|c| keep.contains(c));
         self.inbound.retain(|c, _| keep.contains(c));
     }
 
@@ -221,6 +224,11 @@ impl Dataplane for Fake {
         self.check(Op::Apply).context("writing the pod's config")?;
         self.enrolled.insert(cgroup_id, plan.config.pod_id);
         self.configs.insert(cgroup_id, plan.config);
+        if plan.is_refused() {
+            self.refused.insert(cgroup_id);
+        } else {
+            self.refused.remove(&cgroup_id);
+        }
         Ok(())
     }
 
@@ -230,6 +238,7 @@ impl Dataplane for Fake {
             pod_id: plan.config.pod_id,
         });
         self.enrolled.remove(&cgroup_id);
+        self.refused.remove(&cgroup_id);
         self.inbound.remove(&cgroup_id);
     }
 

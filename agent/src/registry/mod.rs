@@ -9,12 +9,13 @@ use std::{
     path::PathBuf,
 };
 
+use meshsteer_common::{Addr, maps::pod_flags};
 use tracing::{info, info_span, warn};
 
 use crate::{
     bpf::accel::Support,
     source::change::{Change, OptionsFrom, Rejected, SourceKey, Unready},
-    spec::{plan::Plan, pod::PodSpec},
+    spec::{budget::Budget, plan::Plan, pod::PodSpec},
 };
 
 mod dataplane;
@@ -36,8 +37,25 @@ pub use self::{
 
 struct Enrolled {
     cgroup_id: u64,
+    /// The pod's capture, or [`Plan::refused`]: enrolled fail closed.
     plan: Plan,
     netns: Option<PathBuf>,
+}
+
+impl Enrolled {
+    /// The addresses this pod has in `MS_INBOUND_ADDRS`.
+    fn inbound_addrs(&self) -> Vec<Addr> {
+        if self.plan.is_refused() {
+            return match self.netns {
+                Some(_) => self.plan.ips().iter().map(|ip| Addr::from(*ip)).collect(),
+                None => vec![],
+            };
+        }
+        if self.plan.config.flags & pod_flags::IN_CAPTURE == 0 {
+            return vec![];
+        }
+        self.plan.local.iter().map(|k| k.addr).collect()
+    }
 }
 
 struct Entry {
@@ -61,6 +79,8 @@ pub struct Registry<D = Kernel> {
     /// `--accelerate`: acceleration for pods whose spec does not say.
     accelerate: bool,
     accel_support: Support,
+    /// The pod limit and each pod's share of the maps.
+    budget: Budget,
 }
 
 impl<D: Dataplane> Registry<D> {
@@ -80,7 +100,18 @@ impl<D: Dataplane> Registry<D> {
             next_pod_id,
             accelerate: false,
             accel_support: Support::Unavailable("not probed".into()),
+            budget: Budget::default(),
         }
+    }
+
+    /// The node's pod limit and per-pod budgets (`--max-pods`).
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.budget
     }
 
     /// Socket-level acceleration: `default` for pods whose spec does not say; `support`,
@@ -176,12 +207,18 @@ impl<D: Dataplane> Registry<D> {
             pending: previous.as_ref().and_then(|p| p.pending.clone()),
             from: previous.as_ref().and_then(|p| p.from),
         };
-        let result = spec.map_err(|r| r.why).and_then(|s| {
-            entry.spec = Some(s.clone());
-            self.enrol(key, &s, previous.as_ref().and_then(|p| p.enrolled.as_ref()))
-                // The status file's reason: the whole chain, as anyhow shows it.
-                .map_err(|e| Unready::Refused(format!("{:#}", anyhow::Error::new(e))))
-        });
+        let mut located = None;
+        let result = spec
+            .map_err(|r| {
+                located = r.located.map(|b| *b);
+                r.why
+            })
+            .and_then(|s| {
+                entry.spec = Some(s.clone());
+                self.enrol(key, &s, previous.as_ref().and_then(|p| p.enrolled.as_ref()))
+                    // The status file's reason: the whole chain, as anyhow shows it.
+                    .map_err(|e| Unready::Refused(format!("{:#}", anyhow::Error::new(e))))
+            });
         match result {
             Ok(enrolled) => {
                 info!(
@@ -196,8 +233,17 @@ impl<D: Dataplane> Registry<D> {
                     Unready::Waiting(reason) => info!(%reason, "waiting"),
                     Unready::Refused(reason) => warn!(error = %reason, "not enrolled"),
                 }
-                // A failed update leaves the pod's previous capture in effect: keep it.
-                entry.enrolled = previous.and_then(|p| p.enrolled);
+                // A failed update leaves the pod's previous capture in effect: keep it. A pod
+                // with none is enrolled refused, fail closed: never uncaptured.
+                // Where the pod is: its spec, or where its source found it.
+                let at = entry.spec.clone().or(located);
+                entry.enrolled = match (previous.and_then(|p| p.enrolled), at) {
+                    (Some(x), _) if !x.plan.is_refused() => Some(x),
+                    (old, Some(spec)) if matches!(why, Unready::Refused(_)) => {
+                        self.fence(key, &spec, old)
+                    }
+                    (old, _) => old,
+                };
                 entry.unready = Some(why);
             }
         }
@@ -239,11 +285,30 @@ impl<D: Dataplane> Registry<D> {
     pub fn remove(&mut self, key: &SourceKey) {
         if let Some(e) = self.pods.remove(key) {
             let _g = info_span!("pod", pod = %e.name).entered();
+            let freed = e.enrolled.is_some();
             if let Some(x) = e.enrolled {
                 self.dataplane.remove(x.cgroup_id, &x.plan);
                 self.dataplane.detach_netns(x.cgroup_id);
             }
             info!("removed");
+            drop(_g);
+            if freed {
+                self.retry_refused();
+            }
+        }
+    }
+
+    /// A pod went: pods enrolled refused (beyond the pod limit, or sharing its address) may
+    /// fit now, without waiting for a change of their own.
+    fn retry_refused(&mut self) {
+        let refused: Vec<(SourceKey, PodSpec)> = self
+            .pods
+            .iter()
+            .filter(|(_, e)| e.enrolled.as_ref().is_some_and(|x| x.plan.is_refused()))
+            .filter_map(|(k, e)| Some((k.clone(), e.spec.clone()?)))
+            .collect();
+        for (key, spec) in refused {
+            self.upsert(&key, Ok(spec));
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     bpf::accel::Support,
     host::userns::{IdMap, IdMaps},
     source::change::{Change, Rejected, SourceKey},
-    spec::pod::PodSpec,
+    spec::{budget::Budget, pod::PodSpec},
     telemetry::status::PodState,
 };
 
@@ -151,7 +151,16 @@ fn inbound_capture_without_a_namespace_is_refused() {
         "inbound capture (-b) needs the pod's network namespace: add `netns:` to the spec, \
          or `-b \"\"` to capture outbound only"
     );
-    assert_eq!(r.fake().take_calls(), []);
+    // Enrolled refused, fail closed: no capture, none of its connections go direct.
+    assert_eq!(
+        r.fake().take_calls(),
+        [Call::Apply {
+            cgroup_id: 11,
+            pod_id: 0,
+            previous: None
+        }]
+    );
+    assert!(r.fake().refused.contains(&11));
     assert_eq!(r.captured(&file("a")), None);
 }
 
@@ -442,7 +451,8 @@ fn after_a_restart_ids_continue_and_only_pods_not_re_enrolled_are_collected() {
     let mut r = registry(fake);
 
     r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
-    // Pod b's spec is now refused: it is not re-enrolled, so its old capture is collected.
+    // Pod b's spec is now refused: it is enrolled refused (fail closed) over its old
+    // capture, whose sets the collection frees (no config uses pod id 9 any more).
     let bad = PodSpec {
         args: Some("-m TPROXY".into()),
         ..pod("test/b", CG_B, NS_B)
@@ -458,9 +468,10 @@ fn after_a_restart_ids_continue_and_only_pods_not_re_enrolled_are_collected() {
     r.reconcile_adopted();
     assert_eq!(
         r.fake().take_calls(),
-        [Call::GarbageCollect { keep: vec![11] }]
+        [Call::GarbageCollect { keep: vec![11, 12] }]
     );
-    assert_eq!(r.fake().enrolled, [(11, 10)].into());
+    assert_eq!(r.fake().enrolled, [(11, 10), (12, 0)].into());
+    assert!(r.fake().refused.contains(&12));
 }
 
 #[test]
@@ -644,7 +655,8 @@ fn a_user_namespaced_pods_proxy_ids_are_mapped_to_the_hosts() {
         panic!("{:?}", r.state(&file("a")));
     };
     assert!(why.contains("-u 1337 is not mapped"), "{why}");
-    assert!(r.fake().configs.is_empty(), "nothing written");
+    // As when istio-init fails, the pod does not run uncaptured: it is enrolled refused.
+    assert!(r.fake().refused.contains(&11), "fail closed");
 }
 
 #[test]
@@ -694,13 +706,15 @@ fn a_new_pod_whose_link_cannot_attach_is_refused_before_any_map_write() {
     r.fake().fail(Op::Attach);
     r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
     assert_eq!(r.error(&file("a")), "injected Attach failure");
+    // None of its plan: only its refused config (fail closed).
     assert!(
         !r.fake()
             .take_calls()
             .iter()
-            .any(|c| matches!(c, Call::Apply { .. }))
+            .any(|c| matches!(c, Call::Apply { pod_id, .. } if *pod_id != 0))
     );
-    assert!(r.fake().enrolled.is_empty());
+    assert_eq!(r.fake().enrolled, [(11, 0)].into());
+    assert!(r.fake().refused.contains(&11));
 }
 
 /// A failed update that would turn inbound capture off keeps all of the previous capture,
@@ -785,18 +799,27 @@ fn a_duplicate_inbound_address_is_refused() {
         e.contains("address 10.0.0.5 is already /etc/meshsteer/pods/a.yaml's"),
         "{e}"
     );
-    assert!(
-        !r.fake()
-            .take_calls()
-            .iter()
-            .any(|c| matches!(c, Call::InboundAddrs { .. } | Call::Apply { .. })),
-        "nothing written for the refused pod"
+    // Only its refused config: fail closed, its address left to pod a.
+    assert_eq!(
+        r.fake().take_calls(),
+        [Call::Apply {
+            cgroup_id: 12,
+            pod_id: 0,
+            previous: None
+        }]
     );
     r.remove(&file("b"));
     assert_eq!(r.state(&file("a")), Some(PodState::Ready));
-    assert!(
-        r.fake().take_calls().is_empty(),
-        "removing the refused pod touches nothing"
+    assert_eq!(
+        r.fake().take_calls(),
+        [
+            Call::Remove {
+                cgroup_id: 12,
+                pod_id: 0
+            },
+            Call::Detach { cgroup_id: 12 }
+        ],
+        "removing the refused pod touches only its own entry"
     );
 
     // Outbound-only pods map no address, so they may share one.
@@ -890,4 +913,133 @@ fn status_says_where_options_came_from_and_what_was_not_applied() {
     assert_eq!(r.fake().take_calls(), []);
     assert_eq!(options(&r, &kube).unwrap().pending, None);
     assert_eq!(r.state(&kube), Some(PodState::Ready));
+}
+
+/// `n` outbound ports: a spec whose `-q` list is that long.
+fn with_ports(name: &str, cgroup: &str, n: u16) -> PodSpec {
+    let ports: Vec<String> = (1..=n).map(|p| p.to_string()).collect();
+    PodSpec {
+        args: Some(format!("-i '*' -b \"\" -q {}", ports.join(","))),
+        ..outbound_only(name, cgroup)
+    }
+}
+
+#[test]
+fn a_pod_over_its_budget_is_enrolled_refused_and_its_neighbour_keeps_its_share() {
+    let budget = Budget::new(2).unwrap();
+    let mut r = registry(host()).with_budget(budget);
+    let over = u16::try_from(budget.ports + 1).unwrap();
+    r.upsert(&file("a"), Ok(with_ports("test/a", CG_A, over)));
+    let why = r.error(&file("a"));
+    assert!(why.contains("over the per-pod budget"), "{why}");
+    assert!(why.contains("fail closed"), "{why}");
+    // Nothing of its plan was written: only its refused config.
+    assert_eq!(
+        r.fake().take_calls(),
+        [Call::Apply {
+            cgroup_id: 11,
+            pod_id: 0,
+            previous: None
+        }]
+    );
+    assert!(r.fake().refused.contains(&11));
+    let status = r.status();
+    let a = status.iter().find(|p| p.source == file("a")).unwrap();
+    assert!(a.fail_closed && a.capture.is_none() && a.usage.is_none());
+    assert_eq!(a.cgroup_id, Some(11), "its counters stay visible");
+
+    // A pod at exactly its budget is enrolled.
+    let at = u16::try_from(budget.ports).unwrap();
+    r.upsert(&file("b"), Ok(with_ports("test/b", CG_B, at)));
+    assert_eq!(r.state(&file("b")), Some(PodState::Ready));
+    let b = r
+        .status()
+        .into_iter()
+        .find(|p| p.source == file("b"))
+        .unwrap();
+    assert_eq!(b.usage.unwrap().ports, budget.ports);
+    assert!(!r.fake().refused.contains(&12));
+
+    // Fixed, the refused pod is captured in place.
+    r.upsert(&file("a"), Ok(with_ports("test/a", CG_A, 3)));
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+    assert!(r.fake().refused.is_empty());
+    assert!(
+        r.captured(&file("a"))
+            .is_some_and(|(c, id)| c == 11 && id > 0)
+    );
+}
+
+#[test]
+fn pods_beyond_the_pod_limit_are_enrolled_refused() {
+    let mut r = registry(host()).with_budget(Budget::new(1).unwrap());
+    r.upsert(&file("a"), Ok(outbound_only("test/a", CG_A)));
+    r.upsert(&file("b"), Ok(outbound_only("test/b", CG_B)));
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+    let why = r.error(&file("b"));
+    assert!(why.contains("pod limit is reached: 1 pods"), "{why}");
+    assert!(r.fake().refused.contains(&12));
+    // An update of the pod that has the slot is no new pod.
+    r.upsert(&file("a"), Ok(with_ports("test/a", CG_A, 2)));
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+    // Its slot freed, the refused pod takes it at once.
+    r.remove(&file("a"));
+    assert_eq!(r.state(&file("b")), Some(PodState::Ready));
+    assert!(r.fake().refused.is_empty());
+}
+
+#[test]
+fn a_refused_new_pod_refuses_inbound_too_and_a_ready_pod_keeps_its_capture() {
+    let mut r = registry(host()).with_budget(Budget::new(2).unwrap());
+    let mut bad = pod("test/a", CG_A, NS_A);
+    bad.args = Some("--cni-mode".into());
+    r.upsert(&file("a"), Ok(bad.clone()));
+    assert!(r.fake().refused.contains(&11));
+    // Its addresses are mapped so that sk_lookup refuses connections to them.
+    assert_eq!(r.fake().links.get(&11), Some(&NS_A.into()));
+    assert_eq!(r.fake().inbound.get(&11), Some(&vec![IP]));
+    // The address is its own: another pod cannot take it while it is refused.
+    r.upsert(&file("b"), Ok(pod("test/b", CG_B, NS_B)));
+    assert!(
+        r.error(&file("b")).contains("already"),
+        "{}",
+        r.error(&file("b"))
+    );
+    r.remove(&file("b"));
+    r.remove(&file("a"));
+    assert!(r.fake().enrolled.is_empty() && r.fake().links.is_empty());
+
+    // A pod that was ready keeps its capture when an update is refused: never fenced.
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.upsert(&file("a"), Ok(bad));
+    assert!(r.fake().refused.is_empty());
+    assert!(r.captured(&file("a")).is_some());
+}
+
+#[test]
+fn a_pod_whose_cgroup_cannot_be_enrolled_is_not_fenced_either() {
+    let mut r = registry(host());
+    let mut outside = outbound_only("test/a", "/elsewhere/pod-a");
+    outside.args = Some("--cni-mode".into());
+    r.upsert(&file("a"), Ok(outside));
+    assert!(r.error(&file("a")).contains("outside the cgroup root"));
+    assert!(r.fake().enrolled.is_empty());
+}
+
+#[test]
+fn a_pod_its_source_refuses_but_located_is_enrolled_refused() {
+    let mut r = registry(host());
+    let refused = Rejected::refused(
+        "ns/a",
+        "annotation sidecar.istio.io/interceptionMode: TPROXY",
+    );
+    r.upsert(&file("a"), Err(refused.clone().at(pod("ns/a", CG_A, NS_A))));
+    assert!(r.error(&file("a")).contains("TPROXY"));
+    assert!(r.fake().refused.contains(&11));
+    assert_eq!(r.fake().inbound.get(&11), Some(&vec![IP]));
+    // Not located (yet): nothing to enrol.
+    r.upsert(&file("b"), Err(Rejected::refused("ns/b", "TPROXY")));
+    assert!(!r.fake().enrolled.contains_key(&12));
+    r.remove(&file("a"));
+    assert!(r.fake().enrolled.is_empty());
 }

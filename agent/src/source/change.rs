@@ -42,6 +42,10 @@ pub enum Unready {
 pub struct Rejected {
     pub name: String,
     pub why: Unready,
+    /// Where the refused pod is (its cgroup, network namespace and addresses; no capture),
+    /// when its source knows: the registry enrols it refused, fail closed, rather than leave
+    /// it uncaptured.
+    pub located: Option<Box<PodSpec>>,
 }
 
 impl Rejected {
@@ -49,6 +53,7 @@ impl Rejected {
         Self {
             name: name.into(),
             why: Unready::Refused(reason.into()),
+            located: None,
         }
     }
 
@@ -56,7 +61,14 @@ impl Rejected {
         Self {
             name: name.into(),
             why: Unready::Waiting(reason.into()),
+            located: None,
         }
+    }
+
+    /// The refused pod is at `pod` (whose capture is not used).
+    pub fn at(mut self, pod: PodSpec) -> Self {
+        self.located = Some(Box::new(pod));
+        self
     }
 }
 

@@ -311,6 +311,7 @@ mod tests {
                     Err(Rejected {
                         name,
                         why: Unready::Refused(r),
+                        ..
                     }) => (name, r),
                     other => panic!("refused expected: {other:?}"),
                 },

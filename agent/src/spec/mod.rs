@@ -1,5 +1,7 @@
-//! Pure and kernel-free: istio-iptables command lines ([`istio`]), pod specs ([`pod`]) and the
-//! map entries a spec turns into ([`plan`]). Nothing here touches the host.
+//! Pure and kernel-free: istio-iptables command lines ([`istio`]), pod specs ([`pod`]), the
+//! map entries a spec turns into ([`plan`]) and each pod's share of the maps ([`budget`]).
+//! Nothing here touches the host.
+pub mod budget;
 pub mod istio;
 pub mod plan;
 pub mod pod;

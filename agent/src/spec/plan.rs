@@ -49,6 +49,27 @@ impl Plan {
         self.config.flags & pod_flags::ACCELERATE != 0
     }
 
+    /// A pod enrolled fail closed ([`pod_flags::REFUSED`]): no sets, its connect()s fail, and
+    /// connections to `ips` (mapped for inbound when they are free) are refused.
+    pub fn refused(ips: &[IpAddr]) -> Self {
+        Self {
+            config: PodConfig {
+                flags: pod_flags::REFUSED,
+                ..PodConfig::default()
+            },
+            ports: BTreeSet::new(),
+            cidr_exclude: vec![],
+            cidr_include: vec![],
+            local: vec![],
+            capture: Capture::default(),
+            ips: ips.to_vec(),
+        }
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.config.flags & pod_flags::REFUSED != 0
+    }
+
     pub fn new(spec: &PodSpec, pod_id: u32) -> Result<Self, SpecError> {
         let c = spec.capture()?;
         // istio-iptables would write `--to-ports 0`, which iptables refuses: istio-init fails.

@@ -42,6 +42,13 @@ pub const IN_LISTENER_REFUSED: Family = Family {
            made the pod's inbound listener",
 };
 
+pub const REFUSED: Family = Family {
+    name: "meshsteer_refused_pod_connections",
+    help: "Connections of a pod enrolled refused (over its budget, or an option meshsteer \
+           cannot apply), failed rather than let through uncaptured: outbound connect()s \
+           failed with EPERM, inbound ones refused",
+};
+
 /// Per-pod counters without a family of their own (socket-level acceleration, …), labelled
 /// `event` with their `meshsteer status` name.
 pub const OTHER: Family = Family {
@@ -51,7 +58,7 @@ pub const OTHER: Family = Family {
 };
 
 /// Every family of per-pod counters, in exposition order.
-pub const POD_FAMILIES: [Family; 8] = [
+pub const POD_FAMILIES: [Family; 9] = [
     OUTBOUND,
     INBOUND,
     ORIG_DST_LOOKUPS,
@@ -59,6 +66,7 @@ pub const POD_FAMILIES: [Family; 8] = [
     ORIG_DST_EVICTED,
     IN_NO_LISTENER,
     IN_LISTENER_REFUSED,
+    REFUSED,
     OTHER,
 ];
 
@@ -124,6 +132,8 @@ pub fn catalog() -> Vec<CounterInfo> {
             counter::ORIG_DST_EVICTED => info(ORIG_DST_EVICTED),
             counter::IN_NO_LISTENER => info(IN_NO_LISTENER),
             counter::IN_LISTENER_REFUSED => info(IN_LISTENER_REFUSED),
+            counter::REFUSED_CONNECT => info(REFUSED).label("direction", "outbound"),
+            counter::REFUSED_INBOUND => info(REFUSED).label("direction", "inbound"),
             _ => info(OTHER).label("event", key),
         }
     });

@@ -19,6 +19,7 @@ use super::{
     status::PodState,
 };
 use crate::bpf::counters::Counters;
+use crate::spec::budget::{Budget, Usage};
 
 /// The `Content-Type` of [`scrape`]'s text.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -39,6 +40,12 @@ struct Scrape {
     pods: Vec<(String, PodCounters)>,
     ready_pods: u64,
     error_pods: u64,
+    fail_closed_pods: u64,
+    /// The node's per-pod budgets, and what each pod's capture takes of them.
+    budget: Option<Budget>,
+    usage: Vec<(String, Usage)>,
+    /// (pod name, its live redirected connections).
+    orig_dst_live: Vec<(String, u64)>,
     orig_dst_entries: u64,
     owner_from_task: u64,
     trace_dropped: u64,
@@ -48,17 +55,36 @@ impl Scrape {
     fn take(counters: &Counters, view: &watch::Receiver<AgentView>) -> Self {
         // Copied out first: the view stays borrowed (the agent loop kept from publishing)
         // for no map read.
-        let pods: Vec<(String, Option<u64>, bool)> = view
-            .borrow()
-            .pods
-            .iter()
-            .map(|p| (p.name.clone(), p.cgroup_id, p.state == PodState::Ready))
-            .collect();
+        let (pods, usage, fail_closed_pods, budget) = {
+            let v = view.borrow();
+            let pods: Vec<(String, Option<u64>, bool)> = v
+                .pods
+                .iter()
+                .map(|p| (p.name.clone(), p.cgroup_id, p.state == PodState::Ready))
+                .collect();
+            let usage: Vec<(String, Usage)> = v
+                .pods
+                .iter()
+                .filter_map(|p| Some((p.name.clone(), p.usage?)))
+                .collect();
+            let fail_closed = v.pods.iter().filter(|p| p.fail_closed).count() as u64;
+            (pods, usage, fail_closed, v.budget)
+        };
         let c = counters;
         let ready_pods = pods.iter().filter(|p| p.2).count() as u64;
         Self {
             ready_pods,
             error_pods: pods.len() as u64 - ready_pods,
+            fail_closed_pods,
+            budget,
+            usage,
+            orig_dst_live: pods
+                .iter()
+                .filter_map(|(name, id, _)| {
+                    let live = c.live((*id)?)?.orig_dst;
+                    Some((name.clone(), u64::try_from(live).unwrap_or(0)))
+                })
+                .collect(),
             pods: pods
                 .into_iter()
                 .filter_map(|(name, id, _)| Some((name, c.pod(id?)?)))
@@ -97,6 +123,13 @@ impl Scrape {
         }
         gauge(
             encoder,
+            "meshsteer_pods_fail_closed",
+            "Pods enrolled refused: their connections fail rather than go uncaptured",
+            self.fail_closed_pods,
+        )?;
+        self.encode_budgets(encoder)?;
+        gauge(
+            encoder,
             "meshsteer_orig_dst_entries",
             "Live original destinations of redirected connections (MS_ORIG_DST)",
             self.orig_dst_entries,
@@ -114,6 +147,60 @@ impl Scrape {
             "meshsteer trace records lost to a full ring buffer",
             self.trace_dropped,
         )
+    }
+}
+
+impl Scrape {
+    /// Each pod's share of the maps (`--max-pods`), and what each pod's capture takes.
+    fn encode_budgets(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(b) = self.budget else {
+            return Ok(());
+        };
+        gauge(
+            encoder,
+            "meshsteer_max_pods",
+            "Pods that may be enrolled with capture (--max-pods)",
+            u64::from(b.max_pods),
+        )?;
+        let mut limit = encoder.encode_descriptor(
+            "meshsteer_pod_budget",
+            "Entries one pod may hold in each node-wide map: its capacity / --max-pods",
+            None,
+            MetricType::Gauge,
+        )?;
+        let limits = [
+            ("ports", b.ports),
+            ("cidr_exclude", b.cidrs),
+            ("cidr_include", b.cidrs),
+            ("local_addrs", b.local_addrs),
+            ("orig_dst", b.orig_dst),
+        ];
+        for (resource, n) in limits {
+            ConstGauge::new(u64::from(n))
+                .encode(limit.encode_family(&[("resource", resource)])?)?;
+        }
+        let mut used = encoder.encode_descriptor(
+            "meshsteer_pod_budget_used",
+            "Entries the pod's capture holds in each node-wide map (see meshsteer_pod_budget)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (pod, u) in &self.usage {
+            for (resource, n) in [
+                ("ports", u.ports),
+                ("cidr_exclude", u.cidr_exclude),
+                ("cidr_include", u.cidr_include),
+                ("local_addrs", u.local_addrs),
+            ] {
+                let labels = [("pod", pod.as_str()), ("resource", resource)];
+                ConstGauge::new(u64::from(n)).encode(used.encode_family(&labels)?)?;
+            }
+        }
+        for (pod, n) in &self.orig_dst_live {
+            let labels = [("pod", pod.as_str()), ("resource", "orig_dst")];
+            ConstGauge::new(*n).encode(used.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -172,6 +259,16 @@ mod tests {
             pods: vec![("default/web-0".into(), c)],
             ready_pods: 1,
             error_pods: 2,
+            fail_closed_pods: 1,
+            budget: Some(Budget::new(128).unwrap()),
+            usage: vec![(
+                "default/web-0".into(),
+                Usage {
+                    ports: 3,
+                    ..Default::default()
+                },
+            )],
+            orig_dst_live: vec![("default/web-0".into(), 5)],
             orig_dst_entries: 4,
             ..Default::default()
         })
@@ -186,6 +283,13 @@ mod tests {
             r#"meshsteer_inbound_no_listener_total{pod="default/web-0"} 0"#,
             r#"meshsteer_pods{state="ready"} 1"#,
             r#"meshsteer_pods{state="error"} 2"#,
+            "meshsteer_pods_fail_closed 1",
+            "meshsteer_max_pods 128",
+            r#"meshsteer_pod_budget{resource="ports"} 512"#,
+            r#"meshsteer_pod_budget_used{pod="default/web-0",resource="ports"} 3"#,
+            r#"meshsteer_pod_budget{resource="orig_dst"} 1024"#,
+            r#"meshsteer_pod_budget_used{pod="default/web-0",resource="orig_dst"} 5"#,
+            r#"meshsteer_refused_pod_connections_total{pod="default/web-0",direction="outbound"} 0"#,
             "meshsteer_orig_dst_entries 4",
             "meshsteer_trace_events_dropped_total 0",
         ] {

@@ -10,6 +10,7 @@ use anyhow::Result;
 use tokio::sync::watch;
 
 use super::status::{AgentStatus, PodStatus};
+use crate::spec::budget::Budget;
 
 /// The agent loop's state, as the HTTP endpoints see it.
 #[derive(Clone, Debug, Default)]
@@ -17,6 +18,8 @@ pub struct AgentView {
     pub pods: Vec<PodStatus>,
     /// The pod source was listed in full once and what a previous agent left was reconciled.
     pub reconciled: bool,
+    /// The node's per-pod budgets.
+    pub budget: Option<Budget>,
     /// The agent loop's last turn (None: not started yet).
     pub heartbeat: Option<Instant>,
 }
@@ -24,6 +27,7 @@ pub struct AgentView {
 pub struct Reporter {
     status_file: PathBuf,
     metrics_addr: Option<SocketAddr>,
+    budget: Option<Budget>,
     view: watch::Sender<AgentView>,
 }
 
@@ -32,8 +36,15 @@ impl Reporter {
         Self {
             status_file: status_file.to_path_buf(),
             metrics_addr,
+            budget: None,
             view: watch::Sender::new(AgentView::default()),
         }
+    }
+
+    /// The per-pod budgets the status file reports.
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The live view, for the HTTP endpoints.
@@ -46,10 +57,14 @@ impl Reporter {
         let doc = AgentStatus {
             pid: std::process::id(),
             metrics_addr: self.metrics_addr,
+            budget: self.budget,
             pods,
         };
         let written = doc.write(&self.status_file);
-        self.view.send_modify(|v| v.pods = doc.pods);
+        self.view.send_modify(|v| {
+            v.pods = doc.pods;
+            v.budget = doc.budget;
+        });
         written
     }
 

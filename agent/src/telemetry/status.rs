@@ -13,7 +13,13 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{source::change::SourceKey, spec::istio::Capture};
+use crate::{
+    source::change::SourceKey,
+    spec::{
+        budget::{Budget, Usage},
+        istio::Capture,
+    },
+};
 
 /// The whole file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +30,10 @@ pub struct AgentStatus {
     /// in `--metrics-addr`, the port the kernel picked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<SocketAddr>,
+    /// The node's pod limit and each pod's share of the maps (absent in files of older
+    /// agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     pub pods: Vec<PodStatus>,
 }
 
@@ -49,6 +59,13 @@ pub struct PodStatus {
     /// The addresses the settings in effect were applied for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<IpAddr>,
+    /// What the capture in effect takes of the pod's budget (see the file's `budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// The pod is enrolled refused (its state says why): its TCP connect()s fail with EPERM
+    /// and connections to its addresses are refused, rather than any of them going direct.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_closed: bool,
     /// Socket-level acceleration is on for the enrolled pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerate: Option<bool>,
@@ -195,10 +212,21 @@ mod tests {
     }
 
     #[test]
+    fn a_layout_2_agents_budget_is_read() {
+        let doc: AgentStatus = serde_json::from_str(
+            r#"{"pid": 1, "budget": {"maxPods": 128, "ports": 512, "cidrs": 2048,
+                "localAddrs": 512}, "pods": []}"#,
+        )
+        .unwrap();
+        assert_eq!(doc.budget.map(|b| (b.ports, b.orig_dst)), Some((512, 0)));
+    }
+
+    #[test]
     fn file_round_trips() {
         let doc = AgentStatus {
             pid: 7,
             metrics_addr: Some("127.0.0.1:9102".parse().unwrap()),
+            budget: None,
             pods: vec![PodStatus {
                 name: "default/web".into(),
                 source: SourceKey::Kube {
@@ -212,6 +240,8 @@ mod tests {
                 capture: Some(Capture::default()),
                 ips: vec!["10.0.0.5".parse().unwrap()],
                 accelerate: Some(false),
+                usage: None,
+                fail_closed: false,
                 options: Some(OptionsOrigin {
                     from: OptionsFrom::Annotations,
                     pending: Some("annotation x changed".into()),

@@ -5,7 +5,13 @@ pub const PODS: u32 = 4 * 1024;
 pub const PORTS: u32 = 64 * 1024;
 pub const CIDRS: u32 = 256 * 1024;
 pub const LOCAL_ADDRS: u32 = 64 * 1024;
-/// Live redirected connections on the node.
-pub const ORIG_DST: u32 = 128 * 1024;
+/// Live redirected connections, shared out as per-pod budgets (`MS_POD_LIVE`).
+pub const ORIG_DST_BUDGETED: u32 = 128 * 1024;
+/// What concurrent connect()s of one pod may take beyond its budget: the datapath checks and
+/// counts with two atomic steps, so a pod's count can pass its budget by the connect()s in
+/// flight between them (fewer than this on any node).
+pub const ORIG_DST_SLACK: u32 = 8 * 1024;
+/// Live redirected connections on the node (`MS_ORIG_DST`, preallocated).
+pub const ORIG_DST: u32 = ORIG_DST_BUDGETED + ORIG_DST_SLACK;
 /// Accelerated sockets on the node (two per connection).
 pub const SOCKS: u32 = 64 * 1024;

@@ -8,6 +8,7 @@ pub mod accel;
 mod addr_sets;
 pub mod capacity;
 mod listeners;
+mod live;
 pub mod names;
 mod orig_dst;
 mod pod;
@@ -18,6 +19,7 @@ pub mod trace;
 
 pub use addr_sets::{CidrKey, LocalKey};
 pub use listeners::ListenerKey;
+pub use live::PodLive;
 pub use orig_dst::{OrigDst, TupleKey};
 pub use pod::{MAX_PROXY_IDS, PodConfig, pod_flags};
 pub use ports::{PortKey, PortSet};
@@ -27,7 +29,10 @@ pub use stats::{PodCounters, counter, node_counter};
 /// Bumped whenever a pinned map's key/value layout changes; pins live under a directory named
 /// after it, so an agent never adopts maps it would misread.
 /// 2: per-pod counters grew to 48 (socket-level acceleration).
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: `MS_ORIG_DST` is a plain hash map (a live entry is never evicted) whose entries each pod
+/// holds within a budget counted in the new `MS_POD_LIVE`; layout 2's LRU map is adopted as
+/// `MS_ORIG_DST_V2` and drained (see the agent's `bpf/migrate.rs`).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Depth of the cgroup ancestor walk that maps a socket's cgroup to its pod
 /// (`kubepods.slice/kubepods-burstable.slice/…-pod<uid>.slice/cri-…scope` is depth 4).
@@ -53,6 +58,7 @@ mod tests {
         assert_eq!(size_of::<TupleKey>(), 8 + 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<OrigDst>(), 32);
         assert_eq!(size_of::<ListenerKey>(), 16);
+        assert_eq!(size_of::<PodLive>(), 16);
         assert_eq!(size_of::<trace::TraceCtl>(), 16);
         assert_eq!(size_of::<accel::AccelConfig>(), 6 * 4);
         assert_eq!(size_of::<accel::AccelState>(), 16);

@@ -7,6 +7,10 @@ pub const CIDR_INCLUDE: &str = "MS_CIDR_INCLUDE";
 pub const LOCAL_ADDRS: &str = "MS_LOCAL_ADDRS";
 pub const SOCK_STATE: &str = "MS_SOCK_STATE";
 pub const ORIG_DST: &str = "MS_ORIG_DST";
+/// Layout 2's `MS_ORIG_DST` (an LRU map), adopted by an upgrade and read until its
+/// connections are gone; on a node that never ran layout 2, an empty one-entry map.
+pub const ORIG_DST_V2: &str = "MS_ORIG_DST_V2";
+pub const POD_LIVE: &str = "MS_POD_LIVE";
 pub const POD_STATS: &str = "MS_POD_STATS";
 pub const NODE_STATS: &str = "MS_NODE_STATS";
 pub const INBOUND_ADDRS: &str = "MS_INBOUND_ADDRS";
@@ -27,6 +31,8 @@ pub const PINNED: &[&str] = &[
     LOCAL_ADDRS,
     SOCK_STATE,
     ORIG_DST,
+    ORIG_DST_V2,
+    POD_LIVE,
     POD_STATS,
     NODE_STATS,
     INBOUND_ADDRS,

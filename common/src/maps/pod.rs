@@ -57,4 +57,9 @@ pub mod pod_flags {
     /// Socket-level acceleration: connections within the pod's network namespace skip the
     /// TCP/IP stack (sockops + sk_msg, see [`crate::maps::accel`]).
     pub const ACCELERATE: u32 = 1 << 16;
+    /// The agent refused the pod (over its budget, an option meshsteer cannot apply, ...):
+    /// it is enrolled *fail closed*, as a pod whose istio-init failed never runs. Its TCP
+    /// connect()s fail with EPERM and connections steered to it are refused; it has no sets.
+    /// (New in layout 2: entries of older agents never carry it.)
+    pub const REFUSED: u32 = 1 << 20;
 }

@@ -25,8 +25,20 @@ pub mod counter {
     /// A connection to steer, but the pod's proxy has no inbound listener: refused, as
     /// iptables REDIRECT to a closed port is.
     pub const IN_NO_LISTENER: usize = 28;
+    /// A TCP connect() of a pod enrolled refused ([`pod_flags::REFUSED`]): failed with EPERM.
+    ///
+    /// [`pod_flags::REFUSED`]: crate::maps::pod_flags::REFUSED
+    pub const REFUSED_CONNECT: usize = 29;
+    /// A connection arriving at a refused pod's address: refused with a RST.
+    pub const REFUSED_INBOUND: usize = 30;
+    /// A redirected connect() failed (EPERM): the pod holds its whole budget of live
+    /// original destinations (`MS_POD_LIVE`).
+    pub const ORIG_DST_OVER_BUDGET: usize = 31;
+    /// The proxy asked SO_ORIGINAL_DST on a connection redirected to it whose entry is not
+    /// there (it could not be stored): answered ENOENT, as conntrack answers a miss.
+    pub const ORIG_DST_NOT_FOUND: usize = 39;
     /// A socket that is not the proxy's listened on the inbound port: not registered.
-    pub const IN_LISTENER_REFUSED: usize = 29;
+    pub const IN_LISTENER_REFUSED: usize = 40;
     /// Socket-level acceleration (pods with `ACCELERATE`): sockets put into `MS_SOCKS`.
     pub const ACCEL_SOCKETS: usize = 32;
     /// Connections left on the normal path, by reason. `MS_SOCKS` was full.
@@ -46,13 +58,17 @@ pub mod counter {
     pub const ACCEL_HALF_CLOSE: usize = 38;
     pub const COUNT: usize = 48;
 
-    pub const NAMES: [(usize, &str); 13] = [
+    pub const NAMES: [(usize, &str); 17] = [
         (ORIG_DST_HIT, "orig_dst_hit"),
         (ORIG_DST_MISS, "orig_dst_miss"),
         (ORIG_DST_MAP_FULL, "orig_dst_map_full"),
         (ORIG_DST_EVICTED, "orig_dst_evicted"),
         (IN_NO_LISTENER, "inbound_no_listener"),
         (IN_LISTENER_REFUSED, "inbound_listener_refused"),
+        (REFUSED_CONNECT, "refused_connect"),
+        (REFUSED_INBOUND, "refused_inbound"),
+        (ORIG_DST_OVER_BUDGET, "orig_dst_over_budget"),
+        (ORIG_DST_NOT_FOUND, "orig_dst_not_found"),
         (ACCEL_SOCKETS, "accel_sockets"),
         (ACCEL_MAP_FULL, "accel_map_full"),
         (ACCEL_NO_PEER, "accel_no_peer"),

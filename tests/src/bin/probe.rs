@@ -8,6 +8,10 @@
 //!   LISTEN (`dual`: an IPv6 listener that takes IPv4 too),
 //!   lets a client connect to DST, send and close, and only DELAY_MS later accepts, reads and
 //!   reports what it learnt (as `listen` does, plus the payload).
+//! - `mst-probe hold LISTEN DST COUNT HOLD_MS`: a pod holding many connections: listens on
+//!   LISTEN without accepting, opens COUNT connections to DST and keeps them; then accepts
+//!   the ones that arrived and asks each for SO_ORIGINAL_DST; prints what it held, the connect
+//!   errors and how many answers were DST; keeps everything open HOLD_MS more.
 //! - `mst-probe connect DST [--bind IP] [--v6] [--create-as UID:GID [--real UID:GID
 //!   [--fs-only]] [--connect-as UID:GID]]`: connects as the process's uid/gid (or, started as
 //!   root, creates the socket as one owner and connects as another: a socket handed over; with
@@ -33,6 +37,7 @@ fn main() {
         Some("churn") => churn(&args[1..]),
         Some("sockopts") => sockopts(&args[1..]),
         Some("late") => late(&args[1..]),
+        Some("hold") => hold(&args[1..]),
         _ => {
             eprintln!(
                 "usage: mst-probe listen ADDR:PORT... | connect DST [--bind IP] [--v6] [--create-as UID:GID]"
@@ -122,7 +127,12 @@ fn serve(l: TcpListener, port: u16, tag: Option<String>) {
 /// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` (or the IPv6 variant) as a proxy asks it: like
 /// Envoy, the IPv4 question for IPv4 traffic on a dual-stack socket too.
 fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
-    let v6 = match s.local_addr().ok()?.ip() {
+    original_dst_or_errno(s).ok()
+}
+
+/// [`original_dst`], or the errno it failed with (-1: no address to report).
+fn original_dst_or_errno(s: &TcpStream) -> Result<SocketAddr, i32> {
+    let v6 = match s.local_addr().map_err(|_| -1)?.ip() {
         IpAddr::V6(ip) => ip.to_ipv4_mapped().is_none(),
         IpAddr::V4(_) => false,
     };
@@ -133,9 +143,9 @@ fn original_dst(s: &TcpStream) -> Option<SocketAddr> {
         let level = if v6 { libc::SOL_IPV6 } else { libc::SOL_IP };
         let r = libc::getsockopt(s.as_raw_fd(), level, 80, (&raw mut ss).cast(), &mut len);
         if r != 0 {
-            return None;
+            return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1));
         }
-        from_storage(&ss)
+        from_storage(&ss).ok_or(-1)
     }
 }
 
@@ -155,12 +165,50 @@ fn late(args: &[String]) {
     let (s, _) = l.accept().expect("accept");
     let mut payload = String::new();
     let _ = std::io::Read::read_to_string(&mut &s, &mut payload);
-    let report = json!({
+    // Asked once: the datapath counts every question.
+    let orig = original_dst_or_errno(&s);
+    let mut report = json!({
         "listener": listen.port(),
-        "orig_dst": original_dst(&s).map(|a| a.to_string()),
+        "orig_dst": orig.ok().map(|a| a.to_string()),
         "payload": payload,
     });
+    if let Err(errno) = orig {
+        report["orig_dst_errno"] = json!(errno);
+    }
     println!("{report}");
+}
+
+fn hold(args: &[String]) {
+    let listen: SocketAddr = args[0].parse().expect("listen address");
+    let dst: SocketAddr = args[1].parse().expect("destination");
+    let count: usize = args[2].parse().expect("count");
+    let hold_ms: u64 = args[3].parse().expect("hold ms");
+    let l = bind_listener_with(listen, true);
+    let mut held = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for _ in 0..count {
+        match TcpStream::connect(dst) {
+            Ok(s) => held.push(s),
+            Err(e) => *errors.entry(e.kind().to_string()).or_default() += 1,
+        }
+    }
+    l.set_nonblocking(true).expect("nonblocking listener");
+    let mut accepted = Vec::new();
+    let (mut learnt, mut wrong) = (0, 0);
+    while let Ok((s, _)) = l.accept() {
+        match original_dst(&s) {
+            Some(a) if a == dst => learnt += 1,
+            _ => wrong += 1,
+        }
+        accepted.push(s);
+    }
+    let report = json!({
+        "held": held.len(), "errors": errors, "accepted": accepted.len(),
+        "learnt": learnt, "wrong": wrong,
+    });
+    println!("{report}");
+    std::io::stdout().flush().ok();
+    thread::sleep(std::time::Duration::from_millis(hold_ms));
 }
 
 /// `churn DST COUNT THREADS`: COUNT short connections (connect, read the server's line until

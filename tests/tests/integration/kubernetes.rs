@@ -160,22 +160,28 @@ fn capture_follows_the_pod_through_the_api_server() -> Result<()> {
         p["options"]["from"] == "annotations" && p["options"]["pending"].is_null()
     })?;
 
-    // What meshsteer does not implement is a clear error on the pod that asks for it.
+    // What meshsteer does not implement is a clear error on the pod that asks for it, which is
+    // enrolled refused, fail closed: its connections fail rather than go uncaptured.
     let tproxy = BTreeMap::from([(INTERCEPTION_MODE.to_string(), "TPROXY".to_string())]);
     let t = s.running_pod_with("t", None, true, &tproxy)?;
-    s.agent.wait_state(&s.status_name("t"), |st| {
-        st.contains("interceptionMode") && st.contains("TPROXY")
+    s.agent.wait_pod(&s.status_name("t"), |p| {
+        let st = p["state"].as_str().unwrap_or_default();
+        st.contains("interceptionMode") && st.contains("TPROXY") && p["failClosed"] == true
     })?;
-    assert_eq!(t.probe(1000, 1000, WORLD, &[])?["listener"], 80);
+    let v = t.probe(1000, 1000, WORLD, &[])?;
+    assert_eq!(v["error"], "permission denied", "{v}");
 
     // Deletion stops capture and frees the pod's map entries.
+    k8s.delete_pod(ns, "t")?;
     k8s.delete_pod(ns, "a")?;
     let took = pod.lands_on(WORLD, 80)?;
     eprintln!("deleted: capture gone after {took:?}");
-    s.agent
-        .wait_until(Duration::from_secs(5), "the pod to leave the status", |a| {
-            a.state(&name).is_none()
-        })?;
+    let t_name = s.status_name("t");
+    s.agent.wait_until(
+        Duration::from_secs(5),
+        "the pods to leave the status",
+        |a| a.state(&name).is_none() && a.state(&t_name).is_none(),
+    )?;
     assert_eq!(s.enrolled_pods()?, 0);
     Ok(())
 }

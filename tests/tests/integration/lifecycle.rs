@@ -41,14 +41,18 @@ fn specs_apply_live_and_errors_are_clear() -> anyhow::Result<()> {
     assert_eq!(e["from"], "agent", "{e}");
     assert_eq!(e["lands"], WORLD, "{e}");
 
-    // A new pod with a bad spec is not enrolled at all.
+    // A new pod with a bad spec is enrolled refused, fail closed (as a pod whose istio-init
+    // failed never runs): its connections fail rather than go uncaptured, and nothing of its
+    // spec is in the maps.
     let mut other = bed.node.add_pod("b")?;
     other.start_listener()?;
     agent.write_spec("b", &other.spec("-m TPROXY -i '*'"))?;
     agent.wait_state("test/b", |s| s.contains("TPROXY"))?;
-    assert_eq!(other.probe(1000, 1000, WORLD, &[])?["listener"], 80);
+    let v = other.probe(1000, 1000, WORLD, &[])?;
+    assert_eq!(v["error"], "permission denied", "{v}");
     let maps = PodMaps::from_pins(&Pins::new(&agent.bpffs_dir))?;
-    assert_eq!(maps.enrolled().len(), 1, "only pod a is in the maps");
+    assert_eq!(captured(&maps), 1, "only pod a is captured");
+    assert_eq!(maps.enrolled().len(), 2, "pod b is enrolled refused");
 
     // Fixing the spec enrols it.
     agent.write_spec("b", &other.spec("-i '*'"))?;
@@ -207,7 +211,14 @@ fn bad_specs_are_refused_with_clear_errors_and_nothing_applied() -> anyhow::Resu
         })?;
     }
     let maps = PodMaps::from_pins(&Pins::new(&agent.bpffs_dir))?;
-    assert_eq!(maps.enrolled().len(), 1, "only the good pod is in the maps");
+    assert_eq!(captured(&maps), 1, "only the good pod is captured");
+    // Of the bad specs only `hostns` names a cgroup a pod could be enrolled under: it is
+    // enrolled refused (fail closed); the others name none.
+    assert_eq!(
+        maps.enrolled().len(),
+        2,
+        "the hostns pod is enrolled refused"
+    );
     assert_eq!(good.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
     for (stem, _, _) in &cases {
         agent.remove_spec(stem)?;
@@ -284,4 +295,12 @@ fn uninstall_live_has_the_agent_remove_everything_and_idle() -> anyhow::Result<(
     let status = bed.agent.stop(libc::SIGTERM);
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     Ok(())
+}
+
+/// Pods in the maps with capture (not enrolled refused).
+fn captured(maps: &PodMaps) -> usize {
+    maps.enrolled()
+        .iter()
+        .filter(|(_, c)| c.flags & meshsteer_common::maps::pod_flags::REFUSED == 0)
+        .count()
 }

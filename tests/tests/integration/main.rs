@@ -7,6 +7,8 @@
 
 /// Socket-level acceleration: byte-exact streams, bounded memory, teardown.
 mod accel;
+/// Per-pod budgets: no pod fills the maps for another; refused pods fail closed.
+mod budgets;
 /// A million short connections leave no state behind.
 mod churn;
 /// Real programs end to end: curl, HAProxy as the sidecar, nginx.

@@ -1,7 +1,8 @@
 //! The agent can stop, crash or be upgraded without disruption: programs stay attached through
 //! pinned links and pods stay enrolled through pinned maps while no agent runs; a new agent
 //! adopts both (swapping programs atomically) and reconciles with the pod specs. Connections
-//! made while no agent runs keep their original destination across the next agent's start.
+//! made while no agent runs keep their original destination across the next agent's start. An
+//! upgrade from the previous pin layout's agent loses nothing either.
 use std::{
     thread,
     time::{Duration, Instant},
@@ -79,5 +80,117 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
         serde_json::json!({ "listener": 15001, "orig_dst": WORLD, "payload": "hello" }),
         "a connection from across the restart"
     );
+    Ok(())
+}
+
+/// An upgrade from the previous pin layout's agent, built from git history: the new agent
+/// adopts its pins (maps, cgroup links, per-pod sk_lookup links), swaps its own programs in
+/// and retires the old layout's directory, while connections keep being made out of a pod and
+/// into it. None escapes the proxy and none fails. A connection made under the old programs
+/// whose proxy accepts it after the swap still learns its original destination.
+#[test]
+fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
+    let previous = meshsteer_tests::agent::previous_agent_bin()?;
+    let mut node = meshsteer_tests::Node::new()?;
+    node.start_world()?;
+    let agent = meshsteer_tests::Agent::start_bin(&node, &previous, &[])?;
+    let mut bed = Testbed { agent, node };
+    let pod = bed.enrolled_pod("a")?;
+    let slow = bed.node.add_pod("slow")?;
+    bed.agent
+        .enrol(&slow, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    let peer = bed.node.add_pod("peer")?;
+    let layout = meshsteer_common::maps::LAYOUT_VERSION;
+    let old_pins = bed.agent.bpffs_dir.join(format!("v{}", layout - 1));
+    assert!(
+        old_pins.is_dir(),
+        "the previous agent pins under {}",
+        old_pins.display()
+    );
+
+    let inbound = format!("{}:8080", pod.ip4);
+    let out_loop = ConnectLoop::start(&pod.place(1000, 1000), WORLD);
+    let in_loop = ConnectLoop::start(&peer.place(1000, 1000), &inbound);
+    let (ns, cg) = (slow.netns.clone(), slow.app_cgroup.clone());
+    let late = thread::spawn(move || -> anyhow::Result<Value> {
+        let place = cmd::Place {
+            netns: Some(&ns),
+            cgroup: Some(&cg),
+            uid: 1000,
+            gid: 1000,
+        };
+        late_accept(&place, &["0.0.0.0:15001"], WORLD, 2000)
+    });
+    thread::sleep(Duration::from_millis(300));
+    bed.agent.upgrade(libc::SIGTERM)?;
+    for name in ["test/a", "test/slow"] {
+        bed.agent.wait_state(name, |s| s == "ready")?;
+    }
+    thread::sleep(Duration::from_millis(300));
+    let outs = out_loop.stop()?;
+    let ins = in_loop.stop()?;
+
+    let escaped: Vec<&Value> = outs
+        .iter()
+        .filter(|v| !(v["listener"] == 15001 && v["orig_dst"] == WORLD))
+        .collect();
+    assert!(
+        escaped.is_empty() && !outs.is_empty(),
+        "of {} outbound connections across the upgrade, these were not captured whole: {escaped:?}",
+        outs.len()
+    );
+    let missed: Vec<&Value> = ins
+        .iter()
+        .filter(|v| !(v["listener"] == 15006 && v["orig_dst"] == inbound.as_str()))
+        .collect();
+    assert!(
+        missed.is_empty() && !ins.is_empty(),
+        "of {} inbound connections across the upgrade, these were not steered: {missed:?}",
+        ins.len()
+    );
+    let late = late.join().expect("late-accept thread")?;
+    assert_eq!(
+        late,
+        serde_json::json!({ "listener": 15001, "orig_dst": WORLD, "payload": "hello" }),
+        "a connection redirected by the previous layout's programs, accepted after the upgrade"
+    );
+    eprintln!(
+        "upgrade: {} outbound and {} inbound connections, all captured",
+        outs.len(),
+        ins.len()
+    );
+
+    // The new layout is in place, the old one gone, and the new datapath in effect.
+    assert!(!old_pins.exists(), "{} left behind", old_pins.display());
+    assert!(bed.agent.bpffs_dir.join(format!("v{layout}")).is_dir());
+    let status = bed.agent.pod_status("test/a").expect("listed");
+    assert!(status["counters"]["orig_dst_live"].is_u64(), "{status}");
+    let doc: Value = serde_json::from_slice(&std::fs::read(&bed.agent.status_file)?)?;
+    assert!(doc["budget"]["origDst"].is_u64(), "{doc}");
+
+    // The adopted layout-2 map holds connections redirected before the upgrade; once they are
+    // gone, the next start releases it (a one-entry placeholder takes its place).
+    let adopted = bed.agent.bpffs_dir.join(format!(
+        "v{layout}/maps/{}",
+        meshsteer_common::maps::names::ORIG_DST_V2
+    ));
+    let entries = || -> anyhow::Result<usize> {
+        let data = aya::maps::MapData::from_pin(&adopted)?;
+        let map: aya::maps::HashMap<
+            _,
+            meshsteer_common::maps::TupleKey,
+            meshsteer_common::maps::OrigDst,
+        > = aya::maps::Map::from_map_data(data)?.try_into()?;
+        Ok(map.keys().count())
+    };
+    assert!(aya::maps::MapInfo::from_pin(&adopted)?.max_entries() > 1);
+    bed.agent
+        .wait_until(Duration::from_secs(5), "the adopted map to drain", |_| {
+            entries().is_ok_and(|n| n == 0)
+        })?;
+    bed.agent.restart(libc::SIGTERM)?;
+    bed.agent.wait_state("test/a", |s| s == "ready")?;
+    assert_eq!(aya::maps::MapInfo::from_pin(&adopted)?.max_entries(), 1);
+    assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["orig_dst"], WORLD);
     Ok(())
 }

@@ -53,20 +53,29 @@ impl Resolver {
     /// honour, waiting for what is not on the node yet.
     pub fn spec(&self, view: &PodView) -> Result<PodSpec, Rejected> {
         let name = view.pod.to_string();
-        let capture = capture(&view.annotations, &view.proxy)
-            .map_err(|e| Rejected::refused(&name, e.to_string()))?;
-        let (cgroup, netns) = self
-            .locate(view)
-            .map_err(|e| Rejected::waiting(&name, e.to_string()))?;
-        Ok(PodSpec {
-            name,
+        let located = self.locate(view);
+        let at = |(cgroup, netns): (PathBuf, PathBuf), capture| PodSpec {
+            name: name.clone(),
             cgroup,
             netns: Some(netns),
             ips: view.ips.clone(),
             args: None,
-            capture: Some(capture),
+            capture,
             accelerate: None,
-        })
+        };
+        let capture = match capture(&view.annotations, &view.proxy) {
+            Ok(c) => c,
+            Err(e) => {
+                let refused = Rejected::refused(&name, e.to_string());
+                // Found on the node, it is enrolled refused (fail closed), never uncaptured.
+                return Err(match located {
+                    Ok(place) => refused.at(at(place, None)),
+                    Err(_) => refused,
+                });
+            }
+        };
+        let place = located.map_err(|e| Rejected::waiting(&name, e.to_string()))?;
+        Ok(at(place, Some(capture)))
     }
 
     /// The pod's cgroup and network namespace, once it has addresses.

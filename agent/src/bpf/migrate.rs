@@ -1,0 +1,202 @@
+//! Upgrading the pins of the previous layout in place, with no capture gap. A starting agent
+//! that finds `<bpffs-dir>/v<LAYOUT_VERSION - 1>/`:
+//!
+//! 1. pins each of that layout's maps into this layout's directory, under the name [`FROM_V2`]
+//!    gives it, so that the loader reuses it (the datapath keeps every pod's config, counters
+//!    and socket state);
+//! 2. pins each of its links (cgroup programs, per-pod sk_lookup, sk_msg) at the same place in
+//!    this layout's directory, so that loading swaps each link's program atomically
+//!    (`BPF_LINK_UPDATE`): programs are never detached, traffic never escapes;
+//! 3. after the swap, removes the previous layout's directory ([`retire`]).
+//!
+//! A later start releases the adopted `MS_ORIG_DST_V2` once it has drained
+//! ([`release_drained`]).
+//!
+//! Every step is idempotent: an agent killed half-way leaves both directories, and the next
+//! one finishes the job. A map whose key or value changed cannot be reused as it is: it gets a
+//! new name here and the new programs read it as a fallback until it drains (as `MS_ORIG_DST`
+//! from layout 2), or a copy step of its own. Maps new in this layout are created by the loader.
+use std::{
+    fs,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, MapData};
+use meshsteer_common::maps::{LAYOUT_VERSION, OrigDst, TupleKey, names};
+use tracing::info;
+
+use super::pins::Pins;
+use crate::sys::bpf as bpf_sys;
+
+/// What becomes of one map of the previous layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carry {
+    /// Same key, value, type and size: reused under its name.
+    Same,
+    /// Reused under another name (layout 2's LRU `MS_ORIG_DST` is this layout's
+    /// `MS_ORIG_DST_V2`, read until its connections are gone).
+    As(&'static str),
+}
+
+/// Layout 2's maps, and how each is carried into layout 3.
+pub const FROM_V2: &[(&str, Carry)] = &[
+    (names::PODS, Carry::Same),
+    (names::PORTS, Carry::Same),
+    (names::CIDR_EXCLUDE, Carry::Same),
+    (names::CIDR_INCLUDE, Carry::Same),
+    (names::LOCAL_ADDRS, Carry::Same),
+    (names::SOCK_STATE, Carry::Same),
+    (names::ORIG_DST, Carry::As(names::ORIG_DST_V2)),
+    (names::POD_STATS, Carry::Same),
+    (names::NODE_STATS, Carry::Same),
+    (names::INBOUND_ADDRS, Carry::Same),
+    (names::LISTENERS, Carry::Same),
+    (names::TRACE_CTL, Carry::Same),
+    (names::TRACE, Carry::Same),
+    (names::SOCKS, Carry::Same),
+    (names::ACCEL_STATE, Carry::Same),
+    (names::ACCEL_PENDING, Carry::Same),
+    (names::ACCEL_CFG, Carry::Same),
+];
+
+/// The layout this agent can upgrade from.
+pub const PREVIOUS: u32 = LAYOUT_VERSION - 1;
+
+/// The previous layout's pin directory under `bpffs_dir`.
+pub fn previous_root(bpffs_dir: &Path) -> PathBuf {
+    bpffs_dir.join(format!("v{PREVIOUS}"))
+}
+
+/// Steps 1 and 2: the previous layout's maps and links pinned into `pins`, where the loader
+/// and the link updates find them. Returns the previous directory, if there is one.
+pub fn carry_over(bpffs_dir: &Path, pins: &Pins) -> Result<Option<PathBuf>> {
+    let old = previous_root(bpffs_dir);
+    if !old.is_dir() {
+        return Ok(None);
+    }
+    info!(from = %old.display(), to = %pins.root.display(), "upgrading the pins of layout {PREVIOUS}");
+    for (name, carry) in FROM_V2 {
+        let new_name = match carry {
+            Carry::Same => name,
+            Carry::As(new) => new,
+        };
+        repin(&old.join("maps").join(name), &pins.map(new_name))?;
+    }
+    let links = old.join("links");
+    for file in files_under(&links)? {
+        let rel = file.strip_prefix(&links).unwrap_or(&file);
+        repin(&file, &pins.root.join("links").join(rel))?;
+    }
+    Ok(Some(old))
+}
+
+/// Step 3, once every carried link runs this agent's programs: the previous layout's pins go.
+/// Its maps and links live on through this layout's pins.
+pub fn retire(old: &Path) -> Result<()> {
+    fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
+    info!(path = %old.display(), "layout {PREVIOUS} retired");
+    Ok(())
+}
+
+/// Once drained, the adopted layout-2 `MS_ORIG_DST` is unpinned before loading: the loader
+/// then makes its one-entry placeholder again, and the old map's memory goes. Only layout-2
+/// programs ever stored into it and none runs any more (the upgrade swapped them all), so an
+/// empty one stays empty. Not in the run that upgrades: its old programs still run until the
+/// swap.
+pub fn release_drained(pins: &Pins) -> Result<()> {
+    let path = pins.map(names::ORIG_DST_V2);
+    if !path.exists() {
+        return Ok(());
+    }
+    let info = aya::maps::MapInfo::from_pin(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if info.max_entries() <= 1 {
+        return Ok(());
+    }
+    let old: HashMap<MapData, TupleKey, OrigDst> = pins.open_map(names::ORIG_DST_V2)?.try_into()?;
+    if old.keys().next().is_some() {
+        return Ok(());
+    }
+    fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+    info!(
+        map = names::ORIG_DST_V2,
+        "the adopted layout-{PREVIOUS} map is drained: released"
+    );
+    Ok(())
+}
+
+/// Pins the object pinned at `from` at `to` too, unless `to` is pinned already (a previous
+/// attempt) or `from` is not there (an object the previous agent never pinned).
+fn repin(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() || !from.exists() {
+        return Ok(());
+    }
+    let fd = bpf_sys::obj_get(from).with_context(|| format!("opening {}", from.display()))?;
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    bpf_sys::obj_pin(fd.as_fd(), to)
+        .with_context(|| format!("pinning {} at {}", from.display(), to.display()))
+}
+
+/// Every file below `dir` (pins: bpffs holds no other files), depth first.
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            out.extend(files_under(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_of_the_previous_layout_is_carried_to_a_map_of_this_one() {
+        for (name, carry) in FROM_V2 {
+            let to = match carry {
+                Carry::Same => name,
+                Carry::As(new) => new,
+            };
+            assert!(names::PINNED.contains(to), "{name} → {to}");
+        }
+        let carried: Vec<&str> = FROM_V2.iter().map(|(n, _)| *n).collect();
+        // The maps this layout added are the only ones without a predecessor.
+        let new: Vec<&str> = names::PINNED
+            .iter()
+            .copied()
+            .filter(|n| {
+                !FROM_V2
+                    .iter()
+                    .any(|(_, c)| matches!(c, Carry::As(to) if to == n))
+                    && !carried.contains(n)
+            })
+            .collect();
+        assert_eq!(new, [names::POD_LIVE]);
+    }
+
+    #[test]
+    fn files_under_walks_subdirectories() {
+        let dir = std::env::temp_dir().join(format!("ms-migrate-{}", std::process::id()));
+        fs::create_dir_all(dir.join("netns")).unwrap();
+        fs::write(dir.join("connect4"), "").unwrap();
+        fs::write(dir.join("netns").join("42"), "").unwrap();
+        let mut found = files_under(&dir).unwrap();
+        found.sort();
+        assert_eq!(found, [dir.join("connect4"), dir.join("netns").join("42")]);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(files_under(&dir).unwrap().is_empty());
+    }
+}
