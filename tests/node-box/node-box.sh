@@ -98,12 +98,12 @@ build() {
 
 # The sandbox ("pause") image: busybox-static sleeping.
 pause_image() {
-  local out="$NB_DIR/images/pause.tar"
+  local out="$NB_DIR/images/localhost-pause-1.tar"
   [[ -f "$out" ]] && return
   local root; root=$(mktemp -d)
   mkdir -p "$root/bin" "$NB_DIR/images"
   cp /bin/busybox "$root/bin/busybox"; ln -s busybox "$root/bin/sleep"
-  "$HERE/mkimage.sh" "$root" "$out.part" docker.io/node-box/pause:1 '{"Entrypoint":["/bin/sleep","2147483647"]}'
+  "$HERE/mkimage.sh" "$root" "$out.part" localhost/node-box/pause:1 '{"Entrypoint":["/bin/sleep","2147483647"]}'
   rm -rf "$root"; mv "$out.part" "$out"
 }
 
@@ -144,7 +144,7 @@ state = "$CTR_DIR/state"
 [grpc]
   address = "$SOCK"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "docker.io/node-box/pause:1"
+  sandbox_image = "localhost/node-box/pause:1"
   # Without CAP_SYS_RESOURCE (missing from some hosts' bounding set) a negative oom_score_adj (CRI's
   # default -998 for sandboxes) makes runc fail with "can't get final child's PID from pipe: EOF"
   # ("nsexec: failed to update /proc/self/oom_score_adj: Permission denied"): clamp to containerd's own.
@@ -283,13 +283,13 @@ start() {
 
   spawn containerd containerd --config "$CTR_DIR/config.toml"
   wait_for containerd 300 containerd ctr -a "$SOCK" version
-  "${CTR[@]}" image import "$NB_DIR/images/pause.tar" >/dev/null
+  "${CTR[@]}" image import "$NB_DIR/images/localhost-pause-1.tar" >/dev/null
   log "containerd ready"
 
   spawn kubelet "$NB_DIR/bin/kubelet" --config="$NB_DIR/kubelet-config.yaml" --kubeconfig="$NB_DIR/kubeconfig" \
     --root-dir="$NB_DIR/kubelet" --cert-dir="$NB_DIR/kubelet/pki" \
     --container-runtime=remote --container-runtime-endpoint="unix://$SOCK" --image-service-endpoint="unix://$SOCK" \
-    --runtime-request-timeout=2m --pod-infra-container-image=docker.io/node-box/pause:1 \
+    --runtime-request-timeout=2m --pod-infra-container-image=localhost/node-box/pause:1 \
     --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" -v=2
   wait_for "Ready node" 1500 kubelet node_ready
   log "node $NODE_NAME Ready: KUBECONFIG=$NB_DIR/kubeconfig"

@@ -58,7 +58,7 @@ pub fn build_all(root: &Path) -> Result<PathBuf> {
         (
             Spec {
                 file: "meshsteer.tar",
-                name: "docker.io/library/meshsteer:dev",
+                name: "localhost/meshsteer:dev",
                 config: r#"{"Entrypoint":["/usr/local/bin/meshsteer"],"Cmd":["run","--kubernetes"]}"#
                     .into(),
             },
@@ -71,7 +71,7 @@ pub fn build_all(root: &Path) -> Result<PathBuf> {
         (
             Spec {
                 file: "nginx.tar",
-                name: "docker.io/meshsteer-test/nginx:1",
+                name: "localhost/meshsteer-test/nginx:1",
                 // The configuration comes from a ConfigMap at /etc/meshsteer-test.
                 config: r#"{"Entrypoint":["/usr/sbin/nginx","-e","stderr","-p","/tmp","-c","/etc/meshsteer-test/nginx.conf","-g","daemon off;"]}"#.into(),
             },
@@ -86,7 +86,7 @@ pub fn build_all(root: &Path) -> Result<PathBuf> {
         (
             Spec {
                 file: "curl.tar",
-                name: "docker.io/meshsteer-test/curl:1",
+                name: "localhost/meshsteer-test/curl:1",
                 config: r#"{"Entrypoint":["/bin/sleep","2147483647"]}"#.into(),
             },
             {
@@ -101,7 +101,7 @@ pub fn build_all(root: &Path) -> Result<PathBuf> {
         (
             Spec {
                 file: "istio-proxy.tar",
-                name: "docker.io/meshsteer-test/istio-proxy:1",
+                name: "localhost/meshsteer-test/istio-proxy:1",
                 // The configuration comes from a ConfigMap at /etc/istio-proxy.
                 config: format!(
                     r#"{{"User":"{PROXY_ID}:{PROXY_ID}","Entrypoint":["/usr/sbin/haproxy","-db","-f","/etc/istio-proxy/haproxy.cfg"]}}"#

@@ -425,7 +425,7 @@ pub(super) mod tests {
                 },
             },
             "spec": {"containers": [{
-                "name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.24.6",
+                "name": "istio-proxy", "image": "istio/proxyv2:1.24.6",
                 "args": ["proxy", "router", "--domain", "$(POD_NAMESPACE).svc.cluster.local"],
             }]},
             "status": {"podIPs": [{"ip": "10.0.0.9"}]},

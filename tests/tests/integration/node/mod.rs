@@ -37,9 +37,9 @@ const STATUS: &str = r#"{"initContainers":null,"containers":["istio-proxy"],"vol
 /// The answer of nginx's `/both` when the request went through both sidecars.
 pub const THROUGH_BOTH: &str = "out=haproxy-outbound in=haproxy-inbound peer=127.0.0.6";
 const IMAGES: [&str; 4] = ["meshsteer.tar", "nginx.tar", "curl.tar", "istio-proxy.tar"];
-pub const NGINX: &str = "docker.io/meshsteer-test/nginx:1";
-pub const CURL: &str = "docker.io/meshsteer-test/curl:1";
-const PROXY: &str = "docker.io/meshsteer-test/istio-proxy:1";
+pub const NGINX: &str = "localhost/meshsteer-test/nginx:1";
+pub const CURL: &str = "localhost/meshsteer-test/curl:1";
+const PROXY: &str = "localhost/meshsteer-test/istio-proxy:1";
 
 /// The shared node with the test images imported. Checked before the node starts: a missing
 /// image fails at once.
