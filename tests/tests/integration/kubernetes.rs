@@ -492,7 +492,7 @@ fn injected_pods_get_exactly_istio_inits_capture() -> Result<()> {
         injected(&mut s, "own-templates", own)?,
     );
 
-    let mut ready = 0;
+    let (mut ready, mut refused) = (0, 0);
     for (name, injector, outcome) in &expected {
         let status_name = s.status_name(name);
         match outcome {
@@ -511,11 +511,13 @@ fn injected_pods_get_exactly_istio_inits_capture() -> Result<()> {
                 s.agent.wait_state(&status_name, |st| {
                     st.starts_with("error: ") && st.contains(what)
                 })?;
-                assert_eq!(
-                    pods[name].probe(1000, 1000, WORLD, &[])?["listener"],
-                    80,
-                    "{name}"
-                );
+                // Refused, it fails closed (as a pod whose istio-init failed never runs):
+                // its connections fail, none goes around the proxy.
+                refused += 1;
+                s.agent
+                    .wait_pod(&status_name, |p| p["failClosed"] == true)?;
+                let v = pods[name].probe(1000, 1000, WORLD, &[])?;
+                assert_eq!(v["error"], "permission denied", "{name}: {v}");
             }
             Outcome::LeftAlone => {}
         }
@@ -539,7 +541,8 @@ fn injected_pods_get_exactly_istio_inits_capture() -> Result<()> {
             "{name}"
         );
     }
-    assert_eq!(s.enrolled_pods()?, ready);
+    // Refused pods are in the maps too, failing closed.
+    assert_eq!(s.enrolled_pods()?, ready + refused);
 
     // The capture in effect, by traffic: IPv4-first pods get IPv6 capture only with
     // ISTIO_DUAL_STACK; the proxy's own uid (OpenShift's) is never captured; the mesh's ports.

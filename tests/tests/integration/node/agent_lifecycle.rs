@@ -39,7 +39,7 @@ fn requests_survive_agent_delete_roll_and_sigkill() -> Result<()> {
     let rolled = format!("{}{ROLLED}", dev.trim_end_matches("meshsteer:dev"));
     let _ = meshsteer_tests::node_box::checked(node.ctr().args(["image", "rm", &rolled]));
     meshsteer_tests::node_box::checked(node.ctr().args(["image", "tag", dev, &rolled]))?;
-    let result = scenario(&mut node);
+    let result = scenario(&mut node, &rolled);
     if result.is_err() {
         node.dump(AGENT_NS);
     }
@@ -47,7 +47,7 @@ fn requests_survive_agent_delete_roll_and_sigkill() -> Result<()> {
     result
 }
 
-fn scenario(node: &mut NodeBox) -> Result<()> {
+fn scenario(node: &mut NodeBox, rolled: &str) -> Result<()> {
     let first = deploy_agent(node)?;
     let ns = AppNs::create(node, NS)?;
     ns.run(vec![server(NS, "web"), client(NS, "client")])?;
@@ -74,13 +74,13 @@ fn scenario(node: &mut NodeBox) -> Result<()> {
         "set",
         "image",
         "daemonset/meshsteer",
-        &format!("agent={ROLLED}"),
-        &format!("bpffs={ROLLED}"),
+        &format!("agent={rolled}"),
+        &format!("bpffs={rolled}"),
     ])?;
     let third = NodeBox::wait_for(
         "the rolled agent pod Ready",
         Duration::from_secs(120),
-        || Ok(ready_agent(node)?.filter(|p| p.uid != second.uid && p.image == ROLLED)),
+        || Ok(ready_agent(node)?.filter(|p| p.uid != second.uid && p.image == rolled)),
     )?;
     load.wait_for_more(RATE as usize)?;
 
