@@ -162,8 +162,11 @@ fn bad_specs_are_refused_with_clear_errors_and_nothing_applied() -> anyhow::Resu
     let root = bed.node.cgroup_root.clone();
     // 16 levels below the hierarchy's root: deeper than the datapath's ancestor walk.
     let mut deep = root.clone();
+    // Removed on every exit path, deepest first (before `good`'s own cgroup goes).
+    let mut made = RemovedDirs(Vec::new());
     while deep.components().count() - cgroup2_depth_base(&root) < 16 {
         deep.push("d");
+        made.0.push(deep.clone());
     }
     std::fs::create_dir_all(&deep)?;
     let dotdot = root
@@ -172,6 +175,7 @@ fn bad_specs_are_refused_with_clear_errors_and_nothing_applied() -> anyhow::Resu
         .join(good.cgroup.file_name().unwrap_or_default());
     let inner = good.cgroup.join("inner");
     std::fs::create_dir_all(&inner)?;
+    made.0.push(inner.clone());
     let spec = |name: &str, cgroup: &std::path::Path, netns: Option<&str>| {
         let netns = netns.map(|n| format!("netns: {n}\n")).unwrap_or_default();
         format!(
@@ -223,13 +227,23 @@ fn bad_specs_are_refused_with_clear_errors_and_nothing_applied() -> anyhow::Resu
     for (stem, _, _) in &cases {
         agent.remove_spec(stem)?;
     }
-    std::fs::remove_dir(&inner)?;
-    let mut d = deep;
-    while d != root {
-        std::fs::remove_dir(&d)?;
-        d.pop();
-    }
+    drop(made);
+    assert!(
+        !inner.exists() && !root.join("d").exists(),
+        "cgroups left behind"
+    );
     Ok(())
+}
+
+/// Directories a test made, removed when it ends however it ends (last made first).
+struct RemovedDirs(Vec<std::path::PathBuf>);
+
+impl Drop for RemovedDirs {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 /// Path components of the cgroup2 mount point above `dir` (where cgroup depth 0 is).
