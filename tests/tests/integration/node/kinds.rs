@@ -129,27 +129,13 @@ fn scenario(node: &NodeBox, static_manifest: &std::path::Path) -> Result<()> {
             .and_then(|p| p.iter().find(|p| p["name"] == name.as_str()))
             .with_context(|| format!("{name} is not in the agent's status: {status}"))?;
         ensure!(entry["state"] == "ready", "{name}: {}", entry["state"]);
-        let uid = if pod == mirror {
-            node.kc(&[
-                "-n",
-                NS,
-                "get",
-                "pod",
-                pod,
-                "-o",
-                "jsonpath={.metadata.annotations.kubernetes\\.io/config\\.mirror}",
-            ])?
+        // A static pod's cgroup is named after its config hash, not its mirror's uid.
+        let field = if pod == mirror {
+            "jsonpath={.metadata.annotations.kubernetes\\.io/config\\.mirror}"
         } else {
-            node.kc(&[
-                "-n",
-                NS,
-                "get",
-                "pod",
-                pod,
-                "-o",
-                "jsonpath={.metadata.uid}",
-            ])?
+            "jsonpath={.metadata.uid}"
         };
+        let uid = node.kc(&["-n", NS, "get", "pod", pod, "-o", field])?;
         let cgroup = entry["cgroup"].as_str().unwrap_or_default();
         ensure!(
             cgroup.ends_with(&format!("{layout}{uid}")),
