@@ -20,3 +20,29 @@ plain_data!(OwnerOffsets);
 
 /// The symbol name of the [`OwnerOffsets`] global.
 pub const OWNER_OFFSETS: &str = "OWNER_OFFSETS";
+
+/// Where the current task's network namespace keeps its inode number: the number an
+/// nsfs file (`/proc/<pid>/ns/net`, a CNI netns path) shows, so the agent can name a pod's
+/// namespace the same way (`MS_POD_NETNS`). Byte offsets, from the kernel's BTF: the chain
+/// `current->nsproxy->net_ns->ns.inum`. `NETNS_OFFSETS` in the object.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetnsOffsets {
+    /// `struct task_struct::nsproxy`.
+    pub task_nsproxy: u32,
+    /// `struct nsproxy::net_ns`.
+    pub nsproxy_net_ns: u32,
+    /// `struct net::ns` plus `struct ns_common::inum`.
+    pub net_inum: u32,
+    /// Non-zero once the agent set the offsets.
+    pub valid: u32,
+}
+plain_data!(NetnsOffsets);
+
+/// The symbol name of the [`NetnsOffsets`] global.
+pub const NETNS_OFFSETS: &str = "NETNS_OFFSETS";
+
+/// The symbol name of the pod cgroup id each pod's own copy of the sk_lookup program is
+/// loaded with (a `u64`; 0 in the copy that is never attached). sk_lookup cannot ask which
+/// network namespace it runs in, so each pod's namespace gets a program that knows its pod.
+pub const SK_LOOKUP_POD: &str = "SK_LOOKUP_POD";

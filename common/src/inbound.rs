@@ -8,18 +8,41 @@ use crate::{
     tables::PodTables,
 };
 
-/// ISTIO_INBOUND for a TCP connection from `remote` to the pod's port `local_port`.
+/// A TCP connection arriving at any address of the pod's network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    pub remote: Addr,
+    /// The pod's address it is for.
+    pub local: Addr,
+    /// The pod's port it is for.
+    pub local_port: u16,
+}
+
+impl Incoming {
+    /// Made inside the pod, so PREROUTING never sees it: from loopback, from one of the pod's
+    /// addresses, or from the very address it goes to (an address the spec may not list).
+    /// The kernel cannot say so itself: for a connection to a pod address over `lo`, the
+    /// lookup's ingress interface is the one that owns the address, as for one from outside.
+    /// From outside, a pod address as the source is a martian (dropped before the lookup).
+    #[inline(always)]
+    pub fn from_inside<T: PodTables>(&self, t: &T) -> bool {
+        self.remote.is_loopback() || self.remote == self.local || t.is_pod_address(&self.remote)
+    }
+}
+
+/// ISTIO_INBOUND for the connection `c`.
 #[inline(always)]
-pub fn decide<T: PodTables>(cfg: &PodConfig, t: &T, remote: &Addr, local_port: u16) -> InRule {
+pub fn decide<T: PodTables>(cfg: &PodConfig, t: &T, c: &Incoming) -> InRule {
     if cfg.flags & pod_flags::IN_CAPTURE == 0 {
         return InRule::NotCaptured;
     }
-    if !remote.is_ipv4() && cfg.flags & pod_flags::IPV6 == 0 {
+    if !c.remote.is_ipv4() && cfg.flags & pod_flags::IPV6 == 0 {
         return InRule::NoIpv6Rules;
     }
-    if remote.is_loopback() || t.is_pod_address(remote) {
+    if c.from_inside(t) {
         return InRule::FromPod;
     }
+    let local_port = c.local_port;
     if local_port == cfg.tunnel_port {
         return InRule::TunnelPort;
     }
@@ -93,24 +116,53 @@ mod tests {
         }
     }
 
+    fn from(remote: Addr, local_port: u16) -> Incoming {
+        Incoming {
+            remote,
+            local: POD,
+            local_port,
+        }
+    }
+
     #[test]
     fn istio_inbound_chain() {
         let all = cfg(pod_flags::IN_CAPTURE | pod_flags::IN_ALL_PORTS);
         let peer = Addr::v4([10, 0, 0, 9]);
-        assert_eq!(decide(&all, &T, &peer, 80), InRule::Captured);
-        assert_eq!(decide(&all, &T, &peer, 15090), InRule::ExcludedPort);
-        assert_eq!(decide(&all, &T, &peer, 15008), InRule::TunnelPort);
-        assert_eq!(decide(&all, &T, &peer, 15006), InRule::InboundPort);
-        assert_eq!(decide(&all, &T, &POD, 80), InRule::FromPod);
-        assert_eq!(decide(&all, &T, &Addr::PASSTHROUGH_V4, 80), InRule::FromPod);
+        assert_eq!(decide(&all, &T, &from(peer, 80)), InRule::Captured);
+        assert_eq!(decide(&all, &T, &from(peer, 15090)), InRule::ExcludedPort);
+        assert_eq!(decide(&all, &T, &from(peer, 15008)), InRule::TunnelPort);
+        assert_eq!(decide(&all, &T, &from(peer, 15006)), InRule::InboundPort);
+        assert_eq!(decide(&all, &T, &from(POD, 80)), InRule::FromPod);
         assert_eq!(
-            decide(&all, &T, &Addr::LOCALHOST_V6, 80),
+            decide(&all, &T, &from(Addr::PASSTHROUGH_V4, 80)),
+            InRule::FromPod
+        );
+        assert_eq!(
+            decide(&all, &T, &from(Addr::LOCALHOST_V6, 80)),
             InRule::NoIpv6Rules
         );
         let list = cfg(pod_flags::IN_CAPTURE);
-        assert_eq!(decide(&list, &T, &peer, 8080), InRule::Captured);
-        assert_eq!(decide(&list, &T, &peer, 80), InRule::NotListed);
-        assert_eq!(decide(&cfg(0), &T, &peer, 80), InRule::NotCaptured);
+        assert_eq!(decide(&list, &T, &from(peer, 8080)), InRule::Captured);
+        assert_eq!(decide(&list, &T, &from(peer, 80)), InRule::NotListed);
+        assert_eq!(decide(&cfg(0), &T, &from(peer, 80)), InRule::NotCaptured);
+    }
+
+    #[test]
+    fn an_unlisted_address_to_itself_is_from_inside() {
+        // A secondary address the spec does not list, connecting to itself.
+        let all = cfg(pod_flags::IN_CAPTURE | pod_flags::IN_ALL_PORTS);
+        let secondary = Addr::v4([10, 0, 0, 250]);
+        let to_itself = Incoming {
+            remote: secondary,
+            local: secondary,
+            local_port: 80,
+        };
+        assert_eq!(decide(&all, &T, &to_itself), InRule::FromPod);
+        let from_it = Incoming {
+            local: POD,
+            ..to_itself
+        };
+        assert_eq!(decide(&all, &T, &from_it), InRule::Captured);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use meshsteer_common::{
 
 use crate::{
     ctx::{Sock, SockOpsCtx},
-    maps::{ACCEL_CFG, ACCEL_PENDING, ACCEL_STATE, INBOUND_ADDRS, SOCKS},
+    maps::{ACCEL_CFG, ACCEL_PENDING, ACCEL_STATE, SOCKS},
     pod::{MapTables, count, pod_config, sk_storage, sock_state},
     tuple::{mirrored, own_view},
 };
@@ -43,10 +43,9 @@ pub fn connected(ctx: &SockOpsContext) {
     }
     let view = own_view(ctx);
     if !stays_in_pod(cfg, &view) {
-        if INBOUND_ADDRS.get_ptr(view.remote).is_some() {
-            // Another pod on this node: its socket lives in another network namespace.
-            count(pod_cgroup, counter::ACCEL_CROSS_POD);
-        }
+        // To another pod, on this node or not: the peer socket, if here at all, lives in
+        // another network namespace.
+        count(pod_cgroup, counter::ACCEL_CROSS_POD);
         return;
     }
     if !capable() {

@@ -18,7 +18,8 @@
 //! (connection keys), `maps.rs` (every map), `pod.rs` (socket → pod → config, counters),
 //! `capture.rs` (the connect-time steering both connect hooks use), `trace.rs` (decision
 //! records for `meshsteer trace`), `accel.rs` (sockops' half of acceleration), `orig_dst.rs`
-//! (original destinations and each pod's budget of them), `sockaddr.rs`.
+//! (original destinations and each pod's budget of them), `netns.rs` (a socket's network
+//! namespace, for the inbound listener check), `sockaddr.rs`.
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the BPF target has no atomic read-modify-write types (see `orig_dst.rs`).
@@ -34,6 +35,7 @@ mod getpeername4;
 mod getpeername6;
 mod getsockopt;
 mod maps;
+mod netns;
 mod orig_dst;
 mod owner;
 mod pod;

@@ -6,15 +6,12 @@ use aya_ebpf::{
     },
     macros::btf_map,
 };
-use meshsteer_common::{
-    Addr,
-    maps::{
-        CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PodLive, PortKey,
-        SockState, TupleKey,
-        accel::{AccelConfig, AccelState},
-        capacity, node_counter,
-        trace::{self, TraceCtl, TraceEvent},
-    },
+use meshsteer_common::maps::{
+    CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PodLive, PortKey, SockState,
+    TupleKey,
+    accel::{AccelConfig, AccelState},
+    capacity, node_counter,
+    trace::{self, TraceCtl, TraceEvent},
 };
 
 const NO_PREALLOC: usize = aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize;
@@ -70,10 +67,16 @@ pub static POD_STATS: PerCpuHashMap<u64, PodCounters, { capacity::PODS as usize 
 #[btf_map(name = "MS_NODE_STATS")]
 pub static NODE_STATS: PerCpuArray<u64, { node_counter::COUNT as usize }> = PerCpuArray::new();
 
-/// A pod's addresses → its pod cgroup id: how sk_lookup, which cannot ask for its network
-/// namespace, finds the pod a connection arrives at.
-#[btf_map(name = "MS_INBOUND_ADDRS")]
-pub static INBOUND_ADDRS: HashMap<Addr, u64, { capacity::LOCAL_ADDRS as usize }> = HashMap::new();
+/// Pod-level cgroup id → the inode number of the pod's network namespace, written by the agent
+/// when it attaches the pod's sk_lookup: only a listener made there may take the pod's
+/// inbound connections.
+#[btf_map(name = "MS_POD_NETNS")]
+pub static POD_NETNS: HashMap<u64, u64, { capacity::PODS as usize }> = HashMap::new();
+
+/// The network namespace (inode number) a socket was made in, kept for the sockets of a
+/// pod's proxy ids only: the ones that may become its inbound listener.
+#[btf_map(name = "MS_SOCK_NETNS")]
+pub static SOCK_NETNS: SkStorage<u64> = SkStorage::new();
 
 /// Each pod's inbound proxy listener (per family), registered by sockops when the proxy calls
 /// listen() and by the agent for listeners older than it. The kernel drops closed sockets.

@@ -2,15 +2,20 @@
 //! from outside the pod is handed to the proxy's inbound listener when ISTIO_INBOUND would
 //! REDIRECT it, without NAT: the proxy's accepted socket keeps the original destination as
 //! its local address.
+//!
+//! The program runs for every local address of the namespace (link-local, secondary, added
+//! later), as PREROUTING does, because it does not look the pod up by address: it cannot ask
+//! which namespace it runs in, so the agent loads one copy per pod, with the pod's cgroup id
+//! in `SK_LOOKUP_POD`.
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use meshsteer_common::{
-    inbound::decide,
+    inbound::{Incoming, decide},
     maps::{ListenerKey, counter, pod_flags, trace::action},
 };
 
 use crate::{
     ctx::{Ends, SkLookupCtx},
-    maps::{INBOUND_ADDRS, LISTENERS},
+    maps::LISTENERS,
     pod::{MapTables, count, pod_config},
     sockaddr::AF_INET6,
     trace::{self, Arrival},
@@ -20,17 +25,18 @@ const IPPROTO_TCP: u32 = 6;
 const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
 
+/// The pod this copy serves (set by the agent at load; 0 in the copy that is never attached).
+#[unsafe(no_mangle)]
+static SK_LOOKUP_POD: u64 = 0;
+
 #[sk_lookup]
 pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
     let (protocol, family, arrival) = (ctx.protocol(), ctx.family(), arrival(&ctx));
     if protocol != IPPROTO_TCP {
         return SK_PASS;
     }
-    let Some(pod_cgroup) = INBOUND_ADDRS.get_ptr(arrival.local) else {
-        return SK_PASS;
-    };
-    // SAFETY: plain value copied out of the map.
-    let pod_cgroup = unsafe { *pod_cgroup };
+    // SAFETY: a read of our own global; volatile so the compiler keeps the load-time value.
+    let pod_cgroup = unsafe { core::ptr::read_volatile(&raw const SK_LOOKUP_POD) };
     let Some(cfg) = pod_config(pod_cgroup) else {
         return SK_PASS;
     };
@@ -39,12 +45,12 @@ pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
         count(pod_cgroup, counter::REFUSED_INBOUND);
         return SK_DROP;
     }
-    let rule = decide(
-        cfg,
-        &MapTables::new(cfg),
-        &arrival.remote,
-        arrival.local_port,
-    );
+    let incoming = Incoming {
+        remote: arrival.remote,
+        local: arrival.local,
+        local_port: arrival.local_port,
+    };
+    let rule = decide(cfg, &MapTables::new(cfg), &incoming);
     count(pod_cgroup, counter::inbound(rule));
     let act = if rule.steers() {
         to_listener(&ctx, pod_cgroup, family)

@@ -1,14 +1,19 @@
 //! cgroup/sock_create: remember, for each TCP socket of an enrolled pod, the pod and the
 //! creator's uid/gid. iptables' owner match looks at the socket's creator, not at whichever
-//! task later calls connect() (sockets get handed over), so the owner is fixed here.
+//! task later calls connect() (sockets get handed over), so the owner is fixed here. For a
+//! proxy's socket, also the network namespace it is made in (see `netns.rs`).
 use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
-use meshsteer_common::maps::{SockState, sock_flags};
+use meshsteer_common::{
+    inbound::may_listen,
+    maps::{SockState, sock_flags},
+};
 
 use crate::{
     capture::SOCK_STREAM,
     ctx::SockCtx,
+    netns,
     owner::current_owner,
-    pod::{pod_of_current_task, sock_state_or_create},
+    pod::{pod_config, pod_of_current_task, sock_state_or_create},
 };
 
 #[cgroup_sock(sock_create)]
@@ -26,6 +31,11 @@ pub fn sock_create(ctx: SockContext) -> i32 {
             flags: sock_flags::OWNER_KNOWN,
             ..Default::default()
         };
+        // Only a proxy's socket can become the pod's inbound listener, and only if it was
+        // made in the pod's own namespace: sockops checks that at listen().
+        if pod_config(pod_cgroup).is_some_and(|cfg| may_listen(cfg, uid, gid)) {
+            netns::record(sk);
+        }
     }
     // 1: let the socket be created.
     1

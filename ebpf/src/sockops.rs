@@ -23,6 +23,7 @@ use crate::{
     accel,
     ctx::{Ends, SockOpsCtx},
     maps::LISTENERS,
+    netns,
     orig_dst::{self, NotStored},
     pod::{count, pod_config, sock_state, sock_state_or_create},
     tuple::{mirrored, own_view},
@@ -59,9 +60,13 @@ fn register_listener(ctx: &SockOpsContext) {
         return;
     }
     // Anyone in the pod may listen on the inbound port, even from a network namespace of its
-    // own; only the proxy's socket may take the pod's inbound connections.
+    // own; only the proxy's socket, made in the pod's namespace, may take the pod's inbound
+    // connections (under iptables, only a listener there gets the REDIRECTed ones).
     let owner_known = state.flags & sock_flags::OWNER_KNOWN != 0;
-    if !owner_known || !may_listen(cfg, state.uid, state.gid) {
+    if !owner_known
+        || !may_listen(cfg, state.uid, state.gid)
+        || !netns::in_pod_netns(sk, state.pod_cgroup)
+    {
         count(state.pod_cgroup, counter::IN_LISTENER_REFUSED);
         return;
     }

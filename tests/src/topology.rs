@@ -229,6 +229,22 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// Runs `ip args…` in the pod's network namespace, as root (an address added behind the
+    /// agent's back, say).
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        ip(&self.ns, args)
+    }
+
+    /// The index of the pod's interface `name` (a link-local address's scope, as seen here).
+    pub fn ifindex(&self, name: &str) -> Result<u32> {
+        let out = cmd::host("ip", &["-n", &self.ns, "-j", "link", "show", "dev", name])?;
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        links[0]["ifindex"]
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .with_context(|| format!("no ifindex for {name} in {links}"))
+    }
+
     fn new(node: &Node, name: &str, n: u32, cgroup: &Path, userns: Option<u32>) -> Result<Self> {
         let ns = format!("{}-{name}", node.id);
         let cgroup = node.cgroup_root.join(cgroup);

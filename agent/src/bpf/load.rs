@@ -3,7 +3,7 @@
 //! their contents, and each pinned link has its program swapped atomically (BPF_LINK_UPDATE).
 use std::{
     fs::{self, File},
-    os::fd::{AsFd, OwnedFd},
+    os::fd::AsFd,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -11,12 +11,15 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, Program, SkLookup, SockOps},
+    programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, Program, SockOps},
 };
 use meshsteer_common::{globals, maps::names};
 use tracing::{debug, info};
 
-use super::{accel, lock::PinLock, migrate, owner, pins::Pins};
+use super::{
+    accel, lock::PinLock, migrate, netns_offsets, object::OBJECT, owner, pins::Pins,
+    sk_lookup::SkLookupLoader,
+};
 use crate::{
     host::{bpffs, cgroup},
     sys::bpf::{self as bpf_sys, AttachType},
@@ -27,9 +30,6 @@ pub type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// How long a starting agent waits for the previous one (being replaced) to exit.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
-
-/// The object built by build.rs from `ebpf/` (same code as `cargo xtask build-ebpf`).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/meshsteer.bpf.o"));
 
 /// (program, attach type, what a failure to attach most likely means). In update order: on
 /// an upgrade each link swaps its program on its own, so the readers of `MS_ORIG_DST`
@@ -75,8 +75,9 @@ pub struct Datapath {
     _lock: PinLock,
     pub bpf: Ebpf,
     pub pins: Pins,
-    /// The sk_lookup program, attached per pod network namespace at enrolment.
-    pub sk_lookup: OwnedFd,
+    /// Each pod's copy of the sk_lookup program, attached to its network namespace at
+    /// enrolment.
+    pub sk_lookup: SkLookupLoader,
     /// Whether sockets can be accelerated on this kernel.
     pub accel: accel::Support,
     /// Must outlive the programs' use of the log ring: dropping it closes the ring.
@@ -102,11 +103,14 @@ impl Datapath {
         let map_paths: Vec<(&str, PathBuf)> =
             names::PINNED.iter().map(|n| (*n, pins.map(n))).collect();
         let owner_offsets = owner::kernel_offsets()?;
+        let netns_offsets = netns_offsets::kernel_offsets()?;
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        loader.override_global(globals::OWNER_OFFSETS, &owner_offsets, true);
+        loader
+            .override_global(globals::OWNER_OFFSETS, &owner_offsets, true)
+            .override_global(globals::NETNS_OFFSETS, &netns_offsets, true);
         let mut bpf = loader.load(OBJECT).context("loading the eBPF object")?;
         let logger = match aya_log::EbpfLogger::init(&mut bpf) {
             Ok(l) => Some(l),
@@ -135,7 +139,7 @@ impl Datapath {
             )
             .with_context(|| format!("attaching {what} at {}", cgroup_root.display()))?;
         }
-        let sk_lookup = load_sk_lookup(&mut bpf)?;
+        let sk_lookup = SkLookupLoader::new(&pins, owner_offsets, netns_offsets)?;
         // Every carried cgroup and sk_msg link runs our programs now (per-pod sk_lookup links
         // are swapped as their pods are enrolled): the previous layout's pins can go.
         if let Some(old) = previous {
@@ -156,15 +160,6 @@ impl Datapath {
     pub fn take_logger(&mut self) -> Option<EbpfLogger> {
         self.logger.take()
     }
-}
-
-fn load_sk_lookup(bpf: &mut Ebpf) -> Result<OwnedFd> {
-    let p: &mut SkLookup = bpf
-        .program_mut("ms_sk_lookup")
-        .context("program ms_sk_lookup missing from the object")?
-        .try_into()?;
-    p.load().context("loading sk_lookup (Linux 5.9)")?;
-    Ok(p.fd()?.as_fd().try_clone_to_owned()?)
 }
 
 fn load_program(p: &mut Program) -> Result<()> {

@@ -7,9 +7,8 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, LpmTrie, Map, MapData, SockHash, lpm_trie::Key};
-use meshsteer_common::{
-    Addr,
-    maps::{CidrKey, ListenerKey, LocalKey, PodConfig, PodCounters, PodLive, PortKey, names},
+use meshsteer_common::maps::{
+    CidrKey, ListenerKey, LocalKey, PodConfig, PodCounters, PodLive, PortKey, names,
 };
 
 use super::{counters::Counters, pins::Pins};
@@ -22,7 +21,8 @@ pub struct PodMaps {
     cidr_include: LpmTrie<MapData, CidrKey, u8>,
     local: HashMap<MapData, LocalKey, u8>,
     counters: Counters,
-    inbound_addrs: HashMap<MapData, Addr, u64>,
+    /// Pod → its network namespace's inode number (`MS_POD_NETNS`).
+    pod_netns: HashMap<MapData, u64, u64>,
     listeners: SockHash<MapData, ListenerKey>,
     /// Each pod's budget of live original destinations (`MS_POD_LIVE`).
     orig_dst_limit: i64,
@@ -51,7 +51,7 @@ impl PodMaps {
             cidr_exclude: typed(names::CIDR_EXCLUDE)?.try_into()?,
             cidr_include: typed(names::CIDR_INCLUDE)?.try_into()?,
             local: typed(names::LOCAL_ADDRS)?.try_into()?,
-            inbound_addrs: typed(names::INBOUND_ADDRS)?.try_into()?,
+            pod_netns: typed(names::POD_NETNS)?.try_into()?,
             listeners: typed(names::LISTENERS)?.try_into()?,
             orig_dst_limit: i64::MAX,
         })
@@ -77,7 +77,7 @@ impl PodMaps {
             (names::CIDR_EXCLUDE, self.cidr_exclude.keys().count()),
             (names::CIDR_INCLUDE, self.cidr_include.keys().count()),
             (names::LOCAL_ADDRS, self.local.keys().count()),
-            (names::INBOUND_ADDRS, self.inbound_addrs.keys().count()),
+            (names::POD_NETNS, self.pod_netns.keys().count()),
             (names::LISTENERS, self.listeners.keys().count()),
             (names::POD_STATS, self.counters.pod_entries()),
             (names::ORIG_DST, self.counters.orig_dst_entries()),
@@ -112,7 +112,7 @@ impl PodMaps {
         if let Some(p) = plan {
             self.remove_sets(p);
         }
-        self.set_inbound_addrs(cgroup_id, &[]);
+        self.clear_netns(cgroup_id);
         for family in [libc::AF_INET as u32, libc::AF_INET6 as u32] {
             let _ = self.listeners.remove(&ListenerKey {
                 pod_cgroup: cgroup_id,
@@ -123,24 +123,17 @@ impl PodMaps {
         self.counters.remove_pod(cgroup_id);
     }
 
-    /// Points exactly `addrs` at the pod for sk_lookup (addresses are keys of their own, so
-    /// an update must not remove what it re-adds).
-    pub fn set_inbound_addrs(&mut self, cgroup_id: u64, addrs: &[Addr]) {
-        let stale: Vec<Addr> = self
-            .inbound_addrs
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(a, c)| *c == cgroup_id && !addrs.contains(a))
-            .map(|(a, _)| a)
-            .collect();
-        for a in addrs {
-            if let Err(e) = self.inbound_addrs.insert(a, cgroup_id, 0) {
-                tracing::warn!(error = %e, "could not map a pod address for inbound capture");
-            }
-        }
-        for a in stale {
-            let _ = self.inbound_addrs.remove(&a);
-        }
+    /// Names the pod's network namespace (by inode number): its proxy's listener must be made
+    /// there to take its inbound connections.
+    pub fn set_netns(&mut self, cgroup_id: u64, netns_ino: u64) -> Result<()> {
+        self.pod_netns
+            .insert(cgroup_id, netns_ino, 0)
+            .context("writing the pod's network namespace (MS_POD_NETNS)")
+    }
+
+    /// The pod has no inbound capture any more: no listener of its can be registered.
+    pub fn clear_netns(&mut self, cgroup_id: u64) {
+        let _ = self.pod_netns.remove(&cgroup_id);
     }
 
     /// Registers a proxy listener found outside the datapath (one that predates the agent).
@@ -208,15 +201,14 @@ impl PodMaps {
                 self.remove(cgroup, None);
             }
         }
-        let dead_addrs: Vec<Addr> = self
-            .inbound_addrs
-            .iter()
+        let dead_netns: Vec<u64> = self
+            .pod_netns
+            .keys()
             .filter_map(Result::ok)
-            .filter(|(_, c)| !keep.contains(c))
-            .map(|(a, _)| a)
+            .filter(|c| !keep.contains(c))
             .collect();
-        for a in dead_addrs {
-            let _ = self.inbound_addrs.remove(&a);
+        for c in dead_netns {
+            let _ = self.pod_netns.remove(&c);
         }
         let live: BTreeSet<u32> = self.enrolled().iter().map(|(_, c)| c.pod_id).collect();
         let dead_ports: Vec<PortKey> = self

@@ -1,12 +1,15 @@
 //! Upgrading the pins of the previous layout in place, with no capture gap. A starting agent
 //! that finds `<bpffs-dir>/v<LAYOUT_VERSION - 1>/`:
 //!
-//! 1. pins each of that layout's maps into this layout's directory, under the name [`FROM_V2`]
-//!    gives it, so that the loader reuses it (the datapath keeps every pod's config, counters
-//!    and socket state);
+//! 1. pins each of that layout's maps into this layout's directory, under the name
+//!    [`FROM_PREVIOUS`] gives it, so that the loader reuses it (the datapath keeps every pod's
+//!    config, counters and socket state); a map this layout no longer has is not carried;
 //! 2. pins each of its links (cgroup programs, per-pod sk_lookup, sk_msg) at the same place in
 //!    this layout's directory, so that loading swaps each link's program atomically
-//!    (`BPF_LINK_UPDATE`): programs are never detached, traffic never escapes;
+//!    (`BPF_LINK_UPDATE`): programs are never detached, traffic never escapes. A pod's
+//!    sk_lookup link is swapped when the pod is enrolled again, moments later; until then its
+//!    old program keeps reading the maps it was loaded with (layout 3's `MS_INBOUND_ADDRS`,
+//!    alive while a program holds it, even unpinned);
 //! 3. after the swap, removes the previous layout's directory ([`retire`]).
 //!
 //! A later start releases the adopted `MS_ORIG_DST_V2` once it has drained
@@ -35,23 +38,29 @@ use crate::sys::bpf as bpf_sys;
 pub enum Carry {
     /// Same key, value, type and size: reused under its name.
     Same,
-    /// Reused under another name (layout 2's LRU `MS_ORIG_DST` is this layout's
+    /// Reused under another name (layout 2's LRU `MS_ORIG_DST` became layout 3's
     /// `MS_ORIG_DST_V2`, read until its connections are gone).
+    #[allow(dead_code)]
     As(&'static str),
+    /// Not carried: this layout has no such map. Programs of the previous layout that still
+    /// run hold it until their links are swapped.
+    Drop,
 }
 
-/// Layout 2's maps, and how each is carried into layout 3.
-pub const FROM_V2: &[(&str, Carry)] = &[
+/// Layout 3's maps, and how each is carried into layout 4.
+pub const FROM_PREVIOUS: &[(&str, Carry)] = &[
     (names::PODS, Carry::Same),
     (names::PORTS, Carry::Same),
     (names::CIDR_EXCLUDE, Carry::Same),
     (names::CIDR_INCLUDE, Carry::Same),
     (names::LOCAL_ADDRS, Carry::Same),
     (names::SOCK_STATE, Carry::Same),
-    (names::ORIG_DST, Carry::As(names::ORIG_DST_V2)),
+    (names::ORIG_DST, Carry::Same),
+    (names::ORIG_DST_V2, Carry::Same),
+    (names::POD_LIVE, Carry::Same),
     (names::POD_STATS, Carry::Same),
     (names::NODE_STATS, Carry::Same),
-    (names::INBOUND_ADDRS, Carry::Same),
+    (names::INBOUND_ADDRS_V3, Carry::Drop),
     (names::LISTENERS, Carry::Same),
     (names::TRACE_CTL, Carry::Same),
     (names::TRACE, Carry::Same),
@@ -77,10 +86,11 @@ pub fn carry_over(bpffs_dir: &Path, pins: &Pins) -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     info!(from = %old.display(), to = %pins.root.display(), "upgrading the pins of layout {PREVIOUS}");
-    for (name, carry) in FROM_V2 {
+    for (name, carry) in FROM_PREVIOUS {
         let new_name = match carry {
             Carry::Same => name,
             Carry::As(new) => new,
+            Carry::Drop => continue,
         };
         repin(&old.join("maps").join(name), &pins.map(new_name))?;
     }
@@ -165,26 +175,30 @@ mod tests {
 
     #[test]
     fn every_map_of_the_previous_layout_is_carried_to_a_map_of_this_one() {
-        for (name, carry) in FROM_V2 {
+        for (name, carry) in FROM_PREVIOUS {
             let to = match carry {
                 Carry::Same => name,
                 Carry::As(new) => new,
+                Carry::Drop => {
+                    assert!(!names::PINNED.contains(name), "{name} is dropped");
+                    continue;
+                }
             };
             assert!(names::PINNED.contains(to), "{name} → {to}");
         }
-        let carried: Vec<&str> = FROM_V2.iter().map(|(n, _)| *n).collect();
+        let carried: Vec<&str> = FROM_PREVIOUS.iter().map(|(n, _)| *n).collect();
         // The maps this layout added are the only ones without a predecessor.
         let new: Vec<&str> = names::PINNED
             .iter()
             .copied()
             .filter(|n| {
-                !FROM_V2
+                !FROM_PREVIOUS
                     .iter()
                     .any(|(_, c)| matches!(c, Carry::As(to) if to == n))
                     && !carried.contains(n)
             })
             .collect();
-        assert_eq!(new, [names::POD_LIVE]);
+        assert_eq!(new, [names::POD_NETNS, names::SOCK_NETNS]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The eBPF side, from user space: loading and attaching the object ([`load`]), the pin layout
 //! ([`pins`]), the upgrade from the previous layout's pins ([`migrate`]), the per-pod map
-//! writes ([`maps`]), counters, per-netns sk_lookup links
+//! writes ([`maps`]), counters, each pod's copy of sk_lookup ([`sk_lookup`]) and its link
 //! ([`netns`]), the trace lease, acceleration, and the kernel feature probes.
 pub mod accel;
 pub mod btf;
@@ -11,6 +11,9 @@ pub mod lock;
 pub mod maps;
 pub mod migrate;
 pub mod netns;
+pub mod netns_offsets;
+pub mod object;
 pub mod owner;
 pub mod pins;
+pub mod sk_lookup;
 pub mod trace;

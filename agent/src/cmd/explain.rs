@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use meshsteer_common::{
     Addr,
+    inbound::{self, Incoming},
     outbound::{Connection, Verdict, decide},
 };
 
@@ -74,8 +75,12 @@ fn inbound(a: &ExplainArgs, spec: &PodSpec, plan: &Plan, from: &Origin) -> Resul
     let Some(src) = a.src else {
         bail!("--inbound needs --src <remote address>")
     };
-    let rule =
-        meshsteer_common::inbound::decide(&plan.config, plan, &Addr::from(src), a.dst.port());
+    let incoming = Incoming {
+        remote: Addr::from(src),
+        local: Addr::from(a.dst.ip()),
+        local_port: a.dst.port(),
+    };
+    let rule = inbound::decide(&plan.config, plan, &incoming);
     let port = if rule.steers() {
         plan.config.inbound_port
     } else {

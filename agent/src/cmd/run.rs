@@ -49,7 +49,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     endpoints.serve(&datapath.pins, reporter.subscribe())?;
     let maps = PodMaps::take(&mut datapath.bpf)?.with_orig_dst_limit(budget.orig_dst);
-    let sk_lookup = datapath.sk_lookup.try_clone()?;
+    let sk_lookup = datapath.sk_lookup.clone();
     let mut source = source.open(&cgroup_root);
     let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookup);
     let mut registry = Registry::new(dataplane, cgroup_root)

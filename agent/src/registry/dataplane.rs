@@ -4,7 +4,6 @@
 use std::{collections::BTreeSet, path::Path};
 
 use anyhow::Result;
-use meshsteer_common::Addr;
 
 use crate::{host::userns::IdMaps, spec::plan::Plan};
 
@@ -54,8 +53,9 @@ pub trait Dataplane {
     /// Whether the pod's network namespace is still there.
     fn netns_alive(&self, netns: &Path) -> bool;
 
-    /// Attaches (or adopts) inbound capture's sk_lookup link for the pod in `netns`. Until
-    /// the pod's addresses are set it passes everything.
+    /// Attaches (or adopts) the pod's copy of sk_lookup to `netns`, and names `netns` as the
+    /// one its proxy's listener must be made in. Until the pod's config is written it passes
+    /// everything.
     fn attach_netns(&mut self, cgroup_id: u64, netns: &Path) -> Result<()>;
 
     /// Detaches the pod's sk_lookup link, if it has one.
@@ -67,9 +67,6 @@ pub trait Dataplane {
 
     /// Stops capture for the pod and frees its entries.
     fn remove(&mut self, cgroup_id: u64, plan: &Plan);
-
-    /// The pod's addresses for inbound capture: exactly `addrs`, none when empty.
-    fn set_inbound_addrs(&mut self, cgroup_id: u64, addrs: &[Addr]);
 
     /// Listening sockets on `port` held by the processes of `cgroup`, in any network
     /// namespace (each says whether it is `netns`).

@@ -115,7 +115,7 @@ impl<D: Dataplane> Registry<D> {
             return Err(EnrolError::AddressTaken { addr, other });
         }
         match (&spec.netns, inbound) {
-            // Attached before the pod's addresses are mapped: until then it passes everything.
+            // Attached before the config is written: until then its copy passes everything.
             (Some(ns), true) => self.dataplane.attach_netns(cgroup_id, ns)?,
             (None, true) => return Err(EnrolError::InboundNeedsNetns),
             // Detached only once the new plan is in: a failed write keeps all of the old one.
@@ -139,8 +139,6 @@ impl<D: Dataplane> Registry<D> {
             self.dataplane.remove(old.cgroup_id, &old.plan);
             self.dataplane.detach_netns(old.cgroup_id);
         }
-        self.dataplane
-            .set_inbound_addrs(cgroup_id, if inbound { &addrs } else { &[] });
         if inbound && let Some(netns) = &spec.netns {
             self.register_existing_listeners(cgroup_id, &spec.cgroup, netns, &plan.config);
         }
@@ -167,8 +165,8 @@ impl<D: Dataplane> Registry<D> {
     }
 
     /// A pod that cannot be captured as asked is enrolled refused, fail closed, as a pod
-    /// whose istio-init failed never runs: its connect()s fail, and connections to its
-    /// addresses are refused where they are its own. `old` is what the pod had enrolled
+    /// whose istio-init failed never runs: its connect()s fail, and connections into its
+    /// network namespace are refused. `old` is what the pod had enrolled
     /// (nothing, or refused already); returned when the pod cannot even be enrolled refused
     /// (its cgroup is not one that can be: outside the root, nested, missing).
     pub(super) fn fence(
@@ -196,7 +194,7 @@ impl<D: Dataplane> Registry<D> {
             self.dataplane.remove(o.cgroup_id, &o.plan);
             self.dataplane.detach_netns(o.cgroup_id);
         }
-        let netns = self.refuse_inbound(key, cgroup_id, spec);
+        let netns = self.refuse_inbound(cgroup_id, spec);
         info!(cgroup_id, "enrolled refused: its connections fail");
         Some(Enrolled {
             cgroup_id,
@@ -205,20 +203,10 @@ impl<D: Dataplane> Registry<D> {
         })
     }
 
-    /// Maps a refused pod's addresses so that sk_lookup refuses connections to them, when
-    /// they fit its budget and are no other pod's. The netns, if attached.
-    fn refuse_inbound(
-        &mut self,
-        key: &SourceKey,
-        cgroup_id: u64,
-        spec: &PodSpec,
-    ) -> Option<PathBuf> {
+    /// Attaches a refused pod's sk_lookup, which refuses every connection into its network
+    /// namespace. The netns, if attached.
+    fn refuse_inbound(&mut self, cgroup_id: u64, spec: &PodSpec) -> Option<PathBuf> {
         let ns = spec.netns.as_ref()?;
-        let addrs: Vec<Addr> = spec.ips.iter().map(|ip| Addr::from(*ip)).collect();
-        let fits = u32::try_from(addrs.len()).is_ok_and(|n| n <= self.budget.local_addrs);
-        if addrs.is_empty() || !fits || self.address_taken(key, &addrs).is_some() {
-            return None;
-        }
         let attached = self
             .dataplane
             .check_netns(ns)
@@ -227,7 +215,6 @@ impl<D: Dataplane> Registry<D> {
             warn!(error = %format!("{e:#}"), "refused pod: inbound connections not refused");
             return None;
         }
-        self.dataplane.set_inbound_addrs(cgroup_id, &addrs);
         Some(ns.clone())
     }
 

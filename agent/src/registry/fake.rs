@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use meshsteer_common::{Addr, maps::PodConfig};
+use meshsteer_common::maps::PodConfig;
 
 use super::dataplane::{Adopted, Dataplane, ExistingListener};
 use crate::{host::userns::IdMaps, spec::plan::Plan};
@@ -32,10 +32,6 @@ pub enum Call {
     Remove {
         cgroup_id: u64,
         pod_id: u32,
-    },
-    InboundAddrs {
-        cgroup_id: u64,
-        addrs: Vec<Addr>,
     },
     AddListener {
         cgroup_id: u64,
@@ -80,8 +76,6 @@ pub struct Fake {
     pub refused: BTreeSet<u64>,
     /// The sk_lookup links: namespace by cgroup id.
     pub links: BTreeMap<u64, PathBuf>,
-    /// Inbound addresses by cgroup id.
-    pub inbound: BTreeMap<u64, Vec<Addr>>,
 }
 
 impl Fake {
@@ -174,7 +168,6 @@ impl Dataplane for Fake {
         });
         self.enrolled.retain(|c, _| keep.contains(c));
         self.refused.retain(|c| keep.contains(c));
-        self.inbound.retain(|c, _| keep.contains(c));
     }
 
     fn cgroup_id(&self, cgroup: &Path) -> Result<u64> {
@@ -239,19 +232,6 @@ impl Dataplane for Fake {
         });
         self.enrolled.remove(&cgroup_id);
         self.refused.remove(&cgroup_id);
-        self.inbound.remove(&cgroup_id);
-    }
-
-    fn set_inbound_addrs(&mut self, cgroup_id: u64, addrs: &[Addr]) {
-        self.calls.push(Call::InboundAddrs {
-            cgroup_id,
-            addrs: addrs.to_vec(),
-        });
-        if addrs.is_empty() {
-            self.inbound.remove(&cgroup_id);
-        } else {
-            self.inbound.insert(cgroup_id, addrs.to_vec());
-        }
     }
 
     fn existing_listeners(

@@ -2,16 +2,21 @@
 //! the host's cgroups, namespaces and /proc.
 use std::{
     collections::BTreeSet,
-    os::fd::{AsFd, OwnedFd},
+    fs,
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::Path,
+    time::Instant,
 };
 
-use anyhow::Result;
-use meshsteer_common::Addr;
+use anyhow::{Context, Result};
+use tracing::debug;
 
 use super::dataplane::{Adopted, Dataplane, ExistingListener};
 use crate::{
-    bpf::{maps::PodMaps, netns, pins::Pins},
+    bpf::{maps::PodMaps, netns, pins::Pins, sk_lookup::SkLookupLoader},
     host::{
         cgroup, netns as host_netns, proc,
         userns::{self, IdMaps},
@@ -22,12 +27,12 @@ use crate::{
 pub struct Kernel {
     maps: PodMaps,
     pins: Pins,
-    /// The sk_lookup program, attached to each capturing pod's network namespace.
-    sk_lookup: OwnedFd,
+    /// Each capturing pod's copy of sk_lookup, attached to its network namespace.
+    sk_lookup: SkLookupLoader,
 }
 
 impl Kernel {
-    pub fn new(maps: PodMaps, pins: Pins, sk_lookup: OwnedFd) -> Self {
+    pub fn new(maps: PodMaps, pins: Pins, sk_lookup: SkLookupLoader) -> Self {
         Self {
             maps,
             pins,
@@ -76,11 +81,23 @@ impl Dataplane for Kernel {
     }
 
     fn attach_netns(&mut self, cgroup_id: u64, ns: &Path) -> Result<()> {
-        netns::attach(self.sk_lookup.as_fd(), ns, &self.pins.netns_link(cgroup_id))
+        let ino = fs::metadata(ns)
+            .with_context(|| format!("opening netns {}", ns.display()))?
+            .ino();
+        // Named before the link exists: the listener check never sees a half-attached pod.
+        self.maps.set_netns(cgroup_id, ino)?;
+        let started = Instant::now();
+        let prog = self.sk_lookup.for_pod(cgroup_id)?;
+        debug!(
+            micros = started.elapsed().as_micros(),
+            "loaded the pod's copy of sk_lookup"
+        );
+        netns::attach(prog.as_fd(), ns, &self.pins.netns_link(cgroup_id))
     }
 
     fn detach_netns(&mut self, cgroup_id: u64) {
         netns::detach(&self.pins.netns_link(cgroup_id));
+        self.maps.clear_netns(cgroup_id);
     }
 
     fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()> {
@@ -89,10 +106,6 @@ impl Dataplane for Kernel {
 
     fn remove(&mut self, cgroup_id: u64, plan: &Plan) {
         self.maps.remove(cgroup_id, Some(plan));
-    }
-
-    fn set_inbound_addrs(&mut self, cgroup_id: u64, addrs: &[Addr]) {
-        self.maps.set_inbound_addrs(cgroup_id, addrs);
     }
 
     fn existing_listeners(

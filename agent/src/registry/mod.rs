@@ -43,7 +43,8 @@ struct Enrolled {
 }
 
 impl Enrolled {
-    /// The addresses this pod has in `MS_INBOUND_ADDRS`.
+    /// The addresses this pod claims: no other pod may list one of them (inbound capture
+    /// follows each pod's network namespace, so a duplicate is an operator's mistake).
     fn inbound_addrs(&self) -> Vec<Addr> {
         if self.plan.is_refused() {
             return match self.netns {

@@ -1,6 +1,5 @@
 //! The state machine against an in-memory dataplane: the cases that otherwise only the
 //! privileged tests reach (renames, moves, failed updates, restarts, dying namespaces).
-use meshsteer_common::Addr;
 
 use super::{
     Registry,
@@ -19,7 +18,6 @@ const CG_A: &str = "/sys/fs/cgroup/kubepods/pod-a";
 const CG_B: &str = "/sys/fs/cgroup/kubepods/pod-b";
 const NS_A: &str = "/run/netns/a";
 const NS_B: &str = "/run/netns/b";
-const IP: Addr = Addr::v4([10, 0, 0, 5]);
 
 fn file(stem: &str) -> SourceKey {
     SourceKey::File(format!("/etc/meshsteer/pods/{stem}.yaml").into())
@@ -101,10 +99,6 @@ fn enrols_with_the_link_first_and_the_addresses_last() {
                 pod_id: 1,
                 previous: None
             },
-            Call::InboundAddrs {
-                cgroup_id: 11,
-                addrs: vec![IP]
-            },
         ]
     );
     assert_eq!(r.state(&file("a")), Some(PodState::Ready));
@@ -129,10 +123,6 @@ fn outbound_only_pods_have_no_link_and_no_addresses() {
             },
             // A link a previous plan had goes once the new plan is in.
             Call::Detach { cgroup_id: 11 },
-            Call::InboundAddrs {
-                cgroup_id: 11,
-                addrs: vec![]
-            },
         ]
     );
     assert_eq!(r.state(&file("a")), Some(PodState::Ready));
@@ -211,10 +201,6 @@ fn a_renamed_spec_file_moves_the_pod_to_its_new_key() {
                 cgroup_id: 11,
                 pod_id: 2,
                 previous: None
-            },
-            Call::InboundAddrs {
-                cgroup_id: 11,
-                addrs: vec![IP]
             },
         ]
     );
@@ -298,10 +284,6 @@ fn a_pod_whose_cgroup_moves_is_applied_on_the_new_one_before_the_old_one_goes() 
                 pod_id: 1
             },
             Call::Detach { cgroup_id: 11 },
-            Call::InboundAddrs {
-                cgroup_id: 12,
-                addrs: vec![IP]
-            },
         ]
     );
     assert_eq!(r.fake().enrolled, [(12, 2)].into());
@@ -325,7 +307,7 @@ fn a_failed_update_keeps_the_previous_capture_and_says_why() {
         r.error(&file("a")),
         "writing the pod's config: injected Apply failure"
     );
-    // Same cgroup: the link stays, the old addresses stay, the old plan stays.
+    // Same cgroup: the link stays, the old plan stays.
     assert_eq!(
         r.fake().take_calls(),
         [
@@ -342,7 +324,7 @@ fn a_failed_update_keeps_the_previous_capture_and_says_why() {
     );
     assert_eq!(r.captured(&file("a")), Some((11, 1)));
     assert_eq!(r.fake().enrolled, [(11, 1)].into());
-    assert_eq!(r.fake().inbound, [(11, vec![IP])].into());
+    assert_eq!(r.fake().links, [(11, NS_A.into())].into());
 
     // Not ready, so the same spec is tried again, and swaps from the plan still in effect.
     r.fake().recover(Op::Apply);
@@ -353,10 +335,7 @@ fn a_failed_update_keeps_the_previous_capture_and_says_why() {
         pod_id: 3,
         previous: Some(1)
     }));
-    assert_eq!(
-        r.fake().inbound,
-        [(11, vec![Addr::v4([10, 0, 0, 6])])].into()
-    );
+    assert_eq!(r.fake().links, [(11, NS_A.into())].into());
 }
 
 #[test]
@@ -677,7 +656,7 @@ fn a_removed_pod_stops_capture_and_leaves_the_status() {
         ]
     );
     assert!(r.status().is_empty());
-    assert!(r.fake().enrolled.is_empty() && r.fake().inbound.is_empty());
+    assert!(r.fake().enrolled.is_empty() && r.fake().links.is_empty());
 
     // Unknown keys (and refused pods) have nothing to undo.
     r.remove(&file("a"));
@@ -784,9 +763,8 @@ fn nested_pod_cgroups_are_refused() {
     assert_eq!(r.state(&file("ab")), Some(PodState::Ready));
 }
 
-/// Inbound capture maps each address to one pod: a second pod claiming an enrolled pod's
-/// address is refused (it would take that pod's inbound traffic, and its removal would turn
-/// the first pod's off), and the first pod keeps its address.
+/// A second pod claiming an enrolled pod's address is an operator's mistake: it is refused
+/// (fail closed, in its own network namespace only), and the first pod keeps its capture.
 #[test]
 fn a_duplicate_inbound_address_is_refused() {
     let mut r = registry(host());
@@ -799,14 +777,20 @@ fn a_duplicate_inbound_address_is_refused() {
         e.contains("address 10.0.0.5 is already /etc/meshsteer/pods/a.yaml's"),
         "{e}"
     );
-    // Only its refused config: fail closed, its address left to pod a.
+    // Only its refused config and its own namespace's link: fail closed.
     assert_eq!(
         r.fake().take_calls(),
-        [Call::Apply {
-            cgroup_id: 12,
-            pod_id: 0,
-            previous: None
-        }]
+        [
+            Call::Apply {
+                cgroup_id: 12,
+                pod_id: 0,
+                previous: None
+            },
+            Call::Attach {
+                cgroup_id: 12,
+                netns: NS_B.into()
+            }
+        ]
     );
     r.remove(&file("b"));
     assert_eq!(r.state(&file("a")), Some(PodState::Ready));
@@ -822,7 +806,7 @@ fn a_duplicate_inbound_address_is_refused() {
         "removing the refused pod touches only its own entry"
     );
 
-    // Outbound-only pods map no address, so they may share one.
+    // Outbound-only pods claim no address, so they may share one.
     r.upsert(&file("c"), Ok(outbound_only("test/c", CG_B)));
     assert_eq!(r.state(&file("c")), Some(PodState::Ready));
 }
@@ -995,9 +979,8 @@ fn a_refused_new_pod_refuses_inbound_too_and_a_ready_pod_keeps_its_capture() {
     bad.args = Some("--cni-mode".into());
     r.upsert(&file("a"), Ok(bad.clone()));
     assert!(r.fake().refused.contains(&11));
-    // Its addresses are mapped so that sk_lookup refuses connections to them.
+    // Its sk_lookup refuses every connection into its network namespace.
     assert_eq!(r.fake().links.get(&11), Some(&NS_A.into()));
-    assert_eq!(r.fake().inbound.get(&11), Some(&vec![IP]));
     // The address is its own: another pod cannot take it while it is refused.
     r.upsert(&file("b"), Ok(pod("test/b", CG_B, NS_B)));
     assert!(
@@ -1036,7 +1019,7 @@ fn a_pod_its_source_refuses_but_located_is_enrolled_refused() {
     r.upsert(&file("a"), Err(refused.clone().at(pod("ns/a", CG_A, NS_A))));
     assert!(r.error(&file("a")).contains("TPROXY"));
     assert!(r.fake().refused.contains(&11));
-    assert_eq!(r.fake().inbound.get(&11), Some(&vec![IP]));
+    assert_eq!(r.fake().links.get(&11), Some(&NS_A.into()));
     // Not located (yet): nothing to enrol.
     r.upsert(&file("b"), Err(Rejected::refused("ns/b", "TPROXY")));
     assert!(!r.fake().enrolled.contains_key(&12));

@@ -1,8 +1,7 @@
 //! `MS_LISTENERS`: the proxies' inbound listeners.
 
-/// `MS_LISTENERS` key: the proxy's inbound listener of a pod, per socket family. sk_lookup
-/// finds the pod from the connection's local address (`MS_INBOUND_ADDRS`: address → pod
-/// cgroup id), as it cannot ask for its network namespace.
+/// `MS_LISTENERS` key: the proxy's inbound listener of a pod, per socket family. The pod is
+/// the one sk_lookup's copy was loaded for (`globals::SK_LOOKUP_POD`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerKey {

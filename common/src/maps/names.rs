@@ -13,7 +13,10 @@ pub const ORIG_DST_V2: &str = "MS_ORIG_DST_V2";
 pub const POD_LIVE: &str = "MS_POD_LIVE";
 pub const POD_STATS: &str = "MS_POD_STATS";
 pub const NODE_STATS: &str = "MS_NODE_STATS";
-pub const INBOUND_ADDRS: &str = "MS_INBOUND_ADDRS";
+/// Layout 3's address → pod map for sk_lookup, which layout 4 no longer has.
+pub const INBOUND_ADDRS_V3: &str = "MS_INBOUND_ADDRS";
+pub const POD_NETNS: &str = "MS_POD_NETNS";
+pub const SOCK_NETNS: &str = "MS_SOCK_NETNS";
 pub const LISTENERS: &str = "MS_LISTENERS";
 pub const TRACE_CTL: &str = "MS_TRACE_CTL";
 pub const TRACE: &str = "MS_TRACE";
@@ -35,7 +38,8 @@ pub const PINNED: &[&str] = &[
     POD_LIVE,
     POD_STATS,
     NODE_STATS,
-    INBOUND_ADDRS,
+    POD_NETNS,
+    SOCK_NETNS,
     LISTENERS,
     TRACE_CTL,
     TRACE,

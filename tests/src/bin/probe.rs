@@ -434,6 +434,8 @@ fn sockaddr(a: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 (*sin6).sin6_family = libc::AF_INET6 as u16;
                 (*sin6).sin6_port = v6.port().to_be();
                 (*sin6).sin6_addr.s6_addr = v6.ip().octets();
+                // A link-local destination needs its interface.
+                (*sin6).sin6_scope_id = v6.scope_id();
                 (ss, size_of::<libc::sockaddr_in6>() as u32)
             }
         }

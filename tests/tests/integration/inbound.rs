@@ -178,6 +178,7 @@ fn a_listener_in_another_netns_cannot_take_inbound() -> anyhow::Result<()> {
     // Only their network namespaces serve: the hijacker's own.
     let hideout = bed.node.add_pod("hideout")?;
     let hideout2 = bed.node.add_pod("hideout2")?;
+    let hideout3 = bed.node.add_pod("hideout3")?;
     let peer = bed.node.add_pod("peer")?;
     let agent = &bed.agent;
     pod.keep(start_listener_on(&pod.place(1000, 1000), &APP_PORTS)?);
@@ -211,6 +212,17 @@ fn a_listener_in_another_netns_cannot_take_inbound() -> anyhow::Result<()> {
         &[15006],
         Some("hijacker"),
     )?;
+    // Even as the proxy's uid: a listener made outside the pod's namespace is not the
+    // proxy's (under iptables it could never get the pod's REDIRECTed connections).
+    let _as_proxy = start_tagged_listener_on(
+        &Place {
+            uid: 1337,
+            gid: 1337,
+            ..in_pod_cgroup_from(&hideout3.netns)
+        },
+        &[15006],
+        Some("hijacker"),
+    )?;
     for _ in 0..5 {
         let v = peer.probe(1000, 1000, &dst, &[])?;
         assert_eq!(v["tag"], "proxy", "inbound taken from the proxy: {v}");
@@ -223,7 +235,37 @@ fn a_listener_in_another_netns_cannot_take_inbound() -> anyhow::Result<()> {
         .as_array()
         .and_then(|pods| pods.iter().find(|p| p["name"] == name.as_str()))
         .map(|p| p["counters"]["inbound_listener_refused"].clone());
-    assert_eq!(refused, Some(4.into()), "{status}");
+    assert_eq!(refused, Some(6.into()), "{status}");
+    Ok(())
+}
+
+/// Every address of the pod's network namespace is captured, as PREROUTING captures it: a
+/// secondary IPv4 address and a link-local IPv6 one, both added after enrolment (the agent is
+/// never told of them), and the address the spec lists.
+#[test]
+fn every_address_of_the_pod_is_captured() -> anyhow::Result<()> {
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let mut pod = bed.node.add_pod("srv")?;
+    let peer = bed.node.add_pod("peer")?;
+    pod.keep(start_listener_on(&pod.place(1000, 1000), &APP_PORTS)?);
+    bed.agent
+        .enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    let _proxy = start_tagged_listener_on(&pod.place(1337, 1337), &[15006], Some("proxy"))?;
+    pod.ip(&["addr", "add", "10.88.0.250/32", "dev", "eth0"])?;
+    pod.ip(&["-6", "addr", "add", "fe80::5eed/64", "dev", "eth0", "nodad"])?;
+    let scope = peer.ifindex("eth0")?;
+    for dst in [
+        "10.88.0.250:80".to_string(),
+        format!("[fe80::5eed%{scope}]:80"),
+        format!("{}:80", pod.ip4),
+    ] {
+        let v = peer.probe(1000, 1000, &dst, &[])?;
+        assert_eq!(
+            (&v["listener"], &v["tag"]),
+            (&15006.into(), &"proxy".into()),
+            "{dst} reached the app past the proxy: {v}"
+        );
+    }
     Ok(())
 }
 

@@ -168,29 +168,21 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     let doc: Value = serde_json::from_slice(&std::fs::read(&bed.agent.status_file)?)?;
     assert!(doc["budget"]["origDst"].is_u64(), "{doc}");
 
-    // The adopted layout-2 map holds connections redirected before the upgrade; once they are
-    // gone, the next start releases it (a one-entry placeholder takes its place).
-    let adopted = bed.agent.bpffs_dir.join(format!(
-        "v{layout}/maps/{}",
-        meshsteer_common::maps::names::ORIG_DST_V2
-    ));
-    let entries = || -> anyhow::Result<usize> {
-        let data = aya::maps::MapData::from_pin(&adopted)?;
-        let map: aya::maps::HashMap<
-            _,
-            meshsteer_common::maps::TupleKey,
-            meshsteer_common::maps::OrigDst,
-        > = aya::maps::Map::from_map_data(data)?.try_into()?;
-        Ok(map.keys().count())
-    };
-    assert!(aya::maps::MapInfo::from_pin(&adopted)?.max_entries() > 1);
-    bed.agent
-        .wait_until(Duration::from_secs(5), "the adopted map to drain", |_| {
-            entries().is_ok_and(|n| n == 0)
-        })?;
-    bed.agent.restart(libc::SIGTERM)?;
-    bed.agent.wait_state("test/a", |s| s == "ready")?;
-    assert_eq!(aya::maps::MapInfo::from_pin(&adopted)?.max_entries(), 1);
-    assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["orig_dst"], WORLD);
+    // Layout 4 dropped layout 3's address map: not carried, and the pod's adopted sk_lookup
+    // link now runs the pod's own copy, which captures an address no one listed.
+    let dropped = meshsteer_common::maps::names::INBOUND_ADDRS_V3;
+    assert!(
+        !bed.agent
+            .bpffs_dir
+            .join(format!("v{layout}/maps/{dropped}"))
+            .exists()
+    );
+    pod.ip(&["addr", "add", "10.88.0.251/32", "dev", "eth0"])?;
+    let v = peer.probe(1000, 1000, "10.88.0.251:8080", &[])?;
+    assert_eq!(
+        (&v["listener"], &v["orig_dst"]),
+        (&15006.into(), &"10.88.0.251:8080".into()),
+        "{v}"
+    );
     Ok(())
 }
