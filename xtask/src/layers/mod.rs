@@ -84,7 +84,7 @@ mod tests {
                 std::process::id(),
                 NEXT.fetch_add(1, Ordering::Relaxed)
             ));
-            for src in ["agent/src", "common/src", "ebpf/src"] {
+            for src in ["agent/src", "common/src", "ebpf/src", "cni/src"] {
                 fs::create_dir_all(dir.join(src)).unwrap();
             }
             for (path, text) in files {

@@ -1,0 +1,11 @@
+//! meshsteer's chained CNI plugin, `meshsteer-cni`, and the protocol it speaks with the agent.
+//!
+//! The runtime calls the plugin while it sets up a pod's sandbox, before any container of the
+//! pod exists. ADD asks the agent (over a local unix socket) to enrol the pod and succeeds only
+//! once its capture is in effect, or when the pod needs none: fail-closed, like istio-init.
+//!
+//! - [`proto`]: the request and reply on the agent's socket, and their framing (the agent
+//!   uses these types too).
+#![deny(unsafe_code)]
+
+pub mod proto;
