@@ -5,7 +5,13 @@
 //! once its capture is in effect, or when the pod needs none: fail-closed, like istio-init.
 //!
 //! - [`proto`]: the request and reply on the agent's socket, and their framing (the agent
-//!   uses these types too).
+//!   uses these types too);
+//! - [`env`] (CNI_* variables), [`args`] (CNI_ARGS), [`conf`] (the config on stdin),
+//!   [`result`] (prevResult): the plugin's inputs.
 #![deny(unsafe_code)]
 
+pub mod args;
+pub mod conf;
+pub mod env;
 pub mod proto;
+pub mod result;
