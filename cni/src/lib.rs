@@ -6,12 +6,19 @@
 //!
 //! - [`proto`]: the request and reply on the agent's socket, and their framing (the agent
 //!   uses these types too);
-//! - [`env`] (CNI_* variables), [`args`] (CNI_ARGS), [`conf`] (the config on stdin),
-//!   [`result`] (prevResult): the plugin's inputs.
+//! - [`plugin`]: the CNI commands, on top of
+//!   - [`env`] (CNI_* variables), [`args`] (CNI_ARGS), [`conf`] (the config on stdin),
+//!     [`result`] (prevResult), [`client`] (one exchange with the agent);
+//! - [`error`]: every failure, with its CNI error code.
 #![deny(unsafe_code)]
 
 pub mod args;
+pub mod client;
 pub mod conf;
 pub mod env;
+pub mod error;
+pub mod plugin;
 pub mod proto;
 pub mod result;
+#[cfg(test)]
+mod testdir;
