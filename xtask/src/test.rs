@@ -19,6 +19,7 @@ pub const TESTS_PACKAGE: &str = "meshsteer-tests";
 const PACKAGES: &[&str] = &[
     "meshsteer-common",
     "meshsteer",
+    "meshsteer-cni",
     "meshsteer-build",
     "xtask",
     TESTS_PACKAGE,
