@@ -25,10 +25,12 @@ pub enum Connect {
 /// The exchange did not produce a reply.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("meshsteer agent not reachable at {} for {}: {source}", socket.display(), secs(*waited))]
+    /// `waited` is the timeout when the connection was retried, none for a single attempt.
+    #[error("meshsteer agent not reachable at {}{}: {source}", socket.display(),
+            waited.map(|w| format!(" for {}", secs(w))).unwrap_or_default())]
     Unreachable {
         socket: PathBuf,
-        waited: Duration,
+        waited: Option<Duration>,
         source: io::Error,
     },
     #[error("meshsteer agent at {} gave no answer within {}", socket.display(), secs(*waited))]
@@ -44,15 +46,14 @@ pub fn ask(
     connect: Connect,
     timeout: Duration,
 ) -> Result<Reply, ClientError> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let stream = match connect {
-        Connect::UntilDeadline => connect_until(socket, deadline),
-        Connect::Once(limit) => connect_within(socket, limit.min(timeout)),
-    }
-    .map_err(|source| ClientError::Unreachable {
+    let deadline = Instant::now() + timeout;
+    let (stream, waited) = match connect {
+        Connect::UntilDeadline => (connect_until(socket, deadline), Some(timeout)),
+        Connect::Once(limit) => (connect_within(socket, limit.min(timeout)), None),
+    };
+    let stream = stream.map_err(|source| ClientError::Unreachable {
         socket: socket.to_path_buf(),
-        waited: start.elapsed(),
+        waited,
         source,
     })?;
     let mut stream = Deadline {
@@ -76,12 +77,11 @@ pub fn ask(
 /// Whether the agent accepts connections (STATUS). It sees a connection closed without a
 /// request.
 pub fn probe(socket: &Path, limit: Duration) -> Result<(), ClientError> {
-    let start = Instant::now();
     connect_within(socket, limit)
         .map(drop)
         .map_err(|source| ClientError::Unreachable {
             socket: socket.to_path_buf(),
-            waited: start.elapsed(),
+            waited: None,
             source,
         })
 }
@@ -260,7 +260,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
-        assert!(err.to_string().contains("missing.sock"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "meshsteer agent not reachable at {}: No such file or directory (os error 2)",
+                socket.display()
+            )
+        );
+        let err = ask(
+            &socket,
+            &request(),
+            Connect::UntilDeadline,
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "meshsteer agent not reachable at {} for 1s: ",
+                socket.display()
+            )),
+            "{err}"
+        );
 
         // Accepted (by the backlog) but never answered: bounded by the timeout.
         let silent = dir.path().join("silent.sock");

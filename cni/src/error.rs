@@ -164,7 +164,7 @@ mod tests {
     fn codes() {
         let unreachable = Error::Agent(ClientError::Unreachable {
             socket: PathBuf::from("/run/meshsteer/cni.sock"),
-            waited: Duration::from_secs(30),
+            waited: Some(Duration::from_secs(30)),
             source: io::ErrorKind::NotFound.into(),
         });
         assert_eq!(unreachable.code(), 11);

@@ -250,7 +250,7 @@ fn add_without_an_agent_fails_after_the_timeout_naming_the_socket() {
     let msg = r.stdout["msg"].as_str().unwrap();
     assert!(
         msg.starts_with(&format!(
-            "meshsteer agent not reachable at {} for 1",
+            "meshsteer agent not reachable at {} for 1s: ",
             socket.display()
         )),
         "{msg}"
