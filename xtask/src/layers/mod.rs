@@ -203,12 +203,21 @@ mod tests {
                 "pub mod parse;\nuse self::parse::p;\n",
             ),
             ("common/src/b.rs", "\n\nuse crate::a;\n"),
+            // The CNI plugin has no layers: imports either way are fine, a cycle is not.
+            (
+                "cni/src/lib.rs",
+                "pub mod client;\npub mod plugin;\npub mod proto;\n",
+            ),
+            ("cni/src/plugin.rs", "use crate::{client, proto};\n"),
+            ("cni/src/client.rs", "use crate::proto::Reply;\n"),
+            ("cni/src/proto.rs", "use crate::plugin::run;\n"),
         ]));
         assert_eq!(
             ws.violations(),
             [
                 "import cycle: agent/src/spec/mod.rs:2 -> agent/src/spec/parse.rs:1 -> agent/src/spec/mod.rs",
                 "import cycle: common/src/a.rs:1 -> common/src/b.rs:3 -> common/src/a.rs",
+                "import cycle: cni/src/client.rs:1 -> cni/src/proto.rs:1 -> cni/src/plugin.rs:1 -> cni/src/client.rs",
             ]
         );
     }
