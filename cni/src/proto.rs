@@ -55,7 +55,8 @@ pub struct Request {
     pub netns: Option<PathBuf>,
     /// CNI_IFNAME: the pod's interface.
     pub ifname: String,
-    /// The pod's addresses, from the chain's `prevResult` (empty for DEL, which has none).
+    /// The pod's addresses, from the chain's `prevResult` (best effort for DEL and CHECK,
+    /// whose `prevResult` may be missing: then empty).
     pub ips: Vec<IpAddr>,
 }
 
