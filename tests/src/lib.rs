@@ -22,6 +22,7 @@ pub mod agent;
 pub mod apps;
 pub mod area;
 pub mod cmd;
+pub mod cni;
 pub mod inject;
 pub mod istio_rules;
 pub mod kube;

@@ -15,14 +15,22 @@ const PACKAGE: &str = "meshsteer";
 
 /// Builds the agent and returns its binary's path.
 pub fn build(root: &Path, release: bool) -> Result<PathBuf> {
+    build_package(root, PACKAGE, release)
+}
+
+/// The CNI plugin's package, whose binary has its name.
+pub const CNI_PACKAGE: &str = "meshsteer-cni";
+
+/// Builds `package`'s binary of the same name; its path.
+pub fn build_package(root: &Path, package: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = cargo(root);
-    cmd.args(["build", "--package", PACKAGE]);
+    cmd.args(["build", "--package", package]);
     if release {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
     let profile = if release { "release" } else { "debug" };
-    Ok(host_target_dir(root).join(profile).join(PACKAGE))
+    Ok(host_target_dir(root).join(profile).join(package))
 }
 
 /// Replaces this process with the agent, through `sudo -E` unless we are root. Returns only on

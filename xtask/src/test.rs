@@ -32,6 +32,7 @@ pub fn run_tests(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
     ensure_root_or_reexec("`cargo xtask test` (privileged tests)")?;
     setup::run_setup(true)?;
     let agent = agent::build(root, false)?;
+    let cni_plugin = agent::build_package(root, agent::CNI_PACKAGE, false)?;
     // The upgrade test runs the previous pin layout's agent, then this one on its pins.
     let previous = previous::build(root)?;
     // The real-node test's images (the agent's is a release build).
@@ -44,6 +45,7 @@ pub fn run_tests(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
     cmd.args(extra)
         .env("MESHSTEER_BIN", &agent)
         .env("MESHSTEER_PREVIOUS_BIN", &previous)
+        .env("MESHSTEER_CNI_BIN", &cni_plugin)
         .env("MESHSTEER_IMAGES", &images);
     cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().context("could not start cargo test")?;

@@ -68,6 +68,11 @@ impl PodMaps {
         self.pods.iter().filter_map(Result::ok).collect()
     }
 
+    /// The config the datapath has for the pod, if any.
+    pub fn config(&self, cgroup_id: u64) -> Option<PodConfig> {
+        self.pods.get(&cgroup_id, 0).ok()
+    }
+
     /// Entries of every map that holds per-pod state, by map name: deleting every pod brings
     /// each back to its count before they were enrolled.
     pub fn entry_counts(&self) -> Vec<(&'static str, usize)> {

@@ -62,6 +62,22 @@ pub fn detach_all_but(dir: &Path, keep: &BTreeSet<u64>) {
     }
 }
 
+/// Whether the link pinned at `pin` is attached to the namespace at `netns`: the pod's inbound
+/// capture is in effect there.
+pub fn attached(pin: &Path, netns: &Path) -> Result<()> {
+    let ino = fs::metadata(netns)
+        .with_context(|| format!("netns {}", netns.display()))?
+        .ino();
+    let link = bpf_sys::obj_get(pin)
+        .with_context(|| format!("the pod's sk_lookup link {} is gone", pin.display()))?;
+    let (linked, _) = bpf_sys::netns_link_info(link.as_fd())?;
+    anyhow::ensure!(
+        linked == ino,
+        "the pod's sk_lookup link is attached to another network namespace"
+    );
+    Ok(())
+}
+
 /// Is the namespace this pin's link is attached to still the one at `netns`?
 pub fn alive(netns: &Path) -> bool {
     netns.exists()

@@ -193,6 +193,10 @@ pub struct KubeArgs {
     /// and `{name}` filled in (default: the namespace of a process of the pod).
     #[arg(long, env = "MESHSTEER_NETNS_PATH_TEMPLATE")]
     pub netns_path_template: Option<String>,
+    /// Serve the CNI plugin (`meshsteer-cni`) on this unix socket: pods are enrolled while
+    /// their sandbox is set up, before any of their containers runs.
+    #[arg(long, env = "MESHSTEER_CNI_SOCKET", requires = "kubernetes")]
+    pub cni_socket: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

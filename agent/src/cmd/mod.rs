@@ -1,5 +1,6 @@
 //! The `meshsteer` commands, one file each, and their arguments ([`args`]).
 pub mod args;
+pub mod cni;
 pub mod explain;
 pub mod mount_bpffs;
 pub mod run;

@@ -8,7 +8,10 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use super::args::{KubeArgs, RunArgs};
+use super::{
+    args::{KubeArgs, RunArgs},
+    cni,
+};
 use crate::{
     bpf::{
         features,
@@ -18,7 +21,7 @@ use crate::{
     host::cgroup as host,
     registry::{Kernel, Registry},
     source::{
-        POLL, Source,
+        POLL, Pushed, Source,
         change::Batch,
         dir::PodDir,
         kube::{self, KubePods},
@@ -68,6 +71,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut tick = tokio::time::interval(POLL);
     let mut uninstall = false;
+    // CNI ADDs waiting for their pod's capture.
+    let mut waiting = cni::Waiting::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -78,10 +83,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 if registry.check_namespaces() || had_changes {
                     publish(&reporter, &registry);
                 }
+                cni::settle(&registry, &mut waiting);
             }
-            batch = source.pushed() => {
-                apply(&mut registry, batch?, &mut reconciled);
+            pushed = source.pushed() => {
+                match pushed? {
+                    Pushed::Changes(batch) => apply(&mut registry, batch, &mut reconciled),
+                    Pushed::Cni(call) => {
+                        if let Some(kube) = source.kube_mut() {
+                            cni::take(call, kube, &mut registry, &mut waiting);
+                        }
+                    }
+                }
                 publish(&reporter, &registry);
+                cni::settle(&registry, &mut waiting);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -142,6 +156,7 @@ impl SourceConfig {
                 node_name: kube.node_name.clone(),
                 kubeconfig: kube.kubeconfig.clone(),
                 netns_path_template: kube.netns_path_template.clone(),
+                cni_socket: kube.cni_socket.clone(),
             };
             let prepared = settings
                 .prepare()

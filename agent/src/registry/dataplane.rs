@@ -65,6 +65,11 @@ pub trait Dataplane {
     /// the swap, and on error nothing of `plan` stays behind.
     fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()>;
 
+    /// Whether the pod's capture is in effect as `plan` says, in the datapath itself (its
+    /// config in the maps and, with `netns`, its sk_lookup link there): a check against
+    /// changes made behind the agent's back.
+    fn in_effect(&self, cgroup_id: u64, plan: &Plan, netns: Option<&Path>) -> Result<()>;
+
     /// Stops capture for the pod and frees its entries.
     fn remove(&mut self, cgroup_id: u64, plan: &Plan);
 

@@ -225,6 +225,20 @@ impl Dataplane for Fake {
         Ok(())
     }
 
+    fn in_effect(&self, cgroup_id: u64, plan: &Plan, netns: Option<&Path>) -> Result<()> {
+        if self.configs.get(&cgroup_id) != Some(&plan.config)
+            || !self.enrolled.contains_key(&cgroup_id)
+        {
+            bail!("the pod's config is not in the datapath");
+        }
+        if let Some(ns) = netns
+            && self.links.get(&cgroup_id).map(PathBuf::as_path) != Some(ns)
+        {
+            bail!("the pod's sk_lookup link is gone");
+        }
+        Ok(())
+    }
+
     fn remove(&mut self, cgroup_id: u64, plan: &Plan) {
         self.calls.push(Call::Remove {
             cgroup_id,

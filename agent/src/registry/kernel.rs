@@ -104,6 +104,17 @@ impl Dataplane for Kernel {
         self.maps.apply(cgroup_id, plan, previous)
     }
 
+    fn in_effect(&self, cgroup_id: u64, plan: &Plan, ns: Option<&Path>) -> Result<()> {
+        anyhow::ensure!(
+            self.maps.config(cgroup_id) == Some(plan.config),
+            "the pod's config is not in the datapath (MS_PODS) as the agent wrote it"
+        );
+        match ns {
+            Some(ns) => netns::attached(&self.pins.netns_link(cgroup_id), ns),
+            None => Ok(()),
+        }
+    }
+
     fn remove(&mut self, cgroup_id: u64, plan: &Plan) {
         self.maps.remove(cgroup_id, Some(plan));
     }

@@ -62,13 +62,6 @@ impl Registry<Fake> {
         &mut self.dataplane
     }
 
-    fn state(&self, key: &SourceKey) -> Option<PodState> {
-        self.status()
-            .into_iter()
-            .find(|p| p.source == *key)
-            .map(|p| p.state)
-    }
-
     /// (cgroup id, pod id) of the capture in effect for the pod.
     fn captured(&self, key: &SourceKey) -> Option<(u64, u32)> {
         let p = self.status().into_iter().find(|p| p.source == *key)?;

@@ -1,8 +1,49 @@
 //! What the registry reports of each pod, for the status file and `/metrics`.
-use super::Registry;
+use super::{Dataplane, Registry};
 use crate::source::change::{SourceKey, Unready};
 use crate::spec::budget::Usage;
 use crate::telemetry::status::{OptionsFrom, OptionsOrigin, PodState, PodStatus};
+
+impl<D: Dataplane> Registry<D> {
+    /// The pod's state, if the registry has it.
+    pub fn state(&self, key: &SourceKey) -> Option<PodState> {
+        let e = self.pods.get(key)?;
+        Some(match &e.unready {
+            None => PodState::Ready,
+            Some(Unready::Waiting(r)) => PodState::Waiting(r.clone()),
+            Some(Unready::Refused(r)) => PodState::Error(r.clone()),
+        })
+    }
+
+    /// Whether the pod's capture is in effect in the datapath, as the agent last wrote it
+    /// (see [`Dataplane::in_effect`]); why not, otherwise.
+    pub fn verify(&self, key: &SourceKey) -> Result<(), String> {
+        let e = self
+            .pods
+            .get(key)
+            .ok_or("the agent has not enrolled the pod")?;
+        if let Some(Unready::Refused(r) | Unready::Waiting(r)) = &e.unready {
+            return Err(r.clone());
+        }
+        let x = e
+            .enrolled
+            .as_ref()
+            .ok_or("the agent has not enrolled the pod")?;
+        if x.plan.is_refused() {
+            return Err("enrolled refused (fail closed)".into());
+        }
+        let inbound = x.plan.config.flags & meshsteer_common::maps::pod_flags::IN_CAPTURE != 0;
+        let netns = x.netns.as_deref().filter(|_| inbound);
+        self.dataplane
+            .in_effect(x.cgroup_id, &x.plan, netns)
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    /// The network namespace the pod is enrolled in, if any.
+    pub fn netns(&self, key: &SourceKey) -> Option<&std::path::Path> {
+        self.pods.get(key)?.enrolled.as_ref()?.netns.as_deref()
+    }
+}
 
 impl<D> Registry<D> {
     pub fn status(&self) -> Vec<PodStatus> {

@@ -14,6 +14,13 @@ use self::{change::Batch, dir::PodDir, kube::KubePods};
 /// How often sources are polled besides what they push.
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// What a source reports by itself.
+pub enum Pushed {
+    Changes(Batch),
+    /// A request of the CNI plugin, for the agent's loop to answer.
+    Cni(kube::CniCall),
+}
+
 /// The agent's pod source.
 pub enum Source {
     Dir(PodDir),
@@ -36,18 +43,29 @@ impl Source {
         }
     }
 
-    /// Changes the source reports by itself: inotify events on the directory, Kubernetes
-    /// watch events. Cancel-safe.
-    pub async fn pushed(&mut self) -> Result<Batch> {
+    /// The Kubernetes source, if that is the one.
+    pub fn kube_mut(&mut self) -> Option<&mut KubePods> {
+        match self {
+            Self::Kubernetes(kube) => Some(kube),
+            Self::Dir(_) => None,
+        }
+    }
+
+    /// What the source reports by itself: inotify events on the directory, Kubernetes watch
+    /// events, the CNI plugin's requests. Cancel-safe.
+    pub async fn pushed(&mut self) -> Result<Pushed> {
         match self {
             Self::Dir(dir) => {
                 dir.notified().await;
-                Ok(Batch {
+                Ok(Pushed::Changes(Batch {
                     changes: dir.scan().await,
                     complete: true,
-                })
+                }))
             }
-            Self::Kubernetes(kube) => kube.recv().await,
+            Self::Kubernetes(kube) => Ok(match kube.recv().await? {
+                kube::Event::Changes(batch) => Pushed::Changes(batch),
+                kube::Event::Cni(call) => Pushed::Cni(call),
+            }),
         }
     }
 }

@@ -11,6 +11,8 @@ mod accel;
 mod budgets;
 /// A million short connections leave no state behind.
 mod churn;
+/// The chained CNI plugin with real CNI plugins: capture from a pod's first connect.
+mod cni;
 /// Real programs end to end: curl, HAProxy as the sidecar, nginx.
 mod e2e;
 /// Programs attach under the test's cgroup subtree and change only enrolled pods.

@@ -10,6 +10,7 @@
 //! cgroup from its UID, its network namespace from one of its processes) and retries the pods
 //! that are not fully on the node yet.
 mod annotations;
+mod cni;
 mod node;
 mod reap;
 mod view;
@@ -17,6 +18,7 @@ mod watch;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Instant,
 };
@@ -26,14 +28,24 @@ use kube::Api;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, info_span};
 
-pub use self::watch::SetupError;
+pub use self::{
+    cni::{CniCall, CniServer, Found},
+    view::{PodRef, PodView},
+    watch::SetupError,
+};
 use self::{
     node::Resolver,
     reap::Reaper,
-    view::{PodRef, PodView},
     watch::{Update, client, watch},
 };
 use super::change::{Batch, Change, Rejected};
+
+/// What the Kubernetes source reports by itself.
+pub enum Event {
+    Changes(Batch),
+    /// A request of the CNI plugin, for the agent's loop to answer.
+    Cni(CniCall),
+}
 use crate::{host::cgroup, spec::pod::PodSpec};
 
 /// Updates queued between the watcher task and the agent's loop: when the loop falls behind,
@@ -50,7 +62,20 @@ pub struct KubePods {
     /// The cgroups of pods the agent enrolled and then left alone (finished, no sidecar any
     /// more), for when their deletion comes.
     released: BTreeMap<PodRef, PathBuf>,
+    /// The CNI plugin's socket (`--cni-socket`), if served.
+    cni: Option<CniServer>,
+    /// The sandboxes the CNI plugin reported: where a pod is before the API server knows.
+    sandboxes: BTreeMap<PodRef, Sandbox>,
     watcher: JoinHandle<()>,
+}
+
+/// A pod sandbox as its CNI ADD saw it: its network namespace and addresses, before the
+/// kubelet reports them (the addresses) or any process is in it (the namespace).
+#[derive(Clone, Debug)]
+struct Sandbox {
+    uid: String,
+    netns: PathBuf,
+    ips: Vec<IpAddr>,
 }
 
 /// One pod with an Istio sidecar.
@@ -79,6 +104,8 @@ pub struct Settings {
     pub kubeconfig: Option<PathBuf>,
     /// Where the runtime keeps pod network namespaces, with `{uid}`, `{namespace}`, `{name}`.
     pub netns_path_template: Option<String>,
+    /// The unix socket the CNI plugin asks on (none: no plugin).
+    pub cni_socket: Option<PathBuf>,
 }
 
 /// A checked configuration: the node's name and a client whose files were all read. Checked
@@ -87,11 +114,13 @@ pub struct Prepared {
     node: String,
     client: kube::Client,
     netns_path_template: Option<String>,
+    /// Bound already: calls wait in its queue until the agent's loop runs.
+    cni: Option<CniServer>,
 }
 
 impl Settings {
     /// Checks everything the source needs short of the API server answering.
-    pub async fn prepare(&self) -> Result<Prepared, SetupError> {
+    pub async fn prepare(&self) -> Result<Prepared> {
         let node = self
             .node_name
             .clone()
@@ -104,10 +133,15 @@ impl Settings {
             .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
             .filter(|p| !p.as_os_str().is_empty());
         let client = client(kubeconfig.as_deref()).await?;
+        let cni = match &self.cni_socket {
+            Some(path) => Some(CniServer::bind(path, client.clone())?),
+            None => None,
+        };
         Ok(Prepared {
             node,
             client,
             netns_path_template: self.netns_path_template.clone(),
+            cni,
         })
     }
 }
@@ -119,6 +153,7 @@ impl KubePods {
             node,
             client,
             netns_path_template,
+            cni,
         } = prepared;
         let (tx, updates) = mpsc::channel(QUEUE);
         info!(node = %node, "watching this node's pods on the Kubernetes API server");
@@ -129,17 +164,51 @@ impl KubePods {
             pods: BTreeMap::new(),
             reaper: Reaper::new(),
             released: BTreeMap::new(),
+            cni,
+            sandboxes: BTreeMap::new(),
             watcher,
         }
     }
 
-    /// The next changes the API server reports. Cancel-safe: it only awaits the queue.
-    pub async fn recv(&mut self) -> Result<Batch> {
-        let update = self
-            .updates
-            .recv()
-            .await
-            .context("the Kubernetes pod watcher stopped")?;
+    /// A sandbox of `view`'s pod was set up (CNI ADD): the pod is decided and, if captured,
+    /// located at once from the sandbox (its namespace and addresses), not from the API
+    /// server's status or its processes, which come later.
+    pub fn cni_add(&mut self, view: PodView, netns: PathBuf, ips: Vec<IpAddr>) -> Vec<Change> {
+        let id = view.pod.clone();
+        let sandbox = Sandbox {
+            uid: view.uid.clone(),
+            netns,
+            ips,
+        };
+        self.sandboxes.insert(id.clone(), sandbox);
+        let mut changes = self.track(view);
+        changes.extend(self.resolve(&id));
+        changes
+    }
+
+    /// The pod's sandbox was torn down (CNI DEL): its enrolment goes. Idempotent; a pod of
+    /// another UID (a newer pod of the same name) keeps its own.
+    pub fn cni_del(&mut self, pod: &PodRef, uid: &str) -> Vec<Change> {
+        if self.sandboxes.get(pod).is_some_and(|s| s.uid == uid) {
+            self.sandboxes.remove(pod);
+        }
+        let Some(t) = self.pods.get_mut(pod).filter(|t| t.first.uid == uid) else {
+            return Vec::new();
+        };
+        if t.sent.take().is_none() {
+            return Vec::new();
+        }
+        info!(pod = %pod, "sandbox torn down (CNI DEL): enrolment removed");
+        vec![Change::Remove(pod.key())]
+    }
+
+    /// The next changes the API server reports, or the next request of the CNI plugin.
+    /// Cancel-safe: it only awaits the queues.
+    pub async fn recv(&mut self) -> Result<Event> {
+        let update = tokio::select! {
+            update = self.updates.recv() => update.context("the Kubernetes pod watcher stopped")?,
+            Some(call) = next_cni(&mut self.cni) => return Ok(Event::Cni(call)),
+        };
         let mut changes = Vec::new();
         let complete = matches!(update, Update::Listed(_));
         match update {
@@ -167,7 +236,7 @@ impl KubePods {
             Update::Applied(id, None) => changes.extend(self.untrack(&id, false)),
             Update::Deleted(id) => changes.extend(self.untrack(&id, true)),
         }
-        Ok(Batch { changes, complete })
+        Ok(Event::Changes(Batch { changes, complete }))
     }
 
     /// Pods not fully on the node yet (no addresses, cgroup or process) are retried; so are
@@ -239,8 +308,17 @@ impl KubePods {
             return Vec::new();
         };
         let _g = info_span!("pod", pod = %id).entered();
-        let decided = t.view.decided_by(&t.first);
-        let sent = decided.captured().then(|| self.resolver.spec(&decided));
+        let mut decided = t.view.decided_by(&t.first);
+        let sandbox = self.sandboxes.get(id).filter(|s| s.uid == t.first.uid);
+        if let Some(s) = sandbox
+            && decided.ips.is_empty()
+        {
+            decided.ips = s.ips.clone();
+        }
+        let netns = sandbox.map(|s| s.netns.as_path());
+        let sent = decided
+            .captured()
+            .then(|| self.resolver.spec(&decided, netns));
         let key = id.key();
         let mut changes = Vec::new();
         if sent != t.sent {
@@ -288,6 +366,9 @@ impl KubePods {
     /// cgroup is the kubelet's business.
     fn untrack(&mut self, id: &PodRef, deleted: bool) -> Option<Change> {
         let now = Instant::now();
+        if deleted {
+            self.sandboxes.remove(id);
+        }
         let Some(t) = self.pods.remove(id) else {
             if deleted && let Some(dir) = self.released.remove(id) {
                 self.reaper.deleted(id.to_string(), dir, now);
@@ -306,6 +387,14 @@ impl KubePods {
             None => {}
         }
         Some(Change::Remove(id.key()))
+    }
+}
+
+/// The next request of the CNI plugin; never, without `--cni-socket`. Cancel-safe.
+async fn next_cni(cni: &mut Option<CniServer>) -> Option<CniCall> {
+    match cni {
+        Some(server) => server.next().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -351,6 +440,14 @@ mod tests {
         std::fs::remove_dir(dir)
     }
 
+    /// The changes a watch event became (these tests have no CNI socket).
+    fn changes_of(event: Event) -> Batch {
+        match event {
+            Event::Changes(batch) => batch,
+            Event::Cni(call) => panic!("unexpected CNI call {call:?}"),
+        }
+    }
+
     /// The pods of a source fed through the returned sender (no API server, no watcher).
     fn pods_with(resolver: Resolver, reaper: Reaper) -> (mpsc::Sender<Update>, KubePods) {
         let (tx, updates) = mpsc::channel(QUEUE);
@@ -360,6 +457,8 @@ mod tests {
             pods: BTreeMap::new(),
             reaper,
             released: BTreeMap::new(),
+            cni: None,
+            sandboxes: BTreeMap::new(),
             watcher: tokio::spawn(async {}),
         };
         (tx, pods)
@@ -389,7 +488,7 @@ mod tests {
             view_of("d", "d", serde_json::json!({})),
         ];
         tx.send(Update::Listed(views.to_vec())).await.unwrap();
-        let batch = pods.recv().await.unwrap();
+        let batch = changes_of(pods.recv().await.unwrap());
         for c in &batch.changes {
             match c {
                 Change::Upsert(key, spec) => {
@@ -404,18 +503,18 @@ mod tests {
             tx.send(Update::Deleted(views[0].pod.clone().with_name(name)))
                 .await
                 .unwrap();
-            pods.recv().await.unwrap();
+            changes_of(pods.recv().await.unwrap());
         }
         tx.send(Update::Applied(views[2].pod.clone(), None))
             .await
             .unwrap();
-        pods.recv().await.unwrap();
+        changes_of(pods.recv().await.unwrap());
         assert_eq!(pods.reaper.pending(), [a.as_path(), d.as_path()]);
         // `c` was left alone, then deleted: its directory goes too.
         tx.send(Update::Deleted(views[2].pod.clone()))
             .await
             .unwrap();
-        pods.recv().await.unwrap();
+        changes_of(pods.recv().await.unwrap());
         assert_eq!(
             pods.reaper.pending(),
             [a.as_path(), d.as_path(), c.as_path()]
@@ -426,7 +525,7 @@ mod tests {
         tx.send(Update::Applied(again.pod.clone(), Some(Box::new(again))))
             .await
             .unwrap();
-        pods.recv().await.unwrap();
+        changes_of(pods.recv().await.unwrap());
 
         let now = Instant::now();
         pods.reap(now);
@@ -460,7 +559,7 @@ mod tests {
         let a = root.cgroup("kubepods/besteffort/poda", "7\n");
         let view = view_of("a", "a", serde_json::json!({}));
         tx.send(Update::Listed(vec![view.clone()])).await.unwrap();
-        let batch = pods.recv().await.unwrap();
+        let batch = changes_of(pods.recv().await.unwrap());
         let upserts: Vec<_> = batch
             .changes
             .iter()
@@ -478,7 +577,7 @@ mod tests {
             changes.len()
         );
         tx.send(Update::Deleted(view.pod.clone())).await.unwrap();
-        pods.recv().await.unwrap();
+        changes_of(pods.recv().await.unwrap());
         assert_eq!(pods.reaper.pending(), [a.as_path()]);
     }
 
@@ -490,7 +589,7 @@ mod tests {
         tx.send(Update::Listed(vec![view("a"), view("b")]))
             .await
             .unwrap();
-        let batch = pods.recv().await.unwrap();
+        let batch = changes_of(pods.recv().await.unwrap());
         assert!(batch.complete);
         // No cgroup under `root`: both wait, shown as `namespace/name`.
         let upserted: Vec<_> = batch
@@ -517,12 +616,12 @@ mod tests {
         tx.send(Update::Applied(view("b").pod, Some(Box::new(view("b")))))
             .await
             .unwrap();
-        assert!(pods.recv().await.unwrap().changes.is_empty());
+        assert!(changes_of(pods.recv().await.unwrap()).changes.is_empty());
         tx.send(Update::Listed(vec![view("b")])).await.unwrap();
-        let batch = pods.recv().await.unwrap();
+        let batch = changes_of(pods.recv().await.unwrap());
         assert!(matches!(&batch.changes[..], [Change::Remove(k)] if *k == kube_key("a")));
         tx.send(Update::Deleted(view("b").pod)).await.unwrap();
-        let batch = pods.recv().await.unwrap();
+        let batch = changes_of(pods.recv().await.unwrap());
         assert!(matches!(&batch.changes[..], [Change::Remove(k)] if *k == kube_key("b")));
     }
 

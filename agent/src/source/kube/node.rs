@@ -50,10 +50,11 @@ impl Resolver {
     }
 
     /// The pod's spec, or why there is none yet: refused for annotations meshsteer cannot
-    /// honour, waiting for what is not on the node yet.
-    pub fn spec(&self, view: &PodView) -> Result<PodSpec, Rejected> {
+    /// honour, waiting for what is not on the node yet. `netns`: the pod's network namespace
+    /// as its CNI ADD named it, else it is found on the node.
+    pub fn spec(&self, view: &PodView, netns: Option<&Path>) -> Result<PodSpec, Rejected> {
         let name = view.pod.to_string();
-        let located = self.locate(view);
+        let located = self.locate(view, netns);
         let at = |(cgroup, netns): (PathBuf, PathBuf), capture| PodSpec {
             name: name.clone(),
             cgroup,
@@ -79,7 +80,7 @@ impl Resolver {
     }
 
     /// The pod's cgroup and network namespace, once it has addresses.
-    fn locate(&self, view: &PodView) -> Result<(PathBuf, PathBuf), NotYet> {
+    fn locate(&self, view: &PodView, netns: Option<&Path>) -> Result<(PathBuf, PathBuf), NotYet> {
         if view.ips.is_empty() {
             return Err(NotYet::Addresses);
         }
@@ -87,9 +88,12 @@ impl Resolver {
             uid: view.uid.clone(),
             root: self.cgroup_root.clone(),
         })?;
-        let netns = self.netns(view, &cgroup).ok_or_else(|| NotYet::Netns {
-            cgroup: cgroup.clone(),
-        })?;
+        let netns = match netns {
+            Some(ns) => ns.to_path_buf(),
+            None => self.netns(view, &cgroup).ok_or_else(|| NotYet::Netns {
+                cgroup: cgroup.clone(),
+            })?,
+        };
         Ok((cgroup, netns))
     }
 
@@ -234,7 +238,7 @@ pub(super) mod tests {
         })))
         .unwrap()
         .unwrap();
-        let spec = resolver.spec(&view).unwrap();
+        let spec = resolver.spec(&view, None).unwrap();
         assert_eq!(spec.cgroup, cgroup);
         assert_eq!(spec.netns, Some(netns));
     }
@@ -273,7 +277,7 @@ pub(super) mod tests {
         let mut v = PodView::of(&sidecar_pod(serde_json::json!({})))
             .unwrap()
             .unwrap();
-        let e = resolver.spec(&v).unwrap_err();
+        let e = resolver.spec(&v, None).unwrap_err();
         let cgroup = format!(
             "waiting for the pod's cgroup (pod UID 1-2) under {}",
             root.display()
@@ -281,7 +285,7 @@ pub(super) mod tests {
         assert_eq!(e.why, Unready::Waiting(cgroup));
         assert_eq!(e.name, "ns/a");
         v.ips.clear();
-        let e = resolver.spec(&v).unwrap_err();
+        let e = resolver.spec(&v, None).unwrap_err();
         assert_eq!(
             e.why,
             Unready::Waiting("waiting for the pod's addresses (status.podIPs)".into())
@@ -289,7 +293,7 @@ pub(super) mod tests {
         // Annotations meshsteer cannot honour are refused, whatever else is missing.
         v.annotations
             .insert("sidecar.istio.io/interceptionMode".into(), "TPROXY".into());
-        let e = resolver.spec(&v).unwrap_err();
+        let e = resolver.spec(&v, None).unwrap_err();
         assert!(
             matches!(&e.why, Unready::Refused(r) if r.starts_with("annotation sidecar.istio.io/interceptionMode: ")),
             "{e:?}"

@@ -1,0 +1,293 @@
+//! Driving real CNI plugins as a container runtime does: a conflist whose chain is Debian's
+//! `bridge` (with `host-local` IPAM) then `meshsteer-cni`, each plugin run with the CNI_*
+//! environment and its config on stdin, ADD in order with each result passed on as the next
+//! `prevResult`, DEL in reverse. Plugins run in the test node's network namespace (the bridge
+//! lives there, never on the machine's own); the pod's namespace is a bare one, as a runtime
+//! makes it before ADD.
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{
+    cmd::{self, Place},
+    topology::Node,
+};
+
+/// Debian's containernetworking-plugins.
+const PLUGINS_DIR: &str = "/usr/lib/cni";
+
+/// The plugin under test (`cargo xtask test` builds it and says where).
+pub fn plugin_bin() -> PathBuf {
+    std::env::var_os("MESHSTEER_CNI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshsteer-cni")
+        })
+}
+
+/// The pod a sandbox is for, as CNI_ARGS name it.
+#[derive(Clone, Debug)]
+pub struct PodId {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// A pod sandbox before ADD: its network namespace (no interface but `lo`) and its pod-level
+/// cgroup with one container cgroup below, made where the kubelet makes them. Removed on drop.
+pub struct Sandbox {
+    ns_name: String,
+    pub netns: PathBuf,
+    pub cgroup: PathBuf,
+    pub app_cgroup: PathBuf,
+    pub container_id: String,
+}
+
+impl Sandbox {
+    /// `cgroup`: the pod-level cgroup, relative to the node's cgroup root.
+    pub fn new(node: &Node, name: &str, cgroup: &Path) -> Result<Self> {
+        let ns_name = format!("{}-cni-{name}", node.id);
+        cmd::host("ip", &["netns", "add", &ns_name])?;
+        let cgroup = node.cgroup_root.join(cgroup);
+        let app_cgroup = cgroup.join("app");
+        let sandbox = Self {
+            netns: PathBuf::from("/run/netns").join(&ns_name),
+            ns_name,
+            cgroup,
+            app_cgroup,
+            container_id: format!("{:0>64}", format!("{name}{}", std::process::id())),
+        };
+        cmd::host("ip", &["-n", &sandbox.ns_name, "link", "set", "lo", "up"])?;
+        std::fs::create_dir_all(&sandbox.app_cgroup)
+            .with_context(|| format!("creating {}", sandbox.app_cgroup.display()))?;
+        Ok(sandbox)
+    }
+
+    /// Where a process of the pod's app runs, as `uid`.
+    pub fn place(&self, uid: u32) -> Place<'_> {
+        Place {
+            netns: Some(&self.netns),
+            cgroup: Some(&self.app_cgroup),
+            uid,
+            gid: uid,
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = cmd::host("ip", &["netns", "del", &self.ns_name]);
+        let _ = std::fs::remove_dir(&self.app_cgroup);
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// A plugin's failure: its exit status and the CNI error it printed.
+#[derive(Debug)]
+pub struct CniError {
+    pub plugin: String,
+    pub error: Value,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for CniError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} failed: {} ({})",
+            self.plugin,
+            self.error,
+            self.stderr.trim()
+        )
+    }
+}
+
+impl std::error::Error for CniError {}
+
+impl CniError {
+    /// The error's `msg` and `details`, for matching.
+    pub fn text(&self) -> String {
+        format!("{} {}", self.error["msg"], self.error["details"])
+    }
+}
+
+/// A network: a conflist (bridge + host-local, then meshsteer-cni) and where it keeps state.
+pub struct Chain<'a> {
+    node: &'a Node,
+    conf: Value,
+    dir: PathBuf,
+}
+
+impl<'a> Chain<'a> {
+    /// Pods get addresses of `subnet` on the node's bridge `cni0`; meshsteer-cni asks the
+    /// agent on `socket`, waiting at most `timeout_s` seconds.
+    pub fn new(node: &'a Node, socket: &Path, timeout_s: u32) -> Result<Self> {
+        let dir = std::env::temp_dir()
+            .join("meshsteer-tests")
+            .join(format!("{}-cni", node.id));
+        std::fs::create_dir_all(&dir)?;
+        let conf = json!({
+            "cniVersion": "1.0.0",
+            "name": "mst-pods",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": "10.89.0.0/16"}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": dir.join("ipam"),
+                    },
+                },
+                {
+                    "type": "meshsteer-cni",
+                    "agentSocket": socket,
+                    "timeoutSeconds": timeout_s,
+                },
+            ],
+        });
+        Ok(Self { node, conf, dir })
+    }
+
+    /// ADD through the whole chain: the last plugin's result.
+    pub fn add(&self, sb: &Sandbox, pod: &PodId) -> Result<Value, CniError> {
+        let mut prev: Option<Value> = None;
+        for plugin in self.plugins() {
+            prev = Some(self.exec("ADD", &plugin, sb, pod, prev.as_ref())?);
+        }
+        Ok(prev.unwrap_or(Value::Null))
+    }
+
+    /// ADD, timed: how long meshsteer-cni alone took (the rest of the chain is not ours).
+    pub fn add_timed(&self, sb: &Sandbox, pod: &PodId) -> Result<(Value, Duration), CniError> {
+        let plugins = self.plugins();
+        let (last, first) = plugins.split_last().expect("a chain");
+        let mut prev: Option<Value> = None;
+        for plugin in first {
+            prev = Some(self.exec("ADD", plugin, sb, pod, prev.as_ref())?);
+        }
+        let started = Instant::now();
+        let result = self.exec("ADD", last, sb, pod, prev.as_ref())?;
+        Ok((result, started.elapsed()))
+    }
+
+    /// DEL through the chain, last plugin first.
+    pub fn del(&self, sb: &Sandbox, pod: &PodId) -> Result<(), CniError> {
+        for plugin in self.plugins().iter().rev() {
+            self.exec("DEL", plugin, sb, pod, None)?;
+        }
+        Ok(())
+    }
+
+    /// CHECK of meshsteer-cni alone, given the chain's ADD result.
+    pub fn check(&self, sb: &Sandbox, pod: &PodId, added: &Value) -> Result<(), CniError> {
+        let last = self.plugins().last().expect("a chain").clone();
+        self.exec("CHECK", &last, sb, pod, Some(added)).map(drop)
+    }
+
+    fn plugins(&self) -> Vec<Value> {
+        self.conf["plugins"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Runs one plugin as a runtime does, in the node's network namespace.
+    fn exec(
+        &self,
+        command: &str,
+        plugin: &Value,
+        sb: &Sandbox,
+        pod: &PodId,
+        prev: Option<&Value>,
+    ) -> Result<Value, CniError> {
+        let kind = plugin["type"].as_str().unwrap_or_default().to_string();
+        let fail = |error: Value, stderr: String| CniError {
+            plugin: format!("{kind} {command}"),
+            error,
+            stderr,
+        };
+        let mut conf = plugin.clone();
+        conf["cniVersion"] = self.conf["cniVersion"].clone();
+        conf["name"] = self.conf["name"].clone();
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        let bin = if kind == "meshsteer-cni" {
+            plugin_bin()
+        } else {
+            Path::new(PLUGINS_DIR).join(&kind)
+        };
+        let cni_path = format!(
+            "{PLUGINS_DIR}:{}",
+            plugin_bin().parent().unwrap_or(Path::new("/")).display()
+        );
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+            pod.namespace, pod.name, sb.container_id, pod.uid
+        );
+        let place = Place {
+            netns: Some(&self.node.netns),
+            ..Place::default()
+        };
+        let run = || -> Result<std::process::Output> {
+            let mut c = cmd::command(&place, &bin.to_string_lossy(), &[])?;
+            c.env("CNI_COMMAND", command)
+                .env("CNI_CONTAINERID", &sb.container_id)
+                .env("CNI_NETNS", &sb.netns)
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_ARGS", &args)
+                .env("CNI_PATH", &cni_path)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c
+                .spawn()
+                .with_context(|| format!("running {}", bin.display()))?;
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(conf.to_string().as_bytes())?;
+            Ok(child.wait_with_output()?)
+        };
+        let out = run().map_err(|e| fail(json!({"msg": format!("{e:#}")}), String::new()))?;
+        let stdout: Value = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&out.stdout).unwrap_or_else(
+                |_| json!({"msg": String::from_utf8_lossy(&out.stdout).into_owned()}),
+            )
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err(fail(stdout, stderr));
+        }
+        Ok(stdout)
+    }
+}
+
+impl Drop for Chain<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An address of the ADD result's first IPv4 address, without its prefix length.
+pub fn first_ipv4(result: &Value) -> Result<String> {
+    for ip in result["ips"].as_array().into_iter().flatten() {
+        let addr = ip["address"].as_str().unwrap_or_default();
+        if let Some((a, _)) = addr.split_once('/')
+            && !a.contains(':')
+        {
+            return Ok(a.to_string());
+        }
+    }
+    bail!("no IPv4 address in {result}")
+}

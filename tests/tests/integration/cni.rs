@@ -1,0 +1,246 @@
+//! The chained CNI plugin (`meshsteer-cni`) with real CNI plugins (Debian's bridge and
+//! host-local) run as a runtime runs them, pods from the test API server, and the agent in
+//! Kubernetes mode serving the plugin's socket: capture is in effect when ADD returns, before
+//! any process of the pod could run; ADD fails closed; DEL is idempotent; CHECK looks at the
+//! datapath itself.
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use meshsteer::inspect::{Pins, PodMaps};
+use meshsteer_tests::{
+    Agent, Node,
+    agent::path_str,
+    area::{self, AreaGuard},
+    cmd::Proc,
+    cni::{Chain, PodId, Sandbox},
+    kube::{Cluster, cluster},
+    topology::start_tagged_listener_on,
+};
+
+const WORLD: &str = "10.200.0.1:80";
+const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
+
+/// Where a systemd-driver kubelet puts a best-effort pod's cgroup (made before ADD).
+fn besteffort_cgroup(uid: &str) -> PathBuf {
+    let uid = uid.replace('-', "_");
+    PathBuf::from(format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice"
+    ))
+}
+
+/// A test API server namespace, a node with its world, and an agent in Kubernetes mode
+/// serving the CNI socket.
+struct Scene {
+    k8s: &'static Cluster,
+    ns: String,
+    socket: PathBuf,
+    agent: Agent,
+    node: Node,
+    _area: AreaGuard,
+}
+
+/// One pod through the chain: its API object, its sandbox, and its proxy's listener.
+struct Meshed {
+    id: PodId,
+    sandbox: Sandbox,
+    _proxy: Proc,
+}
+
+impl Scene {
+    fn new() -> Result<Self> {
+        let area = area::enter();
+        let k8s = cluster()?;
+        let ns = k8s.namespace()?;
+        let mut node = Node::new()?;
+        node.start_world()?;
+        let socket = std::env::temp_dir()
+            .join("meshsteer-tests")
+            .join(format!("{}-cni", node.id))
+            .join("cni.sock");
+        let kubeconfig = k8s.agent_kubeconfig();
+        let agent = Agent::start_with(
+            &node,
+            &[
+                "--kubernetes",
+                "--node-name",
+                &node.id,
+                "--kubeconfig",
+                path_str(&kubeconfig),
+                "--cni-socket",
+                path_str(&socket),
+            ],
+        )?;
+        Ok(Self {
+            k8s,
+            ns,
+            socket,
+            agent,
+            node,
+            _area: area,
+        })
+    }
+
+    /// A pod with an Istio sidecar on the API server and its sandbox on the node, before ADD;
+    /// its proxy (uid 1337, in the pod's cgroup) listens on 15001. It starts before ADD only
+    /// so that the first connect finds it: a listener is in no capture's way.
+    fn pod(&self, name: &str, annotations: &BTreeMap<String, String>) -> Result<Meshed> {
+        let uid = self
+            .k8s
+            .create_pod(&self.ns, name, &self.node.id, true, annotations)?;
+        let sandbox = Sandbox::new(&self.node, name, &besteffort_cgroup(&uid))?;
+        let proxy = start_tagged_listener_on(&sandbox.place(1337), &[15001], Some("proxy"))?;
+        Ok(Meshed {
+            id: PodId {
+                namespace: self.ns.clone(),
+                name: name.into(),
+                uid,
+            },
+            sandbox,
+            _proxy: proxy,
+        })
+    }
+
+    fn enrolled_pods(&self) -> Result<usize> {
+        Ok(PodMaps::from_pins(&Pins::new(&self.agent.bpffs_dir))?
+            .enrolled()
+            .len())
+    }
+}
+
+/// The app's first connect, at once: where it landed and what the proxy learnt.
+fn first_connect(m: &Meshed) -> Result<serde_json::Value> {
+    let out = meshsteer_tests::cmd::run(
+        &m.sandbox.place(1000),
+        meshsteer_tests::topology::probe_bin(),
+        &["connect", WORLD],
+    )?;
+    serde_json::from_slice(&out.stdout).context("probe output")
+}
+
+fn captured(v: &serde_json::Value) -> bool {
+    v["listener"] == 15001 && v["orig_dst"] == WORLD
+}
+
+/// Item 1: sandbox after sandbox, a process started the instant ADD returns connects out, and
+/// every connection lands on the proxy with its original destination. ADD's latency (the
+/// plugin's own, the rest of the chain left out) is printed.
+#[test]
+fn every_sandbox_is_captured_from_its_first_connect() -> Result<()> {
+    const SANDBOXES: usize = 200;
+    let s = Scene::new()?;
+    let chain = Chain::new(&s.node, &s.socket, 30)?;
+    let mut took = Vec::new();
+    for i in 0..SANDBOXES {
+        let name = format!("p{i}");
+        let m = s.pod(&name, &BTreeMap::new())?;
+        let (_, t) = chain.add_timed(&m.sandbox, &m.id)?;
+        took.push(t);
+        let v = first_connect(&m)?;
+        ensure!(captured(&v), "sandbox {i}: the first connect escaped: {v}");
+        chain.del(&m.sandbox, &m.id)?;
+        s.k8s.delete_pod(&s.ns, &name)?;
+    }
+    took.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    eprintln!(
+        "meshsteer-cni ADD over {SANDBOXES} sandboxes: median {:.1} ms, p99 {:.1} ms",
+        ms(took[SANDBOXES / 2]),
+        ms(took[SANDBOXES * 99 / 100])
+    );
+    s.agent.wait_until(
+        Duration::from_secs(5),
+        "every sandbox's enrolment to go",
+        |_| s.enrolled_pods().is_ok_and(|n| n == 0),
+    )?;
+    Ok(())
+}
+
+/// Item 2 and 3: with the agent down, ADD fails naming what it waited for, and nothing of the
+/// pod is enrolled; the retried ADD succeeds once the agent is back. A SIGKILLed agent leaves
+/// the capture of a pod ADD returned for in effect.
+#[test]
+fn add_fails_closed_while_the_agent_is_down_and_capture_outlives_it() -> Result<()> {
+    let mut s = Scene::new()?;
+    let chain = Chain::new(&s.node, &s.socket, 2)?;
+    let m = s.pod("a", &BTreeMap::new())?;
+    s.agent.stop(libc::SIGTERM);
+    let e = chain
+        .add(&m.sandbox, &m.id)
+        .expect_err("ADD succeeded with no agent");
+    let text = e.text();
+    ensure!(
+        text.contains("not reachable") && text.contains(path_str(&s.socket)),
+        "the error names what it waited for: {e}"
+    );
+    ensure!(s.enrolled_pods()? == 0, "ADD left an enrolment behind");
+    // The runtime tears the failed sandbox's network down and retries.
+    chain.del(&m.sandbox, &m.id)?;
+    s.agent.restart(libc::SIGTERM)?;
+    chain.add(&m.sandbox, &m.id)?;
+    s.agent.stop(libc::SIGKILL);
+    let v = first_connect(&m)?;
+    ensure!(captured(&v), "escaped after the agent's SIGKILL: {v}");
+    Ok(())
+}
+
+/// Item 4: DEL twice, DEL after the agent restarted, DEL of a pod the agent never heard of.
+#[test]
+fn del_always_succeeds() -> Result<()> {
+    let mut s = Scene::new()?;
+    let chain = Chain::new(&s.node, &s.socket, 30)?;
+    let m = s.pod("a", &BTreeMap::new())?;
+    chain.add(&m.sandbox, &m.id)?;
+    chain.del(&m.sandbox, &m.id)?;
+    chain.del(&m.sandbox, &m.id)?;
+    ensure!(s.enrolled_pods()? == 0, "DEL left the pod enrolled");
+
+    let b = s.pod("b", &BTreeMap::new())?;
+    chain.add(&b.sandbox, &b.id)?;
+    s.agent.restart(libc::SIGTERM)?;
+    chain.del(&b.sandbox, &b.id)?;
+
+    let unknown = PodId {
+        name: "never".into(),
+        uid: "00000000-0000-0000-0000-000000000000".into(),
+        ..b.id.clone()
+    };
+    chain.del(&b.sandbox, &unknown)?;
+    Ok(())
+}
+
+/// Item 5: CHECK passes while capture is in effect, and fails once the pod's config is removed
+/// from the datapath behind the agent's back.
+#[test]
+fn check_sees_capture_removed_behind_the_agents_back() -> Result<()> {
+    let s = Scene::new()?;
+    let chain = Chain::new(&s.node, &s.socket, 30)?;
+    let m = s.pod("a", &BTreeMap::new())?;
+    let added = chain.add(&m.sandbox, &m.id)?;
+    chain.check(&m.sandbox, &m.id, &added)?;
+    let mut maps = PodMaps::from_pins(&Pins::new(&s.agent.bpffs_dir))?;
+    let cgroup_id = meshsteer::inspect::cgroup_id(&m.sandbox.cgroup)?;
+    maps.remove(cgroup_id, None);
+    let e = chain
+        .check(&m.sandbox, &m.id, &added)
+        .expect_err("CHECK passed with the capture gone");
+    ensure!(e.text().contains("MS_PODS"), "{e}");
+    Ok(())
+}
+
+/// Item 8: a pod asking for what meshsteer cannot do fails ADD, and the error names the
+/// annotation.
+#[test]
+fn a_refused_pod_fails_add_naming_its_annotation() -> Result<()> {
+    let s = Scene::new()?;
+    let chain = Chain::new(&s.node, &s.socket, 30)?;
+    let tproxy = BTreeMap::from([(INTERCEPTION_MODE.to_string(), "TPROXY".to_string())]);
+    let m = s.pod("t", &tproxy)?;
+    let e = chain
+        .add(&m.sandbox, &m.id)
+        .expect_err("ADD succeeded for a refused pod");
+    ensure!(
+        e.text().contains(INTERCEPTION_MODE) && e.text().contains("TPROXY"),
+        "{e}"
+    );
+    Ok(())
+}
