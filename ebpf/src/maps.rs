@@ -73,6 +73,10 @@ pub static NODE_STATS: PerCpuArray<u64, { node_counter::COUNT as usize }> = PerC
 #[btf_map(name = "MS_POD_NETNS")]
 pub static POD_NETNS: HashMap<u64, u64, { capacity::PODS as usize }> = HashMap::new();
 
+/// sk_lookup slot → the pod cgroup id its copy serves (0: none, it passes everything).
+#[btf_map(name = "MS_SK_LOOKUP_PODS")]
+pub static SK_LOOKUP_PODS: Array<u64, { capacity::SK_LOOKUP_SLOTS as usize }> = Array::new();
+
 /// The network namespace (inode number) a socket was made in, kept for the sockets of a
 /// pod's proxy ids only: the ones that may become its inbound listener.
 #[btf_map(name = "MS_SOCK_NETNS")]

@@ -5,8 +5,8 @@
 //!
 //! The program runs for every local address of the namespace (link-local, secondary, added
 //! later), as PREROUTING does, because it does not look the pod up by address: it cannot ask
-//! which namespace it runs in, so the agent loads one copy per pod, with the pod's cgroup id
-//! in `SK_LOOKUP_POD`.
+//! which namespace it runs in, so each pod's namespace runs a copy loaded for a slot
+//! (`SK_LOOKUP_SLOT`) that `MS_SK_LOOKUP_PODS` maps to the pod.
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use meshsteer_common::{
     inbound::{Incoming, decide},
@@ -15,7 +15,7 @@ use meshsteer_common::{
 
 use crate::{
     ctx::{Ends, SkLookupCtx},
-    maps::LISTENERS,
+    maps::{LISTENERS, SK_LOOKUP_PODS},
     pod::{MapTables, count, pod_config},
     sockaddr::AF_INET6,
     trace::{self, Arrival},
@@ -25,9 +25,9 @@ const IPPROTO_TCP: u32 = 6;
 const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
 
-/// The pod this copy serves (set by the agent at load; 0 in the copy that is never attached).
+/// The slot this copy serves (set by the agent at load; 0 in the copy that is never attached).
 #[unsafe(no_mangle)]
-static SK_LOOKUP_POD: u64 = 0;
+static SK_LOOKUP_SLOT: u32 = 0;
 
 #[sk_lookup]
 pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -36,7 +36,10 @@ pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     // SAFETY: a read of our own global; volatile so the compiler keeps the load-time value.
-    let pod_cgroup = unsafe { core::ptr::read_volatile(&raw const SK_LOOKUP_POD) };
+    let slot = unsafe { core::ptr::read_volatile(&raw const SK_LOOKUP_SLOT) };
+    let Some(&pod_cgroup) = SK_LOOKUP_PODS.get(slot) else {
+        return SK_PASS;
+    };
     let Some(cfg) = pod_config(pod_cgroup) else {
         return SK_PASS;
     };

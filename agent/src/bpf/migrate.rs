@@ -198,7 +198,10 @@ mod tests {
                     && !carried.contains(n)
             })
             .collect();
-        assert_eq!(new, [names::POD_NETNS, names::SOCK_NETNS]);
+        assert_eq!(
+            new,
+            [names::POD_NETNS, names::SK_LOOKUP_PODS, names::SOCK_NETNS]
+        );
     }
 
     #[test]

@@ -1,19 +1,30 @@
-//! Each pod's own copy of the sk_lookup program. sk_lookup cannot ask which network namespace
-//! it runs in, and looking the pod up by the connection's local address misses every address
-//! the agent was not told of (link-local, secondary, added later), which PREROUTING captures.
-//! So each pod's namespace gets a copy loaded with the pod's cgroup id (`SK_LOOKUP_POD`): the
-//! same object, sharing every pinned map, its link pinned per pod (`netns.rs`).
+//! Each pod's copy of the sk_lookup program. sk_lookup cannot ask which network namespace it
+//! runs in, and looking the pod up by the connection's local address misses every address the
+//! agent was not told of (link-local, secondary, added later), which PREROUTING captures. So
+//! each pod's namespace runs a copy loaded for a slot (`SK_LOOKUP_SLOT`), and
+//! `MS_SK_LOOKUP_PODS` maps the slot to the pod: the same object, sharing every pinned map, its
+//! link pinned per pod (`netns.rs`).
+//!
+//! A copy costs about 20 ms to load (aya parses the kernel's BTF for every loader), so copies
+//! are kept per slot and reused by the next pod of a freed slot, and one spare is loaded ahead
+//! while the agent is idle: enrolment itself loads nothing.
 use std::{
-    os::fd::{AsFd, OwnedFd},
+    collections::{BTreeMap, BTreeSet},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::PathBuf,
 };
 
-use anyhow::{Context, Result};
-use aya::{EbpfLoader, programs::SkLookup};
+use anyhow::{Context, Result, bail};
+use aya::{
+    EbpfLoader,
+    maps::{Array, MapData},
+    programs::SkLookup,
+};
 use meshsteer_common::{
     globals::{self, NetnsOffsets, OwnerOffsets},
-    maps::names,
+    maps::{capacity, names},
 };
+use tracing::debug;
 
 use super::{object::OBJECT, pins::Pins};
 
@@ -26,19 +37,21 @@ pub struct SkLookupLoader {
 }
 
 impl SkLookupLoader {
-    /// Checks that this kernel takes the program (the copy for no pod, never attached).
+    /// Checks that this kernel takes the program (the copy of slot 0, never attached).
     pub fn new(pins: &Pins, owner: OwnerOffsets, netns: NetnsOffsets) -> Result<Self> {
         let loader = Self {
             map_paths: names::PINNED.iter().map(|n| (*n, pins.map(n))).collect(),
             owner,
             netns,
         };
-        loader.for_pod(0).context("loading sk_lookup (Linux 5.9)")?;
+        loader
+            .for_slot(0)
+            .context("loading sk_lookup (Linux 5.9)")?;
         Ok(loader)
     }
 
-    /// The copy that serves `pod_cgroup`: only connections into its namespace ever run it.
-    pub fn for_pod(&self, pod_cgroup: u64) -> Result<OwnedFd> {
+    /// The copy that serves whichever pod `MS_SK_LOOKUP_PODS` maps `slot` to.
+    fn for_slot(&self, slot: u32) -> Result<OwnedFd> {
         let mut loader = EbpfLoader::new();
         for (name, path) in &self.map_paths {
             loader.map_pin_path(name, path.as_path());
@@ -46,7 +59,7 @@ impl SkLookupLoader {
         loader
             .override_global(globals::OWNER_OFFSETS, &self.owner, true)
             .override_global(globals::NETNS_OFFSETS, &self.netns, true)
-            .override_global(globals::SK_LOOKUP_POD, &pod_cgroup, true);
+            .override_global(globals::SK_LOOKUP_SLOT, &slot, true);
         let mut bpf = loader
             .load(OBJECT)
             .context("loading the eBPF object for the pod's sk_lookup")?;
@@ -57,5 +70,125 @@ impl SkLookupLoader {
         p.load().context("loading the pod's sk_lookup")?;
         // The fd outlives the object: the link made from it holds the program.
         Ok(p.fd()?.as_fd().try_clone_to_owned()?)
+    }
+}
+
+/// The slots: which pod each serves, and the copies loaded so far.
+pub struct SkLookups {
+    loader: SkLookupLoader,
+    /// `MS_SK_LOOKUP_PODS`.
+    map: Array<MapData, u64>,
+    /// Slot → pod cgroup id, as in the map (a previous agent's too).
+    owners: BTreeMap<u32, u64>,
+    /// Copies loaded by this agent, by slot.
+    programs: BTreeMap<u32, OwnedFd>,
+}
+
+/// Copies loaded ahead for slots no pod has yet.
+const SPARES: usize = 1;
+
+impl SkLookups {
+    /// The slots as pinned (a previous agent's pods keep theirs).
+    pub fn new(loader: SkLookupLoader, pins: &Pins) -> Result<Self> {
+        let map: Array<MapData, u64> = pins.open_map(names::SK_LOOKUP_PODS)?.try_into()?;
+        let mut owners = BTreeMap::new();
+        for slot in 1..capacity::SK_LOOKUP_SLOTS {
+            match map.get(&slot, 0) {
+                Ok(0) => {}
+                Ok(pod) => {
+                    owners.insert(slot, pod);
+                }
+                Err(e) => return Err(e).context("reading MS_SK_LOOKUP_PODS"),
+            }
+        }
+        Ok(Self {
+            loader,
+            map,
+            owners,
+            programs: BTreeMap::new(),
+        })
+    }
+
+    /// The copy serving `cgroup_id`: its slot's (kept since it was adopted or assigned), or a
+    /// free slot's, now mapped to it.
+    pub fn program_for(&mut self, cgroup_id: u64) -> Result<BorrowedFd<'_>> {
+        let slot = match self.slot_of(cgroup_id) {
+            Some(slot) => slot,
+            None => {
+                // A free slot whose copy is loaded already (see `warm`), else any.
+                let loaded = self.free_slots().find(|s| self.programs.contains_key(s));
+                let Some(slot) = loaded.or_else(|| self.free_slots().next()) else {
+                    bail!(
+                        "every sk_lookup slot is taken ({} pods with inbound capture)",
+                        capacity::SK_LOOKUP_SLOTS - 1
+                    );
+                };
+                self.map
+                    .set(slot, cgroup_id, 0)
+                    .context("writing MS_SK_LOOKUP_PODS")?;
+                self.owners.insert(slot, cgroup_id);
+                slot
+            }
+        };
+        self.load(slot)?;
+        Ok(self.programs[&slot].as_fd())
+    }
+
+    /// `cgroup_id`'s slot is free again (its link is gone).
+    pub fn release(&mut self, cgroup_id: u64) {
+        if let Some(slot) = self.slot_of(cgroup_id) {
+            let _ = self.map.set(slot, 0, 0);
+            self.owners.remove(&slot);
+        }
+    }
+
+    /// Frees the slots of pods not in `keep`.
+    pub fn retain(&mut self, keep: &BTreeSet<u64>) {
+        let gone: Vec<u64> = self
+            .owners
+            .values()
+            .copied()
+            .filter(|c| !keep.contains(c))
+            .collect();
+        for c in gone {
+            self.release(c);
+        }
+    }
+
+    /// Loads a copy ahead for the next free slot, if none is ready: the next enrolment then
+    /// loads nothing. At most one load per call.
+    pub fn warm(&mut self) {
+        let ready = self
+            .free_slots()
+            .filter(|s| self.programs.contains_key(s))
+            .count();
+        if ready >= SPARES {
+            return;
+        }
+        let next = self.free_slots().find(|s| !self.programs.contains_key(s));
+        if let Some(slot) = next
+            && let Err(e) = self.load(slot)
+        {
+            debug!(error = %format!("{e:#}"), slot, "could not load a spare sk_lookup copy");
+        }
+    }
+
+    fn slot_of(&self, cgroup_id: u64) -> Option<u32> {
+        self.owners
+            .iter()
+            .find(|(_, c)| **c == cgroup_id)
+            .map(|(s, _)| *s)
+    }
+
+    fn free_slots(&self) -> impl Iterator<Item = u32> + '_ {
+        (1..capacity::SK_LOOKUP_SLOTS).filter(|s| !self.owners.contains_key(s))
+    }
+
+    fn load(&mut self, slot: u32) -> Result<()> {
+        if !self.programs.contains_key(&slot) {
+            let fd = self.loader.for_slot(slot)?;
+            self.programs.insert(slot, fd);
+        }
+        Ok(())
     }
 }

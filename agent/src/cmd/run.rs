@@ -17,6 +17,7 @@ use crate::{
         features,
         load::{Datapath, EbpfLogger},
         maps::PodMaps,
+        sk_lookup::SkLookups,
     },
     host::cgroup as host,
     registry::{Kernel, Registry},
@@ -52,9 +53,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     endpoints.serve(&datapath.pins, reporter.subscribe())?;
     let maps = PodMaps::take(&mut datapath.bpf)?.with_orig_dst_limit(budget.orig_dst);
-    let sk_lookup = datapath.sk_lookup.clone();
+    let sk_lookups = SkLookups::new(datapath.sk_lookup.clone(), &datapath.pins)?;
     let mut source = source.open(&cgroup_root);
-    let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookup);
+    let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookups);
     let mut registry = Registry::new(dataplane, cgroup_root)
         .with_acceleration(args.accelerate.on(), datapath.accel.clone())
         .with_budget(budget);
@@ -84,6 +85,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     publish(&reporter, &registry);
                 }
                 cni::settle(&registry, &mut waiting);
+                registry.warm();
             }
             pushed = source.pushed() => {
                 match pushed? {

@@ -61,6 +61,10 @@ pub trait Dataplane {
     /// Detaches the pod's sk_lookup link, if it has one.
     fn detach_netns(&mut self, cgroup_id: u64);
 
+    /// Work done ahead, while nothing else waits, so that enrolments are quick (loading a
+    /// spare copy of sk_lookup).
+    fn warm(&mut self) {}
+
     /// Points the pod at `plan`. `previous` (a plan of the same cgroup) stays in effect until
     /// the swap, and on error nothing of `plan` stays behind.
     fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()>;

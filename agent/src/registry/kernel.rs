@@ -3,10 +3,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    os::{
-        fd::{AsFd, OwnedFd},
-        unix::fs::MetadataExt,
-    },
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::Path,
     time::Instant,
 };
@@ -16,7 +13,7 @@ use tracing::debug;
 
 use super::dataplane::{Adopted, Dataplane, ExistingListener};
 use crate::{
-    bpf::{maps::PodMaps, netns, pins::Pins, sk_lookup::SkLookupLoader},
+    bpf::{maps::PodMaps, netns, pins::Pins, sk_lookup::SkLookups},
     host::{
         cgroup, netns as host_netns, proc,
         userns::{self, IdMaps},
@@ -27,16 +24,16 @@ use crate::{
 pub struct Kernel {
     maps: PodMaps,
     pins: Pins,
-    /// Each capturing pod's copy of sk_lookup, attached to its network namespace.
-    sk_lookup: SkLookupLoader,
+    /// The copies of sk_lookup attached to capturing pods' network namespaces, by slot.
+    sk_lookups: SkLookups,
 }
 
 impl Kernel {
-    pub fn new(maps: PodMaps, pins: Pins, sk_lookup: SkLookupLoader) -> Self {
+    pub fn new(maps: PodMaps, pins: Pins, sk_lookups: SkLookups) -> Self {
         Self {
             maps,
             pins,
-            sk_lookup,
+            sk_lookups,
         }
     }
 
@@ -62,6 +59,7 @@ impl Dataplane for Kernel {
     fn garbage_collect(&mut self, keep: &BTreeSet<u64>) {
         self.maps.garbage_collect(keep);
         netns::detach_all_but(&self.pins.netns_links(), keep);
+        self.sk_lookups.retain(keep);
     }
 
     fn cgroup_id(&self, dir: &Path) -> Result<u64> {
@@ -87,17 +85,22 @@ impl Dataplane for Kernel {
         // Named before the link exists: the listener check never sees a half-attached pod.
         self.maps.set_netns(cgroup_id, ino)?;
         let started = Instant::now();
-        let prog = self.sk_lookup.for_pod(cgroup_id)?;
+        let prog = self.sk_lookups.program_for(cgroup_id)?;
         debug!(
             micros = started.elapsed().as_micros(),
-            "loaded the pod's copy of sk_lookup"
+            "the pod's copy of sk_lookup"
         );
-        netns::attach(prog.as_fd(), ns, &self.pins.netns_link(cgroup_id))
+        netns::attach(prog, ns, &self.pins.netns_link(cgroup_id))
     }
 
     fn detach_netns(&mut self, cgroup_id: u64) {
         netns::detach(&self.pins.netns_link(cgroup_id));
         self.maps.clear_netns(cgroup_id);
+        self.sk_lookups.release(cgroup_id);
+    }
+
+    fn warm(&mut self) {
+        self.sk_lookups.warm();
     }
 
     fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()> {

@@ -2,6 +2,9 @@
 
 /// Pods on one node (Kubernetes' default max is 110; large nodes run a few hundred).
 pub const PODS: u32 = 4 * 1024;
+/// sk_lookup slots (`MS_SK_LOOKUP_PODS`): one per pod with inbound capture; slot 0 is never
+/// given out.
+pub const SK_LOOKUP_SLOTS: u32 = PODS + 1;
 pub const PORTS: u32 = 64 * 1024;
 pub const CIDRS: u32 = 256 * 1024;
 pub const LOCAL_ADDRS: u32 = 64 * 1024;

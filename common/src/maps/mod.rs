@@ -33,8 +33,9 @@ pub use stats::{PodCounters, counter, node_counter};
 /// holds within a budget counted in the new `MS_POD_LIVE`; layout 2's LRU map is adopted as
 /// `MS_ORIG_DST_V2` and drained (see the agent's `bpf/migrate.rs`).
 /// 4: inbound capture follows the pod's network namespace, not an address list: each pod's
-/// sk_lookup link runs its own copy of the program, so `MS_INBOUND_ADDRS` is gone; the new
-/// `MS_POD_NETNS` and `MS_SOCK_NETNS` keep the inbound listener in the pod's namespace.
+/// sk_lookup link runs a copy of the program loaded for a slot of the new `MS_SK_LOOKUP_PODS`
+/// (slot → pod), so `MS_INBOUND_ADDRS` is gone; the new `MS_POD_NETNS` and `MS_SOCK_NETNS`
+/// keep the inbound listener in the pod's namespace.
 pub const LAYOUT_VERSION: u32 = 4;
 
 /// Depth of the cgroup ancestor walk that maps a socket's cgroup to its pod

@@ -16,6 +16,7 @@ pub const NODE_STATS: &str = "MS_NODE_STATS";
 /// Layout 3's address → pod map for sk_lookup, which layout 4 no longer has.
 pub const INBOUND_ADDRS_V3: &str = "MS_INBOUND_ADDRS";
 pub const POD_NETNS: &str = "MS_POD_NETNS";
+pub const SK_LOOKUP_PODS: &str = "MS_SK_LOOKUP_PODS";
 pub const SOCK_NETNS: &str = "MS_SOCK_NETNS";
 pub const LISTENERS: &str = "MS_LISTENERS";
 pub const TRACE_CTL: &str = "MS_TRACE_CTL";
@@ -39,6 +40,7 @@ pub const PINNED: &[&str] = &[
     POD_STATS,
     NODE_STATS,
     POD_NETNS,
+    SK_LOOKUP_PODS,
     SOCK_NETNS,
     LISTENERS,
     TRACE_CTL,
