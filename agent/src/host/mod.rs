@@ -2,6 +2,8 @@
 //! ([`bpffs`]), and what /proc says of a pod's processes ([`proc`]).
 pub mod bpffs;
 pub mod cgroup;
+pub mod cni_conf;
+pub mod conflist;
 pub mod locks;
 pub mod netns;
 pub mod proc;
