@@ -16,8 +16,9 @@ fn main() -> std::process::ExitCode {
         Command::Status(a) => cmd::status::show(&a.status.status_file, &a.pins.bpffs_dir, a.json),
         Command::Trace(a) => block_on(cmd::trace::run(a)),
         Command::Explain(a) => cmd::explain::run(&a),
-        Command::Uninstall(a) => cmd::uninstall::uninstall(&a.pins.bpffs_dir, a.live),
+        Command::Uninstall(a) => cmd::uninstall::run(&a),
         Command::MountBpffs(a) => cmd::mount_bpffs::run(&a.bpffs_dir),
+        Command::InstallCni(a) => block_on(cmd::install_cni::run(a)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

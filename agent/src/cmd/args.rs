@@ -37,6 +37,48 @@ pub enum Command {
     /// Make sure --bpffs-dir is on a bpffs, mounting one at /sys/fs/bpf if there is none, and
     /// exit: the DaemonSet's init container, whose mount propagates to the node.
     MountBpffs(PinArgs),
+    /// Install the CNI plugin (`meshsteer-cni`): copy its binary into --cni-bin-dir and put its
+    /// entry last in the primary conflist of --cni-conf-dir, then keep it there until stopped.
+    InstallCni(InstallCniArgs),
+}
+
+/// The node's CNI directories.
+#[derive(Args, Debug, Clone)]
+pub struct CniDirArgs {
+    /// Where the container runtime finds CNI plugin binaries.
+    #[arg(long, env = "MESHSTEER_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+    /// Where the container runtime finds network configurations (the first file, in lexical
+    /// order, is the one it uses).
+    #[arg(long, env = "MESHSTEER_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InstallCniArgs {
+    #[command(flatten)]
+    pub dirs: CniDirArgs,
+    /// The meshsteer-cni binary to copy (default: `meshsteer-cni` next to this executable).
+    #[arg(long, env = "MESHSTEER_CNI_PLUGIN_BIN")]
+    pub plugin_bin: Option<PathBuf>,
+    /// The agent's socket (`run --cni-socket`), written into the entry as `agentSocket`.
+    #[arg(
+        long,
+        env = "MESHSTEER_CNI_SOCKET",
+        default_value = "/run/meshsteer/cni.sock"
+    )]
+    pub cni_socket: PathBuf,
+    /// The file of --cni-conf-dir to put the entry in (default: the primary one, the first
+    /// *.conflist, *.conf or *.json in lexical order, as the runtime picks it).
+    #[arg(long, env = "MESHSTEER_CNI_CONFLIST")]
+    pub conflist: Option<String>,
+    /// Install and exit instead of keeping the entry there.
+    #[arg(long)]
+    pub once: bool,
+    /// Remove the entry (restoring the file as it was) and the binary, and exit. A running
+    /// `install-cni` on these directories is asked to do it, and stops re-adding the entry.
+    #[arg(long, conflicts_with = "once")]
+    pub uninstall: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -59,6 +101,13 @@ pub struct UninstallArgs {
     /// in the agent's pod; then delete the DaemonSet, or a restarted agent captures again.
     #[arg(long)]
     pub live: bool,
+    /// Also remove the CNI plugin: its entry from the conflists of this directory, as
+    /// `install-cni --uninstall` does (needs --cni-bin-dir).
+    #[arg(long, env = "MESHSTEER_CNI_CONF_DIR", requires = "cni_bin_dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Also remove the CNI plugin's binary from this directory (needs --cni-conf-dir).
+    #[arg(long, env = "MESHSTEER_CNI_BIN_DIR", requires = "cni_conf_dir")]
+    pub cni_bin_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

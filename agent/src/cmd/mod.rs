@@ -2,6 +2,7 @@
 pub mod args;
 pub mod cni;
 pub mod explain;
+pub mod install_cni;
 pub mod mount_bpffs;
 pub mod run;
 pub mod status;

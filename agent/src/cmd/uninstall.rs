@@ -11,12 +11,22 @@ use crate::{
         migrate,
         pins::Pins,
     },
+    cmd::args::UninstallArgs,
     host::locks,
     sys::signal,
 };
 
 /// How long `--live` waits for the live agent to have removed its pins.
 const LIVE_WAIT: Duration = Duration::from_secs(30);
+
+/// `meshsteer uninstall`: the CNI plugin first when its directories are given (a node with
+/// the plugin and without capture would fail every pod's ADD), then the pins.
+pub fn run(args: &UninstallArgs) -> Result<()> {
+    if let (Some(conf), Some(bin)) = (&args.cni_conf_dir, &args.cni_bin_dir) {
+        super::install_cni::uninstall(conf, bin)?;
+    }
+    uninstall(&args.pins.bpffs_dir, args.live)
+}
 
 /// Detaches everything and removes the pins: capture stops for every pod on the node. With
 /// `live`, a live agent holding the pins is asked to do it (SIGUSR1) instead of refused.

@@ -194,6 +194,20 @@ pub fn uninstall(conf_dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
     Ok(changed)
 }
 
+/// The conflists of `conf_dir` that meshsteer-cni's entry (or a conversion) is still in.
+pub fn leftovers(conf_dir: &Path) -> Result<Vec<PathBuf>, InstallError> {
+    Ok(configs(conf_dir)?
+        .into_iter()
+        .filter(|p| p.extension() == Some(OsStr::new("conflist")))
+        .filter(|p| {
+            fs::read_to_string(p).is_ok_and(|t| {
+                conflist::remove(&t).is_ok_and(|r| r.is_some())
+                    || conflist::converted(&t).is_ok_and(|c| c.is_some())
+            })
+        })
+        .collect())
+}
+
 /// Copies `src` to `<bin_dir>/meshsteer-cni` (mode 0755) unless it is there with the same
 /// bytes; whether it copied. A plugin the runtime runs meanwhile is the old file or the new,
 /// never a mix.
