@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::{
@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Debian's containernetworking-plugins.
-const PLUGINS_DIR: &str = "/usr/lib/cni";
+pub const PLUGINS_DIR: &str = "/usr/lib/cni";
 
 /// The plugin under test (`cargo xtask test` builds it and says where).
 pub fn plugin_bin() -> PathBuf {
@@ -117,11 +117,32 @@ impl CniError {
     }
 }
 
+/// The node's primary plugin as a conflist would name it: `bridge` on `cni0` with
+/// `host-local` addresses of 10.89.0.0/16, its leases kept in `ipam_dir`.
+pub fn bridge_plugin(ipam_dir: &Path) -> Value {
+    json!({
+        "type": "bridge",
+        "bridge": "cni0",
+        "isGateway": true,
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.89.0.0/16"}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": ipam_dir,
+        },
+    })
+}
+
 /// A network: a conflist (bridge + host-local, then meshsteer-cni) and where it keeps state.
 pub struct Chain<'a> {
     node: &'a Node,
     conf: Value,
-    dir: PathBuf,
+    /// Removed on drop (None: the test owns the state).
+    dir: Option<PathBuf>,
+    /// Where plugin binaries are looked up, in order, as CNI_PATH (None: meshsteer-cni is the
+    /// one under test, the others Debian's).
+    bin_dirs: Option<Vec<PathBuf>>,
 }
 
 impl<'a> Chain<'a> {
@@ -136,18 +157,7 @@ impl<'a> Chain<'a> {
             "cniVersion": "1.0.0",
             "name": "mst-pods",
             "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "cni0",
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": "10.89.0.0/16"}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": dir.join("ipam"),
-                    },
-                },
+                bridge_plugin(&dir.join("ipam")),
                 {
                     "type": "meshsteer-cni",
                     "agentSocket": socket,
@@ -155,7 +165,56 @@ impl<'a> Chain<'a> {
                 },
             ],
         });
-        Ok(Self { node, conf, dir })
+        Ok(Self {
+            node,
+            conf,
+            dir: Some(dir),
+            bin_dirs: None,
+        })
+    }
+
+    /// The network a runtime would set pods up with from `conf_dir`: its first configuration
+    /// file in lexical order (`*.conf`, `*.conflist`, `*.json`, as libcni lists them), read
+    /// now, each plugin found in `bin_dirs` in order (CNI_PATH).
+    pub fn from_conf_dir(node: &'a Node, conf_dir: &Path, bin_dirs: &[PathBuf]) -> Result<Self> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(conf_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| ["conf", "conflist", "json"].contains(&e))
+            })
+            .collect();
+        files.sort();
+        let file = files
+            .first()
+            .with_context(|| format!("no network configuration in {}", conf_dir.display()))?;
+        let text = std::fs::read_to_string(file)?;
+        let conf: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+        if file.extension().is_some_and(|e| e == "conflist") {
+            ensure!(
+                conf["plugins"].is_array(),
+                "{} has no plugins",
+                file.display()
+            );
+        } else {
+            bail!("{} is not a conflist", file.display());
+        }
+        Ok(Self {
+            node,
+            conf,
+            dir: None,
+            bin_dirs: Some(bin_dirs.to_vec()),
+        })
+    }
+
+    /// The plugins' types, in order.
+    pub fn types(&self) -> Vec<String> {
+        self.plugins()
+            .iter()
+            .map(|p| p["type"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 
     /// ADD through the whole chain: the last plugin's result.
@@ -219,15 +278,34 @@ impl<'a> Chain<'a> {
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
-        let bin = if kind == "meshsteer-cni" {
-            plugin_bin()
-        } else {
-            Path::new(PLUGINS_DIR).join(&kind)
+        let (bin, cni_path) = match &self.bin_dirs {
+            None => (
+                if kind == "meshsteer-cni" {
+                    plugin_bin()
+                } else {
+                    Path::new(PLUGINS_DIR).join(&kind)
+                },
+                format!(
+                    "{PLUGINS_DIR}:{}",
+                    plugin_bin().parent().unwrap_or(Path::new("/")).display()
+                ),
+            ),
+            Some(dirs) => (
+                dirs.iter()
+                    .map(|d| d.join(&kind))
+                    .find(|p| p.is_file())
+                    .ok_or_else(|| {
+                        fail(
+                            json!({"msg": format!("failed to find plugin {kind:?} in {dirs:?}")}),
+                            String::new(),
+                        )
+                    })?,
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            ),
         };
-        let cni_path = format!(
-            "{PLUGINS_DIR}:{}",
-            plugin_bin().parent().unwrap_or(Path::new("/")).display()
-        );
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
             pod.namespace, pod.name, sb.container_id, pod.uid
@@ -275,7 +353,9 @@ impl<'a> Chain<'a> {
 
 impl Drop for Chain<'_> {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -3,16 +3,22 @@
 //! Kubernetes mode serving the plugin's socket: capture is in effect when ADD returns, before
 //! any process of the pod could run; ADD fails closed; DEL is idempotent; CHECK looks at the
 //! datapath itself.
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, ensure};
 use meshsteer::inspect::{Pins, PodMaps};
 use meshsteer_tests::{
     Agent, Node,
-    agent::path_str,
+    agent::{agent_bin, path_str},
     area::{self, AreaGuard},
-    cmd::Proc,
-    cni::{Chain, PodId, Sandbox},
+    cmd::{self, Place, Proc},
+    cni::{self as cni_driver, Chain, PodId, Sandbox},
     kube::{Cluster, cluster},
     topology::start_tagged_listener_on,
 };
@@ -243,4 +249,140 @@ fn a_refused_pod_fails_add_naming_its_annotation() -> Result<()> {
         "{e}"
     );
     Ok(())
+}
+
+/// Waits up to `limit` for `f`.
+fn wait_for(limit: Duration, what: &str, f: impl Fn() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while !f() {
+        ensure!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// As a primary plugin's agent writes its configuration: a temporary file renamed over it.
+fn rewrite(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_file_name(".primary-rewrite.tmp");
+    fs::write(&tmp, text)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Item 6: `meshsteer install-cni`, running, copies the plugin and puts its entry last in the
+/// primary conflist of a real conf dir; a pod set up through that file's chain gets its address
+/// from bridge/host-local and is captured from its first connect; the primary plugin rewriting
+/// its file drops the entry and install-cni puts it back; stopped, it leaves the entry; and
+/// `--uninstall` gives back the file byte for byte and removes the binary.
+#[test]
+fn install_cni_chains_the_plugin_into_a_conf_dir_and_uninstall_restores_it() -> Result<()> {
+    let s = Scene::new()?;
+    let work = std::env::temp_dir()
+        .join("meshsteer-tests")
+        .join(format!("{}-install-cni", s.node.id));
+    let _ = fs::remove_dir_all(&work);
+    let (conf_dir, bin_dir) = (work.join("net.d"), work.join("bin"));
+    fs::create_dir_all(&conf_dir)?;
+    fs::create_dir_all(&bin_dir)?;
+    let _cleanup = Cleanup(work.clone());
+    // The primary plugin's file, and a later one the runtime does not use.
+    let primary = conf_dir.join("10-pods.conflist");
+    let original = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "mst-pods",
+            "plugins": [cni_driver::bridge_plugin(&work.join("ipam"))],
+        }))?
+    );
+    rewrite(&primary, &original)?;
+    let later = conf_dir.join("20-later.conflist");
+    fs::write(&later, &original)?;
+
+    let bin = agent_bin();
+    let dirs = [
+        "--cni-conf-dir",
+        path_str(&conf_dir),
+        "--cni-bin-dir",
+        path_str(&bin_dir),
+    ];
+    let plugin = cni_driver::plugin_bin();
+    let mut args = vec!["install-cni"];
+    args.extend(dirs);
+    args.extend([
+        "--plugin-bin",
+        path_str(&plugin),
+        "--cni-socket",
+        path_str(&s.socket),
+    ]);
+    let mut installer = Proc::spawn_logged(
+        &Place::default(),
+        path_str(&bin),
+        &args,
+        &work.join("install-cni.log"),
+    )?;
+    let has_entry = || fs::read_to_string(&primary).is_ok_and(|t| t.contains("meshsteer-cni"));
+    wait_for(Duration::from_secs(10), "install-cni's entry", has_entry)?;
+    let installed = bin_dir.join("meshsteer-cni");
+    ensure!(
+        fs::metadata(&installed)?.permissions().mode() & 0o777 == 0o755,
+        "the plugin is installed executable"
+    );
+    ensure!(fs::read_to_string(&later)? == original, "only the primary file is changed");
+
+    // A pod, set up as the runtime reads the directory; plugins from the bin dir first.
+    let dirs_path = [bin_dir.clone(), PathBuf::from(cni_driver::PLUGINS_DIR)];
+    let chain = Chain::from_conf_dir(&s.node, &conf_dir, &dirs_path)?;
+    ensure!(chain.types() == ["bridge", "meshsteer-cni"], "{:?}", chain.types());
+    let m = s.pod("a", &BTreeMap::new())?;
+    let added = chain.add(&m.sandbox, &m.id)?;
+    let ip = cni_driver::first_ipv4(&added)?;
+    ensure!(ip.starts_with("10.89."), "host-local's address: {added}");
+    let link = cmd::host(
+        "ip",
+        &["-n", path_str(&m.sandbox.netns), "-4", "addr", "show", "eth0"],
+    )?;
+    ensure!(
+        String::from_utf8_lossy(&link.stdout).contains(&format!("inet {ip}/")),
+        "bridge gave the pod's eth0 {ip}"
+    );
+    let v = first_connect(&m)?;
+    ensure!(captured(&v), "the first connect escaped: {v}");
+    chain.del(&m.sandbox, &m.id)?;
+
+    // The primary plugin rewrites its file, without the entry: it comes back.
+    for _ in 0..3 {
+        rewrite(&primary, &original)?;
+        wait_for(Duration::from_secs(3), "the entry to come back", has_entry)?;
+    }
+    let chain = Chain::from_conf_dir(&s.node, &conf_dir, &dirs_path)?;
+    ensure!(chain.types() == ["bridge", "meshsteer-cni"], "{:?}", chain.types());
+
+    // Stopped, it leaves everything: ADD keeps failing closed while meshsteer is away.
+    installer.kill(libc::SIGTERM);
+    let status = installer.wait().context("install-cni's exit")?;
+    ensure!(status.success(), "install-cni on SIGTERM: {status}");
+    ensure!(has_entry() && installed.exists(), "the entry and the binary stay");
+
+    let mut args = vec!["install-cni", "--uninstall"];
+    args.extend(dirs);
+    cmd::run(&Place::default(), path_str(&bin), &args)?;
+    ensure!(
+        fs::read(&primary)? == original.as_bytes(),
+        "uninstall left {:?}",
+        fs::read_to_string(&primary)?
+    );
+    ensure!(!installed.exists(), "the binary is gone");
+    ensure!(fs::read_to_string(&later)? == original, "the later file untouched");
+    Ok(())
+}
+
+/// Removes a test's directory on every exit path.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }
