@@ -160,10 +160,18 @@ pub async fn run(args: InstallCniArgs) -> Result<()> {
             Ok(())
         }
         Ended::Uninstall => {
-            remove(&inst.conf_dir, &inst.bin_dir)?;
-            warn!(
-                "uninstalled on request; idling until stopped (a restarted install-cni installs again)"
-            );
+            // Idle even when it failed: exiting would have the kubelet restart this container,
+            // which would install again. The uninstall that asked reports what is left.
+            match remove(&inst.conf_dir, &inst.bin_dir) {
+                Ok(()) => warn!(
+                    "uninstalled on request; idling until stopped (a restarted install-cni \
+                     installs again)"
+                ),
+                Err(e) => error!(
+                    error = %format!("{e:#}"),
+                    "uninstalling on request failed; idling until stopped"
+                ),
+            }
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}

@@ -255,7 +255,10 @@ fn a_refused_pod_fails_add_naming_its_annotation() -> Result<()> {
 fn wait_for(limit: Duration, what: &str, f: impl Fn() -> bool) -> Result<()> {
     let start = Instant::now();
     while !f() {
-        ensure!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        ensure!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
@@ -329,19 +332,33 @@ fn install_cni_chains_the_plugin_into_a_conf_dir_and_uninstall_restores_it() -> 
         fs::metadata(&installed)?.permissions().mode() & 0o777 == 0o755,
         "the plugin is installed executable"
     );
-    ensure!(fs::read_to_string(&later)? == original, "only the primary file is changed");
+    ensure!(
+        fs::read_to_string(&later)? == original,
+        "only the primary file is changed"
+    );
 
     // A pod, set up as the runtime reads the directory; plugins from the bin dir first.
     let dirs_path = [bin_dir.clone(), PathBuf::from(cni_driver::PLUGINS_DIR)];
     let chain = Chain::from_conf_dir(&s.node, &conf_dir, &dirs_path)?;
-    ensure!(chain.types() == ["bridge", "meshsteer-cni"], "{:?}", chain.types());
+    ensure!(
+        chain.types() == ["bridge", "meshsteer-cni"],
+        "{:?}",
+        chain.types()
+    );
     let m = s.pod("a", &BTreeMap::new())?;
     let added = chain.add(&m.sandbox, &m.id)?;
     let ip = cni_driver::first_ipv4(&added)?;
     ensure!(ip.starts_with("10.89."), "host-local's address: {added}");
     let link = cmd::host(
         "ip",
-        &["-n", path_str(&m.sandbox.netns), "-4", "addr", "show", "eth0"],
+        &[
+            "-n",
+            path_str(&m.sandbox.netns),
+            "-4",
+            "addr",
+            "show",
+            "eth0",
+        ],
     )?;
     ensure!(
         String::from_utf8_lossy(&link.stdout).contains(&format!("inet {ip}/")),
@@ -357,13 +374,20 @@ fn install_cni_chains_the_plugin_into_a_conf_dir_and_uninstall_restores_it() -> 
         wait_for(Duration::from_secs(3), "the entry to come back", has_entry)?;
     }
     let chain = Chain::from_conf_dir(&s.node, &conf_dir, &dirs_path)?;
-    ensure!(chain.types() == ["bridge", "meshsteer-cni"], "{:?}", chain.types());
+    ensure!(
+        chain.types() == ["bridge", "meshsteer-cni"],
+        "{:?}",
+        chain.types()
+    );
 
     // Stopped, it leaves everything: ADD keeps failing closed while meshsteer is away.
     installer.kill(libc::SIGTERM);
     let status = installer.wait().context("install-cni's exit")?;
     ensure!(status.success(), "install-cni on SIGTERM: {status}");
-    ensure!(has_entry() && installed.exists(), "the entry and the binary stay");
+    ensure!(
+        has_entry() && installed.exists(),
+        "the entry and the binary stay"
+    );
 
     let mut args = vec!["install-cni", "--uninstall"];
     args.extend(dirs);
@@ -374,7 +398,10 @@ fn install_cni_chains_the_plugin_into_a_conf_dir_and_uninstall_restores_it() -> 
         fs::read_to_string(&primary)?
     );
     ensure!(!installed.exists(), "the binary is gone");
-    ensure!(fs::read_to_string(&later)? == original, "the later file untouched");
+    ensure!(
+        fs::read_to_string(&later)? == original,
+        "the later file untouched"
+    );
     Ok(())
 }
 
