@@ -311,20 +311,19 @@ fn install_cni_chains_the_plugin_into_a_conf_dir_and_uninstall_restores_it() -> 
         path_str(&bin_dir),
     ];
     let plugin = cni_driver::plugin_bin();
-    let mut args = vec!["install-cni"];
-    args.extend(dirs);
-    args.extend([
+    let mut install_args = vec!["install-cni"];
+    install_args.extend(dirs);
+    install_args.extend([
         "--plugin-bin",
         path_str(&plugin),
         "--cni-socket",
         path_str(&s.socket),
     ]);
-    let mut installer = Proc::spawn_logged(
-        &Place::default(),
-        path_str(&bin),
-        &args,
-        &work.join("install-cni.log"),
-    )?;
+    let mut uninstall_args = vec!["install-cni", "--uninstall"];
+    uninstall_args.extend(dirs);
+    let log = work.join("install-cni.log");
+    let spawn = || Proc::spawn_logged(&Place::default(), path_str(&bin), &install_args, &log);
+    let mut installer = spawn()?;
     let has_entry = || fs::read_to_string(&primary).is_ok_and(|t| t.contains("meshsteer-cni"));
     wait_for(Duration::from_secs(10), "install-cni's entry", has_entry)?;
     let installed = bin_dir.join("meshsteer-cni");
@@ -389,15 +388,37 @@ fn install_cni_chains_the_plugin_into_a_conf_dir_and_uninstall_restores_it() -> 
         "the entry and the binary stay"
     );
 
-    let mut args = vec!["install-cni", "--uninstall"];
-    args.extend(dirs);
-    cmd::run(&Place::default(), path_str(&bin), &args)?;
+    cmd::run(&Place::default(), path_str(&bin), &uninstall_args)?;
     ensure!(
         fs::read(&primary)? == original.as_bytes(),
         "uninstall left {:?}",
         fs::read_to_string(&primary)?
     );
     ensure!(!installed.exists(), "the binary is gone");
+
+    // Uninstalled under a running install-cni: it removes everything, then idles instead of
+    // putting the entry back.
+    let mut installer = spawn()?;
+    wait_for(Duration::from_secs(10), "install-cni again", has_entry)?;
+    cmd::run(&Place::default(), path_str(&bin), &uninstall_args)?;
+    ensure!(
+        fs::read(&primary)? == original.as_bytes() && !installed.exists(),
+        "the running install-cni did not uninstall: {:?}",
+        fs::read_to_string(&primary)?
+    );
+    ensure!(
+        installer.try_wait().is_none(),
+        "install-cni exited instead of idling"
+    );
+    rewrite(&primary, &original)?;
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        !has_entry(),
+        "install-cni put the entry back after an uninstall"
+    );
+    installer.kill(libc::SIGTERM);
+    let status = installer.wait().context("install-cni's exit")?;
+    ensure!(status.success(), "idle install-cni on SIGTERM: {status}");
     ensure!(
         fs::read_to_string(&later)? == original,
         "the later file untouched"
