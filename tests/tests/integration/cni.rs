@@ -348,17 +348,11 @@ fn install_cni_chains_the_plugin_into_a_conf_dir_and_uninstall_restores_it() -> 
     let added = chain.add(&m.sandbox, &m.id)?;
     let ip = cni_driver::first_ipv4(&added)?;
     ensure!(ip.starts_with("10.89."), "host-local's address: {added}");
-    let link = cmd::host(
-        "ip",
-        &[
-            "-n",
-            path_str(&m.sandbox.netns),
-            "-4",
-            "addr",
-            "show",
-            "eth0",
-        ],
-    )?;
+    let in_pod = Place {
+        netns: Some(&m.sandbox.netns),
+        ..Place::default()
+    };
+    let link = cmd::run(&in_pod, "ip", &["-4", "addr", "show", "eth0"])?;
     ensure!(
         String::from_utf8_lossy(&link.stdout).contains(&format!("inet {ip}/")),
         "bridge gave the pod's eth0 {ip}"
