@@ -129,6 +129,14 @@ impl Agent {
         p.wait()
     }
 
+    /// Pods in the datapath's maps (`MS_PODS`), read from the pins.
+    pub fn enrolled_pods(&self) -> Result<usize> {
+        let pins = meshsteer::inspect::Pins::new(&self.bpffs_dir);
+        Ok(meshsteer::inspect::PodMaps::from_pins(&pins)?
+            .enrolled()
+            .len())
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(Proc::pid)
     }

@@ -42,6 +42,15 @@ static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 static NEXT_NAMESPACE: AtomicU32 = AtomicU32::new(0);
 
 /// The test binary's API server, started on first use.
+/// Where a systemd-driver kubelet puts a best-effort pod's cgroup, relative to the node's
+/// cgroup root.
+pub fn besteffort_cgroup(uid: &str) -> PathBuf {
+    let uid = uid.replace('-', "_");
+    PathBuf::from(format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice"
+    ))
+}
+
 pub fn cluster() -> Result<&'static Cluster> {
     CLUSTER
         .get_or_init(|| Cluster::start().map_err(|e| format!("{e:#}")))

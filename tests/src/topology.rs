@@ -179,6 +179,26 @@ pub fn start_tagged_listener_on(
     Proc::spawn_ready(place, probe_bin(), &refs)
 }
 
+/// [`late_accept`] by the app (uid 1000) of `pod`, to `dst` through its proxy's 15001, on a
+/// thread of its own: the caller does something (restarts the agent, fills a budget) before
+/// the proxy accepts, `delay_ms` after the client sent and closed.
+pub fn late_accept_in(
+    pod: &Pod,
+    dst: &str,
+    delay_ms: u32,
+) -> std::thread::JoinHandle<Result<serde_json::Value>> {
+    let (ns, cg, dst) = (pod.netns.clone(), pod.app_cgroup.clone(), dst.to_string());
+    std::thread::spawn(move || {
+        let place = Place {
+            netns: Some(&ns),
+            cgroup: Some(&cg),
+            uid: 1000,
+            gid: 1000,
+        };
+        late_accept(&place, &["0.0.0.0:15001"], &dst, delay_ms)
+    })
+}
+
 /// `mst-probe late`: a client at `place` sends to `dst` and closes, and only `delay_ms` later
 /// a proxy listening on `listen` (`[addr]` or `[addr, "dual"]`) accepts; what the proxy learnt.
 pub fn late_accept(

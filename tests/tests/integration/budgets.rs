@@ -9,7 +9,7 @@ use meshsteer::inspect::{INJECTOR_DEFAULT_ARGS, Pins};
 use meshsteer_common::maps::{OrigDst, TupleKey, names};
 use meshsteer_tests::{
     Pod, Testbed, World, cmd,
-    topology::{late_accept, probe_bin},
+    topology::{late_accept_in, probe_bin},
 };
 use serde_json::Value;
 
@@ -122,21 +122,6 @@ fn counter(bed: &Testbed, pod: &str, key: &str) -> u64 {
     status["counters"][key].as_u64().unwrap_or_default()
 }
 
-/// A slow proxy's connection in `pod`, accepted `delay_ms` after its client sent and closed:
-/// what the proxy learnt.
-fn late_in(pod: &Pod, delay_ms: u32) -> thread::JoinHandle<anyhow::Result<Value>> {
-    let (ns, cg) = (pod.netns.clone(), pod.app_cgroup.clone());
-    thread::spawn(move || {
-        let place = cmd::Place {
-            netns: Some(&ns),
-            cgroup: Some(&cg),
-            uid: 1000,
-            gid: 1000,
-        };
-        late_accept(&place, &["0.0.0.0:15001"], WORLD, delay_ms)
-    })
-}
-
 #[test]
 fn a_pod_holding_many_connections_cannot_push_out_another_pods_destinations() -> anyhow::Result<()>
 {
@@ -151,7 +136,7 @@ fn a_pod_holding_many_connections_cannot_push_out_another_pods_destinations() ->
     assert_eq!(budget, 64, "{doc}");
 
     // The victim's connection is made first; its proxy accepts only after the pressure.
-    let late = late_in(&slow, 1500);
+    let late = late_accept_in(&slow, WORLD, 1500);
     thread::sleep(Duration::from_millis(300));
     // The hog opens 200 redirected connections and holds them all.
     let out = cmd::run(
@@ -190,7 +175,7 @@ fn a_proxy_asking_for_a_missing_destination_gets_enoent_not_its_own_address() ->
     let mut bed = Testbed::new()?;
     let mut pod = bed.node.add_pod("slow")?;
     bed.agent.enrol(&pod, INJECTOR_DEFAULT_ARGS)?;
-    let late = late_in(&pod, 1500);
+    let late = late_accept_in(&pod, WORLD, 1500);
     // Redirected and published: then its entry is lost, as one that could not be stored.
     let pins = Pins::new(&bed.agent.bpffs_dir);
     let map = pins.open_map(names::ORIG_DST)?;

@@ -19,20 +19,12 @@ use meshsteer_tests::{
     area::{self, AreaGuard},
     cmd::{self, Place, Proc},
     cni::{self as cni_driver, Chain, PodId, Sandbox},
-    kube::{Cluster, cluster},
+    kube::{Cluster, besteffort_cgroup, cluster},
     topology::start_tagged_listener_on,
 };
 
 const WORLD: &str = "10.200.0.1:80";
 const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
-
-/// Where a systemd-driver kubelet puts a best-effort pod's cgroup (made before ADD).
-fn besteffort_cgroup(uid: &str) -> PathBuf {
-    let uid = uid.replace('-', "_");
-    PathBuf::from(format!(
-        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice"
-    ))
-}
 
 /// A test API server namespace, a node with its world, and an agent in Kubernetes mode
 /// serving the CNI socket.
@@ -105,12 +97,6 @@ impl Scene {
             _proxy: proxy,
         })
     }
-
-    fn enrolled_pods(&self) -> Result<usize> {
-        Ok(PodMaps::from_pins(&Pins::new(&self.agent.bpffs_dir))?
-            .enrolled()
-            .len())
-    }
 }
 
 /// The app's first connect, at once: where it landed and what the proxy learnt.
@@ -156,7 +142,7 @@ fn every_sandbox_is_captured_from_its_first_connect() -> Result<()> {
     s.agent.wait_until(
         Duration::from_secs(5),
         "every sandbox's enrolment to go",
-        |_| s.enrolled_pods().is_ok_and(|n| n == 0),
+        |_| s.agent.enrolled_pods().is_ok_and(|n| n == 0),
     )?;
     Ok(())
 }
@@ -178,7 +164,10 @@ fn add_fails_closed_while_the_agent_is_down_and_capture_outlives_it() -> Result<
         text.contains("not reachable") && text.contains(path_str(&s.socket)),
         "the error names what it waited for: {e}"
     );
-    ensure!(s.enrolled_pods()? == 0, "ADD left an enrolment behind");
+    ensure!(
+        s.agent.enrolled_pods()? == 0,
+        "ADD left an enrolment behind"
+    );
     // The runtime tears the failed sandbox's network down and retries.
     chain.del(&m.sandbox, &m.id)?;
     s.agent.restart(libc::SIGTERM)?;
@@ -198,7 +187,7 @@ fn del_always_succeeds() -> Result<()> {
     chain.add(&m.sandbox, &m.id)?;
     chain.del(&m.sandbox, &m.id)?;
     chain.del(&m.sandbox, &m.id)?;
-    ensure!(s.enrolled_pods()? == 0, "DEL left the pod enrolled");
+    ensure!(s.agent.enrolled_pods()? == 0, "DEL left the pod enrolled");
 
     let b = s.pod("b", &BTreeMap::new())?;
     chain.add(&b.sandbox, &b.id)?;

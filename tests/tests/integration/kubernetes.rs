@@ -11,13 +11,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use meshsteer::inspect::{Capture, INJECTOR_DEFAULT_ARGS, Pins, PodMaps};
+use meshsteer::inspect::{Capture, INJECTOR_DEFAULT_ARGS};
 use meshsteer_tests::{
     Agent, Node, Pod,
     agent::path_str,
     area::{self, AreaGuard},
     inject::{self, Injector},
-    kube::{Cluster, UP_SH_APPLY, cluster, repo_root},
+    kube::{Cluster, UP_SH_APPLY, besteffort_cgroup, cluster, repo_root},
     topology::start_listener_on,
 };
 use serde_json::json;
@@ -25,14 +25,6 @@ use serde_json::json;
 const WORLD: &str = "10.200.0.1:80";
 const EXCLUDE_OUTBOUND: &str = "traffic.sidecar.istio.io/excludeOutboundIPRanges";
 const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
-
-/// Where a systemd-driver kubelet puts a best-effort pod's cgroup.
-fn besteffort_cgroup(uid: &str) -> PathBuf {
-    let uid = uid.replace('-', "_");
-    PathBuf::from(format!(
-        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice"
-    ))
-}
 
 /// One test's world: a namespace of its own on the shared API server, a simulated node with
 /// its world listening, and an agent watching that node's pods as `node-agent`.
@@ -107,12 +99,6 @@ impl Scene {
         self.k8s
             .set_pod_ips(&self.ns, &pod.name, &[pod.ip4.parse()?, pod.ip6.parse()?])
     }
-
-    fn enrolled_pods(&self) -> Result<usize> {
-        Ok(PodMaps::from_pins(&Pins::new(&self.agent.bpffs_dir))?
-            .enrolled()
-            .len())
-    }
 }
 
 #[test]
@@ -182,7 +168,7 @@ fn capture_follows_the_pod_through_the_api_server() -> Result<()> {
         "the pods to leave the status",
         |a| a.state(&name).is_none() && a.state(&t_name).is_none(),
     )?;
-    assert_eq!(s.enrolled_pods()?, 0);
+    assert_eq!(s.agent.enrolled_pods()?, 0);
     Ok(())
 }
 
@@ -218,7 +204,7 @@ fn pods_wait_for_the_node_and_other_pods_are_left_alone() -> Result<()> {
             p.name
         );
     }
-    assert_eq!(s.enrolled_pods()?, 1);
+    assert_eq!(s.agent.enrolled_pods()?, 1);
     Ok(())
 }
 
@@ -332,7 +318,7 @@ fn a_restarted_agent_reconciles_what_changed_while_it_was_down() -> Result<()> {
         s.agent.state(&s.status_name("b")).is_none(),
         "deleted pod still listed"
     );
-    assert_eq!(s.enrolled_pods()?, 1);
+    assert_eq!(s.agent.enrolled_pods()?, 1);
     Ok(())
 }
 
@@ -542,7 +528,7 @@ fn injected_pods_get_exactly_istio_inits_capture() -> Result<()> {
         );
     }
     // Refused pods are in the maps too, failing closed.
-    assert_eq!(s.enrolled_pods()?, ready + refused);
+    assert_eq!(s.agent.enrolled_pods()?, ready + refused);
 
     // The capture in effect, by traffic: IPv4-first pods get IPv6 capture only with
     // ISTIO_DUAL_STACK; the proxy's own uid (OpenShift's) is never captured; the mesh's ports.

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshsteer_tests::{Testbed, cmd, load::ConnectLoop, topology::late_accept};
+use meshsteer_tests::{Testbed, load::ConnectLoop, topology::late_accept_in};
 use serde_json::Value;
 
 const WORLD: &str = "10.200.0.1:80";
@@ -49,16 +49,7 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     agent.remove_spec("a")?;
     // A connection made while no agent runs, whose proxy accepts it only after the next agent
     // has swapped its programs in: it still arrives whole, and the proxy learns where it went.
-    let (ns, cg) = (slow.netns.clone(), slow.app_cgroup.clone());
-    let late = thread::spawn(move || -> anyhow::Result<Value> {
-        let place = cmd::Place {
-            netns: Some(&ns),
-            cgroup: Some(&cg),
-            uid: 1000,
-            gid: 1000,
-        };
-        late_accept(&place, &["0.0.0.0:15001"], WORLD, 1500)
-    });
+    let late = late_accept_in(&slow, WORLD, 1500);
     thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
     agent.restart(libc::SIGKILL)?;
@@ -111,16 +102,7 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     let inbound = format!("{}:8080", pod.ip4);
     let out_loop = ConnectLoop::start(&pod.place(1000, 1000), WORLD);
     let in_loop = ConnectLoop::start(&peer.place(1000, 1000), &inbound);
-    let (ns, cg) = (slow.netns.clone(), slow.app_cgroup.clone());
-    let late = thread::spawn(move || -> anyhow::Result<Value> {
-        let place = cmd::Place {
-            netns: Some(&ns),
-            cgroup: Some(&cg),
-            uid: 1000,
-            gid: 1000,
-        };
-        late_accept(&place, &["0.0.0.0:15001"], WORLD, 2000)
-    });
+    let late = late_accept_in(&slow, WORLD, 2000);
     thread::sleep(Duration::from_millis(300));
     bed.agent.upgrade(libc::SIGTERM)?;
     for name in ["test/a", "test/slow"] {
