@@ -1,5 +1,5 @@
 //! What the registry reports of each pod, for the status file and `/metrics`.
-use super::{Dataplane, Registry};
+use super::{Dataplane, Entry, Registry};
 use crate::source::change::{SourceKey, Unready};
 use crate::spec::budget::Usage;
 use crate::telemetry::status::{OptionsFrom, OptionsOrigin, PodState, PodStatus};
@@ -7,12 +7,7 @@ use crate::telemetry::status::{OptionsFrom, OptionsOrigin, PodState, PodStatus};
 impl<D: Dataplane> Registry<D> {
     /// The pod's state, if the registry has it.
     pub fn state(&self, key: &SourceKey) -> Option<PodState> {
-        let e = self.pods.get(key)?;
-        Some(match &e.unready {
-            None => PodState::Ready,
-            Some(Unready::Waiting(r)) => PodState::Waiting(r.clone()),
-            Some(Unready::Refused(r)) => PodState::Error(r.clone()),
-        })
+        self.pods.get(key).map(Entry::state)
     }
 
     /// Whether the pod's capture is in effect in the datapath, as the agent last wrote it
@@ -55,11 +50,7 @@ impl<D> Registry<D> {
                 PodStatus {
                     name: e.name.clone(),
                     source: key.clone(),
-                    state: match &e.unready {
-                        None => PodState::Ready,
-                        Some(Unready::Waiting(r)) => PodState::Waiting(r.clone()),
-                        Some(Unready::Refused(r)) => PodState::Error(r.clone()),
-                    },
+                    state: e.state(),
                     cgroup: e.spec.as_ref().map(|s| s.cgroup.clone()),
                     cgroup_id: e.enrolled.as_ref().map(|x| x.cgroup_id),
                     pod_id: captured.map(|x| x.plan.config.pod_id),
@@ -80,5 +71,16 @@ impl<D> Registry<D> {
                 }
             })
             .collect()
+    }
+}
+
+impl Entry {
+    /// What the status says of the pod.
+    fn state(&self) -> PodState {
+        match &self.unready {
+            None => PodState::Ready,
+            Some(Unready::Waiting(r)) => PodState::Waiting(r.clone()),
+            Some(Unready::Refused(r)) => PodState::Error(r.clone()),
+        }
     }
 }
