@@ -52,6 +52,14 @@ pub struct Sandbox {
 impl Sandbox {
     /// `cgroup`: the pod-level cgroup, relative to the node's cgroup root.
     pub fn new(node: &Node, name: &str, cgroup: &Path) -> Result<Self> {
+        let sandbox = Self::without_cgroup2(node, name, cgroup)?;
+        sandbox.make_cgroup2()?;
+        Ok(sandbox)
+    }
+
+    /// The sandbox as a hybrid host has it at ADD: runc makes the cgroup2 directories
+    /// ([`Self::make_cgroup2`]) only when its first process starts, after ADD.
+    pub fn without_cgroup2(node: &Node, name: &str, cgroup: &Path) -> Result<Self> {
         let ns_name = format!("{}-cni-{name}", node.id);
         cmd::host("ip", &["netns", "add", &ns_name])?;
         let cgroup = node.cgroup_root.join(cgroup);
@@ -64,9 +72,13 @@ impl Sandbox {
             container_id: format!("{:0>64}", format!("{name}{}", std::process::id())),
         };
         cmd::host("ip", &["-n", &sandbox.ns_name, "link", "set", "lo", "up"])?;
-        std::fs::create_dir_all(&sandbox.app_cgroup)
-            .with_context(|| format!("creating {}", sandbox.app_cgroup.display()))?;
         Ok(sandbox)
+    }
+
+    /// The pod's cgroup2 directory and its container's below, as runc makes them.
+    pub fn make_cgroup2(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.app_cgroup)
+            .with_context(|| format!("creating {}", self.app_cgroup.display()))
     }
 
     /// Where a process of the pod's app runs, as `uid`.
@@ -85,6 +97,75 @@ impl Drop for Sandbox {
         let _ = cmd::host("ip", &["netns", "del", &self.ns_name]);
         let _ = std::fs::remove_dir(&self.app_cgroup);
         let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// A cgroup v1 hierarchy of the test's own (named, no controller) standing in for a hybrid
+/// host's: there a kubelet with the cgroupfs driver makes each pod's cgroup in the v1
+/// hierarchies, at the node's cgroup root's place in each. Unmounted, with what the test made
+/// in it, on drop.
+pub struct CgroupV1 {
+    mount: PathBuf,
+    /// The node's cgroup root's place in it.
+    root: PathBuf,
+}
+
+impl CgroupV1 {
+    pub fn mount(node: &Node) -> Result<Self> {
+        let mount = std::env::temp_dir()
+            .join("meshsteer-tests")
+            .join(format!("{}-cgroup1", node.id));
+        std::fs::create_dir_all(&mount)?;
+        let target = mount.to_str().context("temp dir not UTF-8")?;
+        cmd::host(
+            "mount",
+            &[
+                "-t",
+                "cgroup",
+                "-o",
+                "none,name=meshsteer-test",
+                "cgroup",
+                target,
+            ],
+        )
+        .context("mounting a named cgroup v1 hierarchy (the kernel must have cgroup v1)")?;
+        let v2 = meshsteer::inspect::cgroup2_mount()?;
+        let rel = node.cgroup_root.strip_prefix(&v2)?;
+        Ok(Self {
+            root: mount.join(rel),
+            mount,
+        })
+    }
+
+    /// The pod-level cgroup `rel` (relative to the node's cgroup root), as the kubelet makes it.
+    pub fn make(&self, rel: &Path) -> Result<()> {
+        let dir = self.root.join(rel);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))
+    }
+}
+
+/// Removes the directories of a cgroup v1 tree, deepest first (their files go with them).
+fn rmdir_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Drop for CgroupV1 {
+    fn drop(&mut self) {
+        rmdir_tree(&self.root);
+        for dir in self.root.ancestors().skip(1) {
+            if dir == self.mount || std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
+        let _ = cmd::host("umount", &[&self.mount.to_string_lossy()]);
+        let _ = std::fs::remove_dir(&self.mount);
     }
 }
 

@@ -24,13 +24,26 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
     )
 }
 
+/// The cgroup v1 hierarchies' mount points (hybrid hosts: /sys/fs/cgroup/memory,
+/// /sys/fs/cgroup/systemd, ...); none on a pure cgroup v2 host.
+pub fn cgroup1_mounts() -> Result<Vec<PathBuf>> {
+    let info =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(mounts_of(&info, "cgroup").collect())
+}
+
 fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
+    mounts_of(mountinfo, "cgroup2").next()
+}
+
+/// The mount points of filesystems of type `fstype`.
+fn mounts_of<'a>(mountinfo: &'a str, fstype: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
+    mountinfo.lines().filter_map(move |line| {
         // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ..."
         let (pre, post) = line.split_once(" - ")?;
-        let fstype = post.split_whitespace().next()?;
         let mount_point = pre.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_octal(mount_point)))
+        (post.split_whitespace().next()? == fstype)
+            .then(|| PathBuf::from(unescape_octal(mount_point)))
     })
 }
 
@@ -184,6 +197,8 @@ mod tests {
             "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(find_cgroup2(shared), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(find_cgroup2("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        let v1: Vec<PathBuf> = mounts_of(info, "cgroup").collect();
+        assert_eq!(v1, [PathBuf::from("/sys/fs/cgroup/memory")]);
         assert_eq!(unescape_octal(r"/a\040b"), "/a b");
     }
 

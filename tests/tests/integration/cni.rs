@@ -147,6 +147,47 @@ fn every_sandbox_is_captured_from_its_first_connect() -> Result<()> {
     Ok(())
 }
 
+/// On a hybrid host (cgroup v1 beside v2, as the test node is) the kubelet makes a pod's
+/// cgroup in v1 only, and runc makes the cgroup2 one when the sandbox's first process starts,
+/// after ADD returned. ADD makes it, so that process is captured from its first connect.
+#[test]
+fn a_sandbox_without_its_cgroup2_directory_is_captured_from_its_first_process() -> Result<()> {
+    let s = Scene::new()?;
+    let v1 = cni_driver::CgroupV1::mount(&s.node)?;
+    let chain = Chain::new(&s.node, &s.socket, 30)?;
+    let name = "hybrid";
+    let uid = s
+        .k8s
+        .create_pod(&s.ns, name, &s.node.id, true, &BTreeMap::new())?;
+    // The cgroupfs driver's layout (systemd makes its slices in cgroup2 too).
+    let rel = PathBuf::from(format!("kubepods/besteffort/pod{uid}"));
+    v1.make(&rel)?;
+    let sandbox = Sandbox::without_cgroup2(&s.node, name, &rel)?;
+    let id = PodId {
+        namespace: s.ns.clone(),
+        name: name.into(),
+        uid,
+    };
+    chain.add(&sandbox, &id)?;
+    ensure!(
+        sandbox.cgroup.is_dir(),
+        "ADD returned without the pod's cgroup2 directory {}",
+        sandbox.cgroup.display()
+    );
+    // runc, now: the sandbox's container cgroup, then the pod's first processes.
+    sandbox.make_cgroup2()?;
+    let proxy = start_tagged_listener_on(&sandbox.place(1337), &[15001], Some("proxy"))?;
+    let m = Meshed {
+        id,
+        sandbox,
+        _proxy: proxy,
+    };
+    let v = first_connect(&m)?;
+    ensure!(captured(&v), "the first process's connect escaped: {v}");
+    chain.del(&m.sandbox, &m.id)?;
+    Ok(())
+}
+
 /// Item 2 and 3: with the agent down, ADD fails naming what it waited for, and nothing of the
 /// pod is enrolled; the retried ADD succeeds once the agent is back. A SIGKILLed agent leaves
 /// the capture of a pod ADD returned for in effect.

@@ -3,6 +3,8 @@
 //! processes').
 use std::path::{Path, PathBuf};
 
+use tracing::info;
+
 use super::{annotations::capture, view::PodView};
 use crate::{
     host::{cgroup, proc as netns},
@@ -22,6 +24,11 @@ enum NotYet {
         .cgroup.display()
     )]
     Netns { cgroup: PathBuf },
+    #[error(
+        "creating the pod's cgroup2 directory {} (the kubelet made it in cgroup v1 only): {error}",
+        .dir.display()
+    )]
+    Mirror { dir: PathBuf, error: String },
 }
 
 /// Where container runtimes bind-mount pod network namespaces.
@@ -30,6 +37,9 @@ const NAMED_NETNS_DIR: &str = "/run/netns";
 /// Finds a pod's cgroup and network namespace on this node.
 pub(super) struct Resolver {
     cgroup_root: PathBuf,
+    /// Where the kubelet's pod cgroups are in each cgroup v1 hierarchy (None: read from the
+    /// mounts when needed).
+    cgroup1_roots: Option<Vec<PathBuf>>,
     netns_template: Option<String>,
     named_netns: PathBuf,
 }
@@ -44,6 +54,7 @@ impl Resolver {
     pub fn new(cgroup_root: &Path, netns_template: Option<String>) -> Self {
         Self {
             cgroup_root: cgroup_root.to_path_buf(),
+            cgroup1_roots: None,
             netns_template,
             named_netns: PathBuf::from(NAMED_NETNS_DIR),
         }
@@ -84,7 +95,13 @@ impl Resolver {
         if view.ips.is_empty() {
             return Err(NotYet::Addresses);
         }
-        let cgroup = self.pod_cgroup(&view.uid).ok_or_else(|| NotYet::Cgroup {
+        let cgroup = match self.pod_cgroup(&view.uid) {
+            Some(dir) => Some(dir),
+            // Only a sandbox being set up (CNI ADD) is sure to be the pod's current one.
+            None if netns.is_some() => self.mirror_cgroup1(&view.uid)?,
+            None => None,
+        };
+        let cgroup = cgroup.ok_or_else(|| NotYet::Cgroup {
             uid: view.uid.clone(),
             root: self.cgroup_root.clone(),
         })?;
@@ -108,6 +125,44 @@ impl Resolver {
             .collect();
         let live = existing.iter().position(|dir| cgroup::in_use(dir));
         existing.into_iter().nth(live.unwrap_or(0))
+    }
+
+    /// On a hybrid host a kubelet with the cgroupfs driver makes the pod's cgroup in the v1
+    /// hierarchies only; runc makes the cgroup2 one when the sandbox's first process starts,
+    /// after CNI ADD has returned. Capture must be in effect before that process runs, so ADD
+    /// makes the directory where runc will find it: the v1 one's place, in cgroup2. systemd's
+    /// slices are left to systemd, which makes them in cgroup2 too.
+    fn mirror_cgroup1(&self, uid: &str) -> Result<Option<PathBuf>, NotYet> {
+        let v1_roots = match &self.cgroup1_roots {
+            Some(roots) => roots.clone(),
+            None => self.read_cgroup1_roots(),
+        };
+        let made = cgroup_candidates(uid).into_iter().find(|rel| {
+            rel.extension().is_none_or(|e| e != "slice")
+                && v1_roots.iter().any(|v1| v1.join(rel).is_dir())
+        });
+        let Some(rel) = made else {
+            return Ok(None);
+        };
+        let dir = self.cgroup_root.join(rel);
+        std::fs::create_dir_all(&dir).map_err(|e| NotYet::Mirror {
+            dir: dir.clone(),
+            error: e.to_string(),
+        })?;
+        info!(cgroup = %dir.display(), "made the pod's cgroup2 directory (hybrid host)");
+        Ok(Some(dir))
+    }
+
+    /// The cgroup root's place in each cgroup v1 hierarchy mounted (none on a pure cgroup v2
+    /// host). Read at each need: this is rare (a sandbox with no cgroup2 directory yet).
+    fn read_cgroup1_roots(&self) -> Vec<PathBuf> {
+        let (Ok(v2), Ok(v1)) = (cgroup::cgroup2_mount(), cgroup::cgroup1_mounts()) else {
+            return Vec::new();
+        };
+        match self.cgroup_root.strip_prefix(&v2) {
+            Ok(rel) => v1.iter().map(|m| m.join(rel)).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Whether `dir` is one of the pod's cgroupfs-driver pod directories under the cgroup root:
@@ -268,6 +323,35 @@ pub(super) mod tests {
         assert!(!resolver.removable(Path::new("/elsewhere/kubepods/pod1-2"), "1-2"));
         let slice = root.0.join("kubepods.slice/kubepods-pod1_2.slice");
         assert!(!resolver.removable(&slice, "1-2"), "systemd's own unit");
+    }
+
+    /// Issue 14: on a hybrid host, a sandbox's ADD comes before runc makes the pod's cgroup2
+    /// directory; ADD makes it where the kubelet put the v1 one.
+    #[test]
+    fn a_sandbox_on_a_hybrid_host_gets_its_cgroup2_directory_made() {
+        let root = FakeRoot::new("hybrid");
+        let v1 = FakeRoot::new("hybrid-v1");
+        let mut resolver = Resolver::new(&root.0, None);
+        resolver.cgroup1_roots = Some(vec![v1.0.join("cpu"), v1.0.join("memory")]);
+        let view = PodView::of(&sidecar_pod(serde_json::json!({})))
+            .unwrap()
+            .unwrap();
+        let netns = root.0.join("netns");
+        std::fs::write(&netns, "").unwrap();
+        let made = root.0.join("kubepods/burstable/pod1-2");
+        // Not in v1 yet (or a pure cgroup v2 host, where the kubelet makes it): nothing made.
+        assert!(resolver.spec(&view, Some(&netns)).is_err());
+        assert!(!root.0.join("kubepods").exists());
+        // systemd's slices are systemd's to make.
+        std::fs::create_dir_all(v1.0.join("memory/kubepods.slice/kubepods-pod1_2.slice")).unwrap();
+        assert!(resolver.spec(&view, Some(&netns)).is_err());
+        std::fs::create_dir_all(v1.0.join("memory/kubepods/burstable/pod1-2")).unwrap();
+        // A pod found by the watch may be an old sandbox's: only ADD makes it.
+        assert!(resolver.spec(&view, None).is_err());
+        assert!(!made.exists());
+        let spec = resolver.spec(&view, Some(&netns)).unwrap();
+        assert_eq!(spec.cgroup, made);
+        assert!(made.is_dir());
     }
 
     #[test]
