@@ -4,7 +4,8 @@
 //! `tests/node-box/mkimage.sh` (reproducibly: sorted names, zero mtimes, gzip without a
 //! timestamp). `ctr -n k8s.io image import <archive>` loads them under their names.
 //!
-//! - `meshsteer:dev`: the release agent and the shared libraries it links, with
+//! - `meshsteer:dev`: the release agent and the shared libraries it links, its static CNI
+//!   plugin beside it, with
 //!   `deploy/Dockerfile`'s entrypoint and arguments;
 //! - `meshsteer-test/nginx`: Debian's nginx (the app);
 //! - `meshsteer-test/curl`: Debian's curl and busybox-static's `sleep` (the client);
@@ -43,6 +44,7 @@ struct Spec {
 /// Builds every image into `target/images` and returns that directory.
 pub fn build_all(root: &Path) -> Result<PathBuf> {
     let agent = agent::build(root, true)?;
+    let plugin = agent::build_cni_plugin(root, true)?;
     let out = host_target_dir(root).join("images");
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mkimage = root.join("tests/node-box/mkimage.sh");
@@ -65,6 +67,9 @@ pub fn build_all(root: &Path) -> Result<PathBuf> {
             Box::new(move |r: &Path| {
                 base(r, None)?;
                 add_file(r, &agent, Path::new("/usr/local/bin/meshsteer"))?;
+                // Next to `meshsteer`, where `install-cni` looks for it; static, as it runs
+                // on the node.
+                add_file(r, &plugin, Path::new("/usr/local/bin/meshsteer-cni"))?;
                 add_libraries(r, &agent)
             }),
         ),

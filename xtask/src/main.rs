@@ -42,7 +42,8 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Build the agent (its build script builds the eBPF object).
+    /// Build the agent (its build script builds the eBPF object) and the static CNI plugin;
+    /// print their paths, one per line.
     Build {
         #[arg(long)]
         release: bool,
@@ -102,6 +103,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
         Task::Build { release } => {
             setup::run_setup(false)?;
             println!("{}", agent::build(&root, release)?.display());
+            println!("{}", agent::build_cni_plugin(&root, release)?.display());
         }
         Task::Run { release, args } => {
             setup::run_setup(false)?;

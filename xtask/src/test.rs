@@ -32,7 +32,7 @@ pub fn run_tests(root: &Path, extra: &[OsString]) -> Result<ExitCode> {
     ensure_root_or_reexec("`cargo xtask test` (privileged tests)")?;
     setup::run_setup(true)?;
     let agent = agent::build(root, false)?;
-    let cni_plugin = agent::build_package(root, agent::CNI_PACKAGE, false)?;
+    let cni_plugin = agent::build_cni_plugin(root, false)?;
     // The upgrade test runs the previous pin layout's agent, then this one on its pins.
     let previous = previous::build(root)?;
     // The real-node test's images (the agent's is a release build).
