@@ -35,8 +35,20 @@ kind load docker-image "$IMAGE" --name "$CLUSTER"
 step "meshsteer DaemonSet"
 # -k: deploy/kustomization.yaml applies the namespace first (-f would go by file name).
 kubectl apply -k "$repo/deploy"
-kubectl -n meshsteer set image daemonset/meshsteer agent="$IMAGE"
+kubectl -n meshsteer set image daemonset/meshsteer \
+  bpffs="$IMAGE" agent="$IMAGE" install-cni="$IMAGE"
 kubectl -n meshsteer rollout status daemonset/meshsteer --timeout=300s
+
+step "the CNI plugin on each node (every pod from here on is captured from its first instruction)"
+for node in $(kind get nodes --name "$CLUSTER"); do
+  ok=
+  for _ in $(seq 1 30); do
+    if docker exec "$node" sh -c 'grep -l "\"meshsteer-cni\"" /etc/cni/net.d/*' &&
+      docker exec "$node" test -x /opt/cni/bin/meshsteer-cni; then ok=1; break; fi
+    sleep 1
+  done
+  [[ -n $ok ]] || die "meshsteer-cni is not installed on $node (see: kubectl -n meshsteer logs -c install-cni)"
+done
 
 step "Istio, with meshsteer in place of istio-init"
 istioctl install -y -f "$here/istio.yaml"

@@ -22,7 +22,10 @@
 # - /sys/fs/bpf: made a shared mount (a systemd host's bpffs is shared, and the meshsteer DaemonSet's
 #   Bidirectional propagation needs it), or mounted if there was none; restored by stop;
 # - the fixed paths /var/log/pods, /var/log/containers, /var/lib/kubelet, /run/containerd (shim
-#   sockets), /var/lib/cni (libcni's result cache): removed by stop if start created them.
+#   sockets), /var/lib/cni (libcni's result cache), /run/meshsteer (the DaemonSet's hostPath: the
+#   agent's CNI socket and status file): removed by stop if start created them.
+# The runtime's CNI bin dir is $NB_DIR/cni/bin, Debian's plugins linked in, so that the meshsteer
+# DaemonSet's install-cni adds meshsteer-cni there and not to /usr/lib/cni.
 # Traffic stays on loopback and the bridge: the bridge plugin runs with isGateway=false and
 # ipMasq=false (pods get no default route, ip_forward is never enabled), the kubelet with
 # makeIPTablesUtilChains=false (no iptables rules), and it is patched never to rewrite host sysctls.
@@ -137,6 +140,10 @@ contexts:
 current-context: admin
 EOF
   mkdir -p "$CTR_DIR" "$NB_DIR/cni/net.d" "$NB_DIR/manifests"
+  rm -rf "$NB_DIR/cni/bin"; mkdir -p "$NB_DIR/cni/bin"
+  ln -s /usr/lib/cni/* "$NB_DIR/cni/bin/"
+  # What a previous run's install-cni added goes: every start has the primary plugin alone.
+  rm -f "$NB_DIR"/cni/net.d/*
   cat > "$CTR_DIR/config.toml" <<EOF
 version = 2
 root = "$CTR_DIR/root"
@@ -159,7 +166,7 @@ state = "$CTR_DIR/state"
         SystemdCgroup = false
         Root = "$CTR_DIR/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "$NB_DIR/cni/bin"
     conf_dir = "$NB_DIR/cni/net.d"
 EOF
   cat > "$NB_DIR/cni/net.d/10-box.conflist" <<EOF
@@ -239,7 +246,7 @@ start() {
   pki; configs; pause_image
   mkdir -p "$RUN"; rm -rf "$RUN/etcd-data" "$NB_DIR/cni/ipam" "$NB_DIR/kubelet"
   # Fixed host paths the runtime and kubelet write to: remembered if they are new, for stop to remove.
-  for d in /run/containerd /var/lib/cni /var/log/pods /var/log/containers /var/lib/kubelet; do
+  for d in /run/containerd /var/lib/cni /var/log/pods /var/log/containers /var/lib/kubelet /run/meshsteer; do
     [[ -e $d ]] || echo "$d" >>"$RUN/created-dirs"; done
   mountpoint -q /run/netns || echo /run/netns >"$RUN/netns-dir-unmounted"   # containerd may self-bind it
   share_bpffs

@@ -140,6 +140,11 @@ impl NodeBox {
         })
     }
 
+    /// The runtime's CNI directories: configurations and plugin binaries.
+    pub fn cni_dirs(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("cni/net.d"), self.dir.join("cni/bin"))
+    }
+
     /// The kubelet's static pod directory (`staticPodPath`).
     pub fn static_pod_dir(&self) -> PathBuf {
         self.dir.join("manifests")

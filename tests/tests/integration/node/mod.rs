@@ -26,6 +26,8 @@ mod kinds;
 mod pod_lifecycle;
 /// The seed's scenario: nginx ×3 and a client through both sidecars.
 mod seed;
+/// A pod's first connection, at start-up, is captured (the CNI plugin).
+mod startup;
 /// `meshsteer uninstall --live` in the agent pod leaves nothing on the node.
 mod uninstall;
 
@@ -111,6 +113,23 @@ pub fn ready_agent(node: &NodeBox) -> Result<Option<AgentPod>> {
     })
 }
 
+/// The overlay's patch that only the node knows: where its runtime's CNI directories are.
+const CNI_DIRS_PATCH: &str = "cni-dirs-patch.yaml";
+
+fn cni_dirs_patch(node: &NodeBox) -> String {
+    let (conf, bin) = node.cni_dirs();
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "meshsteer", "namespace": AGENT_NS},
+        "spec": {"template": {"spec": {"volumes": [
+            {"name": "cni-conf", "hostPath": {"path": conf}},
+            {"name": "cni-bin", "hostPath": {"path": bin}},
+        ]}}},
+    })
+    .to_string()
+}
+
 /// The DaemonSet of `deploy/` plus the overlay, applied (again: apply is idempotent), and its
 /// one pod Ready.
 pub fn deploy_agent(node: &NodeBox) -> Result<AgentPod> {
@@ -124,6 +143,7 @@ pub fn deploy_agent(node: &NodeBox) -> Result<AgentPod> {
             overlay.0.join(f),
         )?;
     }
+    fs::write(overlay.0.join(CNI_DIRS_PATCH), cni_dirs_patch(node))?;
     node.kc(&["apply", "-k", path_str(&overlay.0)])?;
     // A changed template (a test rolled the image) replaces the pod: wait for the new one.
     node.kc(&[
@@ -269,8 +289,8 @@ impl<'a> AppNs<'a> {
     }
 
     /// A request from `client`'s app to `server`'s nginx that must come back through both
-    /// sidecars. Pods created before the agent enrolled them are not captured yet (the
-    /// start-up window): new connections are, once it has.
+    /// sidecars, retried a while: a pod Ready to the kubelet may still have its sidecar
+    /// starting.
     pub fn request_through_both(&self, client: &str, server: &str) -> Result<()> {
         let url = format!("http://{}/both", self.ip(server)?);
         NodeBox::wait_for(

@@ -1,7 +1,8 @@
 //! `meshsteer uninstall --live`, run in the agent's pod with `kubectl exec` while the agent
 //! runs, removes everything of meshsteer from the node, checked from the host: no pins under
 //! the bpffs, no link at the node's cgroup2 root, no sk_lookup link in a pod's network
-//! namespace, and a pod's request goes straight to nginx again. The agent stays up, idle, until
+//! namespace, no CNI plugin in the node's CNI directories, and a pod's request goes straight to
+//! nginx again. The agent stays up, idle, until
 //! the DaemonSet is deleted, and does not capture again meanwhile.
 use std::{os::unix::fs::MetadataExt, path::Path, time::Instant};
 
@@ -43,6 +44,17 @@ fn scenario(node: &NodeBox) -> Result<()> {
         "no sk_lookup link in web's netns"
     );
 
+    // The DaemonSet's install-cni put the plugin on the node.
+    let (conf_dir, bin_dir) = node.cni_dirs();
+    let plugin = bin_dir.join("meshsteer-cni");
+    let primary = conf_dir.join("10-box.conflist");
+    ensure!(plugin.is_file(), "{} is not installed", plugin.display());
+    ensure!(
+        std::fs::read_to_string(&primary)?.contains("meshsteer-cni"),
+        "no meshsteer-cni entry in {}",
+        primary.display()
+    );
+
     // Refused without --live: the agent is live.
     let refused = checked(node.kubectl().args([
         "-n",
@@ -72,6 +84,13 @@ fn scenario(node: &NodeBox) -> Result<()> {
         ensure!(
             links.is_empty(),
             "sk_lookup links in web's netns: {links:?}"
+        );
+        ensure!(!plugin.exists(), "{} is still there", plugin.display());
+        let conflist = std::fs::read_to_string(&primary)?;
+        ensure!(
+            !conflist.contains("meshsteer-cni"),
+            "the plugin's entry is still in {}: {conflist}",
+            primary.display()
         );
         Ok(())
     };
