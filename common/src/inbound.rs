@@ -19,14 +19,22 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Made inside the pod, so PREROUTING never sees it: from loopback, from one of the pod's
-    /// addresses, or from the very address it goes to (an address the spec may not list).
-    /// The kernel cannot say so itself: for a connection to a pod address over `lo`, the
-    /// lookup's ingress interface is the one that owns the address, as for one from outside.
-    /// From outside, a pod address as the source is a martian (dropped before the lookup).
+    /// Made inside the pod, so PREROUTING never sees it: from loopback, from Envoy's IPv6
+    /// inbound-passthrough source `::6`, from one of the pod's addresses, or from the very
+    /// address it goes to (an address the spec may not list). `::6` is an address of the
+    /// pod's `lo` (istio-init adds it, and so does the agent) but not a loopback address, so
+    /// it is named here: without it the proxy's passthrough to the app (R8) would come back
+    /// to the proxy. The kernel cannot say so itself: for a connection to a pod address over
+    /// `lo`, the lookup's ingress interface is the one that owns the address, as for one from
+    /// outside. From outside, a pod address as the source is a martian (dropped before the
+    /// lookup), and a connection from a spoofed `::6` never completes: its SYN-ACK goes to
+    /// the pod's own `lo`.
     #[inline(always)]
     pub fn from_inside<T: PodTables>(&self, t: &T) -> bool {
-        self.remote.is_loopback() || self.remote == self.local || t.is_pod_address(&self.remote)
+        self.remote.is_loopback()
+            || self.remote.eq_const(&Addr::PASSTHROUGH_V6)
+            || self.remote == self.local
+            || t.is_pod_address(&self.remote)
     }
 }
 
@@ -145,6 +153,27 @@ mod tests {
         assert_eq!(decide(&list, &T, &from(peer, 8080)), InRule::Captured);
         assert_eq!(decide(&list, &T, &from(peer, 80)), InRule::NotListed);
         assert_eq!(decide(&cfg(0), &T, &from(peer, 80)), InRule::NotCaptured);
+    }
+
+    #[test]
+    fn the_ipv6_passthrough_source_is_from_inside() {
+        // Envoy's inbound passthrough: bound to ::6 on the pod's lo, to the app at the pod's
+        // IPv6 address. Under iptables it is locally generated (R8 lets it through): the app
+        // gets it, not the inbound port.
+        let all = cfg(pod_flags::IN_CAPTURE | pod_flags::IN_ALL_PORTS | pod_flags::IPV6);
+        let pod6 = Addr::from_bytes([0xfd, 0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        let passthrough = Incoming {
+            remote: Addr::PASSTHROUGH_V6,
+            local: pod6,
+            local_port: 80,
+        };
+        assert!(!Addr::PASSTHROUGH_V6.is_loopback());
+        assert_eq!(decide(&all, &T, &passthrough), InRule::FromPod);
+        let peer = Incoming {
+            remote: Addr::from_bytes([0xfd, 0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]),
+            ..passthrough
+        };
+        assert_eq!(decide(&all, &T, &peer), InRule::Captured);
     }
 
     #[test]

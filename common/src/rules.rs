@@ -112,7 +112,7 @@ pub enum InRule {
     NotCaptured = 0,
     /// IPv6 arrival at a pod without IPv6 rules.
     NoIpv6Rules = 1,
-    /// Made inside the pod (from loopback or a pod address): PREROUTING never sees it.
+    /// Made inside the pod (from loopback, `::6` or a pod address): PREROUTING never sees it.
     FromPod = 2,
     /// `-p tcp --dport <-e> -j RETURN`, first in ISTIO_INBOUND.
     TunnelPort = 3,
