@@ -223,6 +223,7 @@ mod tests {
             accelerate: None,
             usage: None,
             fail_closed: false,
+            warnings: vec![],
             options: None,
             counters: None,
         }

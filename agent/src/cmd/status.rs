@@ -56,6 +56,9 @@ pub fn show(status_file: &Path, bpffs_dir: &Path, json: bool) -> Result<()> {
         if pod.fail_closed {
             println!("\tfail closed: its connect()s fail (EPERM), inbound connections refused");
         }
+        for w in &pod.warnings {
+            println!("\twarning: {w}");
+        }
         if let Some(u) = pod.usage {
             println!(
                 "\tuses {} ports, {}+{} CIDRs (-x, -i), {} addresses",

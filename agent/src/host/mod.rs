@@ -6,5 +6,6 @@ pub mod cni_conf;
 pub mod conflist;
 pub mod locks;
 pub mod netns;
+pub mod passthrough;
 pub mod proc;
 pub mod userns;

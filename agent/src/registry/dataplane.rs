@@ -61,6 +61,10 @@ pub trait Dataplane {
     /// Detaches the pod's sk_lookup link, if it has one.
     fn detach_netns(&mut self, cgroup_id: u64);
 
+    /// Adds Envoy's IPv6 inbound-passthrough source `::6/128` to `lo` in `netns`, as
+    /// istio-init does in a pod it writes ip6tables rules for. Already there: success.
+    fn add_passthrough_v6(&mut self, netns: &Path) -> Result<()>;
+
     /// Work done ahead, while nothing else waits, so that enrolments are quick (loading a
     /// spare copy of sk_lookup).
     fn warm(&mut self) {}

@@ -10,7 +10,7 @@ use meshsteer_common::{
     inbound::may_listen,
     maps::{PodConfig, pod_flags},
 };
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Dataplane, Enrolled, Registry, error::EnrolError};
 use crate::{
@@ -142,11 +142,42 @@ impl<D: Dataplane> Registry<D> {
         if inbound && let Some(netns) = &spec.netns {
             self.register_existing_listeners(cgroup_id, &spec.cgroup, netns, &plan.config);
         }
+        let warnings = self.add_passthrough_v6(&plan, spec.netns.as_deref());
         Ok(Enrolled {
             cgroup_id,
             plan,
             netns: spec.netns.clone(),
+            warnings,
         })
+    }
+
+    /// istio-init's `ip -6 addr add ::6/128 dev lo`, in a pod it writes ip6tables rules for:
+    /// Envoy's inbound passthrough to the app binds `::6`. Without it capture is whole
+    /// (nothing escapes; the pod stays enrolled), but the proxy cannot reach its app over
+    /// IPv6: said in the log and in the pod's status (the returned warnings).
+    fn add_passthrough_v6(&mut self, plan: &Plan, netns: Option<&Path>) -> Vec<String> {
+        if plan.config.flags & pod_flags::IPV6 == 0 {
+            return vec![];
+        }
+        let why = match netns {
+            None => "no network namespace is known for the pod (`netns:`)".to_string(),
+            Some(ns) => match self.dataplane.add_passthrough_v6(ns) {
+                Ok(()) => {
+                    debug!("::6/128 on the pod's lo");
+                    return vec![];
+                }
+                Err(e) => format!("{e:#}"),
+            },
+        };
+        error!(
+            error = %why,
+            "could not add ::6/128 to the pod's lo: its proxy's IPv6 inbound passthrough \
+             cannot bind; capture is in effect"
+        );
+        vec![format!(
+            "::6/128 is not on the pod's lo, as istio-init would add it: {why}. Capture is in \
+             effect, but the proxy cannot bind ::6 to pass inbound IPv6 connections to the app"
+        )]
     }
 
     /// An address of `addrs` that another enrolled pod already has for inbound capture (or,
@@ -200,6 +231,7 @@ impl<D: Dataplane> Registry<D> {
             cgroup_id,
             plan,
             netns,
+            warnings: vec![],
         })
     }
 

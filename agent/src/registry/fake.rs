@@ -46,6 +46,7 @@ pub enum Op {
     Attach,
     ScanListeners,
     AddListener,
+    Passthrough,
 }
 
 #[derive(Clone)]
@@ -76,6 +77,8 @@ pub struct Fake {
     pub refused: BTreeSet<u64>,
     /// The sk_lookup links: namespace by cgroup id.
     pub links: BTreeMap<u64, PathBuf>,
+    /// The namespaces `::6/128` was added to, in order.
+    pub passthrough: Vec<PathBuf>,
 }
 
 impl Fake {
@@ -206,6 +209,13 @@ impl Dataplane for Fake {
     fn detach_netns(&mut self, cgroup_id: u64) {
         self.calls.push(Call::Detach { cgroup_id });
         self.links.remove(&cgroup_id);
+    }
+
+    fn add_passthrough_v6(&mut self, netns: &Path) -> Result<()> {
+        self.check(Op::Passthrough)
+            .context("entering network namespace (setns(2) needs CAP_SYS_ADMIN)")?;
+        self.passthrough.push(netns.into());
+        Ok(())
     }
 
     fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()> {

@@ -15,7 +15,7 @@ use super::dataplane::{Adopted, Dataplane, ExistingListener};
 use crate::{
     bpf::{maps::PodMaps, netns, pins::Pins, sk_lookup::SkLookups},
     host::{
-        cgroup, netns as host_netns, proc,
+        cgroup, netns as host_netns, passthrough, proc,
         userns::{self, IdMaps},
     },
     spec::plan::Plan,
@@ -97,6 +97,10 @@ impl Dataplane for Kernel {
         netns::detach(&self.pins.netns_link(cgroup_id));
         self.maps.clear_netns(cgroup_id);
         self.sk_lookups.release(cgroup_id);
+    }
+
+    fn add_passthrough_v6(&mut self, ns: &Path) -> Result<()> {
+        Ok(passthrough::add_passthrough_v6(ns)?)
     }
 
     fn warm(&mut self) {

@@ -40,6 +40,9 @@ struct Enrolled {
     /// The pod's capture, or [`Plan::refused`]: enrolled fail closed.
     plan: Plan,
     netns: Option<PathBuf>,
+    /// What of the enrolment is not as istio-init would have it, though capture is in
+    /// effect (`::6/128` missing from the pod's `lo`).
+    warnings: Vec<String>,
 }
 
 impl Enrolled {

@@ -1019,3 +1019,81 @@ fn a_pod_its_source_refuses_but_located_is_enrolled_refused() {
     r.remove(&file("a"));
     assert!(r.fake().enrolled.is_empty());
 }
+
+/// A pod with the given addresses and `args` (inbound and outbound capture as the injector's).
+fn with_ips(ips: &[&str], args: &str) -> PodSpec {
+    PodSpec {
+        ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+        args: Some(args.into()),
+        ..pod("test/a", CG_A, NS_A)
+    }
+}
+
+#[test]
+fn the_passthrough_address_goes_where_istio_init_writes_ip6tables_rules() {
+    for (ips, args, added) in [
+        (&["10.0.0.5", "fd00::5"][..], "-i '*' --dual-stack", true),
+        (&["fd00::5"][..], "-i '*'", true),
+        // istio-init, like its ip6tables rules, goes by the first address it sees: IPv4.
+        (&["10.0.0.5", "fd00::5"][..], "-i '*'", false),
+        (&["10.0.0.5"][..], "-i '*' --dual-stack", false),
+    ] {
+        let mut r = registry(host());
+        r.upsert(&file("a"), Ok(with_ips(ips, args)));
+        assert_eq!(r.state(&file("a")), Some(PodState::Ready), "{ips:?} {args}");
+        let want: Vec<std::path::PathBuf> = if added { vec![NS_A.into()] } else { vec![] };
+        assert_eq!(r.fake().passthrough, want, "{ips:?} {args}");
+        assert_eq!(r.status()[0].warnings, Vec::<String>::new());
+    }
+}
+
+#[test]
+fn a_passthrough_address_that_cannot_be_added_is_reported_and_capture_stays() {
+    let mut r = registry(host());
+    r.fake().fail(Op::Passthrough);
+    r.upsert(
+        &file("a"),
+        Ok(with_ips(&["10.0.0.5", "fd00::5"], "-b '*' --dual-stack")),
+    );
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+    assert_eq!(r.captured(&file("a")), Some((11, 1)));
+    assert_eq!(
+        r.fake().links.get(&11).map(|p| p.to_str()),
+        Some(Some(NS_A))
+    );
+    let warnings = &r.status()[0].warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("::6/128 is not on the pod's lo")
+            && warnings[0].contains("CAP_SYS_ADMIN"),
+        "{warnings:?}"
+    );
+
+    // Its next enrolment (a restarted agent, a changed spec) tries again.
+    r.fake().recover(Op::Passthrough);
+    r.upsert(
+        &file("a"),
+        Ok(with_ips(
+            &["10.0.0.5", "fd00::5"],
+            "-b '*' --dual-stack -d 22",
+        )),
+    );
+    assert_eq!(r.fake().passthrough, [std::path::PathBuf::from(NS_A)]);
+    assert_eq!(r.status()[0].warnings, Vec::<String>::new());
+}
+
+#[test]
+fn an_ipv6_pod_without_a_namespace_is_told_its_passthrough_address_is_missing() {
+    let spec = PodSpec {
+        ips: vec!["fd00::5".parse().unwrap()],
+        ..outbound_only("test/a", CG_A)
+    };
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(spec));
+    assert_eq!(r.state(&file("a")), Some(PodState::Ready));
+    let warnings = &r.status()[0].warnings;
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("no network namespace is known"),
+        "{warnings:?}"
+    );
+}

@@ -60,6 +60,7 @@ impl<D> Registry<D> {
                     usage: captured.map(|x| Usage::of(&x.plan)),
                     fail_closed: e.enrolled.as_ref().is_some_and(|x| x.plan.is_refused()),
                     accelerate: captured.map(|x| x.plan.accelerates()),
+                    warnings: captured.map(|x| x.warnings.clone()).unwrap_or_default(),
                     options: Some(OptionsOrigin {
                         from: e.from.unwrap_or(match key {
                             SourceKey::File(_) => OptionsFrom::SpecFile,

@@ -69,6 +69,10 @@ pub struct PodStatus {
     /// Socket-level acceleration is on for the enrolled pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerate: Option<bool>,
+    /// What of the pod's enrolment is not as istio-init would have it, though its capture is
+    /// in effect (`::6/128` missing from its `lo`), and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Where the pod's capture options came from (absent in files of older agents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<OptionsOrigin>,
@@ -242,6 +246,7 @@ mod tests {
                 accelerate: Some(false),
                 usage: None,
                 fail_closed: false,
+                warnings: vec!["::6/128 is not on the pod's lo".into()],
                 options: Some(OptionsOrigin {
                     from: OptionsFrom::Annotations,
                     pending: Some("annotation x changed".into()),
@@ -257,6 +262,10 @@ mod tests {
         );
         assert!(text.contains(r#""source":{"kube":{"namespace":"default","name":"web"}}"#));
         assert!(text.contains(r#""ips":["10.0.0.5"]"#), "{text}");
+        assert!(
+            text.contains(r#""warnings":["::6/128 is not on the pod's lo"]"#),
+            "{text}"
+        );
         assert!(text.contains(r#""capture":{"proxyPort":15001,"#), "{text}");
         assert_eq!(serde_json::from_str::<AgentStatus>(&text).unwrap(), doc);
 
