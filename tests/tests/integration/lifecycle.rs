@@ -253,10 +253,9 @@ fn cgroup2_depth_base(dir: &std::path::Path) -> usize {
     mount.components().count()
 }
 
-/// An agent without CAP_NET_ADMIN (the DaemonSet's capabilities less that one; CAP_SYS_ADMIN,
-/// which would stand in for it, is not among them) is told so: the kernel's EPERM on a feature
-/// probe once read as "the kernel lacks sockops programs (needs Linux 4.13)", on a 6.x kernel.
-/// It exits before attaching anything.
+/// An agent without CAP_NET_ADMIN (nor CAP_SYS_ADMIN, which would stand in for it) is told so:
+/// the kernel's EPERM on a feature probe once read as "the kernel lacks sockops programs
+/// (needs Linux 4.13)", on a 6.x kernel. It exits before attaching anything.
 #[test]
 fn an_agent_without_a_capability_is_told_so_not_that_the_kernel_is_too_old() -> anyhow::Result<()> {
     let _area = meshsteer_tests::area::enter();
