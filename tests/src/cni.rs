@@ -254,6 +254,19 @@ impl<'a> Chain<'a> {
         })
     }
 
+    /// Pods get an IPv6 address of `subnet` too (and an IPv6 default route): a dual-stack
+    /// network.
+    pub fn with_ipv6(mut self, subnet: &str) -> Self {
+        let ipam = &mut self.conf["plugins"][0]["ipam"];
+        if let Some(ranges) = ipam["ranges"].as_array_mut() {
+            ranges.push(json!([{ "subnet": subnet }]));
+        }
+        if let Some(routes) = ipam["routes"].as_array_mut() {
+            routes.push(json!({ "dst": "::/0" }));
+        }
+        self
+    }
+
     /// The network a runtime would set pods up with from `conf_dir`: its first configuration
     /// file in lexical order (`*.conf`, `*.conflist`, `*.json`, as libcni lists them), read
     /// now, each plugin found in `bin_dirs` in order (CNI_PATH).
@@ -440,15 +453,24 @@ impl Drop for Chain<'_> {
     }
 }
 
-/// An address of the ADD result's first IPv4 address, without its prefix length.
+/// The ADD result's first IPv4 address, without its prefix length.
 pub fn first_ipv4(result: &Value) -> Result<String> {
+    first_of_family(result, false)
+}
+
+/// The ADD result's first IPv6 address, without its prefix length.
+pub fn first_ipv6(result: &Value) -> Result<String> {
+    first_of_family(result, true)
+}
+
+fn first_of_family(result: &Value, v6: bool) -> Result<String> {
     for ip in result["ips"].as_array().into_iter().flatten() {
         let addr = ip["address"].as_str().unwrap_or_default();
         if let Some((a, _)) = addr.split_once('/')
-            && !a.contains(':')
+            && a.contains(':') == v6
         {
             return Ok(a.to_string());
         }
     }
-    bail!("no IPv4 address in {result}")
+    bail!("no IPv{} address in {result}", if v6 { 6 } else { 4 })
 }

@@ -119,7 +119,8 @@ pub fn restore(c: &Capture, f: Family) -> String {
     r
 }
 
-/// Installs the rules for both families inside a namespace (as istio-init does in a pod).
+/// Installs the rules for both families inside a namespace, and `::6/128` on its `lo` (as
+/// istio-init does in a pod it writes ip6tables rules for: Envoy's IPv6 passthrough source).
 pub fn install(netns: &std::path::Path, c: &Capture) -> anyhow::Result<()> {
     install_in(netns, None, c)
 }
@@ -157,6 +158,15 @@ pub fn install_in(netns: &std::path::Path, holder: Option<u32>, c: &Capture) -> 
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let add = ["-6", "addr", "add", "::6/128", "dev", "lo"];
+    match &target {
+        None => cmd::run(&place, "ip", &add)?,
+        Some(pid) => {
+            let mut args = vec!["--target", pid, "--user", "--net", "ip"];
+            args.extend(add);
+            cmd::run(&Place::default(), "nsenter", &args)?
+        }
+    };
     Ok(())
 }
 

@@ -152,6 +152,23 @@ impl Drop for Node {
     }
 }
 
+/// The IPv6 addresses on `lo` in `netns`, as `addr/prefixlen` (`::1/128`, and `::6/128` once
+/// istio-init or meshsteer added Envoy's inbound-passthrough source).
+pub fn lo_ipv6(netns: &Path) -> Result<Vec<String>> {
+    let place = Place {
+        netns: Some(netns),
+        ..Default::default()
+    };
+    let out = cmd::run(&place, "ip", &["-j", "-6", "addr", "show", "dev", "lo"])?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).context("ip -j addr")?;
+    Ok(links[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or("?"), a["prefixlen"]))
+        .collect())
+}
+
 pub fn start_listener(place: &Place<'_>) -> Result<Proc> {
     start_listener_on(place, &PROBE_PORTS)
 }

@@ -20,8 +20,9 @@ use meshsteer_tests::{
     cmd::{self, Place, Proc},
     cni::{self as cni_driver, Chain, PodId, Sandbox},
     kube::{Cluster, besteffort_cgroup, cluster},
-    topology::start_tagged_listener_on,
+    topology::{lo_ipv6, probe_bin, start_tagged_listener_on},
 };
+use serde_json::{Value, json};
 
 const WORLD: &str = "10.200.0.1:80";
 const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
@@ -278,6 +279,45 @@ fn a_refused_pod_fails_add_naming_its_annotation() -> Result<()> {
         e.text().contains(INTERCEPTION_MODE) && e.text().contains("TPROXY"),
         "{e}"
     );
+    Ok(())
+}
+
+/// Item 7: a dual-stack pod (an IPv6 range in the primary plugin's IPAM, ISTIO_DUAL_STACK on
+/// its sidecar, as istio-init gets `--dual-stack`) has `::6/128` on its `lo` once ADD returns,
+/// and its proxy (uid 1337) bound to `::6` reaches the app at the pod's IPv6 address: the app
+/// takes it and sees `::6`, as under istio-init's R8; it does not come back to 15006.
+#[test]
+fn a_dual_stack_pod_gets_the_ipv6_passthrough_source_by_add() -> Result<()> {
+    let s = Scene::new()?;
+    let chain = Chain::new(&s.node, &s.socket, 30)?.with_ipv6("fd89::/64");
+    let dual_stack = json!({"name": "ISTIO_DUAL_STACK", "value": "true"});
+    let pod = json!({"metadata": {}, "spec": {"containers": [
+        {"name": "app", "image": "app"},
+        {"name": "istio-proxy", "image": "proxy", "env": [dual_stack]},
+    ]}});
+    let uid = s.k8s.create_pod_object(&s.ns, "ds", &s.node.id, pod)?;
+    let sandbox = Sandbox::new(&s.node, "ds", &besteffort_cgroup(&uid))?;
+    let id = PodId {
+        namespace: s.ns.clone(),
+        name: "ds".into(),
+        uid,
+    };
+    let _app = start_tagged_listener_on(&sandbox.place(1000), &[8080], Some("app"))?;
+    let _proxy = start_tagged_listener_on(&sandbox.place(1337), &[15006], Some("proxy"))?;
+    let added = chain.add(&sandbox, &id)?;
+    let on_lo = lo_ipv6(&sandbox.netns)?;
+    ensure!(on_lo.iter().any(|a| a == "::6/128"), "lo has {on_lo:?}");
+
+    let app = format!("[{}]:8080", cni_driver::first_ipv6(&added)?);
+    let args = ["connect", app.as_str(), "--bind", "::6"];
+    let out = cmd::run(&sandbox.place(1337), probe_bin(), &args)?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("probe output")?;
+    ensure!(
+        v["tag"] == "app" && v["peer_ip"] == "::6",
+        "the proxy's passthrough from ::6 to {app}: {v}"
+    );
+    chain.del(&sandbox, &id)?;
+    s.k8s.delete_pod(&s.ns, "ds")?;
     Ok(())
 }
 

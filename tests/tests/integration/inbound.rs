@@ -7,7 +7,7 @@ use meshsteer_tests::{
     Pair, Pod, Testbed, World,
     cmd::Place,
     load::ConnectLoop,
-    topology::{PROBE_PORTS, start_listener_on, start_tagged_listener_on},
+    topology::{PROBE_PORTS, lo_ipv6, start_listener_on, start_tagged_listener_on},
 };
 use serde_json::Value;
 
@@ -105,6 +105,38 @@ fn exclusions_including_ssh() -> anyhow::Result<()> {
 #[test]
 fn no_inbound_capture() -> anyhow::Result<()> {
     differential("-p 15001 -z 15006 -u 1337 -i '*' -b ''")
+}
+
+/// istio-init's `ip -6 addr add ::6/128 dev lo`: a dual-stack pod enrolled from a spec file gets
+/// Envoy's IPv6 inbound-passthrough source on its `lo`, and the proxy (uid 1337) bound to it
+/// reaches the app at the pod's IPv6 address: on the app's port, seen from `::6` (R8 lets it
+/// through), not back on the proxy's inbound port.
+#[test]
+fn a_dual_stack_pods_proxy_reaches_its_app_from_the_ipv6_passthrough_source() -> anyhow::Result<()>
+{
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let mut pod = bed.node.add_pod("srv")?;
+    pod.keep(start_listener_on(&pod.place(1000, 1000), &APP_PORTS)?);
+    pod.keep(start_listener_on(&pod.place(1337, 1337), &[15006])?);
+    assert!(!lo_ipv6(&pod.netns)?.contains(&"::6/128".to_string()));
+    bed.agent
+        .enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    let on_lo = lo_ipv6(&pod.netns)?;
+    assert!(on_lo.contains(&"::6/128".to_string()), "lo has {on_lo:?}");
+    let status = bed.agent.pod_status("test/srv").unwrap_or_default();
+    assert!(status.get("warnings").is_none(), "{status}");
+
+    let app = format!("[{}]:80", pod.ip6);
+    let v = pod.probe(1337, 1337, &app, &["--bind", "::6"])?;
+    assert_eq!(
+        (&v["listener"], &v["peer_ip"]),
+        (&80.into(), &"::6".into()),
+        "the proxy's passthrough from ::6 to {app}: {v}"
+    );
+    // Anyone else's connection from outside is still the proxy's.
+    let peer = bed.node.add_pod("peer")?;
+    assert_eq!(peer.probe(1000, 1000, &app, &[])?["listener"], 15006);
+    Ok(())
 }
 
 /// While the proxy is down nothing lands on the app directly (refused, as REDIRECT to a closed
