@@ -22,6 +22,21 @@ pub fn agent_bin() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshsteer"))
 }
 
+/// A script under `dir` that runs the agent binary without the capability `cap` (as `setpriv`
+/// names it, e.g. `sys_admin`): an agent short of one capability, for [`Agent::start_bin`].
+pub fn agent_without(cap: &str, dir: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir)?;
+    let script = dir.join(format!("meshsteer-without-{cap}"));
+    let text = format!(
+        "#!/bin/sh\nexec setpriv --bounding-set=-{cap} --inh-caps=-{cap} -- {} \"$@\"\n",
+        agent_bin().display()
+    );
+    fs::write(&script, text).with_context(|| format!("writing {}", script.display()))?;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    Ok(script)
+}
+
 /// The previous pin layout's agent (`MESHSTEER_PREVIOUS_BIN`, built by `cargo xtask test` or
 /// `cargo xtask previous-agent` from git history), for the upgrade test.
 pub fn previous_agent_bin() -> Result<PathBuf> {

@@ -160,20 +160,28 @@ impl<D: Dataplane> Registry<D> {
             return vec![];
         }
         let why = match netns {
-            None => "no network namespace is known for the pod (`netns:`)".to_string(),
+            // The spec's choice (outbound capture only): said, not an error.
+            None => {
+                let why = "no network namespace is known for the pod (`netns:`)";
+                warn!(reason = why, "::6/128 not added to the pod's lo");
+                why.to_string()
+            }
             Some(ns) => match self.dataplane.add_passthrough_v6(ns) {
                 Ok(()) => {
                     debug!("::6/128 on the pod's lo");
                     return vec![];
                 }
-                Err(e) => format!("{e:#}"),
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    error!(
+                        error = %why,
+                        "could not add ::6/128 to the pod's lo: its proxy's IPv6 inbound \
+                         passthrough cannot bind; capture is in effect"
+                    );
+                    why
+                }
             },
         };
-        error!(
-            error = %why,
-            "could not add ::6/128 to the pod's lo: its proxy's IPv6 inbound passthrough \
-             cannot bind; capture is in effect"
-        );
         vec![format!(
             "::6/128 is not on the pod's lo, as istio-init would add it: {why}. Capture is in \
              effect, but the proxy cannot bind ::6 to pass inbound IPv6 connections to the app"

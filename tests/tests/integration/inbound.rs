@@ -4,7 +4,8 @@
 use std::{os::unix::fs::MetadataExt, thread, time::Duration};
 
 use meshsteer_tests::{
-    Pair, Pod, Testbed, World,
+    Agent, Node, Pair, Pod, Testbed, World,
+    agent::agent_without,
     cmd::Place,
     load::ConnectLoop,
     topology::{PROBE_PORTS, lo_ipv6, start_listener_on, start_tagged_listener_on},
@@ -136,6 +137,53 @@ fn a_dual_stack_pods_proxy_reaches_its_app_from_the_ipv6_passthrough_source() ->
     // Anyone else's connection from outside is still the proxy's.
     let peer = bed.node.add_pod("peer")?;
     assert_eq!(peer.probe(1000, 1000, &app, &[])?["listener"], 15006);
+    Ok(())
+}
+
+/// Without CAP_SYS_ADMIN the agent cannot enter the pod's network namespace to add `::6`. The
+/// pod is captured all the same (nothing escapes), and the agent's log and the pod's status
+/// say what is missing and why.
+#[test]
+fn a_passthrough_source_that_cannot_be_added_is_reported_and_capture_stays() -> anyhow::Result<()> {
+    let mut node = Node::new()?;
+    node.start_world()?;
+    let work = std::env::temp_dir()
+        .join("meshsteer-tests")
+        .join(format!("{}-nocap", node.id));
+    let agent = Agent::start_bin(&node, &agent_without("sys_admin", &work)?, &[])?;
+    let mut bed = Testbed { agent, node };
+    let pod = bed.enrolled_pod("a")?;
+    let on_lo = lo_ipv6(&pod.netns)?;
+    assert!(!on_lo.contains(&"::6/128".to_string()), "lo has {on_lo:?}");
+    let status = bed.agent.pod_status("test/a").unwrap_or_default();
+    let warning = status["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("::6/128 is not on the pod's lo") && warning.contains("CAP_SYS_ADMIN"),
+        "{status}"
+    );
+    let text = String::from_utf8(bed.agent.cli(&["status"])?)?;
+    assert!(
+        text.contains("\twarning: ::6/128 is not on the pod's lo"),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(bed.agent.log_file())?;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("could not add ::6/128") && l.contains("test/a")),
+        "{log}"
+    );
+
+    assert_eq!(
+        pod.probe(1000, 1000, "10.200.0.1:80", &[])?["listener"],
+        15001
+    );
+    let peer = bed.node.add_pod("peer")?;
+    let app = format!("[{}]:80", pod.ip6);
+    assert_eq!(peer.probe(1000, 1000, &app, &[])?["listener"], 15006);
+    drop(peer);
+    drop(pod);
+    drop(bed);
+    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
 
