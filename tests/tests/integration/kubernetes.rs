@@ -18,7 +18,7 @@ use meshsteer_tests::{
     area::{self, AreaGuard},
     inject::{self, Injector},
     kube::{Cluster, UP_SH_APPLY, besteffort_cgroup, cluster, repo_root},
-    topology::start_listener_on,
+    topology::{lo_ipv6, start_listener_on},
 };
 use serde_json::json;
 
@@ -539,6 +539,19 @@ fn injected_pods_get_exactly_istio_inits_capture() -> Result<()> {
         80
     );
     pods["dual-stack-t"].lands_on(WORLD6, 15001)?;
+    // istio-init's `::6/128` on lo goes with its ip6tables rules, from the watch as from the
+    // other sources.
+    let passthrough = |pod: &str| -> Result<bool> {
+        Ok(lo_ipv6(&pods[pod].netns)?.iter().any(|a| a == "::6/128"))
+    };
+    ensure!(
+        passthrough("dual-stack-t")?,
+        "no ::6/128 on dual-stack-t's lo"
+    );
+    ensure!(
+        !passthrough("default-t")?,
+        "::6/128 on default-t's lo, without ip6tables rules"
+    );
     let openshift = &pods["openshift-uid-t"];
     assert_eq!(
         openshift.probe(1000770000, 1000770000, WORLD, &[])?["listener"],
