@@ -137,6 +137,15 @@ fn a_dual_stack_pods_proxy_reaches_its_app_from_the_ipv6_passthrough_source() ->
     // Anyone else's connection from outside is still the proxy's.
     let peer = bed.node.add_pod("peer")?;
     assert_eq!(peer.probe(1000, 1000, &app, &[])?["listener"], 15006);
+
+    // A restarted agent enrols the pod again: the address already there is no error.
+    bed.agent.restart(libc::SIGTERM)?;
+    bed.agent.wait_state("test/srv", |s| s == "ready")?;
+    let status = bed.agent.pod_status("test/srv").unwrap_or_default();
+    assert!(status.get("warnings").is_none(), "{status}");
+    let mut on_lo = lo_ipv6(&pod.netns)?;
+    on_lo.sort();
+    assert_eq!(on_lo, ["::1/128", "::6/128"]);
     Ok(())
 }
 
