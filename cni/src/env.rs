@@ -1,7 +1,7 @@
 //! The CNI_* environment the runtime runs the plugin with.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// CNI_COMMAND.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +106,8 @@ impl Env {
         })
     }
 
-    /// CNI_NETNS, required by ADD and CHECK: an absolute path.
-    pub fn netns(&self) -> Result<&PathBuf, EnvError> {
+    /// CNI_NETNS, required by ADD and CHECK: an absolute path, as [`host_path`] names it.
+    pub fn netns(&self) -> Result<PathBuf, EnvError> {
         let netns = self.netns.as_ref().ok_or(EnvError {
             var: "CNI_NETNS",
             problem: "missing".into(),
@@ -118,12 +118,27 @@ impl Env {
                 problem: format!("{} is not an absolute path", netns.display()),
             });
         }
-        Ok(netns)
+        Ok(host_path(netns))
     }
 
     /// CNI_NETNS if given: DEL may come after the namespace is gone.
-    pub fn netns_if_any(&self) -> Option<&PathBuf> {
-        self.netns.as_ref()
+    pub fn netns_if_any(&self) -> Option<PathBuf> {
+        self.netns.as_deref().map(host_path)
+    }
+}
+
+/// The namespace's path with its directory's symlinks resolved: the agent sees the node's
+/// files through its own mounts, which hold `/run/netns` but not `/var/run`, a symlink to
+/// `/run` on the node (containerd passes `/var/run/netns/cni-…`). Only the directory: the
+/// file itself may be a magic link (`/proc/<pid>/ns/net`), which must stay a path. A directory
+/// that cannot be resolved (gone already, at DEL) is passed as given.
+pub fn host_path(netns: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (netns.parent(), netns.file_name()) else {
+        return netns.to_path_buf();
+    };
+    match std::fs::canonicalize(dir) {
+        Ok(dir) => dir.join(name),
+        Err(_) => netns.to_path_buf(),
     }
 }
 
@@ -146,16 +161,46 @@ mod tests {
         let e = env(&[
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", "abc-1_2.3"),
-            ("CNI_NETNS", "/var/run/netns/cni-1"),
+            ("CNI_NETNS", "/nonexistent-run/netns/cni-1"),
             ("CNI_IFNAME", "eth0"),
             ("CNI_ARGS", "K8S_POD_NAME=a"),
         ])
         .unwrap();
         assert_eq!(e.command, CniCommand::Add);
         assert_eq!(e.container_id().unwrap(), "abc-1_2.3");
-        assert_eq!(e.netns().unwrap(), &PathBuf::from("/var/run/netns/cni-1"));
+        // A directory that does not resolve stays as given.
+        assert_eq!(
+            e.netns().unwrap(),
+            PathBuf::from("/nonexistent-run/netns/cni-1")
+        );
         assert_eq!(e.ifname().unwrap(), "eth0");
         assert_eq!(e.args, "K8S_POD_NAME=a");
+    }
+
+    /// containerd passes `/var/run/netns/cni-…`; the agent's container has `/run/netns` from
+    /// the node, not `/var/run`, which is a symlink to `/run` on the node. Found on the real
+    /// node: every ADD failed on a path the agent could not open.
+    #[test]
+    fn the_netns_path_has_its_directorys_symlinks_resolved() {
+        let tmp = std::env::temp_dir()
+            .canonicalize()
+            .unwrap()
+            .join(format!("ms-cni-netns-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("run/netns")).unwrap();
+        std::os::unix::fs::symlink(tmp.join("run"), tmp.join("var-run")).unwrap();
+        let given = tmp.join("var-run/netns/cni-1");
+        let e = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_NETNS", given.to_str().unwrap()),
+        ])
+        .unwrap();
+        assert_eq!(e.netns().unwrap(), tmp.join("run/netns/cni-1"));
+        assert_eq!(e.netns_if_any(), Some(tmp.join("run/netns/cni-1")));
+        // The file itself is never resolved: /proc/<pid>/ns/net is a magic link.
+        let proc_ns = format!("/proc/{}/ns/net", std::process::id());
+        assert_eq!(host_path(Path::new(&proc_ns)), PathBuf::from(&proc_ns));
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

@@ -98,7 +98,7 @@ fn execute(env: &Env, input: &[u8], log: &mut dyn Write) -> Result<Option<Value>
 /// Enrols the pod, waiting for the agent up to the timeout; prints prevResult back.
 fn add(env: &Env, conf: &NetConf, log: &mut dyn Write) -> Result<Value, Error> {
     let container_id = env.container_id()?.to_string();
-    let netns = env.netns()?.clone();
+    let netns = env.netns()?;
     let ifname = env.ifname()?.to_string();
     let pod = args::pod(&env.args)?;
     let prev = conf.prev_result.as_ref().ok_or(Error::NotChained)?;
@@ -153,7 +153,7 @@ fn del(env: &Env, conf: &NetConf, log: &mut dyn Write) -> Result<(), Error> {
         command: Command::Del,
         pod,
         container_id,
-        netns: env.netns_if_any().cloned(),
+        netns: env.netns_if_any(),
         ifname,
         ips,
     };
@@ -186,7 +186,7 @@ fn check(env: &Env, conf: &NetConf, _log: &mut dyn Write) -> Result<(), Error> {
     let request = Request {
         command: Command::Check,
         container_id: env.container_id()?.to_string(),
-        netns: Some(env.netns()?.clone()),
+        netns: Some(env.netns()?),
         ifname: env.ifname()?.to_string(),
         pod: args::pod(&env.args)?,
         ips: match &conf.prev_result {

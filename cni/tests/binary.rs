@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use meshsteer_cni::env::host_path;
 use meshsteer_cni::proto::{self, Command as Op, PodRef, Reply, Request};
 use serde_json::{Value, json};
 
@@ -174,7 +175,8 @@ fn add_captured_prints_prev_result_back() {
                 command: Op::Add,
                 pod: pod(),
                 container_id: "c0ffee".into(),
-                netns: Some("/var/run/netns/cni-1234".into()),
+                // As the agent can open it (/var/run may be a symlink to /run here).
+                netns: Some(host_path(Path::new("/var/run/netns/cni-1234"))),
                 ifname: "eth0".into(),
                 ips: vec![
                     "10.244.1.7".parse().unwrap(),
@@ -342,8 +344,8 @@ fn del_twice_and_without_netns() {
     let requests = agent.join().unwrap();
     assert_eq!(requests[0].command, Op::Del);
     assert_eq!(
-        requests[0].netns.as_deref(),
-        Some(Path::new("/var/run/netns/cni-1234"))
+        requests[0].netns,
+        Some(host_path(Path::new("/var/run/netns/cni-1234")))
     );
     assert_eq!(requests[1].netns, None);
     assert_eq!(requests[1].pod, pod());
