@@ -224,6 +224,7 @@ mod tests {
             usage: None,
             fail_closed: false,
             warnings: vec![],
+            enrolled_by: None,
             options: None,
             counters: None,
         }

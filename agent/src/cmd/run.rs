@@ -23,13 +23,13 @@ use crate::{
     registry::{Kernel, Registry},
     source::{
         POLL, Pushed, Source,
-        change::Batch,
+        change::{Batch, EnrolledBy, SourceKey},
         dir::PodDir,
-        kube::{self, KubePods},
+        kube::{self, KubePods, PodRef},
     },
     spec::budget::Budget,
     sys::async_fd,
-    telemetry::{http::Endpoints, reporter::Reporter},
+    telemetry::{http::Endpoints, reporter::Reporter, status::AgentStatus},
 };
 
 pub async fn run(args: RunArgs) -> Result<()> {
@@ -46,6 +46,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let endpoints = Endpoints::bind(args.metrics.addr.0).await?;
     // In range: checked by the argument parser.
     let budget = Budget::new(args.max_pods)?;
+    // Read before this agent's first publish replaces it.
+    let cni_enrolled = cni_enrolled_before(&args.status.status_file);
     let reporter = Reporter::new(&args.status.status_file, endpoints.addr()).with_budget(budget);
     let mut datapath = Datapath::load(&args.pins.bpffs_dir, &cgroup_root)?;
     if let Some(logger) = datapath.take_logger() {
@@ -54,7 +56,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     endpoints.serve(&datapath.pins, reporter.subscribe())?;
     let maps = PodMaps::take(&mut datapath.bpf)?.with_orig_dst_limit(budget.orig_dst);
     let sk_lookups = SkLookups::new(datapath.sk_lookup.clone(), &datapath.pins)?;
-    let mut source = source.open(&cgroup_root);
+    let mut source = source.open(&cgroup_root, cni_enrolled);
     let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookups);
     let mut registry = Registry::new(dataplane, cgroup_root)
         .with_acceleration(args.accelerate.on(), datapath.accel.clone())
@@ -171,17 +173,36 @@ impl SourceConfig {
         Ok(Self::Dir(pods_dir.to_path_buf()))
     }
 
-    fn open(self, cgroup_root: &Path) -> Source {
+    fn open(self, cgroup_root: &Path, cni_enrolled: Vec<(PodRef, PathBuf)>) -> Source {
         match self {
-            Self::Kubernetes(prepared) => {
-                Source::Kubernetes(KubePods::start(prepared, cgroup_root))
-            }
+            Self::Kubernetes(prepared) => Source::Kubernetes(
+                KubePods::start(prepared, cgroup_root).with_cni_enrolled(cni_enrolled),
+            ),
             Self::Dir(dir) => {
                 info!(pods_dir = %dir.display(), "reading pod specs");
                 Source::Dir(PodDir::new(&dir))
             }
         }
     }
+}
+
+/// The pods a previous agent on this node enrolled at their CNI ADD, from its status file
+/// (none when there is none: a first start, or another `--status-file`).
+fn cni_enrolled_before(status_file: &Path) -> Vec<(PodRef, PathBuf)> {
+    let Ok(earlier) = AgentStatus::read(status_file) else {
+        return Vec::new();
+    };
+    earlier
+        .pods
+        .into_iter()
+        .filter(|p| p.enrolled_by == Some(EnrolledBy::Cni))
+        .filter_map(|p| match (p.source, p.cgroup) {
+            (SourceKey::Kube { namespace, name }, Some(cgroup)) => {
+                Some((PodRef { namespace, name }, cgroup))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn apply(registry: &mut Registry, batch: Batch, reconciled: &mut bool) {

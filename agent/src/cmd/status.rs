@@ -6,7 +6,10 @@ use anyhow::Result;
 
 use crate::{
     bpf::{counters::Counters, maps, pins::Pins},
-    telemetry::{catalog, status::AgentStatus},
+    telemetry::{
+        catalog,
+        status::{AgentStatus, EnrolledBy},
+    },
 };
 
 pub fn show(status_file: &Path, bpffs_dir: &Path, json: bool) -> Result<()> {
@@ -55,6 +58,12 @@ pub fn show(status_file: &Path, bpffs_dir: &Path, json: bool) -> Result<()> {
         println!("{}\t{}", pod.name, pod.state);
         if pod.fail_closed {
             println!("\tfail closed: its connect()s fail (EPERM), inbound connections refused");
+        }
+        if pod.enrolled_by == Some(EnrolledBy::Watch) {
+            println!(
+                "\tenrolled by the watch, not at its sandbox's CNI ADD: connections it made \
+                 before that were not captured"
+            );
         }
         for w in &pod.warnings {
             println!("\twarning: {w}");

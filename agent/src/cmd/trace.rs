@@ -438,6 +438,7 @@ mod tests {
             usage: None,
             fail_closed: false,
             warnings: vec![],
+            enrolled_by: None,
             options: None,
             counters: None,
         };

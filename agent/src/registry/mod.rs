@@ -14,7 +14,7 @@ use tracing::{info, info_span, warn};
 
 use crate::{
     bpf::accel::Support,
-    source::change::{Change, OptionsFrom, Rejected, SourceKey, Unready},
+    source::change::{Change, EnrolledBy, OptionsFrom, Rejected, SourceKey, Unready},
     spec::{budget::Budget, plan::Plan, pod::PodSpec},
 };
 
@@ -72,6 +72,8 @@ struct Entry {
     pending: Option<String>,
     /// Where its options came from, when its source said ([`Change::Origin`]).
     from: Option<OptionsFrom>,
+    /// How it was enrolled, when its source said ([`Change::EnrolledBy`]).
+    enrolled_by: Option<EnrolledBy>,
 }
 
 pub struct Registry<D = Kernel> {
@@ -154,7 +156,10 @@ impl<D: Dataplane> Registry<D> {
             .iter()
             .filter_map(|c| match c {
                 Change::Remove(k) => Some(k),
-                Change::Upsert(..) | Change::Pending(..) | Change::Origin(..) => None,
+                Change::Upsert(..)
+                | Change::Pending(..)
+                | Change::Origin(..)
+                | Change::EnrolledBy(..) => None,
             })
             .collect();
         let mut renames = Vec::new();
@@ -189,6 +194,11 @@ impl<D: Dataplane> Registry<D> {
                         e.from = Some(from);
                     }
                 }
+                Change::EnrolledBy(key, by) => {
+                    if let Some(e) = self.pods.get_mut(&key) {
+                        e.enrolled_by = Some(by);
+                    }
+                }
             }
         }
     }
@@ -215,6 +225,7 @@ impl<D: Dataplane> Registry<D> {
             unready: None,
             pending: previous.as_ref().and_then(|p| p.pending.clone()),
             from: previous.as_ref().and_then(|p| p.from),
+            enrolled_by: previous.as_ref().and_then(|p| p.enrolled_by),
         };
         let mut located = None;
         let result = spec

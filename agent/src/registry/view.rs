@@ -2,7 +2,7 @@
 use super::{Dataplane, Entry, Registry};
 use crate::source::change::{SourceKey, Unready};
 use crate::spec::budget::Usage;
-use crate::telemetry::status::{OptionsFrom, OptionsOrigin, PodState, PodStatus};
+use crate::telemetry::status::{EnrolledBy, OptionsFrom, OptionsOrigin, PodState, PodStatus};
 
 impl<D: Dataplane> Registry<D> {
     /// The pod's state, if the registry has it.
@@ -61,6 +61,10 @@ impl<D> Registry<D> {
                     fail_closed: e.enrolled.as_ref().is_some_and(|x| x.plan.is_refused()),
                     accelerate: captured.map(|x| x.plan.accelerates()),
                     warnings: captured.map(|x| x.warnings.clone()).unwrap_or_default(),
+                    enrolled_by: e.enrolled_by.or(match key {
+                        SourceKey::File(_) => Some(EnrolledBy::SpecFile),
+                        SourceKey::Kube { .. } => None,
+                    }),
                     options: Some(OptionsOrigin {
                         from: e.from.unwrap_or(match key {
                             SourceKey::File(_) => OptionsFrom::SpecFile,

@@ -87,6 +87,21 @@ pub enum OptionsFrom {
     Template,
 }
 
+/// How the agent came to enrol a pod, which says whether capture was in effect from its first
+/// instruction. New ways are new variants: readers must accept values they do not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnrolledBy {
+    /// A spec file in `--pods-dir`.
+    SpecFile,
+    /// The CNI plugin's ADD, while the runtime set the pod's sandbox up: before any of its
+    /// containers ran.
+    Cni,
+    /// The Kubernetes watch, once the pod was on the node: a pod that started before the CNI
+    /// plugin was installed, or on a node without it.
+    Watch,
+}
+
 /// One pod of a source appeared, changed or went away.
 pub enum Change {
     Upsert(SourceKey, Box<Result<PodSpec, Rejected>>),
@@ -97,6 +112,8 @@ pub enum Change {
     /// Where a known pod's options came from, when its source tells them apart. Follows the
     /// pod's `Upsert`.
     Origin(SourceKey, OptionsFrom),
+    /// How the known pod was enrolled. Follows its first ready `Upsert`.
+    EnrolledBy(SourceKey, EnrolledBy),
 }
 
 /// Changes from one look at a source.

@@ -315,7 +315,10 @@ mod tests {
                     }) => (name, r),
                     other => panic!("refused expected: {other:?}"),
                 },
-                Change::Remove(_) | Change::Pending(..) | Change::Origin(..) => {
+                Change::Remove(_)
+                | Change::Pending(..)
+                | Change::Origin(..)
+                | Change::EnrolledBy(..) => {
                     panic!("no removal expected")
                 }
             })

@@ -73,6 +73,11 @@ pub struct PodStatus {
     /// in effect (`::6/128` missing from its `lo`), and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How the agent enrolled the pod: `cni` (at its sandbox's ADD, before any container ran),
+    /// `watch` (found running: it started before the CNI plugin was installed) or `specFile`.
+    /// Absent until enrolled, and in files of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_by: Option<EnrolledBy>,
     /// Where the pod's capture options came from (absent in files of older agents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<OptionsOrigin>,
@@ -93,7 +98,7 @@ pub struct OptionsOrigin {
     pub pending: Option<String>,
 }
 
-pub use crate::source::change::OptionsFrom;
+pub use crate::source::change::{EnrolledBy, OptionsFrom};
 
 /// Whether a pod's capture is in effect. In the file it is one string: `ready`,
 /// `waiting: <reason>` or `error: <reason>`, so that a person and a script read it alike.
@@ -247,6 +252,7 @@ mod tests {
                 usage: None,
                 fail_closed: false,
                 warnings: vec!["::6/128 is not on the pod's lo".into()],
+                enrolled_by: Some(EnrolledBy::Cni),
                 options: Some(OptionsOrigin {
                     from: OptionsFrom::Annotations,
                     pending: Some("annotation x changed".into()),
@@ -266,6 +272,7 @@ mod tests {
             text.contains(r#""warnings":["::6/128 is not on the pod's lo"]"#),
             "{text}"
         );
+        assert!(text.contains(r#""enrolledBy":"cni""#), "{text}");
         assert!(text.contains(r#""capture":{"proxyPort":15001,"#), "{text}");
         assert_eq!(serde_json::from_str::<AgentStatus>(&text).unwrap(), doc);
 

@@ -175,6 +175,11 @@ fn a_sandbox_without_its_cgroup2_directory_is_captured_from_its_first_process() 
         "ADD returned without the pod's cgroup2 directory {}",
         sandbox.cgroup.display()
     );
+    let status = s
+        .agent
+        .pod_status(&format!("{}/{name}", s.ns))
+        .context("the pod is not in status")?;
+    ensure!(status["enrolledBy"] == "cni", "status: {status}");
     // runc, now: the sandbox's container cgroup, then the pod's first processes.
     sandbox.make_cgroup2()?;
     let proxy = start_tagged_listener_on(&sandbox.place(1337), &[15001], Some("proxy"))?;

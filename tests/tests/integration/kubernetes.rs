@@ -492,6 +492,8 @@ fn injected_pods_get_exactly_istio_inits_capture() -> Result<()> {
                 let p = s.agent.pod_status(&status_name).context("listed")?;
                 assert_eq!(p["capture"], serde_json::to_value(capture)?, "{name}");
                 assert_eq!(p["options"]["from"], from, "{name}");
+                // No CNI plugin here: found running, and said so.
+                assert_eq!(p["enrolledBy"], "watch", "{name}");
             }
             Outcome::Error(what) => {
                 s.agent.wait_state(&status_name, |st| {

@@ -38,7 +38,7 @@ use self::{
     reap::Reaper,
     watch::{Update, client, watch},
 };
-use super::change::{Batch, Change, Rejected};
+use super::change::{Batch, Change, EnrolledBy, Rejected};
 
 /// What the Kubernetes source reports by itself.
 pub enum Event {
@@ -66,6 +66,9 @@ pub struct KubePods {
     cni: Option<CniServer>,
     /// The sandboxes the CNI plugin reported: where a pod is before the API server knows.
     sandboxes: BTreeMap<PodRef, Sandbox>,
+    /// Pods an earlier agent enrolled at their ADD, with the cgroup they had (a new pod of
+    /// the same name has another): found again by the watch, they still were by CNI.
+    cni_enrolled: BTreeMap<PodRef, PathBuf>,
     watcher: JoinHandle<()>,
 }
 
@@ -166,8 +169,16 @@ impl KubePods {
             released: BTreeMap::new(),
             cni,
             sandboxes: BTreeMap::new(),
+            cni_enrolled: BTreeMap::new(),
             watcher,
         }
+    }
+
+    /// Pods an earlier agent enrolled at their sandbox's ADD, with their cgroups (from its
+    /// status file).
+    pub fn with_cni_enrolled(mut self, pods: impl IntoIterator<Item = (PodRef, PathBuf)>) -> Self {
+        self.cni_enrolled.extend(pods);
+        self
     }
 
     /// A sandbox of `view`'s pod was set up (CNI ADD): the pod is decided and, if captured,
@@ -339,6 +350,17 @@ impl KubePods {
             }
             t.sent = sent;
             if let Some(Ok(spec)) = &t.sent {
+                if t.enrolled.is_none() {
+                    // Its sandbox's ADD, or an earlier agent's (its status file says so).
+                    let by = if sandbox.is_some() || self.cni_enrolled.get(id) == Some(&spec.cgroup)
+                    {
+                        EnrolledBy::Cni
+                    } else {
+                        EnrolledBy::Watch
+                    };
+                    info!(?by, "enrolled");
+                    changes.push(Change::EnrolledBy(key.clone(), by));
+                }
                 t.enrolled = Some(spec.cgroup.clone());
             }
         }
@@ -459,6 +481,7 @@ mod tests {
             released: BTreeMap::new(),
             cni: None,
             sandboxes: BTreeMap::new(),
+            cni_enrolled: BTreeMap::new(),
             watcher: tokio::spawn(async {}),
         };
         (tx, pods)
@@ -496,7 +519,7 @@ mod tests {
                 }
                 Change::Remove(key) => panic!("removed {key}"),
                 Change::Pending(key, _) => panic!("noted {key}"),
-                Change::Origin(..) => {}
+                Change::Origin(..) | Change::EnrolledBy(..) => {}
             }
         }
         for name in ["a", "b", "d"] {
@@ -544,6 +567,90 @@ mod tests {
         assert!(pods.reaper.pending().is_empty());
     }
 
+    fn enrolled_by(changes: &[Change]) -> Vec<(SourceKey, EnrolledBy)> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::EnrolledBy(k, by) => Some((k.clone(), *by)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Issue 14: `status` tells pods enrolled at their sandbox's ADD from those the watch
+    /// found running, also after the agent restarted; said once, when first enrolled.
+    #[tokio::test]
+    async fn pods_say_whether_cni_or_the_watch_enrolled_them() {
+        let root = node::tests::FakeRoot::new("enrolled-by");
+        let netns = root.0.join("netns");
+        std::fs::write(&netns, "").unwrap();
+        let template = netns.display().to_string();
+        let (tx, mut pods) = pods_with(
+            Resolver::new(&root.0, Some(template.clone())),
+            Reaper::new(),
+        );
+        let a = root.cgroup("kubepods/besteffort/poda", "");
+        root.cgroup("kubepods/besteffort/podb", "7\n");
+        // a: the watch sees it first, waiting for its addresses; then its ADD enrols it.
+        let mut waiting = view_of("a", "a", serde_json::json!({}));
+        waiting.ips.clear();
+        tx.send(Update::Applied(
+            waiting.pod.clone(),
+            Some(Box::new(waiting.clone())),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            enrolled_by(&changes_of(pods.recv().await.unwrap()).changes),
+            []
+        );
+        let added = pods.cni_add(waiting, netns.clone(), vec!["10.0.0.1".parse().unwrap()]);
+        assert_eq!(enrolled_by(&added), [(kube_key("a"), EnrolledBy::Cni)]);
+        // The watch's later view with addresses changes nothing of it.
+        let a_view = view_of("a", "a", serde_json::json!({}));
+        tx.send(Update::Applied(a_view.pod.clone(), Some(Box::new(a_view))))
+            .await
+            .unwrap();
+        assert_eq!(
+            enrolled_by(&changes_of(pods.recv().await.unwrap()).changes),
+            []
+        );
+        // b: running before the plugin was installed.
+        let b_view = view_of("b", "b", serde_json::json!({}));
+        tx.send(Update::Applied(b_view.pod.clone(), Some(Box::new(b_view))))
+            .await
+            .unwrap();
+        let b = changes_of(pods.recv().await.unwrap());
+        assert_eq!(
+            enrolled_by(&b.changes),
+            [(kube_key("b"), EnrolledBy::Watch)]
+        );
+
+        // A new agent learns from the old one's status which pods their ADD enrolled, for
+        // the cgroup they had then (a new pod of the same name would have another).
+        let (tx, pods) = pods_with(Resolver::new(&root.0, Some(template)), Reaper::new());
+        let mut pods = pods.with_cni_enrolled([(
+            PodRef {
+                namespace: "ns".into(),
+                name: "a".into(),
+            },
+            a.clone(),
+        )]);
+        let listed = vec![
+            view_of("a", "a", serde_json::json!({})),
+            view_of("b", "b", serde_json::json!({})),
+        ];
+        tx.send(Update::Listed(listed)).await.unwrap();
+        let batch = changes_of(pods.recv().await.unwrap());
+        assert_eq!(
+            enrolled_by(&batch.changes),
+            [
+                (kube_key("a"), EnrolledBy::Cni),
+                (kube_key("b"), EnrolledBy::Watch)
+            ]
+        );
+    }
+
     /// On a real node the kubelet stops a deleted pod's sandbox, and its network namespace
     /// goes, before the API server's deletion comes: the pod's spec turns into "waiting for
     /// the network namespace" first. Its cgroup was still left behind on hybrid hosts.
@@ -563,7 +670,7 @@ mod tests {
         let upserts: Vec<_> = batch
             .changes
             .iter()
-            .filter(|c| !matches!(c, Change::Origin(..)))
+            .filter(|c| !matches!(c, Change::Origin(..) | Change::EnrolledBy(..)))
             .collect();
         assert!(
             matches!(upserts.as_slice(), [Change::Upsert(_, s)] if s.is_ok()),
@@ -601,7 +708,7 @@ mod tests {
                 }
                 Change::Remove(key) => panic!("removed {key}"),
                 Change::Pending(key, _) => panic!("noted {key}"),
-                Change::Origin(..) => None,
+                Change::Origin(..) | Change::EnrolledBy(..) => None,
             })
             .collect();
         assert_eq!(
@@ -640,12 +747,13 @@ mod tests {
     fn said(changes: &[Change]) -> Vec<String> {
         changes
             .iter()
-            .map(|c| match c {
-                Change::Upsert(..) => "upsert".into(),
-                Change::Remove(_) => "remove".into(),
-                Change::Pending(_, Some(p)) => format!("pending: {p}"),
-                Change::Pending(_, None) => "clear".into(),
-                Change::Origin(_, from) => format!("from {from:?}"),
+            .filter_map(|c| match c {
+                Change::Upsert(..) => Some("upsert".into()),
+                Change::Remove(_) => Some("remove".into()),
+                Change::Pending(_, Some(p)) => Some(format!("pending: {p}")),
+                Change::Pending(_, None) => Some("clear".into()),
+                Change::Origin(_, from) => Some(format!("from {from:?}")),
+                Change::EnrolledBy(..) => None,
             })
             .collect()
     }
