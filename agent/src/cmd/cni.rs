@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use meshsteer_cni::proto::{Command, Reply};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     registry::Registry,
@@ -29,6 +29,11 @@ pub fn take(call: CniCall, kube: &mut KubePods, registry: &mut Registry, waiting
     let pod = call.pod();
     let key = pod.key();
     let _g = tracing::info_span!("pod", pod = %pod).entered();
+    debug!(
+        queued_us = call.accepted.elapsed().as_micros(),
+        command = ?call.request.command,
+        "CNI call taken"
+    );
     match call.request.command {
         Command::Del => {
             let uid = call.request.pod.uid.clone();
@@ -67,7 +72,15 @@ pub fn take(call: CniCall, kube: &mut KubePods, registry: &mut Registry, waiting
                     return;
                 };
                 let view = (**view).clone();
-                registry.apply(kube.cni_add(view, netns, call.request.ips.clone()));
+                let started = Instant::now();
+                let changes = kube.cni_add(view, netns, call.request.ips.clone());
+                let resolved_us = started.elapsed().as_micros();
+                registry.apply(changes);
+                debug!(
+                    resolved_us,
+                    applied_us = started.elapsed().as_micros(),
+                    "CNI ADD: pod resolved and applied"
+                );
                 waiting.calls.push((key, Instant::now() + ADD_WAIT, call));
                 settle(registry, waiting);
             }
@@ -97,8 +110,9 @@ pub fn settle(registry: &Registry, waiting: &mut Waiting) {
                 continue;
             }
         };
+        let since_accept_us = call.accepted.elapsed().as_micros();
         match &reply {
-            Reply::Captured => info!(pod = %key, "CNI ADD: capture in effect"),
+            Reply::Captured => info!(pod = %key, since_accept_us, "CNI ADD: capture in effect"),
             other => warn!(pod = %key, reply = ?other, "CNI ADD failed"),
         }
         call.answer(reply);

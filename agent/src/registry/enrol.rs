@@ -18,6 +18,7 @@ use crate::{
     host::userns::IdMaps,
     source::change::SourceKey,
     spec::{budget::Usage, plan::Plan, pod::PodSpec},
+    telemetry::laps::Laps,
 };
 
 impl<D: Dataplane> Registry<D> {
@@ -87,16 +88,20 @@ impl<D: Dataplane> Registry<D> {
         spec: &PodSpec,
         previous: Option<&Enrolled>,
     ) -> Result<Enrolled, EnrolError> {
+        let mut laps = Laps::start();
         let cgroup_id = self.admit_cgroup(key, spec)?;
+        laps.mark("cgroup");
         if let Some(ns) = &spec.netns {
             self.dataplane.check_netns(ns)?;
         }
         let mut plan = Plan::new(spec, self.next_pod_id)?;
+        laps.mark("plan");
         if let Some(ns) = &spec.netns
             && let Some(maps) = self.dataplane.id_maps(ns, &spec.cgroup)?
         {
             to_host_ids(&mut plan.config, &maps)?;
         }
+        laps.mark("userns");
         self.next_pod_id += 1;
         // Checked before anything is written: a pod over its share is refused whole.
         self.budget.check(&Usage::of(&plan))?;
@@ -114,6 +119,7 @@ impl<D: Dataplane> Registry<D> {
         if inbound && let Some((addr, other)) = self.address_taken(key, &addrs) {
             return Err(EnrolError::AddressTaken { addr, other });
         }
+        laps.mark("checks");
         match (&spec.netns, inbound) {
             // Attached before the config is written: until then its copy passes everything.
             (Some(ns), true) => self.dataplane.attach_netns(cgroup_id, ns)?,
@@ -121,6 +127,7 @@ impl<D: Dataplane> Registry<D> {
             // Detached only once the new plan is in: a failed write keeps all of the old one.
             (_, false) => {}
         }
+        laps.mark("attach");
         // Same cgroup as before: swap in place. A different one: the old one is removed.
         let same = previous.filter(|p| p.cgroup_id == cgroup_id);
         if let Err(e) = self
@@ -139,10 +146,14 @@ impl<D: Dataplane> Registry<D> {
             self.dataplane.remove(old.cgroup_id, &old.plan);
             self.dataplane.detach_netns(old.cgroup_id);
         }
+        laps.mark("maps");
         if inbound && let Some(netns) = &spec.netns {
             self.register_existing_listeners(cgroup_id, &spec.cgroup, netns, &plan.config);
         }
+        laps.mark("listeners");
         let warnings = self.add_passthrough_v6(&plan, spec.netns.as_deref());
+        laps.mark("passthrough");
+        debug!(%laps, "enrolment steps");
         Ok(Enrolled {
             cgroup_id,
             plan,

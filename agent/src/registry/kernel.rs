@@ -86,11 +86,14 @@ impl Dataplane for Kernel {
         self.maps.set_netns(cgroup_id, ino)?;
         let started = Instant::now();
         let prog = self.sk_lookups.program_for(cgroup_id)?;
+        let program_us = started.elapsed().as_micros();
+        netns::attach(prog, ns, &self.pins.netns_link(cgroup_id))?;
         debug!(
-            micros = started.elapsed().as_micros(),
-            "the pod's copy of sk_lookup"
+            program_us,
+            attached_us = started.elapsed().as_micros(),
+            "the pod's copy of sk_lookup attached"
         );
-        netns::attach(prog, ns, &self.pins.netns_link(cgroup_id))
+        Ok(())
     }
 
     fn detach_netns(&mut self, cgroup_id: u64) {
