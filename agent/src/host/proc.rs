@@ -9,7 +9,10 @@ use std::{
 use anyhow::Result;
 use tracing::debug;
 
-use crate::sys::pidfd::pidfd_getfd;
+use crate::sys::{
+    pidfd::Pidfd,
+    socket::{netns_of, tcp_listening},
+};
 
 /// A listening socket found among a pod's processes.
 #[derive(Debug)]
@@ -27,40 +30,64 @@ pub struct FoundListener {
 }
 
 /// Listening TCP sockets on `port` held by processes of the cgroup subtree `cgroup`, whatever
-/// network namespace they run in (`in_netns` tells whether it is `netns`).
+/// network namespace they run in (`in_netns` tells whether it is `netns`), each made in the
+/// namespace of the process holding it.
+///
+/// Each of the processes' sockets is asked what it is. `/proc/<pid>/net/tcp` would say it too,
+/// but reading it walks the whole host's TCP hash table, every namespace's connections
+/// included: milliseconds per read on a busy node, on the way of every enrolment.
 pub fn existing_listeners(cgroup: &Path, netns: &Path, port: u16) -> Result<Vec<FoundListener>> {
-    let pod_netns = fs::metadata(netns).map(|m| (m.dev(), m.ino())).ok();
+    let id = |m: fs::Metadata| (m.dev(), m.ino());
+    let pod_netns = fs::metadata(netns).map(id).ok();
     let mut found = Vec::new();
     for pid in cgroup_pids(cgroup) {
-        let in_netns = fs::metadata(format!("/proc/{pid}/ns/net"))
-            .is_ok_and(|m| Some((m.dev(), m.ino())) == pod_netns);
-        let listening = listening_inodes(pid, port);
-        if listening.is_empty() {
+        let Ok(own_netns) = fs::metadata(format!("/proc/{pid}/ns/net")).map(id) else {
             continue;
-        }
+        };
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
+        let mut process = None;
         for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(ino) = socket_inode(&target) else {
-                continue;
-            };
-            let Some(family) = listening.iter().find(|(i, _)| *i == ino).map(|(_, f)| *f) else {
-                continue;
-            };
+            let is_socket = fs::read_link(fd.path())
+                .ok()
+                .and_then(|t| socket_inode(&t))
+                .is_some();
             let Some(num) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            let socket = match pidfd_getfd(pid, num) {
+            if !is_socket {
+                continue;
+            }
+            if process.is_none() {
+                match Pidfd::open(pid) {
+                    Ok(p) => process = Some(p),
+                    Err(e) => {
+                        debug!(pid, error = %e, "pidfd_open failed");
+                        break;
+                    }
+                }
+            }
+            let Some(p) = &process else { break };
+            let socket = match p.getfd(num) {
                 Ok(dup) => dup,
                 Err(e) => {
                     debug!(pid, fd = num, error = %e, "pidfd_getfd failed");
                     continue;
                 }
             };
+            let family = match tcp_listening(&socket) {
+                Ok(Some((family, p))) if p == port => family,
+                _ => continue,
+            };
+            // Only the process's own namespace's sockets, as its /proc/<pid>/net/tcp lists.
+            let socket_netns = netns_of(&socket)
+                .map(File::from)
+                .and_then(|f| f.metadata())
+                .map(id);
+            if socket_netns.ok() != Some(own_netns) {
+                continue;
+            }
             // fstat of the socket: its inode carries the creator's fsuid/fsgid.
             let Ok(md) = socket
                 .try_clone()
@@ -74,7 +101,7 @@ pub fn existing_listeners(cgroup: &Path, netns: &Path, port: u16) -> Result<Vec<
                 family,
                 uid: md.uid(),
                 gid: md.gid(),
-                in_netns,
+                in_netns: Some(own_netns) == pod_netns,
             });
         }
     }
@@ -122,50 +149,16 @@ pub fn cgroup_pids(cgroup: &Path) -> Vec<i32> {
             pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
         }
         if let Ok(entries) = fs::read_dir(&d) {
+            // The entry's own type (no stat of each of the many interface files).
             dirs.extend(
                 entries
                     .flatten()
-                    .filter(|e| e.path().is_dir())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
                     .map(|e| e.path()),
             );
         }
     }
     pids
-}
-
-/// Inodes (and AF_INET/AF_INET6) of sockets listening on `port` in `pid`'s network namespace.
-fn listening_inodes(pid: i32, port: u16) -> Vec<(u64, u32)> {
-    let mut out = Vec::new();
-    for (file, family) in [
-        ("tcp", libc::AF_INET as u32),
-        ("tcp6", libc::AF_INET6 as u32),
-    ] {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
-            continue;
-        };
-        out.extend(
-            parse_listeners(&text, port)
-                .into_iter()
-                .map(|ino| (ino, family)),
-        );
-    }
-    out
-}
-
-/// `/proc/net/tcp` lines: "sl local_address rem_address st ... inode": LISTEN is st 0A.
-fn parse_listeners(text: &str, port: u16) -> Vec<u64> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = f.get(1)?.rsplit(':').next()?;
-            let listening = *f.get(3)? == "0A";
-            let matches = u16::from_str_radix(local_port, 16).ok()? == port;
-            (listening && matches)
-                .then(|| f.get(9)?.parse().ok())
-                .flatten()
-        })
-        .collect()
 }
 
 fn socket_inode(link: &Path) -> Option<u64> {
@@ -178,13 +171,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_listening_sockets_by_port() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 00000000:3A9E 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 4242 1 0 100 0 0 10 0\n\
-   1: 0100007F:3A9E 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1337        0 4343 1 0 100 0 0 10 0\n";
-        assert_eq!(parse_listeners(text, 15006), vec![4242]);
-        assert!(parse_listeners(text, 80).is_empty());
+    fn reads_socket_inodes_from_fd_links() {
         assert_eq!(socket_inode(Path::new("socket:[4242]")), Some(4242));
+        assert_eq!(socket_inode(Path::new("pipe:[4242]")), None);
     }
 
     #[test]

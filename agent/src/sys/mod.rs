@@ -1,5 +1,6 @@
 //! The only place allowed `unsafe`: thin, typed wrappers over the syscalls that neither std,
-//! tokio nor aya offer (bpf commands aya keeps private, inotify, pidfd, mount, raw clocks).
+//! tokio nor aya offer (bpf commands aya keeps private, inotify, pidfd, mount, raw clocks,
+//! socket options).
 #![allow(unsafe_code)]
 
 pub mod async_fd;
@@ -11,3 +12,4 @@ pub mod mount;
 pub mod ns;
 pub mod pidfd;
 pub mod signal;
+pub mod socket;

@@ -5,20 +5,28 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-/// A duplicate of `fd` of process `pid`, owned by this process.
-pub fn pidfd_getfd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: a raw syscall with plain integer arguments; a non-negative result is a new fd.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(io::Error::last_os_error());
+/// A process, held by a pidfd: its fds can be copied while it lives.
+pub struct Pidfd(OwnedFd);
+
+impl Pidfd {
+    pub fn open(pid: i32) -> io::Result<Self> {
+        // SAFETY: a raw syscall with plain integer arguments; a non-negative result is a new fd.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if pidfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `pidfd` is a fresh fd that nothing else owns.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(pidfd as i32) }))
     }
-    // SAFETY: `pidfd` is a fresh fd that nothing else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: as above, with a pidfd we own.
-    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if dup < 0 {
-        return Err(io::Error::last_os_error());
+
+    /// A duplicate of the process's `fd`, owned by this process.
+    pub fn getfd(&self, fd: i32) -> io::Result<OwnedFd> {
+        // SAFETY: a raw syscall with a pidfd we own and plain integers.
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.0.as_raw_fd(), fd, 0) };
+        if dup < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `dup` is a fresh fd that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(dup as i32) })
     }
-    // SAFETY: `dup` is a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(dup as i32) })
 }
