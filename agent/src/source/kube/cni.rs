@@ -1,14 +1,15 @@
 //! The CNI plugin's way in (`meshsteer-cni`, chained after the node's network plugin): a unix
 //! socket on which the runtime's ADD, DEL and CHECK for a pod sandbox arrive before any of the
 //! pod's containers runs. Each connection carries one request and one reply
-//! (`meshsteer_cni::proto`). The pod itself is read from the API server here, off the agent's
-//! loop; the loop decides and answers ([`CniCall::answer`]) once the pod's capture is in
-//! effect, refused, or given up on.
+//! (`meshsteer_cni::proto`). The pod is taken from the watch, which has it by the time its
+//! sandbox is set up, unless the watch has not delivered it yet: then it is read from the API
+//! server here, off the agent's loop ([`CniServer::fetch`]). The loop decides and answers
+//! ([`CniCall::answer`]) once the pod's capture is in effect, refused, or given up on.
 use std::{
     io,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -46,6 +47,8 @@ pub enum Found {
 pub struct CniCall {
     pub request: Request,
     pub found: Found,
+    /// When the plugin's connection was accepted (for the debug timings of an ADD).
+    pub accepted: Instant,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -63,9 +66,56 @@ impl CniCall {
     }
 }
 
+/// A request as the socket delivered it, its pod not looked up yet (`found`: read already).
+#[derive(Debug)]
+pub(super) struct Arrived {
+    request: Request,
+    found: Option<Found>,
+    accepted: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+impl Arrived {
+    /// The call for the agent's loop, if the pod needs no reading or `cached` (the watch's)
+    /// has it; else the request back, for [`CniServer::fetch`].
+    pub(super) fn call(
+        self,
+        cached: impl FnOnce(&Request) -> Option<Found>,
+    ) -> Result<CniCall, Box<Self>> {
+        let found = match (self.found, self.request.command) {
+            (Some(found), _) => found,
+            // DEL needs nothing from the API server: the pod may be gone from it already.
+            (None, Command::Del) => Found::Missing(String::new()),
+            (None, Command::Add | Command::Check) => match cached(&self.request) {
+                Some(found) => found,
+                None => {
+                    return Err(Box::new(Self {
+                        found: None,
+                        ..self
+                    }));
+                }
+            },
+        };
+        Ok(CniCall {
+            request: self.request,
+            found,
+            accepted: self.accepted,
+            reply: self.reply,
+        })
+    }
+}
+
+/// Reads pods the watch lacks from the API server.
+struct ApiReader {
+    client: Client,
+    /// Requests whose pod was read come back this way.
+    requeue: mpsc::Sender<Arrived>,
+}
+
 /// The socket, served by a task of its own.
 pub struct CniServer {
-    calls: mpsc::Receiver<CniCall>,
+    calls: mpsc::Receiver<Arrived>,
+    api: Box<ApiReader>,
     task: JoinHandle<()>,
     path: PathBuf,
 }
@@ -93,17 +143,43 @@ impl CniServer {
             .with_context(|| format!("restricting {}", path.display()))?;
         info!(path = %path.display(), "serving the CNI plugin");
         let (tx, calls) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(accept(listener, client, tx));
+        let task = tokio::spawn(accept(listener, tx.clone()));
         Ok(Self {
             calls,
+            api: Box::new(ApiReader {
+                client,
+                requeue: tx,
+            }),
             task,
             path: path.to_path_buf(),
         })
     }
 
-    /// The next call for the agent's loop. Cancel-safe.
-    pub async fn next(&mut self) -> Option<CniCall> {
+    /// The next request for the agent's loop. Cancel-safe.
+    pub(super) async fn next(&mut self) -> Option<Arrived> {
         self.calls.recv().await
+    }
+
+    /// Reads the request's pod from the API server (a pod the watch has not delivered yet),
+    /// off the agent's loop; the request then comes back through [`CniServer::next`].
+    pub(super) fn fetch(&self, mut arrived: Box<Arrived>) {
+        let (client, requeue) = (self.api.client.clone(), self.api.requeue.clone());
+        let pod = &arrived.request.pod;
+        let span = info_span!("pod", pod = %format!("{}/{}", pod.namespace, pod.name));
+        tokio::spawn(
+            async move {
+                let started = Instant::now();
+                arrived.found = Some(fetch(client, &arrived.request).await);
+                debug!(
+                    micros = started.elapsed().as_micros(),
+                    "read the pod from the API server"
+                );
+                // A send fails only when the agent stops: the plugin is told it dropped the
+                // request.
+                let _ = requeue.send(*arrived).await;
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -116,13 +192,13 @@ impl Drop for CniServer {
     }
 }
 
-async fn accept(listener: UnixListener, client: Client, tx: mpsc::Sender<CniCall>) {
+async fn accept(listener: UnixListener, tx: mpsc::Sender<Arrived>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let (client, tx) = (client.clone(), tx.clone());
+                let tx = tx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = exchange(stream, client, tx).await {
+                    if let Err(e) = exchange(stream, tx).await {
                         warn!(error = %format!("{e:#}"), "CNI request not answered");
                     }
                 });
@@ -136,7 +212,8 @@ async fn accept(listener: UnixListener, client: Client, tx: mpsc::Sender<CniCall
 }
 
 /// One request and its reply.
-async fn exchange(stream: UnixStream, client: Client, tx: mpsc::Sender<CniCall>) -> Result<()> {
+async fn exchange(stream: UnixStream, tx: mpsc::Sender<Arrived>) -> Result<()> {
+    let accepted = Instant::now();
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     // One byte over the cap tells an overlong line from one that just fits.
@@ -160,23 +237,29 @@ async fn exchange(stream: UnixStream, client: Client, tx: mpsc::Sender<CniCall>)
     };
     let pod = &request.pod;
     let span = info_span!("pod", pod = %format!("{}/{}", pod.namespace, pod.name));
-    let found = match request.command {
-        // DEL needs nothing from the API server: the pod may be gone from it already.
-        Command::Del => Found::Missing(String::new()),
-        Command::Add | Command::Check => fetch(client, &request).instrument(span.clone()).await,
-    };
+    let read_us = accepted.elapsed().as_micros();
     let (reply_tx, reply_rx) = oneshot::channel();
-    let call = CniCall {
+    let arrived = Arrived {
         request,
-        found,
+        found: None,
+        accepted,
         reply: reply_tx,
     };
-    tx.send(call).await.context("the agent is stopping")?;
+    tx.send(arrived).await.context("the agent is stopping")?;
     // The loop answers every call, at the latest when its wait is up.
     let reply = reply_rx.await.context("the agent dropped the request")?;
-    span.in_scope(|| debug!(?reply, "answered the CNI plugin"));
+    let answered_us = accepted.elapsed().as_micros();
     write.write_all(&proto::encode(&reply)).await?;
     write.shutdown().await?;
+    span.in_scope(|| {
+        debug!(
+            ?reply,
+            read_us,
+            answered_us,
+            written_us = accepted.elapsed().as_micros(),
+            "answered the CNI plugin"
+        )
+    });
     Ok(())
 }
 
@@ -207,5 +290,56 @@ async fn fetch(client: Client, request: &Request) -> Found {
         )),
         Ok(None) => Found::NotMeshed("no Istio sidecar (or host network, or finished)".into()),
         Err(e) => Found::Missing(format!("pod {}/{}: {e}", pod.namespace, pod.name)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshsteer_cni::proto::PodRef;
+
+    use super::*;
+
+    fn arrived(command: Command) -> (Arrived, oneshot::Receiver<Reply>) {
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            command,
+            pod: PodRef {
+                namespace: "ns".into(),
+                name: "a".into(),
+                uid: "u1".into(),
+            },
+            container_id: "c".into(),
+            netns: None,
+            ifname: "eth0".into(),
+            ips: vec![],
+        };
+        let a = Arrived {
+            request,
+            found: None,
+            accepted: Instant::now(),
+            reply,
+        };
+        (a, rx)
+    }
+
+    /// ADD and CHECK take the pod from the watch when it has it, and are sent on to the API
+    /// server when not; DEL asks for nothing.
+    #[test]
+    fn a_request_reads_the_api_server_only_when_the_watch_lacks_its_pod() {
+        let cached = |_: &Request| Some(Found::NotMeshed("from the watch".into()));
+        for command in [Command::Add, Command::Check] {
+            let (a, _rx) = arrived(command);
+            let call = a.call(cached).expect("the watch's pod");
+            assert!(matches!(call.found, Found::NotMeshed(w) if w == "from the watch"));
+
+            let (a, _rx) = arrived(command);
+            let mut back = a.call(|_| None).expect_err("sent on to the API server");
+            back.found = Some(Found::Missing("read".into()));
+            let call = back.call(|_| panic!("read already")).unwrap();
+            assert!(matches!(call.found, Found::Missing(w) if w == "read"));
+        }
+        let (a, _rx) = arrived(Command::Del);
+        let call = a.call(|_| panic!("DEL looks nothing up")).unwrap();
+        assert!(matches!(call.found, Found::Missing(_)));
     }
 }

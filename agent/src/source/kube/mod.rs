@@ -25,9 +25,11 @@ use std::{
 
 use anyhow::{Context, Result};
 use kube::Api;
+use meshsteer_cni::proto::Request;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, info_span};
 
+use self::cni::Arrived;
 pub use self::{
     cni::{CniCall, CniServer, Found},
     view::{PodRef, PodView},
@@ -216,9 +218,17 @@ impl KubePods {
     /// The next changes the API server reports, or the next request of the CNI plugin.
     /// Cancel-safe: it only awaits the queues.
     pub async fn recv(&mut self) -> Result<Event> {
-        let update = tokio::select! {
-            update = self.updates.recv() => update.context("the Kubernetes pod watcher stopped")?,
-            Some(call) = next_cni(&mut self.cni) => return Ok(Event::Cni(call)),
+        let update = loop {
+            tokio::select! {
+                update = self.updates.recv() => {
+                    break update.context("the Kubernetes pod watcher stopped")?;
+                }
+                Some(arrived) = next_cni(&mut self.cni) => {
+                    if let Some(call) = self.look_up(arrived) {
+                        return Ok(Event::Cni(call));
+                    }
+                }
+            }
         };
         let mut changes = Vec::new();
         let complete = matches!(update, Update::Listed(_));
@@ -412,8 +422,33 @@ impl KubePods {
     }
 }
 
+impl KubePods {
+    /// The call of a CNI request whose pod the watch has (under the sandbox's UID), or needs
+    /// none; else its pod is read from the API server, and the request comes back.
+    fn look_up(&self, arrived: Arrived) -> Option<CniCall> {
+        let cached = |r: &Request| {
+            let id = PodRef {
+                namespace: r.pod.namespace.clone(),
+                name: r.pod.name.clone(),
+            };
+            let t = self.pods.get(&id).filter(|t| t.view.uid == r.pod.uid)?;
+            debug!(pod = %id, "the pod as the watch has it");
+            Some(Found::Meshed(Box::new(t.view.clone())))
+        };
+        match arrived.call(cached) {
+            Ok(call) => Some(call),
+            Err(arrived) => {
+                if let Some(server) = &self.cni {
+                    server.fetch(arrived);
+                }
+                None
+            }
+        }
+    }
+}
+
 /// The next request of the CNI plugin; never, without `--cni-socket`. Cancel-safe.
-async fn next_cni(cni: &mut Option<CniServer>) -> Option<CniCall> {
+async fn next_cni(cni: &mut Option<CniServer>) -> Option<Arrived> {
     match cni {
         Some(server) => server.next().await,
         None => std::future::pending().await,
