@@ -5,13 +5,14 @@
 //! `MS_SK_LOOKUP_PODS` maps the slot to the pod: the same object, sharing every pinned map, its
 //! link pinned per pod (`netns.rs`).
 //!
-//! A copy costs about 20 ms to load (aya parses the kernel's BTF for every loader), so copies
-//! are kept per slot and reused by the next pod of a freed slot, and one spare is loaded ahead
-//! while the agent is idle: enrolment itself loads nothing.
+//! Copies are kept per slot and reused by the next pod of a freed slot, and one spare is loaded
+//! ahead while the agent is idle: enrolment itself loads nothing. All copies come from one
+//! loader: aya parses the kernel's BTF when a loader is made (10 to 20 ms), not for each load.
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, BorrowedFd, OwnedFd},
-    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, bail};
@@ -28,21 +29,37 @@ use tracing::debug;
 
 use super::{object::OBJECT, pins::Pins};
 
-/// Loads the copies; cheap to keep (paths and offsets only).
+/// Every slot number, for the loader to borrow for as long as it lives.
+static SLOTS: [u32; capacity::SK_LOOKUP_SLOTS as usize] = {
+    let mut slots = [0; capacity::SK_LOOKUP_SLOTS as usize];
+    let mut i = 0;
+    while i < slots.len() {
+        slots[i] = i as u32;
+        i += 1;
+    }
+    slots
+};
+
+/// Loads the copies, all through one aya loader (the kernel's BTF parsed once).
 #[derive(Clone)]
 pub struct SkLookupLoader {
-    map_paths: Vec<(&'static str, PathBuf)>,
-    owner: OwnerOffsets,
-    netns: NetnsOffsets,
+    loader: Arc<Mutex<EbpfLoader<'static>>>,
 }
 
 impl SkLookupLoader {
     /// Checks that this kernel takes the program (the copy of slot 0, never attached).
     pub fn new(pins: &Pins, owner: OwnerOffsets, netns: NetnsOffsets) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for name in names::PINNED {
+            loader.map_pin_path(name, pins.map(name));
+        }
+        // Borrowed by the loader for the agent's lifetime: made once per agent.
+        let offsets: &'static (OwnerOffsets, NetnsOffsets) = Box::leak(Box::new((owner, netns)));
+        loader
+            .override_global(globals::OWNER_OFFSETS, &offsets.0, true)
+            .override_global(globals::NETNS_OFFSETS, &offsets.1, true);
         let loader = Self {
-            map_paths: names::PINNED.iter().map(|n| (*n, pins.map(n))).collect(),
-            owner,
-            netns,
+            loader: Arc::new(Mutex::new(loader)),
         };
         loader
             .for_slot(0)
@@ -52,15 +69,13 @@ impl SkLookupLoader {
 
     /// The copy that serves whichever pod `MS_SK_LOOKUP_PODS` maps `slot` to.
     fn for_slot(&self, slot: u32) -> Result<OwnedFd> {
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &self.map_paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        loader
-            .override_global(globals::OWNER_OFFSETS, &self.owner, true)
-            .override_global(globals::NETNS_OFFSETS, &self.netns, true)
-            .override_global(globals::SK_LOOKUP_SLOT, &slot, true);
+        let slot = SLOTS
+            .get(slot as usize)
+            .with_context(|| format!("sk_lookup slot {slot} out of range"))?;
+        // A panic while loading leaves nothing half-set that the next load relies on.
+        let mut loader = self.loader.lock().unwrap_or_else(PoisonError::into_inner);
         let mut bpf = loader
+            .override_global(globals::SK_LOOKUP_SLOT, slot, true)
             .load(OBJECT)
             .context("loading the eBPF object for the pod's sk_lookup")?;
         let p: &mut SkLookup = bpf
@@ -186,7 +201,13 @@ impl SkLookups {
 
     fn load(&mut self, slot: u32) -> Result<()> {
         if !self.programs.contains_key(&slot) {
+            let started = Instant::now();
             let fd = self.loader.for_slot(slot)?;
+            debug!(
+                slot,
+                micros = started.elapsed().as_micros(),
+                "loaded a copy of sk_lookup"
+            );
             self.programs.insert(slot, fd);
         }
         Ok(())
