@@ -23,6 +23,7 @@ pub mod apps;
 pub mod area;
 pub mod cmd;
 pub mod cni;
+pub mod cni_scene;
 pub mod inject;
 pub mod istio_rules;
 pub mod kube;

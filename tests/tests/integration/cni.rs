@@ -14,105 +14,16 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use meshsteer::inspect::{Pins, PodMaps};
 use meshsteer_tests::{
-    Agent, Node,
     agent::{agent_bin, path_str},
-    area::{self, AreaGuard},
     cmd::{self, Place, Proc},
     cni::{self as cni_driver, Chain, PodId, Sandbox},
-    kube::{Cluster, besteffort_cgroup, cluster},
+    cni_scene::{Meshed, Scene, captured, first_connect, median_p99},
+    kube::besteffort_cgroup,
     topology::{lo_ipv6, probe_bin, start_tagged_listener_on},
 };
 use serde_json::{Value, json};
 
-const WORLD: &str = "10.200.0.1:80";
 const INTERCEPTION_MODE: &str = "sidecar.istio.io/interceptionMode";
-
-/// A test API server namespace, a node with its world, and an agent in Kubernetes mode
-/// serving the CNI socket.
-struct Scene {
-    k8s: &'static Cluster,
-    ns: String,
-    socket: PathBuf,
-    agent: Agent,
-    node: Node,
-    _area: AreaGuard,
-}
-
-/// One pod through the chain: its API object, its sandbox, and its proxy's listener.
-struct Meshed {
-    id: PodId,
-    sandbox: Sandbox,
-    _proxy: Proc,
-}
-
-impl Scene {
-    fn new() -> Result<Self> {
-        let area = area::enter();
-        let k8s = cluster()?;
-        let ns = k8s.namespace()?;
-        let mut node = Node::new()?;
-        node.start_world()?;
-        let socket = std::env::temp_dir()
-            .join("meshsteer-tests")
-            .join(format!("{}-cni", node.id))
-            .join("cni.sock");
-        let kubeconfig = k8s.agent_kubeconfig();
-        let agent = Agent::start_with(
-            &node,
-            &[
-                "--kubernetes",
-                "--node-name",
-                &node.id,
-                "--kubeconfig",
-                path_str(&kubeconfig),
-                "--cni-socket",
-                path_str(&socket),
-            ],
-        )?;
-        Ok(Self {
-            k8s,
-            ns,
-            socket,
-            agent,
-            node,
-            _area: area,
-        })
-    }
-
-    /// A pod with an Istio sidecar on the API server and its sandbox on the node, before ADD;
-    /// its proxy (uid 1337, in the pod's cgroup) listens on 15001. It starts before ADD only
-    /// so that the first connect finds it: a listener is in no capture's way.
-    fn pod(&self, name: &str, annotations: &BTreeMap<String, String>) -> Result<Meshed> {
-        let uid = self
-            .k8s
-            .create_pod(&self.ns, name, &self.node.id, true, annotations)?;
-        let sandbox = Sandbox::new(&self.node, name, &besteffort_cgroup(&uid))?;
-        let proxy = start_tagged_listener_on(&sandbox.place(1337), &[15001], Some("proxy"))?;
-        Ok(Meshed {
-            id: PodId {
-                namespace: self.ns.clone(),
-                name: name.into(),
-                uid,
-            },
-            sandbox,
-            _proxy: proxy,
-        })
-    }
-}
-
-/// The app's first connect, at once: where it landed and what the proxy learnt.
-fn first_connect(m: &Meshed) -> Result<serde_json::Value> {
-    let out = meshsteer_tests::cmd::run(
-        &m.sandbox.place(1000),
-        meshsteer_tests::topology::probe_bin(),
-        &["connect", WORLD],
-    )?;
-    serde_json::from_slice(&out.stdout).context("probe output")
-}
-
-fn captured(v: &serde_json::Value) -> bool {
-    v["listener"] == 15001 && v["orig_dst"] == WORLD
-}
 
 /// Item 1: sandbox after sandbox, a process started the instant ADD returns connects out, and
 /// every connection lands on the proxy with its original destination. ADD's latency (the
@@ -122,23 +33,13 @@ fn every_sandbox_is_captured_from_its_first_connect() -> Result<()> {
     const SANDBOXES: usize = 200;
     let s = Scene::new()?;
     let chain = Chain::new(&s.node, &s.socket, 30)?;
-    let mut took = Vec::new();
-    for i in 0..SANDBOXES {
-        let name = format!("p{i}");
-        let m = s.pod(&name, &BTreeMap::new())?;
-        let (_, t) = chain.add_timed(&m.sandbox, &m.id)?;
-        took.push(t);
-        let v = first_connect(&m)?;
-        ensure!(captured(&v), "sandbox {i}: the first connect escaped: {v}");
-        chain.del(&m.sandbox, &m.id)?;
-        s.k8s.delete_pod(&s.ns, &name)?;
-    }
-    took.sort();
+    let took = s.sandboxes_in_a_row(&chain, SANDBOXES)?;
+    let (median, p99) = median_p99(&took);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     eprintln!(
         "meshsteer-cni ADD over {SANDBOXES} sandboxes: median {:.1} ms, p99 {:.1} ms",
-        ms(took[SANDBOXES / 2]),
-        ms(took[SANDBOXES * 99 / 100])
+        ms(median),
+        ms(p99)
     );
     s.agent.wait_until(
         Duration::from_secs(5),
@@ -183,11 +84,7 @@ fn a_sandbox_without_its_cgroup2_directory_is_captured_from_its_first_process() 
     // runc, now: the sandbox's container cgroup, then the pod's first processes.
     sandbox.make_cgroup2()?;
     let proxy = start_tagged_listener_on(&sandbox.place(1337), &[15001], Some("proxy"))?;
-    let m = Meshed {
-        id,
-        sandbox,
-        _proxy: proxy,
-    };
+    let m = Meshed::of(id, sandbox, proxy);
     let v = first_connect(&m)?;
     ensure!(captured(&v), "the first process's connect escaped: {v}");
     chain.del(&m.sandbox, &m.id)?;
