@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: the release agent against Istio's iptables rules and no capture, run by
-//! `mst-bench` as root.
+//! `cargo xtask bench`: the release agent against Istio's iptables rules and no capture, and
+//! the release CNI plugin's ADD latency, run by `mst-bench` as root.
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -16,6 +16,8 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
     // The profile of where each mode's CPU goes.
     apt::ensure_installed(&["linux-perf"])?;
     let agent = agent::build(root, true)?;
+    // The CNI ADD latency is the release plugin's.
+    let cni_plugin = agent::build_package(root, agent::CNI_PACKAGE, true)?;
     // The harness binaries in release too: the load generator's own pods are measured.
     let mut cmd = cargo(root);
     cmd.args(["build", "--release", "--package", TESTS_PACKAGE, "--bins"]);
@@ -23,6 +25,7 @@ pub fn run_bench(root: &Path) -> Result<ExitCode> {
     let bench = host_target_dir(root).join("release").join("mst-bench");
     let status = Command::new(&bench)
         .env("MESHSTEER_BIN", &agent)
+        .env("MESHSTEER_CNI_BIN", &cni_plugin)
         .status()
         .with_context(|| format!("could not start {}", bench.display()))?;
     Ok(ExitCode::from(status.code().map_or(1, |c| c as u8)))
