@@ -407,7 +407,8 @@ impl KubePods {
             }
             return None;
         };
-        t.sent.as_ref()?;
+        // Its cgroup is the agent's to remove whether or not it is still enrolled: a CNI DEL
+        // (the sandbox torn down) unenrols a pod before its deletion comes.
         let dir = t
             .enrolled
             .filter(|dir| self.resolver.removable(dir, &t.view.uid));
@@ -418,6 +419,7 @@ impl KubePods {
             }
             None => {}
         }
+        t.sent.as_ref()?;
         Some(Change::Remove(id.key()))
     }
 }
@@ -684,6 +686,33 @@ mod tests {
                 (kube_key("b"), EnrolledBy::Watch)
             ]
         );
+    }
+
+    /// Found on the real node with the CNI plugin: the sandbox's DEL unenrols the pod before
+    /// the API server's deletion comes, and the pod's cgroup2 directory was then never removed.
+    #[tokio::test]
+    async fn a_pod_unenrolled_by_cni_del_still_has_its_cgroup_removed_at_deletion() {
+        let root = node::tests::FakeRoot::new("reap-cni-del");
+        let netns = root.0.join("netns");
+        std::fs::write(&netns, "").unwrap();
+        let (tx, mut pods) = pods_with(
+            Resolver::new(&root.0, Some(netns.display().to_string())),
+            Reaper::with_remove(cgroup_rmdir),
+        );
+        let a = root.cgroup("kubepods/besteffort/poda", "");
+        let view = view_of("a", "a", serde_json::json!({}));
+        let added = pods.cni_add(view.clone(), netns.clone(), view.ips.clone());
+        assert!(
+            added
+                .iter()
+                .any(|c| matches!(c, Change::Upsert(_, s) if s.is_ok()))
+        );
+        let removed = pods.cni_del(&view.pod, "a");
+        assert!(matches!(removed.as_slice(), [Change::Remove(_)]));
+        tx.send(Update::Deleted(view.pod.clone())).await.unwrap();
+        assert!(changes_of(pods.recv().await.unwrap()).changes.is_empty());
+        pods.reap(Instant::now() + std::time::Duration::from_secs(2));
+        assert!(!a.exists(), "the deleted pod's cgroup is left");
     }
 
     /// On a real node the kubelet stops a deleted pod's sandbox, and its network namespace
