@@ -158,7 +158,9 @@ pub fn install_in(netns: &std::path::Path, holder: Option<u32>, c: &Capture) -> 
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let add = ["-6", "addr", "add", "::6/128", "dev", "lo"];
+    // istio-init adds it once per pod; `replace`, because the twin may be installed again in
+    // the same pod (the benchmark's CIDR scaling re-installs it at each size).
+    let add = ["-6", "addr", "replace", "::6/128", "dev", "lo"];
     match &target {
         None => cmd::run(&place, "ip", &add)?,
         Some(pid) => {
