@@ -3,7 +3,7 @@
 //! the constants but no wrappers.
 use std::{
     io, mem,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 fn int_option(fd: &impl AsRawFd, name: libc::c_int) -> io::Result<libc::c_int> {
@@ -56,15 +56,7 @@ const SIOCGSKNS: libc::c_ulong = 0x894c;
 
 /// The network namespace the socket `fd` belongs to (Linux 4.9).
 pub fn netns_of(fd: &impl AsRawFd) -> io::Result<OwnedFd> {
-    // SAFETY: an ioctl without an argument on an fd the caller keeps open; on success it
-    // returns a new fd that nothing else owns.
-    unsafe {
-        let r = libc::ioctl(fd.as_raw_fd(), SIOCGSKNS);
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(r))
-    }
+    super::ns::ioctl_new_fd(fd, SIOCGSKNS)
 }
 
 #[cfg(test)]
