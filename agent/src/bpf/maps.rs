@@ -111,6 +111,39 @@ impl PodMaps {
         Ok(())
     }
 
+    /// `plan` differs from `previous` (in effect, same pod id) in its local addresses only:
+    /// the added ones are written before the config (its `HAS_LOCAL_ADDRS` flag may turn
+    /// on), the stale ones removed after it. On error `previous` is still whole.
+    pub fn update_local(&mut self, cgroup_id: u64, plan: &Plan, previous: &Plan) -> Result<()> {
+        let added: Vec<&LocalKey> = plan
+            .local
+            .iter()
+            .filter(|k| !previous.local.contains(k))
+            .collect();
+        let mut written = vec![];
+        for k in added {
+            if let Err(e) = self.local.insert(k, 1, 0) {
+                for w in written {
+                    let _ = self.local.remove(w);
+                }
+                return Err(e).context("writing pod addresses");
+            }
+            written.push(k);
+        }
+        if plan.config != previous.config
+            && let Err(e) = self.pods.insert(cgroup_id, plan.config, 0)
+        {
+            for w in written {
+                let _ = self.local.remove(w);
+            }
+            return Err(e).context("writing the pod's config");
+        }
+        for k in previous.local.iter().filter(|k| !plan.local.contains(k)) {
+            let _ = self.local.remove(k);
+        }
+        Ok(())
+    }
+
     /// Stops capture for the pod first, then frees its sets and counters.
     pub fn remove(&mut self, cgroup_id: u64, plan: Option<&Plan>) {
         let _ = self.pods.remove(&cgroup_id);

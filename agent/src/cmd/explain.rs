@@ -2,8 +2,9 @@
 //! running agent has in effect (from its status file, whatever the pod's source), else those
 //! of its spec file.
 use std::{
+    collections::BTreeSet,
     fs,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -38,8 +39,9 @@ impl Origin {
 }
 
 pub fn run(a: &ExplainArgs) -> Result<()> {
-    let (spec, from) = find(a)?;
-    let plan = Plan::new(&spec, 1)?;
+    let (spec, from, local_addrs) = find(a)?;
+    // The other addresses of the pod's namespace the agent has as local, as it has them.
+    let (plan, _) = Plan::new(&spec, 1)?.with_netns_addrs(&local_addrs, u32::MAX);
     if a.inbound {
         return inbound(a, &spec, &plan, &from);
     }
@@ -117,15 +119,17 @@ pub fn landing(v: &Verdict, dst: &SocketAddr) -> SocketAddr {
 /// The pod's settings: the running agent's, if it has the pod enrolled; else its spec file's.
 /// No agent running, or one that does not know the pod, is not an error while a spec file
 /// names it.
-fn find(a: &ExplainArgs) -> Result<(PodSpec, Origin)> {
+fn find(a: &ExplainArgs) -> Result<(PodSpec, Origin, BTreeSet<IpAddr>)> {
     let known = AgentStatus::read(&a.status.status_file)
         .ok()
         .and_then(|doc| doc.pods.into_iter().find(|p| p.name == a.pod));
-    if let Some(spec) = known.as_ref().and_then(enrolled) {
-        return Ok((spec, Origin::Agent));
+    if let Some(p) = &known
+        && let Some(spec) = enrolled(p)
+    {
+        return Ok((spec, Origin::Agent, p.local_addrs.iter().copied().collect()));
     }
     match find_spec(&a.pods_dir, &a.pod) {
-        Ok((spec, path)) => Ok((spec, Origin::SpecFile(path))),
+        Ok((spec, path)) => Ok((spec, Origin::SpecFile(path), BTreeSet::new())),
         Err(e) => match known {
             // Known but not enrolled (waiting or refused): say so rather than "no such pod".
             Some(p) => bail!(
@@ -219,6 +223,7 @@ mod tests {
                 .as_ref()
                 .map(|_| vec!["10.0.0.5".parse().unwrap()])
                 .unwrap_or_default(),
+            local_addrs: vec![],
             capture,
             accelerate: None,
             usage: None,
@@ -255,13 +260,13 @@ mod tests {
         .unwrap();
 
         // A Kubernetes pod, known only to the agent: its settings in effect.
-        let (spec, from) = find(&args(&dir.0, "ns/web")).unwrap();
+        let (spec, from, _) = find(&args(&dir.0, "ns/web")).unwrap();
         assert!(matches!(from, Origin::Agent));
         assert_eq!(spec.capture().unwrap(), excluding);
         assert_eq!(spec.ips, ["10.0.0.5".parse::<std::net::IpAddr>().unwrap()]);
 
         // Not enrolled but filed: its spec file.
-        let (spec, from) = find(&args(&dir.0, "ns/filed")).unwrap();
+        let (spec, from, _) = find(&args(&dir.0, "ns/filed")).unwrap();
         assert!(matches!(from, Origin::SpecFile(p) if p.ends_with("filed.yaml")));
         assert_eq!(spec.ips, ["10.0.0.6".parse::<std::net::IpAddr>().unwrap()]);
 

@@ -57,7 +57,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let maps = PodMaps::take(&mut datapath.bpf)?.with_orig_dst_limit(budget.orig_dst);
     let sk_lookups = SkLookups::new(datapath.sk_lookup.clone(), &datapath.pins)?;
     let mut source = source.open(&cgroup_root, cni_enrolled);
-    let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookups);
+    // Pods whose network namespace's addresses may have changed, by cgroup id.
+    let (addr_tx, mut addr_changes) = tokio::sync::mpsc::unbounded_channel();
+    let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookups, addr_tx);
     let mut registry = Registry::new(dataplane, cgroup_root)
         .with_acceleration(args.accelerate.on(), datapath.accel.clone())
         .with_budget(budget);
@@ -100,6 +102,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 }
                 publish(&reporter, &registry);
                 cni::settle(&registry, &mut waiting);
+            }
+            Some(cgroup_id) = addr_changes.recv() => {
+                if registry.refresh_local_addrs(cgroup_id) {
+                    publish(&reporter, &registry);
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

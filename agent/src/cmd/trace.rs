@@ -434,6 +434,7 @@ mod tests {
             pod_id: None,
             capture: None,
             ips: vec![],
+            local_addrs: vec![],
             accelerate: None,
             usage: None,
             fail_closed: false,

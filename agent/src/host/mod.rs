@@ -4,6 +4,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod cni_conf;
 pub mod conflist;
+pub mod local_addrs;
 pub mod locks;
 pub mod netns;
 pub mod passthrough;

@@ -1,7 +1,7 @@
 //! What the registry asks of the node: the map writes, the per-netns sk_lookup links, and the
 //! few facts it reads from the host. Behind a trait so that the state machine runs without
 //! root ([`super::kernel::Kernel`] is the real one; tests use an in-memory fake).
-use std::{collections::BTreeSet, path::Path};
+use std::{collections::BTreeSet, net::IpAddr, path::Path};
 
 use anyhow::Result;
 
@@ -64,6 +64,22 @@ pub trait Dataplane {
     /// Adds Envoy's IPv6 inbound-passthrough source `::6/128` to `lo` in `netns`, as
     /// istio-init does in a pod it writes ip6tables rules for. Already there: success.
     fn add_passthrough_v6(&mut self, netns: &Path) -> Result<()>;
+
+    /// Starts watching the addresses of `netns` for the pod (replacing any earlier watch of
+    /// its), and returns them as they are now (loopback ones left out).
+    fn watch_local_addrs(&mut self, cgroup_id: u64, netns: &Path) -> Result<BTreeSet<IpAddr>>;
+
+    /// The pod's addresses, if they changed since last asked (`None`: they did not, or they
+    /// are not watched).
+    fn local_addrs_changed(&mut self, cgroup_id: u64) -> Result<Option<BTreeSet<IpAddr>>>;
+
+    /// Stops watching the pod's addresses.
+    fn unwatch_local_addrs(&mut self, cgroup_id: u64);
+
+    /// Points the pod, in place (same pod id), at `plan`, which differs from `previous` in
+    /// its local addresses only: the new ones are written before the config, the stale ones
+    /// removed after.
+    fn update_local(&mut self, cgroup_id: u64, plan: &Plan, previous: &Plan) -> Result<()>;
 
     /// Work done ahead, while nothing else waits, so that enrolments are quick (loading a
     /// spare copy of sk_lookup).

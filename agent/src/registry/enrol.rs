@@ -120,6 +120,8 @@ impl<D: Dataplane> Registry<D> {
             return Err(EnrolError::AddressTaken { addr, other });
         }
         laps.mark("checks");
+        // Before the first write: the pod's own addresses are local from its first connection.
+        let (plan, addrs_warning) = self.watch_local_addrs(cgroup_id, plan, spec.netns.as_deref());
         match (&spec.netns, inbound) {
             // Attached before the config is written: until then its copy passes everything.
             (Some(ns), true) => self.dataplane.attach_netns(cgroup_id, ns)?,
@@ -136,6 +138,7 @@ impl<D: Dataplane> Registry<D> {
         {
             if same.is_none() {
                 self.dataplane.detach_netns(cgroup_id);
+                self.dataplane.unwatch_local_addrs(cgroup_id);
             }
             return Err(e.into());
         }
@@ -159,6 +162,7 @@ impl<D: Dataplane> Registry<D> {
             plan,
             netns: spec.netns.clone(),
             warnings,
+            addrs_warning,
         })
     }
 
@@ -251,6 +255,7 @@ impl<D: Dataplane> Registry<D> {
             plan,
             netns,
             warnings: vec![],
+            addrs_warning: None,
         })
     }
 

@@ -2,6 +2,7 @@
 //! would hold, records every write in order, and fails on demand.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -47,6 +48,7 @@ pub enum Op {
     ScanListeners,
     AddListener,
     Passthrough,
+    WatchAddrs,
 }
 
 #[derive(Clone)]
@@ -79,12 +81,29 @@ pub struct Fake {
     pub links: BTreeMap<u64, PathBuf>,
     /// The namespaces `::6/128` was added to, in order.
     pub passthrough: Vec<PathBuf>,
+    /// The addresses assigned in each network namespace.
+    pub addrs: BTreeMap<PathBuf, BTreeSet<IpAddr>>,
+    /// Watched namespaces by cgroup id, and the addresses last reported.
+    watched: BTreeMap<u64, (PathBuf, BTreeSet<IpAddr>)>,
+    /// `MS_LOCAL_ADDRS`: each cgroup's local addresses as last written.
+    pub local: BTreeMap<u64, BTreeSet<IpAddr>>,
 }
 
 impl Fake {
     pub fn with_cgroup(mut self, path: &str, id: u64) -> Self {
         self.cgroups.insert(path.into(), id);
         self
+    }
+
+    /// `addr` is assigned in the namespace `netns`.
+    pub fn add_addr(&mut self, netns: &str, addr: &str) {
+        let ip = addr.parse().expect("an address");
+        self.addrs.entry(netns.into()).or_default().insert(ip);
+    }
+
+    pub fn remove_addr(&mut self, netns: &str, addr: &str) {
+        let ip: IpAddr = addr.parse().expect("an address");
+        self.addrs.entry(netns.into()).or_default().remove(&ip);
     }
 
     pub fn with_netns(mut self, path: &str) -> Self {
@@ -227,11 +246,48 @@ impl Dataplane for Fake {
         self.check(Op::Apply).context("writing the pod's config")?;
         self.enrolled.insert(cgroup_id, plan.config.pod_id);
         self.configs.insert(cgroup_id, plan.config);
+        self.local.insert(cgroup_id, local_of(plan));
         if plan.is_refused() {
             self.refused.insert(cgroup_id);
         } else {
             self.refused.remove(&cgroup_id);
         }
+        Ok(())
+    }
+
+    fn watch_local_addrs(&mut self, cgroup_id: u64, netns: &Path) -> Result<BTreeSet<IpAddr>> {
+        self.check(Op::WatchAddrs)
+            .context("entering network namespace (setns(2) needs CAP_SYS_ADMIN)")?;
+        let now = self.addrs.get(netns).cloned().unwrap_or_default();
+        self.watched
+            .insert(cgroup_id, (netns.to_path_buf(), now.clone()));
+        Ok(now)
+    }
+
+    fn local_addrs_changed(&mut self, cgroup_id: u64) -> Result<Option<BTreeSet<IpAddr>>> {
+        let Some((ns, seen)) = self.watched.get_mut(&cgroup_id) else {
+            return Ok(None);
+        };
+        let now = self.addrs.get(ns).cloned().unwrap_or_default();
+        if now == *seen {
+            return Ok(None);
+        }
+        *seen = now.clone();
+        Ok(Some(now))
+    }
+
+    fn unwatch_local_addrs(&mut self, cgroup_id: u64) {
+        self.watched.remove(&cgroup_id);
+    }
+
+    fn update_local(&mut self, cgroup_id: u64, plan: &Plan, previous: &Plan) -> Result<()> {
+        self.check(Op::Apply).context("writing pod addresses")?;
+        anyhow::ensure!(
+            self.configs.get(&cgroup_id) == Some(&previous.config),
+            "the previous plan is not in effect"
+        );
+        self.configs.insert(cgroup_id, plan.config);
+        self.local.insert(cgroup_id, local_of(plan));
         Ok(())
     }
 
@@ -256,6 +312,8 @@ impl Dataplane for Fake {
         });
         self.enrolled.remove(&cgroup_id);
         self.refused.remove(&cgroup_id);
+        self.local.remove(&cgroup_id);
+        self.watched.remove(&cgroup_id);
     }
 
     fn existing_listeners(
@@ -289,4 +347,8 @@ impl Dataplane for Fake {
         });
         self.check(Op::AddListener)
     }
+}
+
+fn local_of(plan: &Plan) -> BTreeSet<IpAddr> {
+    plan.local.iter().map(|k| IpAddr::from(k.addr)).collect()
 }

@@ -1,21 +1,25 @@
 //! The real [`Dataplane`]: the pinned maps, the sk_lookup links under the pin directory, and
 //! the host's cgroups, namespaces and /proc.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
+    net::IpAddr,
     os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::Path,
     time::Instant,
 };
 
 use anyhow::{Context, Result};
+use tokio::{sync::mpsc::UnboundedSender, task::AbortHandle};
 use tracing::debug;
 
 use super::dataplane::{Adopted, Dataplane, ExistingListener};
 use crate::{
     bpf::{maps::PodMaps, netns, pins::Pins, sk_lookup::SkLookups},
     host::{
-        cgroup, netns as host_netns, passthrough, proc,
+        cgroup,
+        local_addrs::AddrWatch,
+        netns as host_netns, passthrough, proc,
         userns::{self, IdMaps},
     },
     spec::plan::Plan,
@@ -26,14 +30,28 @@ pub struct Kernel {
     pins: Pins,
     /// The copies of sk_lookup attached to capturing pods' network namespaces, by slot.
     sk_lookups: SkLookups,
+    /// Each pod's network namespace addresses, watched, and the task that wakes the agent
+    /// when they change.
+    watches: BTreeMap<u64, (AddrWatch, AbortHandle)>,
+    /// Where those tasks send the pod's cgroup id.
+    addr_changes: UnboundedSender<u64>,
 }
 
 impl Kernel {
-    pub fn new(maps: PodMaps, pins: Pins, sk_lookups: SkLookups) -> Self {
+    /// `addr_changes` hears the cgroup id of each pod whose addresses may have changed
+    /// (then call [`crate::registry::Registry::refresh_local_addrs`]).
+    pub fn new(
+        maps: PodMaps,
+        pins: Pins,
+        sk_lookups: SkLookups,
+        addr_changes: UnboundedSender<u64>,
+    ) -> Self {
         Self {
             maps,
             pins,
             sk_lookups,
+            watches: BTreeMap::new(),
+            addr_changes,
         }
     }
 
@@ -106,6 +124,35 @@ impl Dataplane for Kernel {
         Ok(passthrough::add_passthrough_v6(ns)?)
     }
 
+    fn watch_local_addrs(&mut self, cgroup_id: u64, ns: &Path) -> Result<BTreeSet<IpAddr>> {
+        let watch = AddrWatch::open(ns)?;
+        let task = watch
+            .notify(cgroup_id, self.addr_changes.clone())
+            .context("polling the address watch")?;
+        let addrs = watch.addrs().clone();
+        self.unwatch_local_addrs(cgroup_id);
+        self.watches.insert(cgroup_id, (watch, task));
+        Ok(addrs)
+    }
+
+    fn local_addrs_changed(&mut self, cgroup_id: u64) -> Result<Option<BTreeSet<IpAddr>>> {
+        let Some((watch, _)) = self.watches.get_mut(&cgroup_id) else {
+            return Ok(None);
+        };
+        let changed = watch.drain().context("reading the pod's address changes")?;
+        Ok(changed.then(|| watch.addrs().clone()))
+    }
+
+    fn unwatch_local_addrs(&mut self, cgroup_id: u64) {
+        if let Some((_, task)) = self.watches.remove(&cgroup_id) {
+            task.abort();
+        }
+    }
+
+    fn update_local(&mut self, cgroup_id: u64, plan: &Plan, previous: &Plan) -> Result<()> {
+        self.maps.update_local(cgroup_id, plan, previous)
+    }
+
     fn warm(&mut self) {
         self.sk_lookups.warm();
     }
@@ -126,6 +173,7 @@ impl Dataplane for Kernel {
     }
 
     fn remove(&mut self, cgroup_id: u64, plan: &Plan) {
+        self.unwatch_local_addrs(cgroup_id);
         self.maps.remove(cgroup_id, Some(plan));
     }
 

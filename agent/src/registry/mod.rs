@@ -22,10 +22,13 @@ mod dataplane;
 mod enrol;
 mod error;
 mod kernel;
+mod local_addrs;
 mod view;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod local_addrs_tests;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +46,9 @@ struct Enrolled {
     /// What of the enrolment is not as istio-init would have it, though capture is in
     /// effect (`::6/128` missing from the pod's `lo`).
     warnings: Vec<String>,
+    /// Why not every address of the pod's network namespace is local in the datapath (see
+    /// [`local_addrs`]), kept apart: it changes with the addresses.
+    addrs_warning: Option<String>,
 }
 
 impl Enrolled {
@@ -58,7 +64,9 @@ impl Enrolled {
         if self.plan.config.flags & pod_flags::IN_CAPTURE == 0 {
             return vec![];
         }
-        self.plan.local.iter().map(|k| k.addr).collect()
+        // Its `ips` only: other addresses of its namespace (`::6`, link-local ones) may be
+        // on every pod.
+        self.plan.ips().iter().map(|ip| Addr::from(*ip)).collect()
     }
 }
 

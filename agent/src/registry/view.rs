@@ -60,7 +60,12 @@ impl<D> Registry<D> {
                     usage: captured.map(|x| Usage::of(&x.plan)),
                     fail_closed: e.enrolled.as_ref().is_some_and(|x| x.plan.is_refused()),
                     accelerate: captured.map(|x| x.plan.accelerates()),
-                    warnings: captured.map(|x| x.warnings.clone()).unwrap_or_default(),
+                    local_addrs: captured
+                        .map(|x| x.plan.netns_addrs().to_vec())
+                        .unwrap_or_default(),
+                    warnings: captured
+                        .map(|x| x.warnings.iter().chain(&x.addrs_warning).cloned().collect())
+                        .unwrap_or_default(),
                     enrolled_by: e.enrolled_by.or(match key {
                         SourceKey::File(_) => Some(EnrolledBy::SpecFile),
                         SourceKey::Kube { .. } => None,

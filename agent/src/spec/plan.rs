@@ -23,6 +23,9 @@ pub struct Plan {
     /// Kept for `explain`: the same sets in matchable form.
     capture: Capture,
     ips: Vec<IpAddr>,
+    /// The other addresses of the pod's network namespace in `local` (see
+    /// [`Plan::with_netns_addrs`]).
+    netns_addrs: Vec<IpAddr>,
 }
 
 impl Plan {
@@ -63,6 +66,7 @@ impl Plan {
             local: vec![],
             capture: Capture::default(),
             ips: ips.to_vec(),
+            netns_addrs: vec![],
         }
     }
 
@@ -182,7 +186,44 @@ impl Plan {
             local,
             capture: c,
             ips: spec.ips.clone(),
+            netns_addrs: vec![],
         })
+    }
+
+    /// The plan with the addresses of the pod's network namespace (`found`, all of them,
+    /// as the kernel lists them) as local too, besides `ips`: iptables' `-o lo` matches every
+    /// one. At most `limit` addresses in all: those beyond it, in address order, are
+    /// returned, not in the plan (the datapath treats them as remote).
+    pub fn with_netns_addrs(&self, found: &BTreeSet<IpAddr>, limit: u32) -> (Self, Vec<IpAddr>) {
+        let mut plan = self.clone();
+        let pod_id = plan.config.pod_id;
+        let key = |ip: &IpAddr| LocalKey {
+            pod_id,
+            addr: Addr::from(*ip),
+        };
+        plan.local = plan.ips.iter().map(key).collect();
+        plan.netns_addrs.clear();
+        let mut over = vec![];
+        for ip in found.iter().filter(|ip| !plan.ips.contains(ip)) {
+            if plan.local.len() < limit as usize {
+                plan.local.push(key(ip));
+                plan.netns_addrs.push(*ip);
+            } else {
+                over.push(*ip);
+            }
+        }
+        if plan.local.is_empty() {
+            plan.config.flags &= !pod_flags::HAS_LOCAL_ADDRS;
+        } else {
+            plan.config.flags |= pod_flags::HAS_LOCAL_ADDRS;
+        }
+        (plan, over)
+    }
+
+    /// The addresses of the pod's network namespace besides `ips` that the plan treats as
+    /// local.
+    pub fn netns_addrs(&self) -> &[IpAddr] {
+        &self.netns_addrs
     }
 }
 
@@ -230,7 +271,7 @@ impl PodTables for Plan {
         }
     }
     fn is_pod_address(&self, addr: &Addr) -> bool {
-        self.ips.iter().any(|ip| Addr::from(*ip) == *addr)
+        self.local.iter().any(|k| k.addr == *addr)
     }
 }
 

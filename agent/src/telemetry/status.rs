@@ -59,6 +59,10 @@ pub struct PodStatus {
     /// The addresses the settings in effect were applied for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<IpAddr>,
+    /// The other addresses of the pod's network namespace, local like `ips` for R8–R10
+    /// (iptables' `-o lo` matches every address of the namespace); kept current.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_addrs: Vec<IpAddr>,
     /// What the capture in effect takes of the pod's budget (see the file's `budget`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
@@ -248,6 +252,7 @@ mod tests {
                 pod_id: Some(1),
                 capture: Some(Capture::default()),
                 ips: vec!["10.0.0.5".parse().unwrap()],
+                local_addrs: vec![],
                 accelerate: Some(false),
                 usage: None,
                 fail_closed: false,
