@@ -134,3 +134,134 @@ fn a_proxy_that_accepts_after_the_client_closed_still_learns_the_destination() -
 fn user_namespaced_pod() -> anyhow::Result<()> {
     differential_in(meshsteer::inspect::INJECTOR_DEFAULT_ARGS, Some(100_000))
 }
+
+/// iptables' `-o lo` matches every address of the pod's network namespace, not only its pod
+/// IPs: an extra address on the pod's `lo` (there at enrolment), and one added after, must be
+/// local for R8–R10 under meshsteer too (the app reaches itself there, the proxy goes through
+/// inbound), and one removed is remote again.
+#[test]
+fn every_address_of_the_pods_namespace_is_local() -> anyhow::Result<()> {
+    let args = meshsteer::inspect::INJECTOR_DEFAULT_ARGS;
+    let mut bed = Testbed::new()?;
+    let ipt = bed.node.add_pod("ipt")?;
+    let ebpf = bed.node.add_pod("ebpf")?;
+    let on_lo = |pod: &meshsteer_tests::Pod, op: &str, v4: &str, v6: &str| {
+        pod.ip(&["addr", op, v4, "dev", "lo"])?;
+        pod.ip(&["-6", "addr", op, v6, "dev", "lo"])
+    };
+    for pod in [&ipt, &ebpf] {
+        on_lo(pod, "add", "10.250.0.7/32", "fd00:250::7/128")?;
+    }
+    meshsteer_tests::istio_rules::install(
+        &ipt.netns,
+        &meshsteer::inspect::Capture::from_args(args)?,
+    )?;
+    bed.agent.enrol(&ebpf, args)?;
+    let mut pair = Pair { ipt, ebpf };
+    pair.start_listeners()?;
+    let agent = &bed.agent;
+    let both = [matrix::APP, matrix::PROXY];
+    let listed = |addrs: &[&str]| {
+        let name = format!("test/{}", pair.ebpf.name);
+        agent.wait_pod(&name, |p| {
+            let mut have: Vec<String> = p["localAddrs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // istio-init's ::6 and the interface's link-local address are there too.
+            have.retain(|a| a != "::6" && !a.starts_with("fe80:"));
+            have.sort();
+            let mut want: Vec<String> = addrs.iter().map(|a| (*a).to_string()).collect();
+            want.sort();
+            have == want
+        })
+    };
+    listed(&["10.250.0.7", "fd00:250::7"])?;
+    let first = [
+        "10.250.0.7:80",
+        "10.250.0.7:15008",
+        "[fd00:250::7]:80",
+        "[fd00:250::7]:15008",
+    ];
+    compare(agent, &pair, &first, &both)?;
+
+    // Added behind the agent's back: it follows.
+    for pod in [&pair.ipt, &pair.ebpf] {
+        on_lo(pod, "add", "10.250.0.8/32", "fd00:250::8/128")?;
+    }
+    listed(&["10.250.0.7", "10.250.0.8", "fd00:250::7", "fd00:250::8"])?;
+    let added = [
+        "10.250.0.8:80",
+        "10.250.0.8:15008",
+        "[fd00:250::8]:80",
+        "[fd00:250::8]:15008",
+    ];
+    compare(agent, &pair, &added, &both)?;
+
+    // Removed: remote again. Only the app's connections are probed, from no bound source
+    // (captured, they never leave the pod); the proxy's would go off the node, to no one.
+    for pod in [&pair.ipt, &pair.ebpf] {
+        on_lo(pod, "del", "10.250.0.7/32", "fd00:250::7/128")?;
+    }
+    listed(&["10.250.0.8", "fd00:250::8"])?;
+    compare_from(agent, &pair, &first, &[matrix::APP], &[false])?;
+    compare(agent, &pair, &added, &both)
+}
+
+/// `owners` connecting to each of `dsts`, with and without the passthrough source: the same
+/// outcome in both pods, and `explain` agrees with the datapath.
+fn compare(
+    agent: &Agent,
+    pair: &Pair,
+    dsts: &[&'static str],
+    owners: &[(u32, u32)],
+) -> anyhow::Result<()> {
+    compare_from(agent, pair, dsts, owners, &[false, true])
+}
+
+/// [`compare`] from an unbound socket (`false`) and/or one bound to the family's passthrough
+/// source (`true`).
+fn compare_from(
+    agent: &Agent,
+    pair: &Pair,
+    dsts: &[&'static str],
+    owners: &[(u32, u32)],
+    passthrough_source: &[bool],
+) -> anyhow::Result<()> {
+    let mut mismatches = Vec::new();
+    for &dst in dsts {
+        let passthrough = if dst.starts_with('[') {
+            "::6"
+        } else {
+            "127.0.0.6"
+        };
+        for &owner in owners {
+            for bind in passthrough_source.iter().map(|&b| b.then_some(passthrough)) {
+                let case = matrix::Case {
+                    owner,
+                    connector: None,
+                    real: None,
+                    fs_only: false,
+                    bind,
+                    dst,
+                    v6_socket: false,
+                };
+                let want = matrix::run(&pair.ipt, &case)?;
+                let got = matrix::run(&pair.ebpf, &case)?;
+                if want != got {
+                    mismatches.push(format!(
+                        "{}\n  iptables:  {want}\n  meshsteer: {got}",
+                        case.label()
+                    ));
+                }
+                check_explain(agent, &pair.ebpf, &case, &got, &mut mismatches)?;
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    Ok(())
+}
