@@ -113,6 +113,9 @@ mod tests {
         fn is_pod_address(&self, a: &Addr) -> bool {
             *a == POD
         }
+        fn is_dns_server(&self, _: &Addr) -> bool {
+            false
+        }
     }
 
     fn cfg(flags: u32) -> PodConfig {

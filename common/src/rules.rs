@@ -30,10 +30,16 @@ pub enum Rule {
     IncludedCidr = 9,
     /// Fell off the end of ISTIO_OUTPUT (an `-i` list that does not cover the destination).
     NotIncluded = 10,
+    /// DNS capture (`--redirect-dns`): `ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS`, there
+    /// `-p tcp|udp --dport 53 [-d <nameserver>] -j REDIRECT --to-ports 15053`.
+    DnsRedirect = 11,
+    /// UDP that no DNS rule redirects: it passes ISTIO_OUTPUT's TCP-only redirects (and, with
+    /// DNS capture off, is never redirected at all).
+    UdpNotRedirected = 12,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 11] = [
+    pub const ALL: [Rule; 13] = [
         Rule::NoIpv6Rules,
         Rule::ExcludedPort,
         Rule::Passthrough,
@@ -45,6 +51,8 @@ impl Rule {
         Rule::IncludedPort,
         Rule::IncludedCidr,
         Rule::NotIncluded,
+        Rule::DnsRedirect,
+        Rule::UdpNotRedirected,
     ];
 
     /// The rule `v` stands for (`Rule as u8`, e.g. from a trace event).
@@ -61,7 +69,7 @@ impl Rule {
     pub const fn redirects(self) -> bool {
         matches!(
             self,
-            Rule::ProxyToLocal | Rule::IncludedPort | Rule::IncludedCidr
+            Rule::ProxyToLocal | Rule::IncludedPort | Rule::IncludedCidr | Rule::DnsRedirect
         )
     }
 
@@ -79,6 +87,8 @@ impl Rule {
             Rule::IncludedPort => "included_port",
             Rule::IncludedCidr => "included_cidr",
             Rule::NotIncluded => "not_included",
+            Rule::DnsRedirect => "dns_redirect",
+            Rule::UdpNotRedirected => "udp_not_redirected",
         }
     }
 
@@ -100,6 +110,12 @@ impl Rule {
             Rule::IncludedPort => "-q included outbound port: -p tcp --dport P -j ISTIO_REDIRECT",
             Rule::IncludedCidr => "-i included range: -j ISTIO_REDIRECT",
             Rule::NotIncluded => "end of ISTIO_OUTPUT: destination not in -i",
+            Rule::DnsRedirect => {
+                "--redirect-dns: ISTIO_OUTPUT_DNS -p tcp|udp --dport 53 [-d <nameserver>] -j REDIRECT --to-ports 15053"
+            }
+            Rule::UdpNotRedirected => {
+                "UDP: no DNS rule redirects it, and ISTIO_REDIRECT only matches TCP"
+            }
         }
     }
 }

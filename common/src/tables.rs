@@ -10,4 +10,6 @@ pub trait PodTables {
     fn cidr_included(&self, addr: &Addr) -> bool;
     /// An address assigned inside the pod's network namespace (besides loopback).
     fn is_pod_address(&self, addr: &Addr) -> bool;
+    /// A nameserver whose DNS `--redirect-dns` captures (the pod's resolv.conf).
+    fn is_dns_server(&self, addr: &Addr) -> bool;
 }

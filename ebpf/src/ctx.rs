@@ -77,6 +77,13 @@ impl Sock {
         unsafe { (*self.0).type_ }
     }
 
+    /// IPPROTO_* (a SOCK_DGRAM socket may be UDP, UDP-Lite or an ICMP ping socket).
+    #[inline(always)]
+    pub fn protocol(self) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*self.0).protocol }
+    }
+
     /// The bound IPv4 source (0 if unbound), network byte order.
     #[inline(always)]
     pub fn src_ip4(self) -> u32 {
@@ -127,6 +134,8 @@ pub trait SockAddrCtx {
     /// The socket the hook runs for (always set in these hooks).
     fn sock(&self) -> Sock;
     fn sock_type(&self) -> u32;
+    /// IPPROTO_*.
+    fn protocol(&self) -> u32;
     fn user_ip4(&self) -> u32;
     fn set_user_ip4(&self, ip_be: u32);
     fn user_ip6(&self) -> [u32; 4];
@@ -136,6 +145,12 @@ pub trait SockAddrCtx {
     /// `bpf_bind()` of the hook's socket to `sa` (port 0: the port is still picked at
     /// connect(), as with IP_BIND_ADDRESS_NO_PORT). 0 or a negative errno.
     fn bind<T: KernelSockaddr>(&self, sa: &mut T) -> i64;
+    /// sendmsg4: the datagram's source (0: routing picks it), network byte order.
+    fn msg_src_ip4(&self) -> u32;
+    fn set_msg_src_ip4(&self, ip_be: u32);
+    /// sendmsg6: the same, for IPv6.
+    fn msg_src_ip6(&self) -> [u32; 4];
+    fn set_msg_src_ip6(&self, words: [u32; 4]);
 }
 
 impl SockAddrCtx for SockAddrContext {
@@ -147,8 +162,35 @@ impl SockAddrCtx for SockAddrContext {
 
     field_reads!(sock_addr:
         sock_type -> u32 = type_;
+        protocol -> u32 = protocol;
         user_ip4 -> u32 = user_ip4;
+        msg_src_ip4 -> u32 = msg_src_ip4;
     );
+
+    #[inline(always)]
+    fn set_msg_src_ip4(&self, ip_be: u32) {
+        // SAFETY: a field of this ctx, writable in sendmsg4.
+        unsafe { (*self.sock_addr).msg_src_ip4 = ip_be };
+    }
+
+    #[inline(always)]
+    fn msg_src_ip6(&self) -> [u32; 4] {
+        // SAFETY: a field of this ctx.
+        unsafe { words(&raw const (*self.sock_addr).msg_src_ip6) }
+    }
+
+    /// Word by word, as `set_user_ip6`.
+    #[inline(always)]
+    fn set_msg_src_ip6(&self, w: [u32; 4]) {
+        let sa = self.sock_addr;
+        // SAFETY: a field of this ctx, writable in sendmsg6; the four words are in bounds.
+        unsafe {
+            ptr::write_volatile(&raw mut (*sa).msg_src_ip6[0], w[0]);
+            ptr::write_volatile(&raw mut (*sa).msg_src_ip6[1], w[1]);
+            ptr::write_volatile(&raw mut (*sa).msg_src_ip6[2], w[2]);
+            ptr::write_volatile(&raw mut (*sa).msg_src_ip6[3], w[3]);
+        }
+    }
 
     #[inline(always)]
     fn set_user_ip4(&self, ip_be: u32) {

@@ -12,11 +12,16 @@
 //! | `getsockopt.rs`   | cgroup/getsockopt      | answer SO_ORIGINAL_DST for the proxy            |
 //! | `getpeername4.rs` | cgroup/getpeername4    | the app sees the original peer, IPv4            |
 //! | `getpeername6.rs` | cgroup/getpeername6    | the same for AF_INET6 sockets                   |
+//! | `sendmsg4.rs`     | cgroup/sendmsg4        | DNS capture of sendto()/sendmsg(), IPv4         |
+//! | `sendmsg6.rs`     | cgroup/sendmsg6        | the same for IPv6                               |
+//! | `recvmsg4.rs`     | cgroup/recvmsg4        | the proxy's DNS replies come from the server    |
+//! | `recvmsg6.rs`     | cgroup/recvmsg6        | the same for AF_INET6 sockets                   |
 //! | `sk_msg.rs`       | sk_msg (on `MS_SOCKS`) | socket-level acceleration: send → peer's queue  |
 //!
 //! Shared pieces: `ctx.rs` (every access to a hook's context, as safe accessors), `tuple.rs`
 //! (connection keys), `maps.rs` (every map), `pod.rs` (socket → pod → config, counters),
-//! `capture.rs` (the connect-time steering both connect hooks use), `trace.rs` (decision
+//! `capture.rs` (the connect-time steering both connect hooks use), `dns.rs` (DNS capture's
+//! UDP steering and reply translation), `trace.rs` (decision
 //! records for `meshsteer trace`), `accel.rs` (sockops' half of acceleration), `orig_dst.rs`
 //! (original destinations and each pod's budget of them), `netns.rs` (a socket's network
 //! namespace, for the inbound listener check), `sockaddr.rs`.
@@ -31,6 +36,7 @@ mod capture;
 mod connect4;
 mod connect6;
 mod ctx;
+mod dns;
 mod getpeername4;
 mod getpeername6;
 mod getsockopt;
@@ -39,6 +45,10 @@ mod netns;
 mod orig_dst;
 mod owner;
 mod pod;
+mod recvmsg4;
+mod recvmsg6;
+mod sendmsg4;
+mod sendmsg6;
 mod sk_lookup;
 mod sk_msg;
 mod sock_create;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use meshsteer_common::maps::{
-    CidrKey, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters, PodLive, PortKey, SockState,
-    TupleKey,
+    CidrKey, DnsServerKey, DnsSock, ListenerKey, LocalKey, OrigDst, PodConfig, PodCounters,
+    PodLive, PortKey, SockState, TupleKey,
     accel::{AccelConfig, AccelState},
     capacity, node_counter,
     trace::{self, TraceCtl, TraceEvent},
@@ -34,6 +34,15 @@ pub static CIDR_INCLUDE: LpmTrie<CidrKey, u8, { capacity::CIDRS as usize }> = Lp
 /// (pod, address) → 1: the pod's own addresses, reached through `lo`.
 #[btf_map(name = "MS_LOCAL_ADDRS")]
 pub static LOCAL_ADDRS: HashMap<LocalKey, u8, { capacity::LOCAL_ADDRS as usize }> = HashMap::new();
+
+/// (pod, nameserver) → 1: where `--redirect-dns` captures DNS (the pod's resolv.conf).
+#[btf_map(name = "MS_DNS_SERVERS")]
+pub static DNS_SERVERS: HashMap<DnsServerKey, u8, { capacity::DNS_SERVERS as usize }> =
+    HashMap::new();
+
+/// A UDP socket whose DNS went to the proxy: the servers its app must see replies from.
+#[btf_map(name = "MS_DNS_SOCK")]
+pub static DNS_SOCK: SkStorage<DnsSock> = SkStorage::new();
 
 /// Per-socket state, freed with the socket.
 #[btf_map(name = "MS_SOCK_STATE")]

@@ -10,15 +10,17 @@ use aya_ebpf::{
 use meshsteer_common::{
     Addr,
     maps::{
-        CidrKey, LocalKey, MAX_CGROUP_DEPTH, PodConfig, PortKey, PortSet, SockState, counter,
-        pod_flags,
+        CidrKey, DnsServerKey, LocalKey, MAX_CGROUP_DEPTH, PodConfig, PortKey, PortSet,
+        SockState, counter, pod_flags,
     },
     tables::PodTables,
 };
 
 use crate::{
     ctx::Sock,
-    maps::{CIDR_EXCLUDE, CIDR_INCLUDE, LOCAL_ADDRS, NODE_STATS, POD_STATS, PODS, PORTS},
+    maps::{
+        CIDR_EXCLUDE, CIDR_INCLUDE, DNS_SERVERS, LOCAL_ADDRS, NODE_STATS, POD_STATS, PODS, PORTS,
+    },
 };
 
 /// The socket's state, if any.
@@ -154,5 +156,14 @@ impl PodTables for MapTables {
             addr: *addr,
         };
         self.has(pod_flags::HAS_LOCAL_ADDRS) && LOCAL_ADDRS.get_ptr(key).is_some()
+    }
+
+    #[inline(never)]
+    fn is_dns_server(&self, addr: &Addr) -> bool {
+        let key = DnsServerKey {
+            pod_id: self.pod_id,
+            addr: *addr,
+        };
+        self.has(pod_flags::HAS_DNS_SERVERS) && DNS_SERVERS.get_ptr(key).is_some()
     }
 }

@@ -1,15 +1,16 @@
-//! cgroup/sock_create: remember, for each TCP socket of an enrolled pod, the pod and the
-//! creator's uid/gid. iptables' owner match looks at the socket's creator, not at whichever
+//! cgroup/sock_create: remember, for each TCP socket of an enrolled pod (and each UDP socket
+//! of a pod with DNS capture), the pod and the creator's uid/gid. iptables' owner match looks at the socket's creator, not at whichever
 //! task later calls connect() (sockets get handed over), so the owner is fixed here. For a
 //! proxy's socket, also the network namespace it is made in (see `netns.rs`).
 use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
 use meshsteer_common::{
     inbound::may_listen,
-    maps::{SockState, sock_flags},
+    maps::{SockState, pod_flags, sock_flags},
 };
 
 use crate::{
-    capture::SOCK_STREAM,
+    capture::{SOCK_DGRAM, SOCK_STREAM},
+    dns::IPPROTO_UDP,
     ctx::SockCtx,
     netns,
     owner::current_owner,
@@ -19,8 +20,10 @@ use crate::{
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
     let sk = ctx.sock();
-    if sk.sock_type() == SOCK_STREAM
+    let udp = sk.sock_type() == SOCK_DGRAM && sk.protocol() == IPPROTO_UDP;
+    if (sk.sock_type() == SOCK_STREAM || udp)
         && let Some(pod_cgroup) = pod_of_current_task()
+        && (!udp || pod_config(pod_cgroup).is_some_and(|c| c.flags & pod_flags::DNS_CAPTURE != 0))
         && let Some(state) = sock_state_or_create(sk)
     {
         let (uid, gid) = current_owner();
@@ -33,7 +36,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         };
         // Only a proxy's socket can become the pod's inbound listener, and only if it was
         // made in the pod's own namespace: sockops checks that at listen().
-        if pod_config(pod_cgroup).is_some_and(|cfg| may_listen(cfg, uid, gid)) {
+        if !udp && pod_config(pod_cgroup).is_some_and(|cfg| may_listen(cfg, uid, gid)) {
             netns::record(sk);
         }
     }

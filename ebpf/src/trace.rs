@@ -10,9 +10,9 @@ use meshsteer_common::{
     inbound::InRule,
     maps::{
         node_counter,
-        trace::{action, direction},
+        trace::{action, direction, proto},
     },
-    outbound::{Connection, Rule},
+    outbound::{Connection, Proto, Rule},
 };
 
 use crate::{
@@ -56,6 +56,10 @@ pub fn outbound(pod_cgroup: u64, c: &Connection, rule: Rule, redirect_port: u16)
         direction: direction::OUTBOUND,
         rule: rule as u8,
         action: act,
+        proto: match c.proto {
+            Proto::Tcp => proto::TCP,
+            Proto::Udp => proto::UDP,
+        },
     };
     emit(pod_cgroup, &c.src, &c.dst, fields);
 }
@@ -70,6 +74,7 @@ pub fn inbound(pod_cgroup: u64, a: &Arrival, rule: InRule, act: u8, landed_port:
         direction: direction::INBOUND,
         rule: rule as u8,
         action: act,
+        proto: proto::TCP,
     };
     emit(pod_cgroup, &a.remote, &a.local, fields);
 }
@@ -83,6 +88,7 @@ struct Fields {
     direction: u8,
     rule: u8,
     action: u8,
+    proto: u8,
 }
 
 /// Reserves a record, writes it in place and submits it. A full ring (the reader is too
@@ -109,7 +115,8 @@ fn emit(pod_cgroup: u64, src: &Addr, dst: &Addr, f: Fields) {
         (*e).direction = f.direction;
         (*e).rule = f.rule;
         (*e).action = f.action;
-        (*e)._pad = [0; 7];
+        (*e).proto = f.proto;
+        (*e)._pad = [0; 6];
     }
     entry.submit(0);
 }

@@ -34,7 +34,9 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// (program, attach type, what a failure to attach most likely means). In update order: on
 /// an upgrade each link swaps its program on its own, so the readers of `MS_ORIG_DST`
 /// (getsockopt, which also reads the previous layout's map) go before its writer (sockops):
-/// an entry the new sockops stores is never asked of the old getsockopt.
+/// an entry the new sockops stores is never asked of the old getsockopt. Likewise the readers
+/// of `MS_DNS_SOCK` (getpeername, recvmsg) go before its writers (connect, sendmsg): no DNS
+/// is redirected before its replies can be translated.
 const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
     (
         "sock_create",
@@ -57,6 +59,16 @@ const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
         "cgroup/getpeername6 (Linux 5.8)",
     ),
     (
+        "recvmsg4",
+        AttachType::UdpRecvmsg4,
+        "cgroup/recvmsg4 (Linux 5.2)",
+    ),
+    (
+        "recvmsg6",
+        AttachType::UdpRecvmsg6,
+        "cgroup/recvmsg6 (Linux 5.2)",
+    ),
+    (
         "connect4",
         AttachType::Connect4,
         "cgroup/connect4 (Linux 4.17)",
@@ -65,6 +77,16 @@ const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
         "connect6",
         AttachType::Connect6,
         "cgroup/connect6 (Linux 4.17)",
+    ),
+    (
+        "sendmsg4",
+        AttachType::UdpSendmsg4,
+        "cgroup/sendmsg4 (Linux 4.18)",
+    ),
+    (
+        "sendmsg6",
+        AttachType::UdpSendmsg6,
+        "cgroup/sendmsg6 (Linux 4.18)",
     ),
     ("ms_sockops", AttachType::SockOps, "sockops (Linux 4.13)"),
 ];

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, path::Path};
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, LpmTrie, Map, MapData, SockHash, lpm_trie::Key};
 use meshsteer_common::maps::{
-    CidrKey, ListenerKey, LocalKey, PodConfig, PodCounters, PodLive, PortKey, names,
+    CidrKey, DnsServerKey, ListenerKey, LocalKey, PodConfig, PodCounters, PodLive, PortKey, names,
 };
 
 use super::{counters::Counters, pins::Pins};
@@ -20,6 +20,8 @@ pub struct PodMaps {
     cidr_exclude: LpmTrie<MapData, CidrKey, u8>,
     cidr_include: LpmTrie<MapData, CidrKey, u8>,
     local: HashMap<MapData, LocalKey, u8>,
+    /// `MS_DNS_SERVERS`: each pod's captured nameservers.
+    dns: HashMap<MapData, DnsServerKey, u8>,
     counters: Counters,
     /// Pod → its network namespace's inode number (`MS_POD_NETNS`).
     pod_netns: HashMap<MapData, u64, u64>,
@@ -51,6 +53,7 @@ impl PodMaps {
             cidr_exclude: typed(names::CIDR_EXCLUDE)?.try_into()?,
             cidr_include: typed(names::CIDR_INCLUDE)?.try_into()?,
             local: typed(names::LOCAL_ADDRS)?.try_into()?,
+            dns: typed(names::DNS_SERVERS)?.try_into()?,
             pod_netns: typed(names::POD_NETNS)?.try_into()?,
             listeners: typed(names::LISTENERS)?.try_into()?,
             orig_dst_limit: i64::MAX,
@@ -82,6 +85,7 @@ impl PodMaps {
             (names::CIDR_EXCLUDE, self.cidr_exclude.keys().count()),
             (names::CIDR_INCLUDE, self.cidr_include.keys().count()),
             (names::LOCAL_ADDRS, self.local.keys().count()),
+            (names::DNS_SERVERS, self.dns.keys().count()),
             (names::POD_NETNS, self.pod_netns.keys().count()),
             (names::LISTENERS, self.listeners.keys().count()),
             (names::POD_STATS, self.counters.pod_entries()),
@@ -213,6 +217,11 @@ impl PodMaps {
                 .insert(k, 1, 0)
                 .context("writing pod addresses")?;
         }
+        for k in &plan.dns {
+            self.dns
+                .insert(k, 1, 0)
+                .context("writing the pod's nameservers")?;
+        }
         Ok(())
     }
 
@@ -228,6 +237,9 @@ impl PodMaps {
         }
         for k in &plan.local {
             let _ = self.local.remove(k);
+        }
+        for k in &plan.dns {
+            let _ = self.dns.remove(k);
         }
     }
 
@@ -266,6 +278,15 @@ impl PodMaps {
             .collect();
         for k in dead_local {
             let _ = self.local.remove(&k);
+        }
+        let dead_dns: Vec<DnsServerKey> = self
+            .dns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(&k.pod_id))
+            .collect();
+        for k in dead_dns {
+            let _ = self.dns.remove(&k);
         }
         self.counters.retain_live(keep);
         for trie in [&mut self.cidr_exclude, &mut self.cidr_include] {

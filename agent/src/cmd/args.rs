@@ -295,6 +295,9 @@ pub struct ExplainArgs {
     /// Decide an arriving connection (ISTIO_INBOUND) from --src to the pod's --dst instead.
     #[arg(long)]
     pub inbound: bool,
+    /// A UDP datagram (DNS capture) instead of a TCP connection.
+    #[arg(long, conflicts_with = "inbound")]
+    pub udp: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

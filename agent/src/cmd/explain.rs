@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use meshsteer_common::{
     Addr,
     inbound::{self, Incoming},
-    outbound::{Connection, Verdict, decide},
+    outbound::{Connection, Proto, Verdict, decide},
 };
 
 use super::args::ExplainArgs;
@@ -46,6 +46,7 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
         return inbound(a, &spec, &plan, &from);
     }
     let conn = Connection {
+        proto: if a.udp { Proto::Udp } else { Proto::Tcp },
         uid: a.uid,
         gid: a.gid.unwrap_or(a.uid),
         src: a.src.map_or(Addr::UNSPECIFIED_V6, Addr::from),
@@ -155,6 +156,8 @@ fn enrolled(p: &PodStatus) -> Option<PodSpec> {
         args: None,
         capture: Some(p.capture.clone()?),
         accelerate: p.accelerate,
+        nameservers: Some(p.nameservers.clone()),
+        resolv_conf: None,
     })
 }
 
@@ -204,6 +207,7 @@ mod tests {
                 status_file: dir.join("status.json"),
             },
             inbound: false,
+            udp: false,
             json: true,
         }
     }
@@ -224,6 +228,7 @@ mod tests {
                 .map(|_| vec!["10.0.0.5".parse().unwrap()])
                 .unwrap_or_default(),
             local_addrs: vec![],
+            nameservers: vec![],
             capture,
             accelerate: None,
             usage: None,

@@ -435,6 +435,7 @@ mod tests {
             capture: None,
             ips: vec![],
             local_addrs: vec![],
+            nameservers: vec![],
             accelerate: None,
             usage: None,
             fail_closed: false,

@@ -29,6 +29,8 @@ fn pod(name: &str, cgroup: &str, netns: &str, ip: &str) -> PodSpec {
         args: None,
         capture: None,
         accelerate: None,
+        nameservers: None,
+        resolv_conf: None,
     }
 }
 

@@ -33,6 +33,8 @@ fn pod(name: &str, cgroup: &str, netns: &str) -> PodSpec {
         args: None,
         capture: None,
         accelerate: None,
+        nameservers: None,
+        resolv_conf: None,
     }
 }
 

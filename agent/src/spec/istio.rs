@@ -216,6 +216,12 @@ pub struct Capture {
     /// rules whenever the pod has an IPv6 address. Without it istio-init writes them only when
     /// the pod has no IPv4 address (see [`Capture::ipv6_rules`]).
     pub dual_stack: bool,
+    /// `--redirect-dns` (`ISTIO_META_DNS_CAPTURE` in istio-init's environment): DNS to the
+    /// pod's nameservers goes to the proxy's DNS port, 15053.
+    pub redirect_dns: bool,
+    /// `--capture-all-dns`: with `--redirect-dns`, DNS to every server, not only the pod's
+    /// nameservers.
+    pub capture_all_dns: bool,
 }
 
 impl Default for Capture {
@@ -234,6 +240,8 @@ impl Default for Capture {
             include_outbound_ports: vec![],
             exclude_outbound_ports: vec![],
             dual_stack: false,
+            redirect_dns: false,
+            capture_all_dns: false,
         }
     }
 }
@@ -261,7 +269,7 @@ impl Capture {
     /// name may lead) and environment `env` (the injector renders the mesh's `ProxyMetadata`
     /// there). As istio-iptables, an option on the command line wins over its environment
     /// variable, and a boolean variable that is not a Go boolean is ignored. A variable that
-    /// asks for what meshsteer does not implement (`ISTIO_META_DNS_CAPTURE=true`) is an error
+    /// asks for what meshsteer does not implement (`INVALID_DROP=true`) is an error
     /// naming it.
     pub fn from_istio_init(
         args: &[impl AsRef<str>],
@@ -318,6 +326,14 @@ impl Capture {
             return match known.opt {
                 Opt::DualStack => {
                     self.dual_stack = on;
+                    Ok(())
+                }
+                Opt::RedirectDns => {
+                    self.redirect_dns = on;
+                    Ok(())
+                }
+                Opt::CaptureAllDns => {
+                    self.capture_all_dns = on;
                     Ok(())
                 }
                 Opt::Unsupported if on => Err(ArgsError::Unsupported(flag.into())),
@@ -394,6 +410,12 @@ impl Capture {
             Opt::DualStack => {
                 self.dual_stack = parse_bool(v).map_err(invalid)?;
             }
+            Opt::RedirectDns => {
+                self.redirect_dns = parse_bool(v).map_err(invalid)?;
+            }
+            Opt::CaptureAllDns => {
+                self.capture_all_dns = parse_bool(v).map_err(invalid)?;
+            }
             Opt::Ignored => {}
             Opt::Unsupported => return Err(ArgsError::Unsupported(flag.into())),
         }
@@ -419,6 +441,10 @@ enum Opt {
     Interfaces,
     /// `--dual-stack`, a switch.
     DualStack,
+    /// `--redirect-dns`, a switch.
+    RedirectDns,
+    /// `--capture-all-dns`, a switch.
+    CaptureAllDns,
     /// Accepted and ignored: no effect on capture.
     Ignored,
     /// Changes capture in a way meshsteer does not implement: refused by name (a switch only
@@ -488,6 +514,8 @@ const KNOWN: &[Known] = &[
     // 1.14 have only the long name).
     known("c", "istio-exclude-interfaces", Opt::Interfaces, false),
     known("", "dual-stack", Opt::DualStack, true),
+    known("", "redirect-dns", Opt::RedirectDns, true),
+    known("", "capture-all-dns", Opt::CaptureAllDns, true),
     known("", "log_output_level", Opt::Ignored, false),
     known("", "log_as_json", Opt::Ignored, true),
     known("", "log_stacktrace_level", Opt::Ignored, false),
@@ -515,8 +543,6 @@ const KNOWN: &[Known] = &[
     ),
     known("t", "istio-inbound-tproxy-mark", Opt::Unsupported, false),
     known("n", "dry-run", Opt::Unsupported, true),
-    known("", "redirect-dns", Opt::Unsupported, true),
-    known("", "capture-all-dns", Opt::Unsupported, true),
     known("", "drop-invalid", Opt::Unsupported, true),
     known("", "network-namespace", Opt::Unsupported, false),
     known("", "cni-mode", Opt::Unsupported, true),
@@ -741,7 +767,6 @@ mod tests {
         for refused in [
             "-n",
             "--dry-run",
-            "--capture-all-dns",
             "--drop-invalid",
             "--cni-mode",
             "--cleanup-only",
@@ -755,8 +780,8 @@ mod tests {
             );
         }
         assert_eq!(
-            Capture::from_args("--redirect-dns=true").unwrap_err(),
-            ArgsError::Unsupported("--redirect-dns".into())
+            Capture::from_args("--drop-invalid=true").unwrap_err(),
+            ArgsError::Unsupported("--drop-invalid".into())
         );
         assert!(matches!(
             Capture::from_args("-Z 1"),
@@ -907,21 +932,24 @@ mod tests {
             )
             .is_ok()
         );
+        // The mesh's DNS capture, through the environment as the injector renders it.
+        let dns = run(&[], &[("ISTIO_META_DNS_CAPTURE", "true")]).unwrap();
+        assert!(dns.redirect_dns && !dns.capture_all_dns);
+        let all = run(
+            &["--redirect-dns"],
+            &[("CAPTURE_ALL_DNS", "true"), ("ISTIO_META_DNS_CAPTURE", "false")],
+        )
+        .unwrap();
+        assert!(all.redirect_dns && all.capture_all_dns);
         // Not implemented, set through the environment: named.
         assert_eq!(
-            run(&[], &[("ISTIO_META_DNS_CAPTURE", "true")])
+            run(&[], &[("INVALID_DROP", "true")])
                 .unwrap_err()
                 .to_string(),
-            "ISTIO_META_DNS_CAPTURE=\"true\" in istio-init's environment: unsupported istio-iptables \
-             option --redirect-dns: meshsteer does not implement it yet"
+            "INVALID_DROP=\"true\" in istio-init's environment: unsupported istio-iptables \
+             option --drop-invalid: meshsteer does not implement it yet"
         );
-        for var in [
-            "REDIRECT_DNS",
-            "INVALID_DROP",
-            "DROP_INVALID",
-            "CAPTURE_ALL_DNS",
-            "DRY_RUN",
-        ] {
+        for var in ["INVALID_DROP", "DROP_INVALID", "DRY_RUN"] {
             assert!(
                 matches!(run(&[], &[(var, "1")]), Err(ArgsError::Env { .. })),
                 "{var}"
@@ -932,14 +960,15 @@ mod tests {
         }
         // The older name is read after the new one and wins.
         assert!(
-            run(
+            !run(
                 &[],
                 &[
                     ("REDIRECT_DNS", "true"),
                     ("ISTIO_META_DNS_CAPTURE", "false")
                 ]
             )
-            .is_ok()
+            .unwrap()
+            .redirect_dns
         );
         assert!(run(&[], &[("ISTIO_INBOUND_TPROXY_MARK", "1337")]).is_err());
         assert!(matches!(

@@ -5,3 +5,4 @@ pub mod budget;
 pub mod istio;
 pub mod plan;
 pub mod pod;
+pub mod resolv;

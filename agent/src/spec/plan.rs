@@ -3,13 +3,16 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use meshsteer_common::{
     Addr,
-    maps::{CidrKey, LocalKey, MAX_PROXY_IDS, PodConfig, PortKey, PortSet, pod_flags},
+    maps::{
+        CidrKey, DnsServerKey, LocalKey, MAX_PROXY_IDS, PodConfig, PortKey, PortSet, pod_flags,
+    },
     outbound::PodTables,
 };
 
 use super::{
     istio::{Capture, Cidr, Ports, Ranges},
     pod::{PodSpec, SpecError},
+    resolv::MAX_NAMESERVERS,
 };
 
 /// Everything enrolling a pod writes, computed up front so a bad spec never half-enrolls.
@@ -20,6 +23,9 @@ pub struct Plan {
     pub cidr_exclude: Vec<(CidrKey, u32)>,
     pub cidr_include: Vec<(CidrKey, u32)>,
     pub local: Vec<LocalKey>,
+    /// `MS_DNS_SERVERS`: the nameservers `--redirect-dns` captures (see
+    /// [`Plan::with_nameservers`]).
+    pub dns: Vec<DnsServerKey>,
     /// Kept for `explain`: the same sets in matchable form.
     capture: Capture,
     ips: Vec<IpAddr>,
@@ -64,6 +70,7 @@ impl Plan {
             cidr_exclude: vec![],
             cidr_include: vec![],
             local: vec![],
+            dns: vec![],
             capture: Capture::default(),
             ips: ips.to_vec(),
             netns_addrs: vec![],
@@ -83,6 +90,9 @@ impl Plan {
             }
         }
         let (uids, gids) = (ids(&c.proxy_uids)?, ids(c.gids())?);
+        if spec.nameservers.is_some() && spec.resolv_conf.is_some() {
+            return Err(SpecError::BothNameserverSources);
+        }
         let mut flags = 0;
         // As istio-init: ip6tables rules only for an IPv6-only pod, or with `--dual-stack`.
         if c.ipv6_rules(&spec.ips) {
@@ -178,16 +188,62 @@ impl Plan {
             primary_v4: first(true),
             primary_v6: first(false),
         };
-        Ok(Self {
+        Self {
             config,
             ports,
             cidr_exclude,
             cidr_include,
             local,
+            dns: vec![],
             capture: c,
             ips: spec.ips.clone(),
             netns_addrs: vec![],
-        })
+        }
+        .with_nameservers(spec.nameservers.as_deref().unwrap_or_default())
+    }
+
+    /// The plan with `servers` as the pod's nameservers (its resolv.conf's, in file order).
+    /// As istio-iptables: `--redirect-dns` with neither a nameserver nor `--capture-all-dns`
+    /// captures no DNS at all (not even its port-53 exceptions to R9 and R10).
+    pub fn with_nameservers(mut self, servers: &[IpAddr]) -> Result<Self, SpecError> {
+        if servers.len() > MAX_NAMESERVERS {
+            return Err(SpecError::TooManyNameservers(servers.len()));
+        }
+        let flags = &mut self.config.flags;
+        *flags &= !(pod_flags::DNS_CAPTURE | pod_flags::DNS_CAPTURE_ALL | pod_flags::HAS_DNS_SERVERS);
+        self.dns.clear();
+        let c = &self.capture;
+        if !c.redirect_dns || (servers.is_empty() && !c.capture_all_dns) {
+            return Ok(self);
+        }
+        *flags |= pod_flags::DNS_CAPTURE;
+        if c.capture_all_dns {
+            *flags |= pod_flags::DNS_CAPTURE_ALL;
+        }
+        let pod_id = self.config.pod_id;
+        for ip in servers {
+            let key = DnsServerKey {
+                pod_id,
+                addr: Addr::from(*ip),
+            };
+            if !self.dns.contains(&key) {
+                self.dns.push(key);
+            }
+        }
+        if !self.dns.is_empty() {
+            *flags |= pod_flags::HAS_DNS_SERVERS;
+        }
+        Ok(self)
+    }
+
+    /// The nameservers the plan captures DNS to (empty without DNS capture).
+    pub fn nameservers(&self) -> Vec<IpAddr> {
+        self.dns.iter().map(|k| IpAddr::from(k.addr)).collect()
+    }
+
+    /// Whether DNS capture is in effect (see [`Plan::with_nameservers`]).
+    pub fn captures_dns(&self) -> bool {
+        self.config.flags & pod_flags::DNS_CAPTURE != 0
     }
 
     /// The plan with the addresses of the pod's network namespace (`found`, all of them,
@@ -272,6 +328,9 @@ impl PodTables for Plan {
     }
     fn is_pod_address(&self, addr: &Addr) -> bool {
         self.local.iter().any(|k| k.addr == *addr)
+    }
+    fn is_dns_server(&self, addr: &Addr) -> bool {
+        self.dns.iter().any(|k| k.addr == *addr)
     }
 }
 
@@ -371,6 +430,45 @@ mod tests {
             assert!(matches!(e, SpecError::PortZero(_)), "{e}");
             assert!(e.to_string().contains("port 0"), "{e}");
         }
+    }
+
+    #[test]
+    fn dns_capture_needs_a_nameserver_or_capture_all() {
+        let p = |yaml: &str| Plan::new(&spec(yaml), 3).unwrap();
+        let none = p("name: a\ncgroup: /x\nargs: --redirect-dns\n");
+        assert!(!none.captures_dns());
+        let listed = p("name: a\ncgroup: /x\nargs: --redirect-dns\nnameservers: [10.96.0.10, fd00::a, 10.96.0.10]\n");
+        assert!(listed.captures_dns());
+        assert_eq!(listed.dns.len(), 2);
+        assert_eq!(listed.dns[0].pod_id, 3);
+        assert_ne!(listed.config.flags & pod_flags::HAS_DNS_SERVERS, 0);
+        assert_eq!(listed.config.flags & pod_flags::DNS_CAPTURE_ALL, 0);
+        let all = p("name: a\ncgroup: /x\nargs: --redirect-dns --capture-all-dns\n");
+        assert!(all.captures_dns());
+        assert_ne!(all.config.flags & pod_flags::DNS_CAPTURE_ALL, 0);
+        assert_eq!(all.config.flags & pod_flags::HAS_DNS_SERVERS, 0);
+        // Nameservers without --redirect-dns capture nothing; the list is the spec's only.
+        let off = p("name: a\ncgroup: /x\nnameservers: [10.96.0.10]\n");
+        assert!(!off.captures_dns() && off.dns.is_empty());
+        // A later list replaces the first whole.
+        let moved = listed.with_nameservers(&["10.96.0.11".parse().unwrap()]).unwrap();
+        assert_eq!(moved.nameservers(), vec!["10.96.0.11".parse::<IpAddr>().unwrap()]);
+        let gone = moved.with_nameservers(&[]).unwrap();
+        assert!(!gone.captures_dns());
+        assert_eq!(gone.config.flags & pod_flags::HAS_DNS_SERVERS, 0);
+    }
+
+    #[test]
+    fn nameserver_sources_are_exclusive_and_bounded() {
+        let s = spec("name: a\ncgroup: /x\nnameservers: [10.0.0.1]\nresolvConf: /r\n");
+        assert!(matches!(Plan::new(&s, 1), Err(SpecError::BothNameserverSources)));
+        let many: Vec<String> = (1..=9).map(|i| format!("10.0.0.{i}")).collect();
+        let s = spec(&format!(
+            "name: a\ncgroup: /x\nargs: --redirect-dns\nnameservers: [{}]\n",
+            many.join(", ")
+        ));
+        let e = Plan::new(&s, 1).unwrap_err();
+        assert!(matches!(e, SpecError::TooManyNameservers(9)), "{e}");
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::{
 use meshsteer_common::maps::MAX_PROXY_IDS;
 use serde::{Deserialize, Serialize};
 
-use super::istio::{ArgsError, Capture, INJECTOR_DEFAULT_ARGS};
+use super::{
+    istio::{ArgsError, Capture, INJECTOR_DEFAULT_ARGS},
+    resolv::MAX_NAMESERVERS,
+};
 
 /// A pod spec file, YAML or JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +35,13 @@ pub struct PodSpec {
     /// Socket-level acceleration for this pod (default: the agent's `--accelerate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerate: Option<bool>,
+    /// The nameservers `--redirect-dns` captures, when the agent cannot read the pod's own
+    /// resolv.conf (exclusive with `resolvConf`). See docs/dns.md for which source wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nameservers: Option<Vec<IpAddr>>,
+    /// A resolv.conf to read the pod's nameservers from, on the agent's filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,10 @@ pub enum SpecError {
     NoIds,
     #[error("{0} cannot redirect to port 0")]
     PortZero(&'static str),
+    #[error("give either `nameservers` or `resolvConf`, not both")]
+    BothNameserverSources,
+    #[error("at most {MAX_NAMESERVERS} nameservers are supported, got {0}")]
+    TooManyNameservers(usize),
 }
 
 /// A parse error without the file's own text: serde quotes the values it rejects, and a spec
@@ -112,7 +126,7 @@ mod tests {
         assert_eq!(
             yaml("name: a\ncgroup: /x\nextra: 1\n").unwrap_err(),
             "not a valid pod spec: unknown field `extra`, expected one of `name`, `cgroup`, \
-             `netns`, `ips`, `args`, `capture`, `accelerate` at line 3 column 1"
+             `netns`, `ips`, `args`, `capture`, `accelerate`, `nameservers`, `resolvConf` at line 3 column 1"
         );
         let e = yaml("name: a\ncgroup: /x\ncapture: {proxyPort: 1, exclude_inbound_ports: [1]}\n")
             .unwrap_err();

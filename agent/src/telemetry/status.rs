@@ -63,6 +63,9 @@ pub struct PodStatus {
     /// (iptables' `-o lo` matches every address of the namespace); kept current.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_addrs: Vec<IpAddr>,
+    /// The nameservers DNS capture (`--redirect-dns`) redirects, when it is in effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<IpAddr>,
     /// What the capture in effect takes of the pod's budget (see the file's `budget`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
@@ -253,6 +256,7 @@ mod tests {
                 capture: Some(Capture::default()),
                 ips: vec!["10.0.0.5".parse().unwrap()],
                 local_addrs: vec![],
+                nameservers: vec![],
                 accelerate: Some(false),
                 usage: None,
                 fail_closed: false,

@@ -8,6 +8,10 @@ pub const SK_LOOKUP_SLOTS: u32 = PODS + 1;
 pub const PORTS: u32 = 64 * 1024;
 pub const CIDRS: u32 = 256 * 1024;
 pub const LOCAL_ADDRS: u32 = 64 * 1024;
+/// Nameservers one pod's DNS capture may name (Kubernetes allows 3, glibc reads 3): with
+/// [`DNS_SERVERS`] sized for every pod's full share, no pod can crowd out another's.
+pub const NAMESERVERS_PER_POD: u32 = 8;
+pub const DNS_SERVERS: u32 = PODS * NAMESERVERS_PER_POD;
 /// Live redirected connections, shared out as per-pod budgets (`MS_POD_LIVE`).
 pub const ORIG_DST_BUDGETED: u32 = 128 * 1024;
 /// What concurrent connect()s of one pod may take beyond its budget: the datapath checks and

@@ -7,6 +7,7 @@
 pub mod accel;
 mod addr_sets;
 pub mod capacity;
+mod dns;
 mod listeners;
 mod live;
 pub mod names;
@@ -18,10 +19,11 @@ mod stats;
 pub mod trace;
 
 pub use addr_sets::{CidrKey, LocalKey};
+pub use dns::{DnsServerKey, DnsSock, dns_flags};
 pub use listeners::ListenerKey;
 pub use live::PodLive;
 pub use orig_dst::{OrigDst, TupleKey};
-pub use pod::{MAX_PROXY_IDS, PodConfig, pod_flags};
+pub use pod::{DNS_PORT, DNS_PROXY_PORT, MAX_PROXY_IDS, PodConfig, pod_flags};
 pub use ports::{PortKey, PortSet};
 pub use sock_state::{SockState, sock_flags};
 pub use stats::{PodCounters, counter, node_counter};
@@ -36,7 +38,10 @@ pub use stats::{PodCounters, counter, node_counter};
 /// sk_lookup link runs a copy of the program loaded for a slot of the new `MS_SK_LOOKUP_PODS`
 /// (slot → pod), so `MS_INBOUND_ADDRS` is gone; the new `MS_POD_NETNS` and `MS_SOCK_NETNS`
 /// keep the inbound listener in the pod's namespace.
-pub const LAYOUT_VERSION: u32 = 4;
+/// 5: DNS capture: the new `MS_DNS_SERVERS` (each pod's nameservers) and `MS_DNS_SOCK` (a UDP
+/// socket's redirected servers), and the cgroup sendmsg/recvmsg programs; every layout-4 map is
+/// carried as it is.
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Depth of the cgroup ancestor walk that maps a socket's cgroup to its pod
 /// (`kubepods.slice/kubepods-burstable.slice/…-pod<uid>.slice/cri-…scope` is depth 4).
@@ -58,6 +63,8 @@ mod tests {
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<CidrKey>(), 20);
         assert_eq!(size_of::<LocalKey>(), 20);
+        assert_eq!(size_of::<DnsServerKey>(), 20);
+        assert_eq!(size_of::<DnsSock>(), 4 + 2 + 2 + 16 + 16);
         assert_eq!(size_of::<SockState>(), 8 + 4 + 4 + 4 + 2 + 2 + 16);
         assert_eq!(size_of::<TupleKey>(), 8 + 16 + 16 + 2 + 2 + 4);
         assert_eq!(size_of::<OrigDst>(), 32);

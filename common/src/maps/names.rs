@@ -25,6 +25,8 @@ pub const SOCKS: &str = "MS_SOCKS";
 pub const ACCEL_STATE: &str = "MS_ACCEL_STATE";
 pub const ACCEL_PENDING: &str = "MS_ACCEL_PENDING";
 pub const ACCEL_CFG: &str = "MS_ACCEL_CFG";
+pub const DNS_SERVERS: &str = "MS_DNS_SERVERS";
+pub const DNS_SOCK: &str = "MS_DNS_SOCK";
 
 /// Every map the agent pins (and adopts on restart).
 pub const PINNED: &[&str] = &[
@@ -49,4 +51,6 @@ pub const PINNED: &[&str] = &[
     ACCEL_STATE,
     ACCEL_PENDING,
     ACCEL_CFG,
+    DNS_SERVERS,
+    DNS_SOCK,
 ];

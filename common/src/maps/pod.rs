@@ -32,6 +32,12 @@ pub struct PodConfig {
 }
 plain_data!(PodConfig);
 
+/// Where istio-iptables' DNS rules send captured DNS: its agent's DNS proxy (fixed, not an
+/// option: `IstioAgentDNSListenerPort`).
+pub const DNS_PROXY_PORT: u16 = 15053;
+/// The port DNS capture matches.
+pub const DNS_PORT: u16 = 53;
+
 pub mod pod_flags {
     /// `-i '*'`: every outbound IPv4 destination not excluded is captured.
     pub const OUT_INCLUDE_ALL_V4: u32 = 1 << 0;
@@ -54,6 +60,15 @@ pub mod pod_flags {
     pub const HAS_IN_EXCLUDE_PORTS: u32 = 1 << 12;
     pub const HAS_IN_INCLUDE_PORTS: u32 = 1 << 13;
     pub const HAS_LOCAL_ADDRS: u32 = 1 << 14;
+    /// The pod has nameservers in `MS_DNS_SERVERS` (with [`DNS_CAPTURE`]).
+    pub const HAS_DNS_SERVERS: u32 = 1 << 15;
+    /// `--redirect-dns` in effect: TCP and UDP to port 53 of the pod's nameservers go to the
+    /// proxy's DNS port. (istio-iptables drops the option when it has no nameserver and no
+    /// `--capture-all-dns`: the agent then leaves this off.)
+    pub const DNS_CAPTURE: u32 = 1 << 17;
+    /// `--capture-all-dns` with `--redirect-dns`: port 53 of every destination, not only the
+    /// pod's nameservers.
+    pub const DNS_CAPTURE_ALL: u32 = 1 << 18;
     /// Socket-level acceleration: connections within the pod's network namespace skip the
     /// TCP/IP stack (sockops + sk_msg, see [`crate::maps::accel`]).
     pub const ACCELERATE: u32 = 1 << 16;

@@ -29,6 +29,12 @@ pub mod direction {
     pub const INBOUND: u8 = 1;
 }
 
+/// [`TraceEvent::proto`]: IANA protocol numbers.
+pub mod proto {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
 /// [`TraceEvent::action`]: where the connection landed.
 pub mod action {
     /// Untouched: it goes where it was going.
@@ -67,6 +73,8 @@ pub struct TraceEvent {
     pub rule: u8,
     /// [`action`].
     pub action: u8,
-    pub _pad: [u8; 7],
+    /// Outbound: [`proto::TCP`] or [`proto::UDP`] (DNS capture). Inbound: TCP.
+    pub proto: u8,
+    pub _pad: [u8; 6],
 }
 plain_data!(TraceEvent);

@@ -456,18 +456,21 @@ mod tests {
             )
             .is_ok()
         );
-        // DNS capture and invalid-packet drops are not implemented: errors, never half a
-        // capture. Off, they are nothing to refuse.
-        for (var, flag) in [
-            ("ISTIO_META_DNS_CAPTURE", "--redirect-dns"),
-            ("INVALID_DROP", "--drop-invalid"),
-        ] {
-            let e = capture(&none, &proxy(&[(var, "true")]))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(var) && e.contains(flag), "{e}");
-            assert!(capture(&none, &proxy(&[(var, "false")])).is_ok(), "{var}");
-        }
+        // The mesh's DNS capture reaches istio-init through the sidecar's environment, as
+        // the injector renders it.
+        assert!(
+            capture(&none, &proxy(&[("ISTIO_META_DNS_CAPTURE", "true")]))
+                .unwrap()
+                .redirect_dns
+        );
+        // Invalid-packet drops are not implemented: an error, never half a capture. Off, they
+        // are nothing to refuse.
+        let (var, flag) = ("INVALID_DROP", "--drop-invalid");
+        let e = capture(&none, &proxy(&[(var, "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(var) && e.contains(flag), "{e}");
+        assert!(capture(&none, &proxy(&[(var, "false")])).is_ok(), "{var}");
     }
 
     /// The template path: exactly the rendered line and environment, whatever else the pod
@@ -500,14 +503,19 @@ mod tests {
             &[],
         );
         assert!(c.unwrap().dual_stack);
-        let e = with(
-            r#"{"args": [], "env": {"ISTIO_META_DNS_CAPTURE": "true"}}"#,
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
         assert!(
-            e.starts_with("annotation meshsteer.io/istio-init: ISTIO_META_DNS_CAPTURE=\"true\""),
+            with(
+                r#"{"args": [], "env": {"ISTIO_META_DNS_CAPTURE": "true"}}"#,
+                &[],
+            )
+            .unwrap()
+            .redirect_dns
+        );
+        let e = with(r#"{"args": [], "env": {"INVALID_DROP": "true"}}"#, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("annotation meshsteer.io/istio-init: INVALID_DROP=\"true\""),
             "{e}"
         );
         for bad in [

@@ -74,6 +74,8 @@ impl Resolver {
             args: None,
             capture,
             accelerate: None,
+            nameservers: None,
+            resolv_conf: None,
         };
         let capture = match capture(&view.annotations, &view.proxy) {
             Ok(c) => c,
