@@ -130,8 +130,8 @@ pub fn decide<T: PodTables>(cfg: &PodConfig, t: &T, c: &Connection) -> Verdict {
     let r9 = tcp && !dst.eq_const(&localhost) && c.dport != cfg.tunnel_port;
     // istio drops R10 for every id when `-i` names a loopback range; with DNS capture R10 is
     // `-p tcp ! --dport 53`, so an app's DNS to a nameserver on the pod is captured.
-    let r10 = cfg.flags & pod_flags::OUT_INCLUDES_LOOPBACK == 0
-        && (!dns || (tcp && c.dport != DNS_PORT));
+    let r10 =
+        cfg.flags & pod_flags::OUT_INCLUDES_LOOPBACK == 0 && (!dns || (tcp && c.dport != DNS_PORT));
     let m = OwnerMatch {
         to_local,
         r10,
@@ -419,7 +419,10 @@ mod tests {
         let mut by_gid = udp(1000, NAMESERVER, 53);
         by_gid.gid = 1337;
         assert_eq!(rule(&cfg, by_gid), (Rule::ProxyOwner, 0));
-        assert_eq!(rule(&cfg, conn(1337, NAMESERVER, 53)), (Rule::ProxyOwner, 0));
+        assert_eq!(
+            rule(&cfg, conn(1337, NAMESERVER, 53)),
+            (Rule::ProxyOwner, 0)
+        );
         // A nameserver on the pod: R10 is `-p tcp ! --dport 53`, so the app's DNS to it is
         // captured over both transports; R12 comes after the DNS jump.
         assert_eq!(rule(&cfg, udp(1000, LOCAL_NAMESERVER, 53)), dns);

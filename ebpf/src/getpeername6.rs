@@ -9,7 +9,8 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     if ctx.sock_type() == SOCK_DGRAM {
         // A UDP socket connected to the proxy in place of a nameserver (DNS capture).
         if let Some((peer, port_be)) = connected_peer(ctx.sock()) {
-            ctx.set_user_ip6(peer.be_words()); ctx.set_user_port_be(port_be);
+            ctx.set_user_ip6(peer.be_words());
+            ctx.set_user_port_be(port_be);
         }
         return 1;
     }

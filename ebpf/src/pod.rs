@@ -10,8 +10,8 @@ use aya_ebpf::{
 use meshsteer_common::{
     Addr,
     maps::{
-        CidrKey, DnsServerKey, LocalKey, MAX_CGROUP_DEPTH, PodConfig, PortKey, PortSet,
-        SockState, counter, pod_flags,
+        CidrKey, DnsServerKey, LocalKey, MAX_CGROUP_DEPTH, PodConfig, PortKey, PortSet, SockState,
+        counter, pod_flags,
     },
     tables::PodTables,
 };

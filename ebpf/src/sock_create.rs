@@ -10,8 +10,8 @@ use meshsteer_common::{
 
 use crate::{
     capture::{SOCK_DGRAM, SOCK_STREAM},
-    dns::IPPROTO_UDP,
     ctx::SockCtx,
+    dns::IPPROTO_UDP,
     netns,
     owner::current_owner,
     pod::{pod_config, pod_of_current_task, sock_state_or_create},

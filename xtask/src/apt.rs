@@ -21,6 +21,9 @@ pub const TEST_PACKAGES: &[&str] = &[
     "haproxy",
     "procps",
     "iputils-ping",
+    // DNS capture's end-to-end test: a DNS server and dig.
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 /// Installs those of `packages` that are not installed, printing a line per package.

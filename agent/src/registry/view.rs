@@ -63,9 +63,7 @@ impl<D> Registry<D> {
                     local_addrs: captured
                         .map(|x| x.plan.netns_addrs().to_vec())
                         .unwrap_or_default(),
-                    nameservers: captured
-                        .map(|x| x.plan.nameservers())
-                        .unwrap_or_default(),
+                    nameservers: captured.map(|x| x.plan.nameservers()).unwrap_or_default(),
                     warnings: captured
                         .map(|x| x.warnings.iter().chain(&x.addrs_warning).cloned().collect())
                         .unwrap_or_default(),

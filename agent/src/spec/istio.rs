@@ -937,7 +937,10 @@ mod tests {
         assert!(dns.redirect_dns && !dns.capture_all_dns);
         let all = run(
             &["--redirect-dns"],
-            &[("CAPTURE_ALL_DNS", "true"), ("ISTIO_META_DNS_CAPTURE", "false")],
+            &[
+                ("CAPTURE_ALL_DNS", "true"),
+                ("ISTIO_META_DNS_CAPTURE", "false"),
+            ],
         )
         .unwrap();
         assert!(all.redirect_dns && all.capture_all_dns);

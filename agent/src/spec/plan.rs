@@ -210,7 +210,8 @@ impl Plan {
             return Err(SpecError::TooManyNameservers(servers.len()));
         }
         let flags = &mut self.config.flags;
-        *flags &= !(pod_flags::DNS_CAPTURE | pod_flags::DNS_CAPTURE_ALL | pod_flags::HAS_DNS_SERVERS);
+        *flags &=
+            !(pod_flags::DNS_CAPTURE | pod_flags::DNS_CAPTURE_ALL | pod_flags::HAS_DNS_SERVERS);
         self.dns.clear();
         let c = &self.capture;
         if !c.redirect_dns || (servers.is_empty() && !c.capture_all_dns) {
@@ -437,7 +438,9 @@ mod tests {
         let p = |yaml: &str| Plan::new(&spec(yaml), 3).unwrap();
         let none = p("name: a\ncgroup: /x\nargs: --redirect-dns\n");
         assert!(!none.captures_dns());
-        let listed = p("name: a\ncgroup: /x\nargs: --redirect-dns\nnameservers: [10.96.0.10, fd00::a, 10.96.0.10]\n");
+        let listed = p(
+            "name: a\ncgroup: /x\nargs: --redirect-dns\nnameservers: [10.96.0.10, fd00::a, 10.96.0.10]\n",
+        );
         assert!(listed.captures_dns());
         assert_eq!(listed.dns.len(), 2);
         assert_eq!(listed.dns[0].pod_id, 3);
@@ -451,8 +454,13 @@ mod tests {
         let off = p("name: a\ncgroup: /x\nnameservers: [10.96.0.10]\n");
         assert!(!off.captures_dns() && off.dns.is_empty());
         // A later list replaces the first whole.
-        let moved = listed.with_nameservers(&["10.96.0.11".parse().unwrap()]).unwrap();
-        assert_eq!(moved.nameservers(), vec!["10.96.0.11".parse::<IpAddr>().unwrap()]);
+        let moved = listed
+            .with_nameservers(&["10.96.0.11".parse().unwrap()])
+            .unwrap();
+        assert_eq!(
+            moved.nameservers(),
+            vec!["10.96.0.11".parse::<IpAddr>().unwrap()]
+        );
         let gone = moved.with_nameservers(&[]).unwrap();
         assert!(!gone.captures_dns());
         assert_eq!(gone.config.flags & pod_flags::HAS_DNS_SERVERS, 0);
@@ -461,7 +469,10 @@ mod tests {
     #[test]
     fn nameserver_sources_are_exclusive_and_bounded() {
         let s = spec("name: a\ncgroup: /x\nnameservers: [10.0.0.1]\nresolvConf: /r\n");
-        assert!(matches!(Plan::new(&s, 1), Err(SpecError::BothNameserverSources)));
+        assert!(matches!(
+            Plan::new(&s, 1),
+            Err(SpecError::BothNameserverSources)
+        ));
         let many: Vec<String> = (1..=9).map(|i| format!("10.0.0.{i}")).collect();
         let s = spec(&format!(
             "name: a\ncgroup: /x\nargs: --redirect-dns\nnameservers: [{}]\n",

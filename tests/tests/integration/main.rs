@@ -29,5 +29,7 @@ mod node;
 mod observability;
 /// Outbound capture against Istio's rules, differentially.
 mod outbound;
+/// Real resolvers (dig, glibc, our own) through DNS capture into a DNS proxy (dnsmasq).
+mod resolvers;
 /// Agent crash, stop and upgrade without disruption.
 mod restart;
