@@ -22,7 +22,7 @@ use meshsteer_common::{
     inbound::InRule,
     maps::{
         names, node_counter,
-        trace::{TraceEvent, action, direction},
+        trace::{TraceEvent, action, direction, proto},
     },
     outbound::Rule,
 };
@@ -236,6 +236,8 @@ struct Decision {
     pod: String,
     cgroup_id: u64,
     direction: &'static str,
+    /// `tcp`, or `udp` (DNS capture).
+    proto: &'static str,
     /// The socket owner (outbound only).
     #[serde(skip_serializing_if = "Option::is_none")]
     uid: Option<u32>,
@@ -253,6 +255,10 @@ struct Decision {
 impl Decision {
     fn new(ev: &TraceEvent, pod: String, time: String) -> Option<Self> {
         let dst = socket(ev.dst, ev.dst_port);
+        let proto = match ev.proto {
+            proto::UDP => "udp",
+            _ => "tcp",
+        };
         let (direction, rule, uid, gid, src) = match ev.direction {
             direction::OUTBOUND => (
                 "outbound",
@@ -285,6 +291,7 @@ impl Decision {
             pod,
             cgroup_id: ev.pod_cgroup,
             direction,
+            proto,
             uid,
             gid,
             src,
@@ -305,6 +312,9 @@ impl std::fmt::Display for Decision {
             .split_once('T')
             .map_or(self.time.as_str(), |(_, t)| t.trim_end_matches('Z'));
         write!(f, "{clock} {} {}", self.pod, self.direction)?;
+        if self.proto != "tcp" {
+            write!(f, " {}", self.proto)?;
+        }
         if let (Some(uid), Some(gid)) = (self.uid, self.gid) {
             write!(f, " uid={uid} gid={gid}")?;
         }
@@ -373,6 +383,22 @@ mod tests {
         assert_eq!(json["landed"], "127.0.0.1:15001");
         assert_eq!(json["src"], serde_json::Value::Null);
         assert_eq!(json["cgroupId"], 42);
+    }
+
+    #[test]
+    fn dns_redirect_says_udp() {
+        let mut ev = event();
+        ev.proto = proto::UDP;
+        ev.dst_port = 53;
+        ev.landed_port = 15053;
+        ev.rule = Rule::DnsRedirect as u8;
+        let d = decision(&ev);
+        assert_eq!(
+            d.to_string(),
+            "12:00:01.123456 default/web-0 outbound udp uid=1000 gid=1000 * -> 10.96.0.10:53 \
+             dns_redirect redirected -> 127.0.0.1:15053"
+        );
+        assert_eq!(serde_json::to_value(&d).unwrap()["proto"], "udp");
     }
 
     #[test]
