@@ -31,6 +31,7 @@ pub mod load;
 pub mod matrix;
 pub mod node_box;
 pub mod profile;
+pub mod resolver;
 pub mod testbed;
 pub mod topology;
 

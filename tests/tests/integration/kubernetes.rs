@@ -441,7 +441,6 @@ fn injected_pods_get_exactly_istio_inits_capture() -> Result<()> {
             let outcome = match (&case.istio_init, case.name) {
                 (None, _) => Outcome::LeftAlone,
                 (Some(_), "proxyconfig-tproxy") => Outcome::Error("TPROXY"),
-                (Some(_), "dns-capture") => Outcome::Error("ISTIO_META_DNS_CAPTURE"),
                 // Mesh config is not on the pod: an older pod gets the default ports (the
                 // template is what fixes this).
                 (Some(_), "mesh-ports") if injector == Injector::Older => {

@@ -5,13 +5,13 @@
 //! Istio's agent listens. Each answer tells which server made it, and each client takes only
 //! replies that come from the server it asked: so an answer proves both the capture and the
 //! reverse translation. The proxy's own queries (uid 1337) go out uncaptured.
-use std::{fs, time::Duration};
+use std::fs;
 
-use anyhow::{Context, bail};
 use meshsteer_tests::{
     Agent, Node, Pod, Testbed, World,
     apps::Scratch,
-    cmd::{self, Place, Proc},
+    cmd,
+    resolver::{dnsmasq, dnsq, wait_answers},
 };
 use serde_json::Value;
 
@@ -23,7 +23,6 @@ const PROXIED: &str = "10.9.9.9";
 /// Names the proxy does not know itself: it forwards them to the cluster DNS (its own,
 /// uncaptured upstream query), which answers this.
 const UPSTREAM: &str = "10.7.7.7";
-const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 const DIG: &str = "/usr/bin/dig";
 
 /// Field order is drop order: pods (and their dnsmasq) first, then the agent and node.
@@ -93,61 +92,6 @@ impl Resolvers {
     fn ask(&self, uid: u32, server: &str, name: &str, flags: &[&str]) -> anyhow::Result<Value> {
         dnsq(&self.cli, uid, server, name, flags)
     }
-}
-
-/// dnsmasq in the foreground with nothing of the host's (no resolv.conf, no hosts file, no
-/// pid file), bound to exactly the addresses given.
-fn dnsmasq(place: &Place<'_>, args: &[&str]) -> anyhow::Result<Proc> {
-    let mut all = vec![
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--pid-file",
-        "--log-facility=/dev/null",
-        "--user=root",
-        "--group=root",
-        "--conf-file=/dev/null",
-    ];
-    // Started as root it would switch to --user; as another uid it stays that uid.
-    if place.uid != 0 {
-        all.retain(|a| !a.starts_with("--user") && !a.starts_with("--group"));
-    }
-    all.extend(args);
-    Proc::spawn(place, DNSMASQ, &all)
-}
-
-fn dnsq(pod: &Pod, uid: u32, server: &str, name: &str, flags: &[&str]) -> anyhow::Result<Value> {
-    let mut args = vec![server, name];
-    args.extend(flags);
-    let out = cmd::command(&pod.place(uid, uid), &dnsq_bin(), &args)?
-        .output()
-        .context("running mst-dnsq")?;
-    serde_json::from_slice(&out.stdout).with_context(|| {
-        format!(
-            "mst-dnsq said {:?} {:?}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-/// The `mst-dnsq` binary beside the probe.
-fn dnsq_bin() -> String {
-    meshsteer_tests::topology::probe_bin().replace("mst-probe", "mst-dnsq")
-}
-
-/// Polls until `server` answers `svc.mesh.test` with `want` (the server just started).
-fn wait_answers(pod: &Pod, uid: u32, server: &str, want: &str) -> anyhow::Result<()> {
-    let mut last = Value::Null;
-    for _ in 0..50 {
-        last = dnsq(pod, uid, server, "svc.mesh.test", &[])?;
-        if last["answer"] == want {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{server} in pod {} does not answer: {last}", pod.name)
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshsteer_tests::{Testbed, load::ConnectLoop, topology::late_accept_in};
+use meshsteer_tests::{Testbed, load::ConnectLoop, resolver, topology::late_accept_in};
 use serde_json::Value;
 
 const WORLD: &str = "10.200.0.1:80";
@@ -150,21 +150,42 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     let doc: Value = serde_json::from_slice(&std::fs::read(&bed.agent.status_file)?)?;
     assert!(doc["budget"]["origDst"].is_u64(), "{doc}");
 
-    // Layout 4 dropped layout 3's address map: not carried, and the pod's adopted sk_lookup
-    // link now runs the pod's own copy, which captures an address no one listed.
-    let dropped = meshsteer_common::maps::names::INBOUND_ADDRS_V3;
-    assert!(
-        !bed.agent
-            .bpffs_dir
-            .join(format!("v{layout}/maps/{dropped}"))
-            .exists()
-    );
-    pod.ip(&["addr", "add", "10.88.0.251/32", "dev", "eth0"])?;
-    let v = peer.probe(1000, 1000, "10.88.0.251:8080", &[])?;
+    // Layout 5 added DNS capture: its maps and programs are pinned beside the adopted ones,
+    // and a pod of the upgraded node gets its DNS to the proxy's DNS port.
+    for pin in [
+        "maps/MS_DNS_SERVERS",
+        "maps/MS_DNS_SOCK",
+        "links/sendmsg4",
+        "links/recvmsg6",
+    ] {
+        let path = bed.agent.bpffs_dir.join(format!("v{layout}/{pin}"));
+        assert!(path.exists(), "{} missing", path.display());
+    }
+    let ns = WORLD.split(':').next().unwrap_or_default();
+    let spec = pod.spec(&format!(
+        "{} --redirect-dns",
+        meshsteer::inspect::INJECTOR_DEFAULT_ARGS
+    ));
+    bed.agent
+        .write_spec(&pod.name, &format!("{spec}nameservers: [{ns}]\n"))?;
+    bed.agent
+        .wait_pod("test/a", |p| p["nameservers"][0] == ns)?;
+    let mut pod = pod;
+    let proxy = resolver::dnsmasq(
+        &pod.place(1337, 1337),
+        &[
+            "--listen-address=127.0.0.1",
+            "--port=15053",
+            "--address=/svc.mesh.test/10.9.9.9",
+        ],
+    )?;
+    pod.keep(proxy);
+    resolver::wait_answers(&pod, 1337, "127.0.0.1:15053", "10.9.9.9")?;
+    let got = resolver::dnsq(&pod, 1000, &format!("{ns}:53"), "svc.mesh.test", &[])?;
     assert_eq!(
-        (&v["listener"], &v["orig_dst"]),
-        (&15006.into(), &"10.88.0.251:8080".into()),
-        "{v}"
+        (&got["answer"], &got["from"]),
+        (&"10.9.9.9".into(), &format!("{ns}:53").into()),
+        "{got}"
     );
     Ok(())
 }
