@@ -9,11 +9,11 @@ use crate::{capture::SOCK_DGRAM, ctx::SockAddrCtx, dns::connected_peer, pod::soc
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
     if ctx.sock_type() == SOCK_DGRAM {
         // A UDP socket connected to the proxy in place of a nameserver (DNS capture).
-        if let Some((peer, port_be)) = connected_peer(ctx.sock()) {
-            if let Some(ip) = peer.be_u32() {
-                ctx.set_user_ip4(ip);
-                ctx.set_user_port_be(port_be);
-            }
+        if let Some((peer, port_be)) = connected_peer(ctx.sock())
+            && let Some(ip) = peer.be_u32()
+        {
+            ctx.set_user_ip4(ip);
+            ctx.set_user_port_be(port_be);
         }
         return 1;
     }
