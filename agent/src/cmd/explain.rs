@@ -158,6 +158,7 @@ fn enrolled(p: &PodStatus) -> Option<PodSpec> {
         accelerate: p.accelerate,
         nameservers: Some(p.nameservers.clone()),
         resolv_conf: None,
+        kube_nameservers: None,
     })
 }
 
@@ -229,6 +230,7 @@ mod tests {
                 .unwrap_or_default(),
             local_addrs: vec![],
             nameservers: vec![],
+            nameservers_from: None,
             capture,
             accelerate: None,
             usage: None,

@@ -6,9 +6,10 @@ use anyhow::Result;
 
 use crate::{
     bpf::{counters::Counters, maps, pins::Pins},
+    spec::resolv::NameserversFrom,
     telemetry::{
         catalog,
-        status::{AgentStatus, EnrolledBy},
+        status::{AgentStatus, EnrolledBy, PodStatus},
     },
 };
 
@@ -65,6 +66,9 @@ pub fn show(status_file: &Path, bpffs_dir: &Path, json: bool) -> Result<()> {
                  before that were not captured"
             );
         }
+        if let Some(line) = nameservers_line(pod) {
+            println!("\t{line}");
+        }
         for w in &pod.warnings {
             println!("\twarning: {w}");
         }
@@ -86,4 +90,58 @@ pub fn show(status_file: &Path, bpffs_dir: &Path, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The nameservers DNS capture redirects, and which source gave them (docs/dns.md).
+fn nameservers_line(pod: &PodStatus) -> Option<String> {
+    let from = pod.nameservers_from?;
+    let from = match from {
+        NameserversFrom::Spec => "the spec's nameservers",
+        NameserversFrom::ResolvConf => "the spec's resolvConf",
+        NameserversFrom::Pod => "the pod's resolv.conf",
+        NameserversFrom::Kubernetes => "the pod's dnsPolicy",
+    };
+    let list: Vec<String> = pod.nameservers.iter().map(ToString::to_string).collect();
+    let list = if list.is_empty() {
+        "none".to_string()
+    } else {
+        list.join(" ")
+    };
+    Some(format!("nameservers {list} (from {from})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{source::change::SourceKey, telemetry::status::PodState};
+
+    #[test]
+    fn shows_the_nameservers_and_their_source() {
+        let mut pod = PodStatus {
+            name: "a".into(),
+            source: SourceKey::File("/p/a.yaml".into()),
+            state: PodState::Ready,
+            cgroup: None,
+            cgroup_id: None,
+            pod_id: None,
+            capture: None,
+            ips: vec![],
+            local_addrs: vec![],
+            nameservers: vec!["10.96.0.10".parse().unwrap(), "fd00::a".parse().unwrap()],
+            nameservers_from: None,
+            usage: None,
+            fail_closed: false,
+            accelerate: None,
+            warnings: vec![],
+            enrolled_by: None,
+            options: None,
+            counters: None,
+        };
+        assert_eq!(nameservers_line(&pod), None);
+        pod.nameservers_from = Some(NameserversFrom::Pod);
+        assert_eq!(
+            nameservers_line(&pod).unwrap(),
+            "nameservers 10.96.0.10 fd00::a (from the pod's resolv.conf)"
+        );
+    }
 }

@@ -462,6 +462,7 @@ mod tests {
             ips: vec![],
             local_addrs: vec![],
             nameservers: vec![],
+            nameservers_from: None,
             accelerate: None,
             usage: None,
             fail_closed: false,

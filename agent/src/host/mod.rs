@@ -9,4 +9,5 @@ pub mod locks;
 pub mod netns;
 pub mod passthrough;
 pub mod proc;
+pub mod resolv;
 pub mod userns;

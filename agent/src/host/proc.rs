@@ -132,7 +132,7 @@ pub fn of_cgroup(cgroup: &Path, named: &Path) -> Option<PathBuf> {
 }
 
 /// When a process started (clock ticks after boot): field 22 of `/proc/<pid>/stat`.
-fn start_time(pid: i32) -> Option<u64> {
+pub fn start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from its end.
     let after_comm = &stat[stat.rfind(')')? + 1..];

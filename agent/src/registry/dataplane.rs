@@ -50,6 +50,14 @@ pub trait Dataplane {
     /// `cgroup`), or `None` when it is the host's.
     fn id_maps(&self, netns: &Path, cgroup: &Path) -> Result<Option<IdMaps>>;
 
+    /// The pod's own resolv.conf, read through one of the processes of `cgroup` (see
+    /// [`crate::host::resolv::of_cgroup`]), with the pid it was read through; `None` while no
+    /// process has one.
+    fn pod_resolv_conf(&self, cgroup: &Path) -> Option<(i32, String)>;
+
+    /// The resolv.conf a pod spec names (`resolvConf`), on the agent's filesystem.
+    fn read_resolv_conf(&self, path: &Path) -> Result<String>;
+
     /// Whether the pod's network namespace is still there.
     fn netns_alive(&self, netns: &Path) -> bool;
 

@@ -95,6 +95,11 @@ impl<D: Dataplane> Registry<D> {
             self.dataplane.check_netns(ns)?;
         }
         let mut plan = Plan::new(spec, self.next_pod_id)?;
+        let dns = self.nameservers(spec, plan.capture())?;
+        plan = plan.with_nameservers(&dns.servers)?;
+        if let Some(w) = &dns.warning {
+            warn!(warning = %w, "DNS capture");
+        }
         laps.mark("plan");
         if let Some(ns) = &spec.netns
             && let Some(maps) = self.dataplane.id_maps(ns, &spec.cgroup)?
@@ -163,6 +168,8 @@ impl<D: Dataplane> Registry<D> {
             netns: spec.netns.clone(),
             warnings,
             addrs_warning,
+            nameservers_from: dns.from,
+            dns_warning: dns.warning,
         })
     }
 
@@ -256,6 +263,8 @@ impl<D: Dataplane> Registry<D> {
             netns,
             warnings: vec![],
             addrs_warning: None,
+            nameservers_from: None,
+            dns_warning: None,
         })
     }
 

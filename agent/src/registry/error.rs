@@ -60,6 +60,9 @@ pub enum EnrolError {
          the pod is refused, fail closed"
     )]
     PodLimit { max_pods: u32 },
+    /// The spec's `resolvConf` cannot be read (the error names the path).
+    #[error("the pod's resolvConf: {0:#}")]
+    ResolvConf(anyhow::Error),
     /// The spec asks for what meshsteer cannot do.
     #[error(transparent)]
     Spec(#[from] SpecError),

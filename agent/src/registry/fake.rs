@@ -68,6 +68,12 @@ pub struct Fake {
     userns: BTreeMap<PathBuf, IdMaps>,
     /// The listeners the processes of each cgroup hold.
     listeners: BTreeMap<PathBuf, Vec<FakeListener>>,
+    /// The resolv.conf the processes of each cgroup show.
+    pod_resolv: BTreeMap<PathBuf, String>,
+    /// Files on the agent's filesystem.
+    files: BTreeMap<PathBuf, String>,
+    /// How many times a pod's resolv.conf was read.
+    pub resolv_reads: std::cell::Cell<usize>,
     failing: BTreeSet<Op>,
     /// Every write, in order.
     pub calls: Vec<Call>,
@@ -141,6 +147,20 @@ impl Fake {
         self
     }
 
+    /// The processes of `cgroup` show `text` as their resolv.conf (`None`: they have none).
+    pub fn set_pod_resolv(&mut self, cgroup: &str, text: Option<&str>) {
+        match text {
+            Some(t) => self.pod_resolv.insert(cgroup.into(), t.into()),
+            None => self.pod_resolv.remove(Path::new(cgroup)),
+        };
+    }
+
+    /// A file on the agent's filesystem.
+    pub fn with_file(mut self, path: &str, text: &str) -> Self {
+        self.files.insert(path.into(), text.into());
+        self
+    }
+
     /// A pod a previous agent left in the maps.
     pub fn with_adopted(mut self, cgroup_id: u64, pod_id: u32) -> Self {
         self.enrolled.insert(cgroup_id, pod_id);
@@ -209,6 +229,20 @@ impl Dataplane for Fake {
 
     fn id_maps(&self, netns: &Path, _cgroup: &Path) -> Result<Option<IdMaps>> {
         Ok(self.userns.get(netns).cloned())
+    }
+
+    fn pod_resolv_conf(&self, cgroup: &Path) -> Option<(i32, String)> {
+        self.resolv_reads.set(self.resolv_reads.get() + 1);
+        let text = self.pod_resolv.get(cgroup).cloned()?;
+        Some((42, text))
+    }
+
+    fn read_resolv_conf(&self, path: &Path) -> Result<String> {
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| anyhow!("No such file or directory (os error 2)"))
+            .with_context(|| format!("reading {}", path.display()))
     }
 
     fn netns_alive(&self, netns: &Path) -> bool {

@@ -19,7 +19,7 @@ use crate::{
     host::{
         cgroup,
         local_addrs::AddrWatch,
-        netns as host_netns, passthrough, proc,
+        netns as host_netns, passthrough, proc, resolv,
         userns::{self, IdMaps},
     },
     spec::plan::Plan,
@@ -90,6 +90,14 @@ impl Dataplane for Kernel {
 
     fn id_maps(&self, ns: &Path, cgroup: &Path) -> Result<Option<IdMaps>> {
         Ok(userns::of_netns(ns, cgroup)?)
+    }
+
+    fn pod_resolv_conf(&self, cgroup: &Path) -> Option<(i32, String)> {
+        resolv::of_cgroup(cgroup)
+    }
+
+    fn read_resolv_conf(&self, path: &Path) -> Result<String> {
+        resolv::read(path)
     }
 
     fn netns_alive(&self, ns: &Path) -> bool {

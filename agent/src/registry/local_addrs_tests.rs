@@ -31,6 +31,7 @@ fn pod(name: &str, cgroup: &str, netns: &str, ip: &str) -> PodSpec {
         accelerate: None,
         nameservers: None,
         resolv_conf: None,
+        kube_nameservers: None,
     }
 }
 

@@ -15,7 +15,7 @@ use tracing::{info, info_span, warn};
 use crate::{
     bpf::accel::Support,
     source::change::{Change, EnrolledBy, OptionsFrom, Rejected, SourceKey, Unready},
-    spec::{budget::Budget, plan::Plan, pod::PodSpec},
+    spec::{budget::Budget, plan::Plan, pod::PodSpec, resolv::NameserversFrom},
 };
 
 mod dataplane;
@@ -23,12 +23,15 @@ mod enrol;
 mod error;
 mod kernel;
 mod local_addrs;
+mod nameservers;
 mod view;
 
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod local_addrs_tests;
+#[cfg(test)]
+mod nameservers_tests;
 #[cfg(test)]
 mod tests;
 
@@ -49,6 +52,10 @@ struct Enrolled {
     /// Why not every address of the pod's network namespace is local in the datapath (see
     /// [`local_addrs`]), kept apart: it changes with the addresses.
     addrs_warning: Option<String>,
+    /// Where the nameservers in `plan` came from (`None`: nowhere, or no DNS redirect).
+    nameservers_from: Option<NameserversFrom>,
+    /// Why the pod's DNS is not captured as istio-init would, when it is not.
+    dns_warning: Option<String>,
 }
 
 impl Enrolled {
@@ -167,7 +174,8 @@ impl<D: Dataplane> Registry<D> {
                 Change::Upsert(..)
                 | Change::Pending(..)
                 | Change::Origin(..)
-                | Change::EnrolledBy(..) => None,
+                | Change::EnrolledBy(..)
+                | Change::Refresh(..) => None,
             })
             .collect();
         let mut renames = Vec::new();
@@ -207,6 +215,9 @@ impl<D: Dataplane> Registry<D> {
                         e.enrolled_by = Some(by);
                     }
                 }
+                Change::Refresh(key) => {
+                    self.refresh_nameservers(&key);
+                }
             }
         }
     }
@@ -223,8 +234,23 @@ impl<D: Dataplane> Registry<D> {
             && e.spec.as_ref() == spec.as_ref().ok()
             && e.unready.is_none()
         {
+            drop(_g);
+            // The same spec again: only what the pod's processes say may have changed.
+            self.refresh_nameservers(key);
             return;
         }
+        drop(_g);
+        self.replan(key, spec);
+    }
+
+    /// Plans and enrols the pod anew from `spec`, whatever it had.
+    fn replan(&mut self, key: &SourceKey, spec: Result<PodSpec, Rejected>) {
+        let name = match &spec {
+            Ok(s) => s.name.clone(),
+            Err(r) => r.name.clone(),
+        };
+        let span = info_span!("pod", pod = %name);
+        let _g = span.enter();
         let previous = self.pods.remove(key);
         let mut entry = Entry {
             name,

@@ -35,6 +35,7 @@ fn pod(name: &str, cgroup: &str, netns: &str) -> PodSpec {
         accelerate: None,
         nameservers: None,
         resolv_conf: None,
+        kube_nameservers: None,
     }
 }
 

@@ -64,8 +64,16 @@ impl<D> Registry<D> {
                         .map(|x| x.plan.netns_addrs().to_vec())
                         .unwrap_or_default(),
                     nameservers: captured.map(|x| x.plan.nameservers()).unwrap_or_default(),
+                    nameservers_from: captured.and_then(|x| x.nameservers_from),
                     warnings: captured
-                        .map(|x| x.warnings.iter().chain(&x.addrs_warning).cloned().collect())
+                        .map(|x| {
+                            x.warnings
+                                .iter()
+                                .chain(&x.addrs_warning)
+                                .chain(&x.dns_warning)
+                                .cloned()
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     enrolled_by: e.enrolled_by.or(match key {
                         SourceKey::File(_) => Some(EnrolledBy::SpecFile),

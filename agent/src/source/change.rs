@@ -114,6 +114,9 @@ pub enum Change {
     Origin(SourceKey, OptionsFrom),
     /// How the known pod was enrolled. Follows its first ready `Upsert`.
     EnrolledBy(SourceKey, EnrolledBy),
+    /// The known pod's processes may have changed (containers started) though its spec did
+    /// not: what the registry reads through them (its resolv.conf) is read again.
+    Refresh(SourceKey),
 }
 
 /// Changes from one look at a source.

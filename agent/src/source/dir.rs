@@ -318,7 +318,8 @@ mod tests {
                 Change::Remove(_)
                 | Change::Pending(..)
                 | Change::Origin(..)
-                | Change::EnrolledBy(..) => {
+                | Change::EnrolledBy(..)
+                | Change::Refresh(..) => {
                     panic!("no removal expected")
                 }
             })

@@ -42,6 +42,10 @@ pub struct PodSpec {
     /// A resolv.conf to read the pod's nameservers from, on the agent's filesystem.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolv_conf: Option<PathBuf>,
+    /// Set by the Kubernetes source, never read from a file: the nameservers the pod's
+    /// `dnsPolicy` gives it, or why they are not known. The last resort (see docs/dns.md).
+    #[serde(skip)]
+    pub kube_nameservers: Option<Result<Vec<IpAddr>, String>>,
 }
 
 #[derive(Debug, thiserror::Error)]

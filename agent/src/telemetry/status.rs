@@ -18,6 +18,7 @@ use crate::{
     spec::{
         budget::{Budget, Usage},
         istio::Capture,
+        resolv::NameserversFrom,
     },
 };
 
@@ -66,6 +67,11 @@ pub struct PodStatus {
     /// The nameservers DNS capture (`--redirect-dns`) redirects, when it is in effect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<IpAddr>,
+    /// Where `nameservers` came from (docs/dns.md): `spec`, `resolvConf`, `pod` (its own
+    /// resolv.conf, through one of its processes) or `kubernetes` (its dnsPolicy). Absent
+    /// without `--redirect-dns`, while no source has them, and in files of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nameservers_from: Option<NameserversFrom>,
     /// What the capture in effect takes of the pod's budget (see the file's `budget`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
@@ -256,7 +262,8 @@ mod tests {
                 capture: Some(Capture::default()),
                 ips: vec!["10.0.0.5".parse().unwrap()],
                 local_addrs: vec![],
-                nameservers: vec![],
+                nameservers: vec!["10.96.0.10".parse().unwrap()],
+                nameservers_from: Some(NameserversFrom::Pod),
                 accelerate: Some(false),
                 usage: None,
                 fail_closed: false,

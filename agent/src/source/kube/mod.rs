@@ -556,7 +556,7 @@ mod tests {
                 }
                 Change::Remove(key) => panic!("removed {key}"),
                 Change::Pending(key, _) => panic!("noted {key}"),
-                Change::Origin(..) | Change::EnrolledBy(..) => {}
+                Change::Origin(..) | Change::EnrolledBy(..) | Change::Refresh(..) => {}
             }
         }
         for name in ["a", "b", "d"] {
@@ -772,7 +772,7 @@ mod tests {
                 }
                 Change::Remove(key) => panic!("removed {key}"),
                 Change::Pending(key, _) => panic!("noted {key}"),
-                Change::Origin(..) | Change::EnrolledBy(..) => None,
+                Change::Origin(..) | Change::EnrolledBy(..) | Change::Refresh(..) => None,
             })
             .collect();
         assert_eq!(
@@ -817,6 +817,7 @@ mod tests {
                 Change::Pending(_, Some(p)) => Some(format!("pending: {p}")),
                 Change::Pending(_, None) => Some("clear".into()),
                 Change::Origin(_, from) => Some(format!("from {from:?}")),
+                Change::Refresh(_) => Some("refresh".into()),
                 Change::EnrolledBy(..) => None,
             })
             .collect()

@@ -76,6 +76,7 @@ impl Resolver {
             accelerate: None,
             nameservers: None,
             resolv_conf: None,
+            kube_nameservers: None,
         };
         let capture = match capture(&view.annotations, &view.proxy) {
             Ok(c) => c,
