@@ -246,6 +246,27 @@ pub struct KubeArgs {
     /// their sandbox is set up, before any of their containers runs.
     #[arg(long, env = "MESHSTEER_CNI_SOCKET", requires = "kubernetes")]
     pub cni_socket: Option<PathBuf>,
+    /// The cluster DNS service's address(es), as the kubelet's `--cluster-dns`: the
+    /// nameservers of pods with dnsPolicy ClusterFirst, for `--redirect-dns` before any of
+    /// their processes shows its resolv.conf (default: the kube-system/kube-dns Service's
+    /// clusterIP).
+    #[arg(
+        long,
+        env = "MESHSTEER_CLUSTER_DNS",
+        value_delimiter = ',',
+        value_name = "IP",
+        requires = "kubernetes"
+    )]
+    pub cluster_dns: Vec<IpAddr>,
+    /// The node's resolv.conf, as the kubelet's `--resolv-conf` (a path on the node, read
+    /// through its init process): the nameservers of pods with dnsPolicy Default.
+    #[arg(
+        long,
+        env = "MESHSTEER_NODE_RESOLV_CONF",
+        default_value = "/etc/resolv.conf",
+        value_name = "PATH"
+    )]
+    pub node_resolv_conf: PathBuf,
 }
 
 #[derive(Args, Debug)]

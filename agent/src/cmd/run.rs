@@ -168,6 +168,8 @@ impl SourceConfig {
                 kubeconfig: kube.kubeconfig.clone(),
                 netns_path_template: kube.netns_path_template.clone(),
                 cni_socket: kube.cni_socket.clone(),
+                cluster_dns: kube.cluster_dns.clone(),
+                node_resolv_conf: kube.node_resolv_conf.clone(),
             };
             let prepared = settings
                 .prepare()

@@ -2,42 +2,46 @@
 //! one of its processes (`/proc/<pid>/root/etc/resolv.conf`: the file its mount namespace
 //! shows, which the runtime bind-mounts into every container).
 use std::{
-    fs,
+    fs::{self, File},
     io::Read,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
+    os::{fd::AsFd, unix::fs::OpenOptionsExt},
+    path::Path,
 };
 
 use anyhow::{Context, Result, bail};
 
 use super::proc::{cgroup_pids, start_time};
+use crate::sys::openat2::open_in_root;
 
 /// Larger is not a resolv.conf (glibc reads far less); refused rather than read whole.
 const MAX_BYTES: u64 = 64 * 1024;
 
-/// Symlinks followed inside a process's root before giving up.
-const MAX_HOPS: usize = 8;
-
-/// The text of `path`: a regular file of at most [`MAX_BYTES`], opened without blocking on a
-/// FIFO (the agent's loop must never hang on a file). Errors name the path.
+/// The text of `path` on the agent's filesystem: a regular file of at most [`MAX_BYTES`],
+/// opened without blocking on a FIFO (the agent's loop must never hang on a file). Errors
+/// name the path.
 pub fn read(path: &Path) -> Result<String> {
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .with_context(|| format!("reading {}", path.display()))?;
+    read_file(file, path)
+}
+
+/// The text of an opened resolv.conf (`name` for errors).
+fn read_file(file: File, name: &Path) -> Result<String> {
     let md = file
         .metadata()
-        .with_context(|| format!("reading {}", path.display()))?;
+        .with_context(|| format!("reading {}", name.display()))?;
     if !md.is_file() {
-        bail!("{} is not a regular file", path.display());
+        bail!("{} is not a regular file", name.display());
     }
     let mut text = String::new();
     file.take(MAX_BYTES + 1)
         .read_to_string(&mut text)
-        .with_context(|| format!("reading {}", path.display()))?;
+        .with_context(|| format!("reading {}", name.display()))?;
     if text.len() as u64 > MAX_BYTES {
-        bail!("{} is larger than {MAX_BYTES} bytes", path.display());
+        bail!("{} is larger than {MAX_BYTES} bytes", name.display());
     }
     Ok(text)
 }
@@ -52,31 +56,23 @@ pub fn of_cgroup(cgroup: &Path) -> Option<(i32, String)> {
         .collect();
     pids.sort_unstable();
     pids.into_iter().find_map(|(_, pid)| {
-        Some((
-            pid,
-            read(&in_root(pid, Path::new("/etc/resolv.conf"))?).ok()?,
-        ))
+        let text = of_process(pid, Path::new("/etc/resolv.conf")).ok()?;
+        Some((pid, text))
     })
 }
 
-/// `path` as process `pid` sees it, through `/proc/<pid>/root`. A symlink at the end
-/// (`/etc/resolv.conf -> /run/...`, as systemd-resolved makes it) is followed inside that
-/// root, not the agent's, as the process would. `None` if it does not resolve.
-fn in_root(pid: i32, path: &Path) -> Option<PathBuf> {
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    let mut inside = path.to_path_buf();
-    for _ in 0..MAX_HOPS {
-        let outside = root.join(inside.strip_prefix("/").ok()?);
-        let Ok(target) = fs::read_link(&outside) else {
-            return Some(outside);
-        };
-        inside = if target.is_absolute() {
-            target
-        } else {
-            inside.parent()?.join(target)
-        };
-    }
-    None
+/// The text of `path` as process `pid` sees it: through `/proc/<pid>/root`, every symlink
+/// resolved inside that root, as the process would (`/etc/resolv.conf -> /run/...`, as
+/// systemd-resolved makes it), never outside it. Also the node's own files, through its init
+/// process, from an agent in a container with the host's pid namespace.
+pub fn of_process(pid: i32, path: &Path) -> Result<String> {
+    let root_path = format!("/proc/{pid}/root");
+    let shown = Path::new(&root_path).join(path.strip_prefix("/").unwrap_or(path));
+    let root = File::open(&root_path).with_context(|| format!("reading {}", shown.display()))?;
+    let inside = path.strip_prefix("/").unwrap_or(path);
+    let file = open_in_root(root.as_fd(), inside)
+        .with_context(|| format!("reading {}", shown.display()))?;
+    read_file(File::from(file), &shown)
 }
 
 #[cfg(test)]
@@ -101,14 +97,33 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Symlinks resolve inside the root: an absolute one names a file of the root, and
+    /// `..` stops at it.
     #[test]
-    fn paths_resolve_inside_the_processes_root() {
+    fn symlinks_resolve_inside_the_root() {
+        let dir = std::env::temp_dir().join(format!("ms-resolv-root-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("etc")).unwrap();
+        fs::create_dir_all(dir.join("run")).unwrap();
+        fs::write(dir.join("run/real.conf"), "nameserver 10.0.0.2\n").unwrap();
+        std::os::unix::fs::symlink("/run/real.conf", dir.join("etc/resolv.conf")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/hostname", dir.join("etc/up")).unwrap();
+        let root = File::open(&dir).unwrap();
+        let f = open_in_root(root.as_fd(), Path::new("etc/resolv.conf")).unwrap();
+        let text = read_file(File::from(f), Path::new("x")).unwrap();
+        assert_eq!(text, "nameserver 10.0.0.2\n");
+        // `..` cannot leave the root: the node's /etc/hostname is not reached.
+        assert!(open_in_root(root.as_fd(), Path::new("etc/up")).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+        // Through this process's own root, the agent's own file.
         let me = std::process::id() as i32;
-        // This process's root is the agent's: a plain path stays under /proc/<pid>/root.
-        let p = in_root(me, Path::new("/nonexistent/resolv.conf")).unwrap();
-        assert_eq!(
-            p,
-            PathBuf::from(format!("/proc/{me}/root/nonexistent/resolv.conf"))
+        let e = format!(
+            "{:#}",
+            of_process(me, Path::new("/nonexistent/resolv.conf")).unwrap_err()
+        );
+        assert!(
+            e.contains(&format!("/proc/{me}/root/nonexistent/resolv.conf")),
+            "{e}"
         );
     }
 }

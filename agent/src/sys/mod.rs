@@ -10,6 +10,7 @@ pub mod clock;
 pub mod inotify;
 pub mod mount;
 pub mod ns;
+pub mod openat2;
 pub mod pidfd;
 pub mod signal;
 pub mod socket;

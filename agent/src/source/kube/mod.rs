@@ -27,7 +27,7 @@ use anyhow::{Context, Result};
 use kube::Api;
 use meshsteer_cni::proto::Request;
 use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::{debug, info, info_span};
+use tracing::{debug, info, info_span, warn};
 
 use self::cni::Arrived;
 pub use self::{
@@ -38,7 +38,7 @@ pub use self::{
 use self::{
     node::Resolver,
     reap::Reaper,
-    watch::{Update, client, watch},
+    watch::{Update, client, cluster_dns, watch},
 };
 use super::change::{Batch, Change, EnrolledBy, Rejected};
 
@@ -111,6 +111,11 @@ pub struct Settings {
     pub netns_path_template: Option<String>,
     /// The unix socket the CNI plugin asks on (none: no plugin).
     pub cni_socket: Option<PathBuf>,
+    /// The cluster DNS service's addresses, as the kubelet's `--cluster-dns` (empty: the
+    /// kube-system/kube-dns Service's).
+    pub cluster_dns: Vec<IpAddr>,
+    /// The node's resolv.conf, as the kubelet's `--resolv-conf` (a path on the node).
+    pub node_resolv_conf: PathBuf,
 }
 
 /// A checked configuration: the node's name and a client whose files were all read. Checked
@@ -121,6 +126,9 @@ pub struct Prepared {
     netns_path_template: Option<String>,
     /// Bound already: calls wait in its queue until the agent's loop runs.
     cni: Option<CniServer>,
+    /// The cluster DNS service's addresses, or why they are not known.
+    cluster_dns: Result<Vec<IpAddr>, String>,
+    node_resolv_conf: PathBuf,
 }
 
 impl Settings {
@@ -142,11 +150,30 @@ impl Settings {
             Some(path) => Some(CniServer::bind(path, client.clone())?),
             None => None,
         };
+        let cluster_dns = if self.cluster_dns.is_empty() {
+            cluster_dns(&client).await
+        } else {
+            Ok(self.cluster_dns.clone())
+        };
+        match &cluster_dns {
+            Ok(ips) => info!(
+                ?ips,
+                "the cluster DNS service (pods with dnsPolicy ClusterFirst)"
+            ),
+            Err(why) => warn!(
+                reason = %why,
+                "the cluster DNS service is not known: a pod with --redirect-dns and dnsPolicy \
+                 ClusterFirst has its DNS captured only once one of its processes shows its \
+                 resolv.conf (give --cluster-dns)"
+            ),
+        }
         Ok(Prepared {
             node,
             client,
             netns_path_template: self.netns_path_template.clone(),
             cni,
+            cluster_dns,
+            node_resolv_conf: self.node_resolv_conf.clone(),
         })
     }
 }
@@ -159,13 +186,16 @@ impl KubePods {
             client,
             netns_path_template,
             cni,
+            cluster_dns,
+            node_resolv_conf,
         } = prepared;
         let (tx, updates) = mpsc::channel(QUEUE);
         info!(node = %node, "watching this node's pods on the Kubernetes API server");
         let watcher = tokio::spawn(watch(Api::all(client), node, tx));
         Self {
             updates,
-            resolver: Resolver::new(cgroup_root, netns_path_template),
+            resolver: Resolver::new(cgroup_root, netns_path_template)
+                .with_dns(cluster_dns, node_resolv_conf),
             pods: BTreeMap::new(),
             reaper: Reaper::new(),
             released: BTreeMap::new(),
@@ -319,6 +349,19 @@ impl KubePods {
         });
         tracked.view = view;
         changes.extend(self.resolve(&id));
+        // Its spec is the same, but its containers may have started: what the registry
+        // reads through its processes may have changed.
+        let key = id.key();
+        let upserted = changes
+            .iter()
+            .any(|c| matches!(c, Change::Upsert(k, _) if *k == key));
+        let enrolled = self
+            .pods
+            .get(&id)
+            .is_some_and(|t| matches!(t.sent, Some(Ok(_))));
+        if enrolled && !upserted {
+            changes.push(Change::Refresh(key));
+        }
         changes
     }
 
@@ -612,6 +655,44 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Enrolled at its sandbox's ADD, before any process ran, a pod's spec stays the same
+    /// when its containers start; the registry is told to read through its processes again.
+    #[tokio::test]
+    async fn a_started_container_refreshes_the_pod() {
+        let root = node::tests::FakeRoot::new("refresh");
+        let netns = root.0.join("netns");
+        std::fs::write(&netns, "").unwrap();
+        let (tx, mut pods) = pods_with(
+            Resolver::new(&root.0, Some(netns.display().to_string())),
+            Reaper::new(),
+        );
+        root.cgroup("kubepods/besteffort/poda", "");
+        let view = view_of("a", "a", serde_json::json!({}));
+        let added = pods.cni_add(view.clone(), netns.clone(), view.ips.clone());
+        assert_eq!(said(&added), ["upsert", "from Annotations"]);
+        let mut started = view.clone();
+        started.running = vec!["app".into()];
+        tx.send(Update::Applied(
+            started.pod.clone(),
+            Some(Box::new(started)),
+        ))
+        .await
+        .unwrap();
+        let changes = changes_of(pods.recv().await.unwrap()).changes;
+        assert_eq!(said(&changes), ["refresh"]);
+        // Not for a pod that is not enrolled.
+        let mut waiting = view_of("b", "b", serde_json::json!({}));
+        waiting.ips.clear();
+        tx.send(Update::Applied(
+            waiting.pod.clone(),
+            Some(Box::new(waiting)),
+        ))
+        .await
+        .unwrap();
+        let changes = changes_of(pods.recv().await.unwrap()).changes;
+        assert_eq!(said(&changes), ["upsert", "from Annotations"]);
     }
 
     /// Issue 14: `status` tells pods enrolled at their sandbox's ADD from those the watch

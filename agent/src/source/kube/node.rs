@@ -1,15 +1,21 @@
 //! Finding a pod on this node: its pod-level cgroup (from its UID, in whichever layout the
 //! kubelet made) and its network namespace (a runtime's path template, or one of its
 //! processes').
-use std::path::{Path, PathBuf};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use tracing::info;
 
 use super::{annotations::capture, view::PodView};
 use crate::{
-    host::{cgroup, proc as netns},
+    host::{cgroup, proc as netns, resolv},
     source::change::Rejected,
-    spec::pod::PodSpec,
+    spec::{
+        pod::PodSpec,
+        resolv::{kube_nameservers, nameservers},
+    },
 };
 
 /// What a pod still lacks on this node; a later look may find it.
@@ -42,6 +48,10 @@ pub(super) struct Resolver {
     cgroup1_roots: Option<Vec<PathBuf>>,
     netns_template: Option<String>,
     named_netns: PathBuf,
+    /// What pods with `dnsPolicy: ClusterFirst` get (see [`Resolver::with_dns`]).
+    cluster_dns: Result<Vec<IpAddr>, String>,
+    /// The node's resolv.conf, for `dnsPolicy: Default`, as its init process sees it.
+    node_resolv_conf: PathBuf,
 }
 
 /// Where kubelets put the pods' cgroups, below the cgroup root: their default `--cgroup-root`
@@ -57,7 +67,30 @@ impl Resolver {
             cgroup1_roots: None,
             netns_template,
             named_netns: PathBuf::from(NAMED_NETNS_DIR),
+            cluster_dns: Err("not looked up".into()),
+            node_resolv_conf: PathBuf::from("/etc/resolv.conf"),
         }
+    }
+
+    /// The cluster DNS service's addresses (`--cluster-dns`, else the kube-dns Service's, or
+    /// why neither is known), and the node's resolv.conf (`--node-resolv-conf`, a path on the
+    /// node, read through its init process): the nameservers of pods by their `dnsPolicy`.
+    pub fn with_dns(mut self, cluster: Result<Vec<IpAddr>, String>, node: PathBuf) -> Self {
+        self.cluster_dns = cluster;
+        self.node_resolv_conf = node;
+        self
+    }
+
+    /// The nameservers the kubelet gives the pod by its `dnsPolicy`; read only for pods that
+    /// redirect DNS (the node's file, for `Default`, only then).
+    fn kube_nameservers(&self, view: &PodView) -> Result<Vec<IpAddr>, String> {
+        let cluster = self.cluster_dns.as_deref().map_err(String::as_str);
+        let node = || {
+            resolv::of_process(1, &self.node_resolv_conf)
+                .map(|text| nameservers(&text))
+                .map_err(|e| format!("the node's resolv.conf: {e:#}"))
+        };
+        kube_nameservers(view.dns_policy, cluster, node, &view.dns_nameservers)
     }
 
     /// The pod's spec, or why there is none yet: refused for annotations meshsteer cannot
@@ -90,7 +123,11 @@ impl Resolver {
             }
         };
         let place = located.map_err(|e| Rejected::waiting(&name, e.to_string()))?;
-        Ok(at(place, Some(capture)))
+        let dns = capture.redirect_dns.then(|| self.kube_nameservers(view));
+        Ok(PodSpec {
+            kube_nameservers: dns,
+            ..at(place, Some(capture))
+        })
     }
 
     /// The pod's cgroup and network namespace, once it has addresses.
@@ -299,6 +336,49 @@ pub(super) mod tests {
         let spec = resolver.spec(&view, None).unwrap();
         assert_eq!(spec.cgroup, cgroup);
         assert_eq!(spec.netns, Some(netns));
+    }
+
+    /// A pod that redirects DNS carries what its dnsPolicy gives it; one that does not,
+    /// nothing (nor is anything looked up for it).
+    #[test]
+    fn pods_that_redirect_dns_carry_their_policys_nameservers() {
+        let root = FakeRoot::new("dns");
+        let netns = root.0.join("netns-1-2");
+        std::fs::write(&netns, "").unwrap();
+        let template = root.0.join("netns-{uid}").display().to_string();
+        root.cgroup("kubepods/besteffort/pod1-2", "1\n");
+        let cluster = vec!["10.96.0.10".parse::<IpAddr>().unwrap()];
+        let resolver = Resolver::new(&root.0, Some(template))
+            .with_dns(Ok(cluster.clone()), root.0.join("no-such-resolv.conf"));
+        let mut pod = sidecar_pod(serde_json::json!({}));
+        let spec = resolver
+            .spec(&PodView::of(&pod).unwrap().unwrap(), None)
+            .unwrap();
+        assert_eq!(spec.kube_nameservers, None);
+        let proxy = &mut pod.spec.as_mut().unwrap().containers[1];
+        proxy.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+            name: "ISTIO_META_DNS_CAPTURE".into(),
+            value: Some("true".into()),
+            value_from: None,
+        }]);
+        let view = PodView::of(&pod).unwrap().unwrap();
+        let spec = resolver.spec(&view, None).unwrap();
+        assert_eq!(spec.kube_nameservers, Some(Ok(cluster)));
+        // dnsPolicy Default: the node's file, which names its path when it cannot be read.
+        let default = PodView {
+            dns_policy: crate::spec::resolv::DnsPolicy::Default,
+            ..view.clone()
+        };
+        let Some(Err(why)) = resolver.spec(&default, None).unwrap().kube_nameservers else {
+            panic!("an error expected");
+        };
+        assert!(why.contains("no-such-resolv.conf"), "{why}");
+        // No cluster DNS known: said.
+        let unknown = resolver.with_dns(Err("x".into()), "/etc/resolv.conf".into());
+        let Some(Err(why)) = unknown.spec(&view, None).unwrap().kube_nameservers else {
+            panic!("an error expected");
+        };
+        assert!(why.contains("cluster DNS service is not known"), "{why}");
     }
 
     #[test]

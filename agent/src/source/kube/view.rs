@@ -13,7 +13,10 @@ use super::annotations::{
     interception_mode, istio_true, keys, read_by_capture, template_says_none,
     templates_have_istio_init,
 };
-use crate::source::change::{OptionsFrom, SourceKey};
+use crate::{
+    source::change::{OptionsFrom, SourceKey},
+    spec::resolv::DnsPolicy,
+};
 
 /// A pod's namespace and name: what the API server names it by, and (shown
 /// `namespace/name`) its name in `meshsteer status`.
@@ -96,6 +99,13 @@ pub struct PodView {
     pub proxy: Proxy,
     /// Why Istio gave this pod no istio-init, though it has a sidecar (`None`: it did).
     pub left_alone: Option<String>,
+    /// `spec.dnsPolicy`, as the kubelet applies it.
+    pub dns_policy: DnsPolicy,
+    /// `spec.dnsConfig.nameservers` (the API server checked they are addresses).
+    pub dns_nameservers: Vec<IpAddr>,
+    /// The containers running (`status.containerStatuses`, init ones too): when one starts,
+    /// the pod's processes changed, and what is read through them is read again.
+    pub running: Vec<String>,
 }
 
 impl PodView {
@@ -166,6 +176,23 @@ impl PodView {
             })
             .collect::<Result<_, _>>()?;
 
+        let dns_nameservers = spec
+            .dns_config
+            .as_ref()
+            .and_then(|c| c.nameservers.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip.trim().parse().ok())
+            .collect();
+        let running = status
+            .into_iter()
+            .flat_map(|s| {
+                let init = s.init_container_statuses.iter().flatten();
+                s.container_statuses.iter().flatten().chain(init)
+            })
+            .filter(|c| c.state.as_ref().is_some_and(|st| st.running.is_some()))
+            .map(|c| c.name.clone())
+            .collect();
         let left_alone = match istio_rules {
             Some(name) => Some(format!(
                 "has Istio's own init container {name}: Istio installs its iptables rules"
@@ -187,6 +214,9 @@ impl PodView {
             ips,
             proxy,
             left_alone,
+            dns_policy: DnsPolicy::of(spec.dns_policy.as_deref()),
+            dns_nameservers,
+            running,
         }))
     }
 
@@ -347,6 +377,32 @@ pub(super) mod tests {
                 "10.200.0.0/16"
             )])
         );
+    }
+
+    #[test]
+    fn views_keep_the_dns_policy_and_the_running_containers() {
+        let mut p = sidecar_pod(serde_json::json!({}));
+        let v = PodView::of(&p).unwrap().unwrap();
+        assert_eq!(v.dns_policy, DnsPolicy::ClusterFirst);
+        assert!(v.dns_nameservers.is_empty() && v.running.is_empty());
+        p = pod(serde_json::json!({
+            "metadata": {"namespace": "ns", "name": "a", "uid": "1-2"},
+            "spec": {"containers": [{"name": "app"}, {"name": "istio-proxy"}],
+                     "dnsPolicy": "None", "dnsConfig": {"nameservers": ["10.0.0.53", "fd00::53"]}},
+            "status": {"podIPs": [{"ip": "10.0.0.5"}],
+                       "containerStatuses": [
+                           {"name": "app", "state": {"waiting": {}}, "image": "", "imageID": "",
+                            "ready": false, "restartCount": 0},
+                           {"name": "istio-proxy", "state": {"running": {}}, "image": "",
+                            "imageID": "", "ready": false, "restartCount": 0}]},
+        }));
+        let v = PodView::of(&p).unwrap().unwrap();
+        assert_eq!(v.dns_policy, DnsPolicy::None);
+        assert_eq!(
+            v.dns_nameservers,
+            ["10.0.0.53", "fd00::53"].map(|i| i.parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(v.running, ["istio-proxy"]);
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The API side: a client from a kubeconfig or the pod's service account, and the task that
 //! list-watches this node's pods and reduces each to a [`PodView`].
-use std::path::{Path, PathBuf};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::{
     Api, Client, Config,
     config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError},
@@ -78,6 +82,33 @@ pub(super) async fn client(kubeconfig: Option<&Path>) -> Result<Client, SetupErr
         })?;
     }
     Client::try_from(config).map_err(SetupError::Client)
+}
+
+/// The Service whose address kubeadm (and most installers) give the kubelet as
+/// `--cluster-dns`: CoreDNS keeps the name kube-dns.
+const CLUSTER_DNS_SERVICE: (&str, &str) = ("kube-system", "kube-dns");
+
+/// How long the agent's start waits for the API server to name it.
+const CLUSTER_DNS_WAIT: Duration = Duration::from_secs(5);
+
+/// The cluster DNS service's address (the kube-dns Service's clusterIP), or why it is not
+/// known. Asked once, at start.
+pub(super) async fn cluster_dns(client: &Client) -> Result<Vec<IpAddr>, String> {
+    let (namespace, name) = CLUSTER_DNS_SERVICE;
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let got = tokio::time::timeout(CLUSTER_DNS_WAIT, services.get(name))
+        .await
+        .map_err(|_| format!("Service {namespace}/{name}: no answer within {CLUSTER_DNS_WAIT:?}"))?
+        .map_err(|e| format!("Service {namespace}/{name}: {e}"))?;
+    let ip = got
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| !ip.is_empty() && ip != "None")
+        .ok_or_else(|| format!("Service {namespace}/{name} has no clusterIP"))?;
+    let ip = ip
+        .parse()
+        .map_err(|e| format!("Service {namespace}/{name}: clusterIP {ip:?}: {e}"))?;
+    Ok(vec![ip])
 }
 
 /// Lists then watches the node's pods for as long as the agent listens, retrying API errors
