@@ -4,14 +4,17 @@
 use std::{
     fs::{self, File},
     io::Read,
-    os::{fd::AsFd, unix::fs::OpenOptionsExt},
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::OpenOptionsExt,
+    },
     path::Path,
 };
 
 use anyhow::{Context, Result, bail};
 
 use super::proc::{cgroup_pids, start_time};
-use crate::sys::openat2::open_in_root;
+use crate::sys::openat2::path_in_root;
 
 /// Larger is not a resolv.conf (glibc reads far less); refused rather than read whole.
 const MAX_BYTES: u64 = 64 * 1024;
@@ -70,9 +73,19 @@ pub fn of_process(pid: i32, path: &Path) -> Result<String> {
     let shown = Path::new(&root_path).join(path.strip_prefix("/").unwrap_or(path));
     let root = File::open(&root_path).with_context(|| format!("reading {}", shown.display()))?;
     let inside = path.strip_prefix("/").unwrap_or(path);
-    let file = open_in_root(root.as_fd(), inside)
+    let found = path_in_root(root.as_fd(), inside)
+        .map(File::from)
         .with_context(|| format!("reading {}", shown.display()))?;
-    read_file(File::from(file), &shown)
+    let is_file = found
+        .metadata()
+        .with_context(|| format!("reading {}", shown.display()))?
+        .is_file();
+    if !is_file {
+        bail!("{} is not a regular file", shown.display());
+    }
+    // Reopened through its fd: the very file found, now known to be a regular one.
+    let reopen = format!("/proc/self/fd/{}", found.as_raw_fd());
+    read(Path::new(&reopen)).with_context(|| format!("reading {}", shown.display()))
 }
 
 #[cfg(test)]
@@ -109,14 +122,17 @@ mod tests {
         std::os::unix::fs::symlink("/run/real.conf", dir.join("etc/resolv.conf")).unwrap();
         std::os::unix::fs::symlink("../../../../../../etc/hostname", dir.join("etc/up")).unwrap();
         let root = File::open(&dir).unwrap();
-        let f = open_in_root(root.as_fd(), Path::new("etc/resolv.conf")).unwrap();
-        let text = read_file(File::from(f), Path::new("x")).unwrap();
+        let f = path_in_root(root.as_fd(), Path::new("etc/resolv.conf")).unwrap();
+        let text = read(Path::new(&format!("/proc/self/fd/{}", f.as_raw_fd()))).unwrap();
         assert_eq!(text, "nameserver 10.0.0.2\n");
         // `..` cannot leave the root: the node's /etc/hostname is not reached.
-        assert!(open_in_root(root.as_fd(), Path::new("etc/up")).is_err());
+        assert!(path_in_root(root.as_fd(), Path::new("etc/up")).is_err());
+        // Found, a directory is not opened for reading.
+        let me = std::process::id() as i32;
+        let e = format!("{:#}", of_process(me, &dir.join("etc")).unwrap_err());
+        assert!(e.contains("not a regular file"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
         // Through this process's own root, the agent's own file.
-        let me = std::process::id() as i32;
         let e = format!(
             "{:#}",
             of_process(me, Path::new("/nonexistent/resolv.conf")).unwrap_err()

@@ -20,13 +20,14 @@ struct OpenHow {
     resolve: u64,
 }
 
-/// `path` (relative to `root`) opened read-only, without blocking on a FIFO, resolved as if
-/// `root` were `/`; magic links (`/proc/self/...`) are refused.
-pub fn open_in_root(root: BorrowedFd<'_>, path: &Path) -> io::Result<OwnedFd> {
+/// `path` (relative to `root`), resolved as if `root` were `/`, as an `O_PATH` fd: the file
+/// is found, not opened (a device's open has effects), so that its type can be checked
+/// first. Magic links (`/proc/self/...`) are refused.
+pub fn path_in_root(root: BorrowedFd<'_>, path: &Path) -> io::Result<OwnedFd> {
     let path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY) as u64,
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
         mode: 0,
         resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     };
