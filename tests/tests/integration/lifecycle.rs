@@ -317,3 +317,53 @@ fn captured(maps: &PodMaps) -> usize {
         .filter(|(_, c)| c.flags & meshsteer_common::maps::pod_flags::REFUSED == 0)
         .count()
 }
+
+/// With `--redirect-dns` and no `nameservers` in its spec, a pod's nameservers are those of
+/// its own /etc/resolv.conf, read through its process: here one that runs in a mount
+/// namespace of its own, where a test file is bind-mounted over /etc/resolv.conf, so the
+/// host's file (what the agent would read without going through the process) differs.
+#[test]
+fn a_pods_nameservers_come_from_its_own_resolv_conf() -> anyhow::Result<()> {
+    let mut bed = Testbed::start(World::Absent, &[])?;
+    let mut pod = bed.node.add_pod("dns")?;
+    // In the agent's work directory, which goes with the agent on every path.
+    let file = bed.agent.pods_dir.with_file_name("dns-test-resolv.conf");
+    std::fs::write(
+        &file,
+        "search test.svc.cluster.local\nnameserver 10.55.0.53\nnameserver fd00:55::53\n",
+    )?;
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && echo ready && exec sleep 600",
+        file.display()
+    );
+    // As root in the pod (a mount needs it); `unshare` makes its mounts private.
+    let app = meshsteer_tests::cmd::Proc::spawn_ready(
+        &pod.place(0, 0),
+        "unshare",
+        &["--mount", "--propagation", "private", "sh", "-c", &script],
+    )?;
+    pod.keep(app);
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert!(
+        !host.contains("10.55.0.53"),
+        "the host's file is not the test's"
+    );
+
+    let agent = &bed.agent;
+    agent.write_spec("dns", &pod.spec("--redirect-dns"))?;
+    agent.wait_pod("test/dns", |p| {
+        p["state"] == "ready" && p["nameserversFrom"] == "pod"
+    })?;
+    let p = agent.pod_status("test/dns").expect("listed");
+    assert_eq!(
+        p["nameservers"],
+        serde_json::json!(["10.55.0.53", "fd00:55::53"]),
+        "{p}"
+    );
+    let text = String::from_utf8(agent.cli(&["status"])?)?;
+    assert!(
+        text.contains("nameservers 10.55.0.53 fd00:55::53 (from the pod's resolv.conf)"),
+        "{text}"
+    );
+    Ok(())
+}
