@@ -157,7 +157,7 @@ async fn idle(
 /// this node's pods on the API server.
 enum SourceConfig {
     Dir(PathBuf),
-    Kubernetes(kube::Prepared),
+    Kubernetes(Box<kube::Prepared>),
 }
 
 impl SourceConfig {
@@ -175,7 +175,7 @@ impl SourceConfig {
                 .prepare()
                 .await
                 .context("--kubernetes: the pod source is not usable (nothing was attached)")?;
-            return Ok(Self::Kubernetes(prepared));
+            return Ok(Self::Kubernetes(Box::new(prepared)));
         }
         fs::create_dir_all(pods_dir)
             .with_context(|| format!("creating pods dir {}", pods_dir.display()))?;
@@ -184,9 +184,9 @@ impl SourceConfig {
 
     fn open(self, cgroup_root: &Path, cni_enrolled: Vec<(PodRef, PathBuf)>) -> Source {
         match self {
-            Self::Kubernetes(prepared) => Source::Kubernetes(
-                KubePods::start(prepared, cgroup_root).with_cni_enrolled(cni_enrolled),
-            ),
+            Self::Kubernetes(prepared) => Source::Kubernetes(Box::new(
+                KubePods::start(*prepared, cgroup_root).with_cni_enrolled(cni_enrolled),
+            )),
             Self::Dir(dir) => {
                 info!(pods_dir = %dir.display(), "reading pod specs");
                 Source::Dir(PodDir::new(&dir))

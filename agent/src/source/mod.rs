@@ -24,7 +24,7 @@ pub enum Pushed {
 /// The agent's pod source.
 pub enum Source {
     Dir(PodDir),
-    Kubernetes(KubePods),
+    Kubernetes(Box<KubePods>),
 }
 
 impl Source {
@@ -46,7 +46,7 @@ impl Source {
     /// The Kubernetes source, if that is the one.
     pub fn kube_mut(&mut self) -> Option<&mut KubePods> {
         match self {
-            Self::Kubernetes(kube) => Some(kube),
+            Self::Kubernetes(kube) => Some(kube.as_mut()),
             Self::Dir(_) => None,
         }
     }
