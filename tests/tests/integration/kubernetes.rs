@@ -324,7 +324,8 @@ fn a_restarted_agent_reconciles_what_changed_while_it_was_down() -> Result<()> {
 
 /// `deploy/` as the API server sees it: it installs on a fresh API server the way
 /// `deploy/kind/up.sh` applies it (the harness's first step, [`cluster`]), every manifest
-/// passes server-side validation, and the ServiceAccount may read pods and nothing else.
+/// passes server-side validation, and the ServiceAccount may read pods, and the cluster DNS
+/// Service (docs/dns.md), and nothing else.
 #[test]
 fn deploy_manifests_validate_and_grant_only_pod_reads() -> Result<()> {
     let _area = area::enter();
@@ -401,6 +402,22 @@ fn deploy_manifests_validate_and_grant_only_pod_reads() -> Result<()> {
         );
     }
     ensure!(!can("get", "secrets", Some("meshsteer"))?);
+    // The cluster DNS Service's address, and no other Service.
+    ensure!(
+        can("get", "services/kube-dns", Some("kube-system"))?,
+        "the agent cannot read the kube-dns Service"
+    );
+    for (verb, resource) in [
+        ("get", "services/kubernetes"),
+        ("list", "services"),
+        ("watch", "services"),
+        ("update", "services/kube-dns"),
+    ] {
+        ensure!(
+            !can(verb, resource, Some("kube-system"))?,
+            "the agent may {verb} {resource} in kube-system"
+        );
+    }
     Ok(())
 }
 
