@@ -51,7 +51,7 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
         assert_eq!(info.cgroup_id, root_id);
         n += 1;
     }
-    assert_eq!(n, 7, "one link per cgroup program");
+    assert_eq!(n, 11, "one link per cgroup program");
     Ok(())
 }
 
