@@ -18,6 +18,11 @@
 //!   `--real`, the creator's real ids differ from its effective and fs ids, as after seteuid,
 //!   or only its fs ids do, as after setfsuid) and prints the server's line, or
 //!   `{"error": ...}`, plus what getpeername() says.
+//! - `udp-serve`, `udp`, `udp-reuse`: UDP responders and clients, for DNS capture (see
+//!   `probe/udp.rs`).
+#[path = "probe/udp.rs"]
+mod udp;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
@@ -38,6 +43,9 @@ fn main() {
         Some("sockopts") => sockopts(&args[1..]),
         Some("late") => late(&args[1..]),
         Some("hold") => hold(&args[1..]),
+        Some("udp-serve") => udp::serve(&args[1..]),
+        Some("udp") => udp::client(&args[1..]),
+        Some("udp-reuse") => udp::reuse(&args[1..]),
         _ => {
             eprintln!(
                 "usage: mst-probe listen ADDR:PORT... | connect DST [--bind IP] [--v6] [--create-as UID:GID]"
