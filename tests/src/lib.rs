@@ -24,6 +24,7 @@ pub mod area;
 pub mod cmd;
 pub mod cni;
 pub mod cni_scene;
+pub mod dns;
 pub mod inject;
 pub mod istio_rules;
 pub mod kube;

@@ -13,6 +13,8 @@ mod budgets;
 mod churn;
 /// The chained CNI plugin with real CNI plugins: capture from a pod's first connect.
 mod cni;
+/// DNS capture (`--redirect-dns`, `--capture-all-dns`) against Istio's rules, differentially.
+mod dns;
 /// Real programs end to end: curl, HAProxy as the sidecar, nginx.
 mod e2e;
 /// Programs attach under the test's cgroup subtree and change only enrolled pods.
