@@ -435,3 +435,43 @@ fn parallel_queries_to_two_nameservers_report_the_last_server() -> anyhow::Resul
     assert_eq!(got, vec![tagged("q0", &b), tagged("q1", &b)], "meshsteer");
     Ok(())
 }
+
+/// Nameservers on the pod's own loopback (a node-local cache, systemd-resolved's
+/// 127.0.0.53, `::1`), and a resolver on the pod's own IP that is not a nameserver of its:
+/// the app's DNS to a loopback nameserver goes to the proxy; the proxy's reaches the local
+/// resolver; TCP 53 to the pod's own IP escapes R10 and is captured as any TCP (the app's) or
+/// returns at R11 (the proxy uid's: R9 leaves port 53 alone), or goes to inbound, 15006 (a
+/// proxy gid's R9 has no such exception, and 127.0.0.53 is not R9's 127.0.0.1).
+#[test]
+fn nameservers_on_the_pods_own_addresses() -> anyhow::Result<()> {
+    let (mut bed, _world) = bed()?;
+    let args = format!("{INJECTOR_DEFAULT_ARGS} --redirect-dns");
+    let mut pair = dns::pair(&mut bed, &args, &ips(&["127.0.0.53", "::1"]))?;
+    for pod in [&mut pair.ipt, &mut pair.ebpf] {
+        let addrs = [
+            "127.0.0.53:53".to_string(),
+            "[::1]:53".to_string(),
+            format!("{}:53", pod.ip4),
+            format!("[{}]:53", pod.ip6),
+        ];
+        for mode in ["udp-serve", "listen"] {
+            let mut a = vec![mode, "--tag", "local"];
+            a.extend(addrs.iter().map(String::as_str));
+            let p = meshsteer_tests::cmd::Proc::spawn_ready(
+                &pod.place(0, 0),
+                meshsteer_tests::topology::probe_bin(),
+                &a,
+            )?;
+            pod.keep(p);
+        }
+    }
+    let mut c = Vec::new();
+    for owner in [APP, PROXY, (1000, 1337)] {
+        for dst in ["127.0.0.53:53", "[::1]:53", "SELF4:53", "[SELF6]:53"] {
+            c.push(udp(owner, &[dst]));
+            c.push(udp(owner, &["--connect", dst]));
+            c.push(tcp(owner, dst));
+        }
+    }
+    assert_identical(&bed, &pair, &c, &[PROXY_DNS, 53])
+}
