@@ -175,8 +175,8 @@ fn check_explain(
         } else {
             (r["listener"].as_u64(), case.args.first().cloned())
         };
+        // Unanswered: nothing to compare (the differential compared the errors).
         let (Some(landed), Some(dst)) = (landed, dst) else {
-            out.push(format!("{}: no answer to explain: {r}", case.label()));
             continue;
         };
         let said = dns::explain_port(&bed.agent, pod, case.owner, src.as_deref(), &dst, udp)?;
@@ -474,4 +474,49 @@ fn nameservers_on_the_pods_own_addresses() -> anyhow::Result<()> {
         }
     }
     assert_identical(&bed, &pair, &c, &[PROXY_DNS, 53])
+}
+
+/// sendto() with an address on a UDP socket connect()ed elsewhere, still connected or
+/// disconnected (connect(AF_UNSPEC)): DNS after a non-DNS peer, non-DNS after a captured
+/// nameserver. A connected socket drops answers from anyone but its peer, so some of these go
+/// unanswered: the same ones under both. (IPv6 after a disconnect is not here: meshsteer
+/// differs there.)
+#[test]
+fn sendto_on_a_connected_or_disconnected_socket() -> anyhow::Result<()> {
+    let (mut bed, _world) = bed()?;
+    let args = format!("{INJECTOR_DEFAULT_ARGS} --redirect-dns");
+    let pair = dns::pair(&mut bed, &args, &ips(&[NS4, NS6]))?;
+    let mut c = sendto_cases(
+        NS4,
+        OTHER4,
+        &[&["--connect-first"], &["--connect-first", "--disconnect"]],
+    );
+    c.extend(sendto_cases(NS6, OTHER6, &[&["--connect-first"]]));
+    let (mismatches, landed) = differential(&bed, &pair, &c, &[])?;
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    assert!(landed.contains_key(&PROXY_DNS.to_string()), "{landed:?}");
+    Ok(())
+}
+
+/// The app connect()s to the first of two destinations and sendto()s the second, then the
+/// first again, for each pair of a nameserver's 53, its 5353 and another server's 53.
+fn sendto_cases(ns: &str, other: &str, flag_sets: &[&[&str]]) -> Vec<Case> {
+    let (ns53, ns_not, other53) = (addr(ns, 53), addr(ns, NOT_DNS), addr(other, 53));
+    let mut c = Vec::new();
+    for order in [
+        [&ns53, &ns_not],
+        [&ns_not, &ns53],
+        [&ns53, &other53],
+        [&other53, &ns53],
+    ] {
+        for flags in flag_sets {
+            // Some answers never come: waiting less for them keeps the area short.
+            let mut a: Vec<&str> = vec!["--timeout-ms", "600"];
+            a.extend(flags.iter());
+            a.extend(order.iter().map(|s| s.as_str()));
+            a.push(order[0]);
+            c.push(udp(APP, &a));
+        }
+    }
+    c
 }

@@ -5,9 +5,11 @@
 //!   its answers leave from that address); answers each datagram with one JSON object: its
 //!   own address (`responder`, `landed`: the port), NAME, the source it saw (`saw`), and the
 //!   query it answers.
-//! - `udp [--connect] [--bind IP|IP:PORT] [--reuse] [--v6] [--parallel] DST...`: one socket,
+//! - `udp [--connect] [--bind IP|IP:PORT] [--reuse] [--v6] [--parallel] [--timeout-ms MS] DST...`: one socket,
 //!   each DST in turn (connect()+send+recv, or sendto+recvfrom); with `--parallel`, sends to
-//!   every DST first, then takes the answers in whatever order they come.
+//!   every DST first, then takes the answers in whatever order they come; with
+//!   `--connect-first`, connect()s to the first DST only and sendto()s the others on the
+//!   connected socket (`--disconnect`: after connect(AF_UNSPEC)).
 //! - `udp-reuse BIND_IP:PORT SERVER [--app-connect]`: as root, the proxy's upstream socket
 //!   (uid 1337, SO_REUSEADDR, bound to BIND, connected to SERVER) queries, then the app's
 //!   (uid 1000, bound to the same BIND) queries SERVER, then the proxy again.
@@ -25,7 +27,8 @@ use serde_json::{Value, json};
 
 use super::{Creator, check, from_storage, sockaddr};
 
-/// Long enough for a loaded CI machine, short enough that a lost datagram costs little.
+/// Long enough for a loaded CI machine, short enough that a lost datagram costs little
+/// (`--timeout-ms` for cases where some answers are expected never to come).
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub fn serve(args: &[String]) {
@@ -156,6 +159,12 @@ fn receive(s: &UdpSocket) -> Value {
 
 /// One query from `s` to `dst` (connect()ed first with `connect`), and its answer.
 fn query(s: &UdpSocket, dst: SocketAddr, connect: bool, q: &str) -> Value {
+    query_peer(s, dst, connect, connect, q)
+}
+
+/// [`query`], reporting getpeername afterwards with `peer` (on a socket connected before, or
+/// disconnected).
+fn query_peer(s: &UdpSocket, dst: SocketAddr, connect: bool, peer: bool, q: &str) -> Value {
     let v6 = s.local_addr().is_ok_and(|a| a.is_ipv6());
     let to = for_socket(dst, v6);
     let sent = if connect {
@@ -168,10 +177,21 @@ fn query(s: &UdpSocket, dst: SocketAddr, connect: bool, q: &str) -> Value {
         Err(e) => json!({ "error": e.kind().to_string() }),
     };
     v["dst"] = dst.to_string().into();
-    if connect {
+    if peer {
         v["getpeername"] = peer_name(s).into();
     }
     v
+}
+
+/// connect(AF_UNSPEC): the socket is no longer connected.
+fn disconnect(s: &UdpSocket) -> std::io::Result<()> {
+    // SAFETY: a zeroed sockaddr with family AF_UNSPEC, its size.
+    unsafe {
+        let mut sa: libc::sockaddr = zeroed();
+        sa.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        let len = size_of::<libc::sockaddr>() as libc::socklen_t;
+        check(libc::connect(s.as_raw_fd(), &raw const sa, len)).map(drop)
+    }
 }
 
 /// `--bind IP` or `--bind IP:PORT`.
@@ -183,6 +203,8 @@ fn bind_addr(a: &str) -> SocketAddr {
 
 pub fn client(args: &[String]) {
     let (mut connect, mut reuse, mut v6, mut parallel) = (false, false, false, false);
+    let (mut connect_first, mut then_disconnect) = (false, false);
+    let mut timeout = TIMEOUT;
     let mut bind_to = None;
     let mut dsts: Vec<SocketAddr> = Vec::new();
     let mut it = args.iter();
@@ -192,18 +214,42 @@ pub fn client(args: &[String]) {
             "--reuse" => reuse = true,
             "--v6" => v6 = true,
             "--parallel" => parallel = true,
+            "--connect-first" => connect_first = true,
+            "--disconnect" => then_disconnect = true,
+            "--timeout-ms" => {
+                let ms = it
+                    .next()
+                    .expect("--timeout-ms MS")
+                    .parse()
+                    .expect("milliseconds");
+                timeout = Duration::from_millis(ms);
+            }
             "--bind" => bind_to = Some(bind_addr(it.next().expect("--bind ADDR"))),
             d => dsts.push(d.parse().expect("destination")),
         }
     }
     let v6 = v6 || dsts.first().is_some_and(SocketAddr::is_ipv6);
-    let out = match open(v6, reuse, bind_to) {
+    let opened =
+        open(v6, reuse, bind_to).and_then(|s| s.set_read_timeout(Some(timeout)).map(|()| s));
+    let out = match opened {
         Err(e) => json!({ "error": e.kind().to_string() }),
         Ok(s) if parallel => {
             for (i, d) in dsts.iter().enumerate() {
                 let _ = s.send_to(format!("q{i}").as_bytes(), for_socket(*d, v6));
             }
             json!({ "results": dsts.iter().map(|_| receive(&s)).collect::<Vec<_>>() })
+        }
+        Ok(s) if connect_first => {
+            // The first destination connect()ed, the others sendto() on the socket still
+            // connected (or, with `--disconnect`, no longer).
+            let mut results = vec![query(&s, dsts[0], true, "q0")];
+            if then_disconnect && let Err(e) = disconnect(&s) {
+                results.push(json!({ "error": format!("disconnect: {e}") }));
+            }
+            for (i, d) in dsts.iter().enumerate().skip(1) {
+                results.push(query_peer(&s, *d, false, true, &format!("q{i}")));
+            }
+            json!({ "results": results })
         }
         Ok(s) => {
             let results: Vec<Value> = dsts
