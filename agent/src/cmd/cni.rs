@@ -98,6 +98,11 @@ pub fn settle(registry: &Registry, waiting: &mut Waiting) {
                 Ok(()) => Reply::Captured,
                 Err(reason) => Reply::Failed { reason },
             },
+            // The runtime shows the pod's owner "fix the pod's settings" for a refusal: only
+            // for settings, not for the agent's own failures.
+            Some(PodState::Error(reason)) if registry.agent_failed(&key) => {
+                Reply::Failed { reason }
+            }
             Some(PodState::Error(reason)) => Reply::Refused { reason },
             Some(PodState::Waiting(why)) if now >= deadline => Reply::Failed {
                 reason: format!("capture not in effect after {ADD_WAIT:?}: {why}"),

@@ -83,6 +83,9 @@ struct Entry {
     enrolled: Option<Enrolled>,
     /// Why the pod is not (or no longer) as its source says (None: it is).
     unready: Option<Unready>,
+    /// The refusal in `unready` is the agent's own failure (the host or the maps said no), not
+    /// something wrong with the pod's settings: a CNI ADD reports it as failed, not refused.
+    agent_failed: bool,
     /// What its source did not apply ([`Change::Pending`]).
     pending: Option<String>,
     /// Where its options came from, when its source said ([`Change::Origin`]).
@@ -257,6 +260,7 @@ impl<D: Dataplane> Registry<D> {
             spec: None,
             enrolled: None,
             unready: None,
+            agent_failed: false,
             pending: previous.as_ref().and_then(|p| p.pending.clone()),
             from: previous.as_ref().and_then(|p| p.from),
             enrolled_by: previous.as_ref().and_then(|p| p.enrolled_by),
@@ -270,8 +274,11 @@ impl<D: Dataplane> Registry<D> {
             .and_then(|s| {
                 entry.spec = Some(s.clone());
                 self.enrol(key, &s, previous.as_ref().and_then(|p| p.enrolled.as_ref()))
-                    // The status file's reason: the whole chain, as anyhow shows it.
-                    .map_err(|e| Unready::Refused(format!("{:#}", anyhow::Error::new(e))))
+                    .map_err(|e| {
+                        entry.agent_failed = matches!(e, EnrolError::Dataplane(_));
+                        // The status file's reason: the whole chain, as anyhow shows it.
+                        Unready::Refused(format!("{:#}", anyhow::Error::new(e)))
+                    })
             });
         match result {
             Ok(enrolled) => {

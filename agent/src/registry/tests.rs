@@ -303,6 +303,8 @@ fn a_failed_update_keeps_the_previous_capture_and_says_why() {
         r.error(&file("a")),
         "writing the pod's config: injected Apply failure"
     );
+    // The agent's own failure, not the pod's settings (a CNI ADD says "failed").
+    assert!(r.agent_failed(&file("a")));
     // Same cgroup: the link stays, the old plan stays.
     assert_eq!(
         r.fake().take_calls(),
@@ -378,6 +380,8 @@ fn an_unsupported_option_writes_nothing_and_keeps_the_previous_capture() {
         r.error(&file("a"))
             .contains("unsupported istio-iptables option -k"),
     );
+    // The pod's settings, not the agent: a CNI ADD says "refused".
+    assert!(!r.agent_failed(&file("a")));
     assert_eq!(r.fake().take_calls(), []);
     assert_eq!(r.captured(&file("a")), Some((11, 1)));
 }

@@ -10,6 +10,14 @@ impl<D: Dataplane> Registry<D> {
         self.pods.get(key).map(Entry::state)
     }
 
+    /// Whether the pod's error (its state `error: …`) is the agent's own failure, the host or
+    /// the maps refusing a write, rather than settings meshsteer cannot apply.
+    pub fn agent_failed(&self, key: &SourceKey) -> bool {
+        self.pods
+            .get(key)
+            .is_some_and(|e| e.agent_failed && matches!(e.unready, Some(Unready::Refused(_))))
+    }
+
     /// Whether the pod's capture is in effect in the datapath, as the agent last wrote it
     /// (see [`Dataplane::in_effect`]); why not, otherwise.
     pub fn verify(&self, key: &SourceKey) -> Result<(), String> {
