@@ -51,6 +51,11 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let counters = Counters::from_pins(&pins)?;
     let dropped_before = counters.node(node_counter::TRACE_DROPPED);
     let mut printer = Printer::new(&args);
+    // Before the lease: a SIGTERM that comes as soon as the lease shows (a supervisor, or a
+    // test, seeing the trace start) must stop the trace cleanly and give the lease back, not
+    // kill it with the lease still held.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let mut lease = Lease::acquire(&pins)?;
     printer.since_ns = lease.since_ns;
     eprintln!(
@@ -67,8 +72,6 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     {
         eprintln!("meshsteer trace: {note}");
     }
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut renew = tokio::time::interval(RENEW);
     let result = loop {
         let step = tokio::select! {
