@@ -179,17 +179,10 @@ impl SockAddrCtx for SockAddrContext {
         unsafe { words(&raw const (*self.sock_addr).msg_src_ip6) }
     }
 
-    /// Word by word, as `set_user_ip6`.
     #[inline(always)]
     fn set_msg_src_ip6(&self, w: [u32; 4]) {
-        let sa = self.sock_addr;
-        // SAFETY: a field of this ctx, writable in sendmsg6; the four words are in bounds.
-        unsafe {
-            ptr::write_volatile(&raw mut (*sa).msg_src_ip6[0], w[0]);
-            ptr::write_volatile(&raw mut (*sa).msg_src_ip6[1], w[1]);
-            ptr::write_volatile(&raw mut (*sa).msg_src_ip6[2], w[2]);
-            ptr::write_volatile(&raw mut (*sa).msg_src_ip6[3], w[3]);
-        }
+        // SAFETY: a field of this ctx, writable in sendmsg6.
+        unsafe { write_words(&raw mut (*self.sock_addr).msg_src_ip6, w) }
     }
 
     #[inline(always)]
@@ -204,18 +197,10 @@ impl SockAddrCtx for SockAddrContext {
         unsafe { words(&raw const (*self.sock_addr).user_ip6) }
     }
 
-    /// One 4-byte word at a time: the verifier rejects wider stores into `user_ip6`, and LLVM
-    /// would otherwise merge them.
     #[inline(always)]
     fn set_user_ip6(&self, w: [u32; 4]) {
-        let sa = self.sock_addr;
-        // SAFETY: a field of this ctx, writable in these hooks; the four words are in bounds.
-        unsafe {
-            ptr::write_volatile(&raw mut (*sa).user_ip6[0], w[0]);
-            ptr::write_volatile(&raw mut (*sa).user_ip6[1], w[1]);
-            ptr::write_volatile(&raw mut (*sa).user_ip6[2], w[2]);
-            ptr::write_volatile(&raw mut (*sa).user_ip6[3], w[3]);
-        }
+        // SAFETY: a field of this ctx, writable in these hooks.
+        unsafe { write_words(&raw mut (*self.sock_addr).user_ip6, w) }
     }
 
     #[inline(always)]
@@ -488,5 +473,21 @@ unsafe fn words(p: *const [u32; 4]) -> [u32; 4] {
             ptr::read_volatile(&raw const (*p)[2]),
             ptr::read_volatile(&raw const (*p)[3]),
         ]
+    }
+}
+
+/// Stores an IPv6 address's four words into a ctx field one 4-byte word at a time: the
+/// verifier rejects wider stores, and LLVM would otherwise merge them.
+///
+/// # Safety
+/// `p` points at a writable `[u32; 4]` field of the program's ctx.
+#[inline(always)]
+unsafe fn write_words(p: *mut [u32; 4], w: [u32; 4]) {
+    // SAFETY: caller's contract; the four words are in bounds.
+    unsafe {
+        ptr::write_volatile(&raw mut (*p)[0], w[0]);
+        ptr::write_volatile(&raw mut (*p)[1], w[1]);
+        ptr::write_volatile(&raw mut (*p)[2], w[2]);
+        ptr::write_volatile(&raw mut (*p)[3], w[3]);
     }
 }
