@@ -261,33 +261,9 @@ impl PodMaps {
             let _ = self.pod_netns.remove(&c);
         }
         let live: BTreeSet<u32> = self.enrolled().iter().map(|(_, c)| c.pod_id).collect();
-        let dead_ports: Vec<PortKey> = self
-            .ports
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !live.contains(&k.pod_id))
-            .collect();
-        for k in dead_ports {
-            let _ = self.ports.remove(&k);
-        }
-        let dead_local: Vec<LocalKey> = self
-            .local
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !live.contains(&k.pod_id))
-            .collect();
-        for k in dead_local {
-            let _ = self.local.remove(&k);
-        }
-        let dead_dns: Vec<DnsServerKey> = self
-            .dns
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !live.contains(&k.pod_id))
-            .collect();
-        for k in dead_dns {
-            let _ = self.dns.remove(&k);
-        }
+        remove_dead(&mut self.ports, &live, |k| k.pod_id);
+        remove_dead(&mut self.local, &live, |k| k.pod_id);
+        remove_dead(&mut self.dns, &live, |k| k.pod_id);
         self.counters.retain_live(keep);
         for trie in [&mut self.cidr_exclude, &mut self.cidr_include] {
             let dead: Vec<Key<CidrKey>> = trie
@@ -320,4 +296,20 @@ impl PodMaps {
 /// Whether `path` looks like our pin dir (used by `status` to give a clear error).
 pub fn pinned(pins: &Pins) -> bool {
     Path::new(&pins.map(names::PODS)).exists()
+}
+
+/// Removes the entries of `map` whose pod id (`pod_id` of the key) no config uses.
+fn remove_dead<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, u8>,
+    live: &BTreeSet<u32>,
+    pod_id: impl Fn(&K) -> u32,
+) {
+    let dead: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !live.contains(&pod_id(k)))
+        .collect();
+    for k in dead {
+        let _ = map.remove(&k);
+    }
 }
