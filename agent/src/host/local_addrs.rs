@@ -12,14 +12,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use super::rtnl;
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -166,17 +166,10 @@ impl AsFd for AddrWatch {
 }
 
 fn dump_request() -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
-    let mut msg = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetAddress(AddressMessage::default())),
-    );
-    msg.finalize();
-    let mut buf = vec![0; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    buf
+    rtnl::request(
+        NLM_F_REQUEST | NLM_F_DUMP,
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+    )
 }
 
 /// Applies each message of one datagram to `addrs`; whether it held the end of a dump.
@@ -240,6 +233,7 @@ fn usable(a: &AddressMessage) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::NetlinkHeader;
     use netlink_packet_route::AddressFamily;
 
     use super::*;
@@ -259,14 +253,10 @@ mod tests {
         } else {
             RouteNetlinkMessage::DelAddress(a)
         };
-        let mut msg = NetlinkMessage::new(
+        rtnl::encode(NetlinkMessage::new(
             NetlinkHeader::default(),
             NetlinkPayload::InnerMessage(payload),
-        );
-        msg.finalize();
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
-        buf
+        ))
     }
 
     #[test]

@@ -10,4 +10,5 @@ pub mod netns;
 pub mod passthrough;
 pub mod proc;
 pub mod resolv;
+pub mod rtnl;
 pub mod userns;

@@ -12,14 +12,15 @@ use std::{
 };
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage, AddressScope},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use super::rtnl;
 
 use crate::sys::ns::in_netns;
 
@@ -79,17 +80,10 @@ fn new_addr_request() -> Vec<u8> {
     addr.header.index = LO_IFINDEX;
     let ip = IpAddr::V6(PASSTHROUGH_V6);
     addr.attributes = vec![AddressAttribute::Local(ip), AddressAttribute::Address(ip)];
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-    header.sequence_number = 1;
-    let mut msg = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr)),
-    );
-    msg.finalize();
-    let mut buf = vec![0; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    buf
+    rtnl::request(
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        RouteNetlinkMessage::NewAddress(addr),
+    )
 }
 
 /// The kernel's answer to the request: an ACK, or `EEXIST` (the address is there already).
@@ -111,7 +105,7 @@ fn acked(answer: &[u8]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_core::ErrorMessage;
+    use netlink_packet_core::{ErrorMessage, NetlinkHeader};
 
     use super::*;
 
@@ -139,14 +133,10 @@ mod tests {
     fn answer(code: i32) -> Vec<u8> {
         let mut e = ErrorMessage::default();
         e.code = std::num::NonZeroI32::new(code);
-        let mut msg = NetlinkMessage::<RouteNetlinkMessage>::new(
+        rtnl::encode(NetlinkMessage::new(
             NetlinkHeader::default(),
             NetlinkPayload::Error(e),
-        );
-        msg.finalize();
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
-        buf
+        ))
     }
 
     #[test]
