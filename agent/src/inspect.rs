@@ -3,9 +3,12 @@
 pub use crate::{
     bpf::{
         accel::open_sockets, features::kernel_release, maps::PodMaps, pins::Pins,
-        trace::current_lease,
+        run_stats::pinned_program_runs, trace::current_lease,
     },
     host::cgroup::{cgroup_id, cgroup2_mount},
     spec::istio::{Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges},
-    sys::bpf::{CgroupLinkInfo, cgroup_link_info, cgroup_links, netns_links, obj_get},
+    sys::bpf::{
+        CgroupLinkInfo, ProgRuns, cgroup_link_info, cgroup_links, enable_run_stats, netns_links,
+        obj_get,
+    },
 };

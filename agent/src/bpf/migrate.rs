@@ -156,7 +156,7 @@ fn repin(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Every file below `dir` (pins: bpffs holds no other files), depth first.
-fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(super) fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(out);

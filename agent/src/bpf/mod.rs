@@ -15,5 +15,6 @@ pub mod netns_offsets;
 pub mod object;
 pub mod owner;
 pub mod pins;
+pub mod run_stats;
 pub mod sk_lookup;
 pub mod trace;

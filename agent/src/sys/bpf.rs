@@ -126,6 +126,11 @@ pub struct CgroupLinkInfo {
     pub attach_type: u32,
 }
 
+/// The id of the program a link of any type runs (`struct bpf_link_info`: type, id, prog_id).
+pub fn link_prog_id(link: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok((link_info(link)?[1] & 0xffff_ffff) as u32)
+}
+
 pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
     // struct bpf_link_info: type, id, prog_id, then (8-aligned) cgroup_id, attach_type.
     let info = link_info(link)?;
@@ -141,9 +146,9 @@ fn link_info(link: BorrowedFd<'_>) -> io::Result<[u64; 8]> {
     obj_info(link)
 }
 
-/// `BPF_OBJ_GET_INFO_BY_FD` into raw words (`bpf_link_info`, `bpf_map_info`, ...).
-fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u64; 8]> {
-    let mut info = [0u64; 8];
+/// `BPF_OBJ_GET_INFO_BY_FD` into `N` raw words (`bpf_link_info`, `bpf_map_info`, ...).
+fn obj_info<const N: usize>(fd: BorrowedFd<'_>) -> io::Result<[u64; N]> {
+    let mut info = [0u64; N];
     let mut a = Attr([0; 32]);
     let ptr = info.as_mut_ptr() as u64;
     a.0[0] = fd.as_raw_fd() as u32;
@@ -156,7 +161,41 @@ fn obj_info(fd: BorrowedFd<'_>) -> io::Result<[u64; 8]> {
 
 /// A map's id (`struct bpf_map_info`: type, then id).
 pub fn map_id(map: BorrowedFd<'_>) -> io::Result<u32> {
-    Ok((obj_info(map)?[0] >> 32) as u32)
+    Ok((obj_info::<8>(map)?[0] >> 32) as u32)
+}
+
+const BPF_PROG_GET_FD_BY_ID: u32 = 13;
+const BPF_ENABLE_STATS: u32 = 32;
+const BPF_STATS_RUN_TIME: u32 = 0;
+
+/// Turns on the kernel's per-program run statistics (`run_cnt`, `run_time_ns`) for as long as
+/// the returned fd is open: the `kernel.bpf_stats_enabled` sysctl without changing it for
+/// everyone else, and off again however the holder exits.
+pub fn enable_run_stats() -> io::Result<OwnedFd> {
+    let mut a = Attr([0; 32]);
+    a.0[0] = BPF_STATS_RUN_TIME;
+    bpf(BPF_ENABLE_STATS, &mut a).map(fd_result)
+}
+
+/// How often a program ran, and for how long, since it was loaded (counted only while run
+/// statistics are on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgRuns {
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+}
+
+/// The run statistics of the program with id `prog_id`.
+pub fn prog_runs(prog_id: u32) -> io::Result<ProgRuns> {
+    let mut a = Attr([0; 32]);
+    a.0[0] = prog_id;
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a).map(fd_result)?;
+    // struct bpf_prog_info: run_time_ns and run_cnt are its 25th and 26th 8-byte words.
+    let info = obj_info::<28>(fd.as_fd())?;
+    Ok(ProgRuns {
+        run_time_ns: info[24],
+        run_cnt: info[25],
+    })
 }
 
 /// The map a sockmap link is attached to, and its attach type.
