@@ -38,7 +38,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use meshsteer::inspect::{Capture, INJECTOR_DEFAULT_ARGS};
+use meshsteer::inspect::{Capture, INJECTOR_DEFAULT_ARGS, Pins};
 use meshsteer_tests::{
     Agent, Node, Pod, accel,
     apps::{self, Scratch},
@@ -49,6 +49,8 @@ use meshsteer_tests::{
     topology::{probe_bin, start_listener_on},
 };
 use serde_json::{Value, json};
+
+mod goals;
 
 const APP: (u32, u32) = (1000, 1000);
 /// The CNI plugin's ADD latency target (p99), in ms.
@@ -116,6 +118,8 @@ struct Settings {
     /// Sandboxes set up in a row for the CNI ADD latency.
     sandboxes: usize,
     cidr_sizes: Vec<usize>,
+    /// Sizes of the `-o` excluded-port lists.
+    port_sizes: Vec<usize>,
     out: PathBuf,
 }
 
@@ -134,6 +138,7 @@ impl Settings {
             churn: num("MESHSTEER_BENCH_CHURN", 20_000),
             sandboxes: num("MESHSTEER_BENCH_SANDBOXES", 200) as usize,
             cidr_sizes: vec![1, 100, 1_000, 10_000],
+            port_sizes: vec![1, 1_000],
             out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/results.jsonl"),
         }
     }
@@ -446,6 +451,45 @@ fn run_profile(s: &Settings, pairs: &[Pair], scratch: &Scratch, r: &mut Results)
     Ok(())
 }
 
+/// What meshsteer's programs cost the sockets it does not capture, from the kernel's own run
+/// statistics: the runs of every pinned program while one client pod per mode makes
+/// `s.churn` connections (nothing else runs in the test's cgroup subtree meanwhile). A pod
+/// that is not enrolled (`direct`, `iptables`) should run none.
+fn runs_outside_meshed_pods(
+    s: &Settings,
+    pairs: &[Pair],
+    agent: &Agent,
+    r: &mut Results,
+) -> Result<()> {
+    let pins = Pins::new(&agent.bpffs_dir);
+    // Statistics stay on while this fd is open, for everyone: only around this measurement.
+    let _stats = meshsteer::inspect::enable_run_stats()
+        .context("turning on eBPF run statistics (BPF_ENABLE_STATS, Linux 5.8)")?;
+    for pair in pairs.iter().filter(|p| p.mode != Mode::MeshsteerAccel) {
+        let before = meshsteer::inspect::pinned_program_runs(&pins)?;
+        churn_rate(&pair.client, s.churn)?;
+        let after = meshsteer::inspect::pinned_program_runs(&pins)?;
+        let n = s.churn as f64;
+        r.add(
+            "eBPF program runs per connection",
+            "runs",
+            false,
+            pair.mode,
+            0,
+            (after.run_cnt - before.run_cnt) as f64 / n,
+        );
+        r.add(
+            "eBPF run time per connection",
+            "µs",
+            false,
+            pair.mode,
+            0,
+            (after.run_time_ns - before.run_time_ns) as f64 / n / 1e3,
+        );
+    }
+    Ok(())
+}
+
 /// What the datapath did with the accelerated pair's sockets (JSON lines, and the run fails if
 /// nothing was accelerated): sockets accelerated, and connections left on or sent back to the
 /// normal path by reason.
@@ -550,18 +594,36 @@ fn num(v: &Value, key: &str) -> Result<f64> {
 /// Cost of the capture decision at connect() against the number of excluded CIDRs: the
 /// iptables chain is walked rule by rule, meshsteer does one LPM lookup. Measured as the
 /// rate of short redirected connections from the app to the pod's own proxy listener.
-fn run_cidr_scaling(s: &Settings, node: &mut Node, agent: &Agent, r: &mut Results) -> Result<()> {
+/// The capture decision's cost against the size of the pod's rules: the connect rate with 1 to
+/// 10,000 `-x` CIDRs, and with 1 and 1,000 `-o` excluded ports (none of them the destination),
+/// under iptables and meshsteer.
+fn run_rule_scaling(s: &Settings, node: &mut Node, agent: &Agent, r: &mut Results) -> Result<()> {
     let mut ipt = node.add_pod("xipt")?;
     let mut ms = node.add_pod("xms")?;
     for pod in [&mut ipt, &mut ms] {
         pod.keep(start_listener_on(&pod.place(PROXY.0, PROXY.1), &[15001])?);
     }
+    let mut cases: Vec<(String, String)> = Vec::new();
     for &n in &s.cidr_sizes {
         // Never the destination: 100.64.0.0/10 addresses, /32 each.
         let cidrs: Vec<String> = (0..n)
             .map(|i| format!("100.{}.{}.{}/32", 64 + i / 65536, (i / 256) % 256, i % 256))
             .collect();
-        let args = format!("{INJECTOR_DEFAULT_ARGS} -x {}", cidrs.join(","));
+        cases.push((
+            format!("connect rate, {n:>5} -x CIDRs"),
+            format!("-x {}", cidrs.join(",")),
+        ));
+    }
+    for &n in &s.port_sizes {
+        // Never the destination (80): 20000 and up.
+        let ports: Vec<String> = (0..n).map(|i| (20_000 + i).to_string()).collect();
+        cases.push((
+            format!("connect rate, {n:>5} -o ports"),
+            format!("-o {}", ports.join(",")),
+        ));
+    }
+    for (workload, extra) in cases {
+        let args = format!("{INJECTOR_DEFAULT_ARGS} {extra}");
         let capture = Capture::from_args(&args)?;
         flush_nat(&ipt)?;
         istio_rules::install(&ipt.netns, &capture)?;
@@ -574,14 +636,7 @@ fn run_cidr_scaling(s: &Settings, node: &mut Node, agent: &Agent, r: &mut Result
             };
             for (pod, mode) in order {
                 let rate = churn_rate(pod, s.churn)?;
-                r.add(
-                    &format!("connect rate, {n:>5} -x CIDRs"),
-                    "conn/s",
-                    true,
-                    mode,
-                    rep,
-                    rate,
-                );
+                r.add(&workload, "conn/s", true, mode, rep, rate);
             }
         }
     }
@@ -763,9 +818,10 @@ fn main() -> Result<()> {
         .flat_map(|p| [&p.client, &p.server])
         .collect();
     acceleration_counters(&agent, &accelerated, &mut r)?;
+    runs_outside_meshed_pods(&s, &pairs, &agent, &mut r)?;
     drop(pairs);
     run_loopback(&s, &mut node, &agent, &mut r)?;
-    run_cidr_scaling(&s, &mut node, &agent, &mut r)?;
+    run_rule_scaling(&s, &mut node, &agent, &mut r)?;
     enrolment_latency(&mut node, &agent, &mut r)?;
     agent_footprint(&agent, &mut r)?;
     if s.sandboxes > 0 {
@@ -775,6 +831,8 @@ fn main() -> Result<()> {
     if let Some(dir) = s.out.parent() {
         fs::create_dir_all(dir)?;
     }
+    let goals = goals::evaluate(&r);
+    r.lines.extend(goals.iter().map(goals::Goal::json));
     let jsonl: String = r.lines.iter().map(|l| format!("{l}\n")).collect();
     fs::write(&s.out, jsonl).with_context(|| format!("writing {}", s.out.display()))?;
     println!(
@@ -786,6 +844,7 @@ fn main() -> Result<()> {
     );
     println!("medians (min–max); ratios of medians from this run\n");
     println!("{}", r.table());
+    println!("{}", goals::table(&goals));
     for target in &r.targets {
         println!("{target}");
     }
