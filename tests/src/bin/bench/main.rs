@@ -51,6 +51,7 @@ use meshsteer_tests::{
 use serde_json::{Value, json};
 
 mod goals;
+mod scale;
 
 const APP: (u32, u32) = (1000, 1000);
 /// The CNI plugin's ADD latency target (p99), in ms.
@@ -118,6 +119,8 @@ struct Settings {
     /// Sandboxes set up in a row for the CNI ADD latency.
     sandboxes: usize,
     cidr_sizes: Vec<usize>,
+    /// Pods on the node for the scale workload.
+    pods: usize,
     /// Sizes of the `-o` excluded-port lists.
     port_sizes: Vec<usize>,
     out: PathBuf,
@@ -139,6 +142,7 @@ impl Settings {
             sandboxes: num("MESHSTEER_BENCH_SANDBOXES", 200) as usize,
             cidr_sizes: vec![1, 100, 1_000, 10_000],
             port_sizes: vec![1, 1_000],
+            pods: num("MESHSTEER_BENCH_PODS", 1_000) as usize,
             out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/results.jsonl"),
         }
     }
@@ -742,19 +746,13 @@ fn cni_add_latency(s: &Settings, r: &mut Results) -> Result<()> {
 /// The agent's resident memory and its CPU use while idle (pods enrolled, no changes).
 fn agent_footprint(agent: &Agent, r: &mut Results) -> Result<()> {
     let pid = agent.pid().context("agent not running")?;
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")?;
     r.add(
         "agent RSS",
         "MiB",
         false,
         Mode::Meshsteer,
         0,
-        rss_kb / 1024.0,
+        agent_rss_mib(agent)?,
     );
     let ticks = || -> Result<f64> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -776,6 +774,18 @@ fn agent_footprint(agent: &Agent, r: &mut Results) -> Result<()> {
         cpu,
     );
     Ok(())
+}
+
+/// The agent's resident memory, in MiB.
+fn agent_rss_mib(agent: &Agent) -> Result<f64> {
+    let pid = agent.pid().context("agent not running")?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")?;
+    Ok(rss_kb / 1024.0)
 }
 
 fn machine() -> String {
@@ -824,6 +834,7 @@ fn main() -> Result<()> {
     run_rule_scaling(&s, &mut node, &agent, &mut r)?;
     enrolment_latency(&mut node, &agent, &mut r)?;
     agent_footprint(&agent, &mut r)?;
+    scale::run(&s, &mut r)?;
     if s.sandboxes > 0 {
         cni_add_latency(&s, &mut r)?;
     }
@@ -831,7 +842,7 @@ fn main() -> Result<()> {
     if let Some(dir) = s.out.parent() {
         fs::create_dir_all(dir)?;
     }
-    let goals = goals::evaluate(&r);
+    let goals = goals::evaluate(&r, s.pods);
     r.lines.extend(goals.iter().map(goals::Goal::json));
     let jsonl: String = r.lines.iter().map(|l| format!("{l}\n")).collect();
     fs::write(&s.out, jsonl).with_context(|| format!("writing {}", s.out.display()))?;

@@ -1,0 +1,189 @@
+//! The agent at scale: `MESHSTEER_BENCH_PODS` pods on one node, each a network namespace and a
+//! cgroup of its own, enrolled by a burst of spec files. How long until all are ready, the
+//! agent's memory, how long a SIGKILLed agent's successor takes to have them all ready again,
+//! and what one real pod's connections cost at that scale against the same pod alone.
+use std::{
+    fs,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use meshsteer::inspect::{INJECTOR_DEFAULT_ARGS, Pins};
+use meshsteer_tests::{Agent, Node, cmd, topology::start_listener_on};
+use serde_json::Value;
+
+use super::{Mode, PROXY, Results, Settings, agent_rss_mib, churn_rate};
+
+/// Names of the rows the goals read.
+pub const READY: &str = "scale: all ready after the spec burst";
+pub const RSS: &str = "scale: agent RSS";
+pub const ADOPTION: &str = "scale: restart, all ready again";
+pub const RATE_ONE: &str = "scale: connect rate, 1 pod";
+pub const RATE_ALL: &str = "scale: connect rate, all pods";
+pub const EBPF_ONE: &str = "scale: eBPF µs per connection, 1 pod";
+pub const EBPF_ALL: &str = "scale: eBPF µs per connection, all pods";
+
+/// How long the workload waits for every pod to be ready before it gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Pods with nothing in them but a network namespace and a cgroup, removed on drop.
+struct BarePods {
+    netns: Vec<String>,
+    cgroups: Vec<PathBuf>,
+}
+
+impl BarePods {
+    fn new(node: &Node, n: usize) -> Result<Self> {
+        let mut pods = Self {
+            netns: Vec::new(),
+            cgroups: Vec::new(),
+        };
+        // One `ip` process for all the namespaces, not one each.
+        let mut batch = String::new();
+        for i in 0..n {
+            let ns = format!("{}-b{i}", node.id);
+            batch.push_str(&format!("netns add {ns}\n"));
+            pods.netns.push(ns);
+        }
+        ip_batch(&batch)?;
+        for i in 0..n {
+            let cgroup = node.cgroup_root.join(format!("b{i}"));
+            fs::create_dir_all(&cgroup)
+                .with_context(|| format!("creating {}", cgroup.display()))?;
+            pods.cgroups.push(cgroup);
+        }
+        Ok(pods)
+    }
+
+    fn spec(&self, i: usize) -> String {
+        format!(
+            "name: test/b{i}\ncgroup: {}\nnetns: /run/netns/{}\nips: [10.99.{}.{}]\nargs: {}\n",
+            self.cgroups[i].display(),
+            self.netns[i],
+            i / 256,
+            i % 256,
+            serde_json::to_string(INJECTOR_DEFAULT_ARGS).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for BarePods {
+    fn drop(&mut self) {
+        let batch: String = self
+            .netns
+            .iter()
+            .map(|ns| format!("netns del {ns}\n"))
+            .collect();
+        let _ = ip_batch(&batch);
+        for cgroup in &self.cgroups {
+            let _ = fs::remove_dir(cgroup);
+        }
+    }
+}
+
+fn ip_batch(batch: &str) -> Result<()> {
+    let file = std::env::temp_dir().join(format!("mst-bench-ip-{}", std::process::id()));
+    fs::write(&file, batch)?;
+    let out = cmd::host("ip", &["-batch", file.to_str().unwrap_or_default()]);
+    let _ = fs::remove_file(&file);
+    out.map(drop)
+}
+
+/// Pods the agent reports `ready` in its status file.
+fn ready_pods(agent: &Agent) -> usize {
+    let Ok(text) = fs::read(&agent.status_file) else {
+        return 0;
+    };
+    let Ok(doc) = serde_json::from_slice::<Value>(&text) else {
+        return 0;
+    };
+    doc["pods"].as_array().map_or(0, |pods| {
+        pods.iter().filter(|p| p["state"] == "ready").count()
+    })
+}
+
+/// Waits until `n` pods are ready; the time since `since`.
+fn all_ready(agent: &Agent, n: usize, since: Instant) -> Result<Duration> {
+    loop {
+        if ready_pods(agent) >= n {
+            return Ok(since.elapsed());
+        }
+        ensure!(
+            since.elapsed() < READY_TIMEOUT,
+            "{} of {n} pods ready after {READY_TIMEOUT:?}",
+            ready_pods(agent)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The real pod's connect rate and the eBPF run time per connection of all our programs.
+fn connections(s: &Settings, pod: &meshsteer_tests::Pod, pins: &Pins) -> Result<(f64, f64)> {
+    let before = meshsteer::inspect::pinned_program_runs(pins)?;
+    let rate = churn_rate(pod, s.churn)?;
+    let after = meshsteer::inspect::pinned_program_runs(pins)?;
+    let us = (after.run_time_ns - before.run_time_ns) as f64 / s.churn as f64 / 1e3;
+    Ok((rate, us))
+}
+
+pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
+    let n = s.pods.max(2);
+    let mut node = Node::new()?;
+    node.start_world()?;
+    let max_pods = n.max(16).to_string();
+    let mut agent = Agent::start_with(&node, &["--max-pods", &max_pods])?;
+    let pins = Pins::new(&agent.bpffs_dir);
+    let _stats = meshsteer::inspect::enable_run_stats()
+        .context("turning on eBPF run statistics (BPF_ENABLE_STATS, Linux 5.8)")?;
+
+    // One real pod with a stand-in proxy: its connections are what the scale may slow down.
+    let mut real = node.add_pod("s0")?;
+    real.keep(start_listener_on(&real.place(PROXY.0, PROXY.1), &[15001])?);
+    agent.enrol(&real, INJECTOR_DEFAULT_ARGS)?;
+    let (rate, us) = connections(s, &real, &pins)?;
+    r.add(RATE_ONE, "conn/s", true, Mode::Meshsteer, 0, rate);
+    r.add(EBPF_ONE, "µs", false, Mode::Meshsteer, 0, us);
+
+    let bare = BarePods::new(&node, n - 1)?;
+    let start = Instant::now();
+    for i in 0..n - 1 {
+        agent.write_spec(&format!("b{i}"), &bare.spec(i))?;
+    }
+    let written = start.elapsed();
+    let ready = all_ready(&agent, n, start)?;
+    eprintln!(
+        "  {n} pods: specs written in {:.2} s, all ready {:.2} s after the first",
+        written.as_secs_f64(),
+        ready.as_secs_f64()
+    );
+    r.add(READY, "s", false, Mode::Meshsteer, 0, ready.as_secs_f64());
+    r.add(
+        RSS,
+        "MiB",
+        false,
+        Mode::Meshsteer,
+        0,
+        agent_rss_mib(&agent)?,
+    );
+    let (rate, us) = connections(s, &real, &pins)?;
+    r.add(RATE_ALL, "conn/s", true, Mode::Meshsteer, 0, rate);
+    r.add(EBPF_ALL, "µs", false, Mode::Meshsteer, 0, us);
+
+    let start = Instant::now();
+    agent.restart(libc::SIGKILL)?;
+    let adopted = all_ready(&agent, n, start)?;
+    r.add(
+        ADOPTION,
+        "s",
+        false,
+        Mode::Meshsteer,
+        0,
+        adopted.as_secs_f64(),
+    );
+
+    // The agent (uninstalled on drop) before the pods it captures.
+    drop(agent);
+    drop(bare);
+    Ok(())
+}
