@@ -143,12 +143,33 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.world = None;
         let _ = cmd::host("ip", &["netns", "del", &self.ns]);
-        let _ = fs::remove_dir(&self.cgroup_root);
+        // Everything made below the node's root goes: pods, sandboxes, the kubelet-like
+        // `kubepods.slice/…` parents that no single pod owns.
+        remove_cgroup_tree(&self.cgroup_root);
         let _ = fs::remove_dir(
             self.cgroup_root
                 .parent()
                 .unwrap_or(Path::new("/nonexistent")),
         );
+    }
+}
+
+/// Removes the cgroup `dir` and every cgroup below it, deepest first. A cgroup whose last
+/// process is still exiting refuses rmdir (EBUSY) for a moment: each is retried for up to a
+/// second.
+pub fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -152,3 +152,23 @@ fn kubernetes_without_configuration_changes_nothing() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&work)?;
     Ok(())
 }
+
+/// A node leaves no cgroup behind: whatever its tests made below its root (a sandbox's
+/// `kubepods.slice/…/pod…/app`, parents no pod owns) and however late their last process exits.
+#[test]
+fn a_node_leaves_no_cgroup_behind() -> anyhow::Result<()> {
+    let node = meshsteer_tests::Node::new()?;
+    let root = node.cgroup_root.clone();
+    let app =
+        root.join("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podx.slice/app");
+    std::fs::create_dir_all(&app)?;
+    // Still running in the pod's cgroup when the node goes (reparented, so nobody waits).
+    let place = Place {
+        cgroup: Some(&app),
+        ..Default::default()
+    };
+    meshsteer_tests::cmd::run(&place, "sh", &["-c", "sleep 0.3 >/dev/null 2>&1 &"])?;
+    drop(node);
+    assert!(!root.exists(), "{} left behind", root.display());
+    Ok(())
+}
