@@ -95,8 +95,8 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = cmd::host("ip", &["netns", "del", &self.ns_name]);
-        let _ = std::fs::remove_dir(&self.app_cgroup);
-        let _ = std::fs::remove_dir(&self.cgroup);
+        // Its container's cgroup too, waiting out a last process still exiting.
+        let _ = crate::topology::remove_cgroup_tree(&self.cgroup);
     }
 }
 

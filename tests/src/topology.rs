@@ -145,7 +145,7 @@ impl Drop for Node {
         let _ = cmd::host("ip", &["netns", "del", &self.ns]);
         // Everything made below the node's root goes: pods, sandboxes, the kubelet-like
         // `kubepods.slice/…` parents that no single pod owns.
-        remove_cgroup_tree(&self.cgroup_root);
+        let _ = remove_cgroup_tree(&self.cgroup_root);
         let _ = fs::remove_dir(
             self.cgroup_root
                 .parent()
@@ -156,8 +156,8 @@ impl Drop for Node {
 
 /// Removes the cgroup `dir` and every cgroup below it, deepest first. A cgroup whose last
 /// process is still exiting refuses rmdir (EBUSY) for a moment: each is retried for up to a
-/// second.
-pub fn remove_cgroup_tree(dir: &Path) {
+/// second. Whether `dir` is gone.
+pub fn remove_cgroup_tree(dir: &Path) -> bool {
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -167,10 +167,11 @@ pub fn remove_cgroup_tree(dir: &Path) {
     }
     for _ in 0..50 {
         if fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
+            return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    false
 }
 
 /// The IPv6 addresses on `lo` in `netns`, as `addr/prefixlen` (`::1/128`, and `::6/128` once
@@ -422,13 +423,12 @@ impl Pod {
     /// pod's containers stop; the pod-level cgroup stays (as on hybrid hosts).
     pub fn stop_containers(&mut self) -> Result<()> {
         self.procs.clear();
-        for _ in 0..50 {
-            if fs::remove_dir(&self.app_cgroup).is_ok() || !self.app_cgroup.exists() {
-                return Ok(());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        anyhow::bail!("{} still in use", self.app_cgroup.display())
+        anyhow::ensure!(
+            remove_cgroup_tree(&self.app_cgroup),
+            "{} still in use",
+            self.app_cgroup.display()
+        );
+        Ok(())
     }
 
     /// Waits until a connection from the pod's app (uid 1000) to `dst` lands on `port`;
@@ -483,12 +483,7 @@ impl Drop for Pod {
         self.procs.clear();
         let _ = cmd::host("ip", &["netns", "del", &self.ns]);
         // Processes are gone: the cgroups are empty and can go.
-        for _ in 0..50 {
-            if fs::remove_dir(&self.app_cgroup).is_ok() || !self.app_cgroup.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        remove_cgroup_tree(&self.app_cgroup);
         // The pod's cgroup, then its parents up to the node's root while they are empty.
         for dir in self
             .cgroup

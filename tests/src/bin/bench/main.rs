@@ -470,17 +470,14 @@ fn runs_outside_meshed_pods(
     let _stats = meshsteer::inspect::enable_run_stats()
         .context("turning on eBPF run statistics (BPF_ENABLE_STATS, Linux 5.8)")?;
     for pair in pairs.iter().filter(|p| p.mode != Mode::MeshsteerAccel) {
-        let before = meshsteer::inspect::pinned_program_runs(&pins)?;
-        churn_rate(&pair.client, s.churn)?;
-        let after = meshsteer::inspect::pinned_program_runs(&pins)?;
-        let n = s.churn as f64;
+        let churn = measured_churn(s, &pair.client, &pins)?;
         r.add(
             "eBPF program runs per connection",
             "runs",
             false,
             pair.mode,
             0,
-            (after.run_cnt - before.run_cnt) as f64 / n,
+            churn.runs_per_conn,
         );
         r.add(
             "eBPF run time per connection",
@@ -488,10 +485,31 @@ fn runs_outside_meshed_pods(
             false,
             pair.mode,
             0,
-            (after.run_time_ns - before.run_time_ns) as f64 / n / 1e3,
+            churn.ebpf_us_per_conn,
         );
     }
     Ok(())
+}
+
+/// One churn of `s.churn` connections from `pod`, with what our programs spent on it.
+struct Churn {
+    rate: f64,
+    runs_per_conn: f64,
+    ebpf_us_per_conn: f64,
+}
+
+/// [`churn_rate`] between two readings of the pinned programs' run statistics (which the
+/// caller has turned on).
+fn measured_churn(s: &Settings, pod: &Pod, pins: &Pins) -> Result<Churn> {
+    let before = meshsteer::inspect::pinned_program_runs(pins)?;
+    let rate = churn_rate(pod, s.churn)?;
+    let after = meshsteer::inspect::pinned_program_runs(pins)?;
+    let n = s.churn as f64;
+    Ok(Churn {
+        rate,
+        runs_per_conn: (after.run_cnt - before.run_cnt) as f64 / n,
+        ebpf_us_per_conn: (after.run_time_ns - before.run_time_ns) as f64 / n / 1e3,
+    })
 }
 
 /// What the datapath did with the accelerated pair's sockets (JSON lines, and the run fails if

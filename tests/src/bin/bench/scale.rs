@@ -13,7 +13,7 @@ use meshsteer::inspect::{INJECTOR_DEFAULT_ARGS, Pins};
 use meshsteer_tests::{Agent, Node, cmd, topology::start_listener_on};
 use serde_json::Value;
 
-use super::{Mode, PROXY, Results, Settings, agent_rss_mib, churn_rate};
+use super::{Mode, PROXY, Results, Settings, agent_rss_mib, measured_churn};
 
 /// Names of the rows the goals read.
 pub const READY: &str = "scale: all ready after the spec burst";
@@ -118,15 +118,6 @@ fn all_ready(agent: &Agent, n: usize, since: Instant) -> Result<Duration> {
     }
 }
 
-/// The real pod's connect rate and the eBPF run time per connection of all our programs.
-fn connections(s: &Settings, pod: &meshsteer_tests::Pod, pins: &Pins) -> Result<(f64, f64)> {
-    let before = meshsteer::inspect::pinned_program_runs(pins)?;
-    let rate = churn_rate(pod, s.churn)?;
-    let after = meshsteer::inspect::pinned_program_runs(pins)?;
-    let us = (after.run_time_ns - before.run_time_ns) as f64 / s.churn as f64 / 1e3;
-    Ok((rate, us))
-}
-
 pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
     let n = s.pods.max(2);
     let mut node = Node::new()?;
@@ -141,9 +132,16 @@ pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
     let mut real = node.add_pod("s0")?;
     real.keep(start_listener_on(&real.place(PROXY.0, PROXY.1), &[15001])?);
     agent.enrol(&real, INJECTOR_DEFAULT_ARGS)?;
-    let (rate, us) = connections(s, &real, &pins)?;
-    r.add(RATE_ONE, "conn/s", true, Mode::Meshsteer, 0, rate);
-    r.add(EBPF_ONE, "µs", false, Mode::Meshsteer, 0, us);
+    let alone = measured_churn(s, &real, &pins)?;
+    r.add(RATE_ONE, "conn/s", true, Mode::Meshsteer, 0, alone.rate);
+    r.add(
+        EBPF_ONE,
+        "µs",
+        false,
+        Mode::Meshsteer,
+        0,
+        alone.ebpf_us_per_conn,
+    );
 
     let bare = BarePods::new(&node, n - 1)?;
     let start = Instant::now();
@@ -166,9 +164,16 @@ pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
         0,
         agent_rss_mib(&agent)?,
     );
-    let (rate, us) = connections(s, &real, &pins)?;
-    r.add(RATE_ALL, "conn/s", true, Mode::Meshsteer, 0, rate);
-    r.add(EBPF_ALL, "µs", false, Mode::Meshsteer, 0, us);
+    let at_scale = measured_churn(s, &real, &pins)?;
+    r.add(RATE_ALL, "conn/s", true, Mode::Meshsteer, 0, at_scale.rate);
+    r.add(
+        EBPF_ALL,
+        "µs",
+        false,
+        Mode::Meshsteer,
+        0,
+        at_scale.ebpf_us_per_conn,
+    );
 
     let start = Instant::now();
     agent.restart(libc::SIGKILL)?;
