@@ -8,6 +8,11 @@
 //! Copies are kept per slot and reused by the next pod of a freed slot, and one spare is loaded
 //! ahead while the agent is idle: enrolment itself loads nothing. All copies come from one
 //! loader: aya parses the kernel's BTF when a loader is made (10 to 20 ms), not for each load.
+//!
+//! A copy costs 10 to 20 ms (aya parses the whole object, the verifier checks the program), so
+//! a restarted agent does not load its pods' copies again: a pod's link that runs a copy of
+//! this very program for the pod's slot (same instructions, same pinned maps, same read-only
+//! data) is kept as it is ([`SkLookups::adopt`]), and its program serves the slot from then on.
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, BorrowedFd, OwnedFd},
@@ -28,6 +33,7 @@ use meshsteer_common::{
 use tracing::debug;
 
 use super::{object::OBJECT, pins::Pins};
+use crate::sys::bpf::{self as bpf_sys, ProgCode};
 
 /// Every slot number, for the loader to borrow for as long as it lives.
 static SLOTS: [u32; capacity::SK_LOOKUP_SLOTS as usize] = {
@@ -44,6 +50,102 @@ static SLOTS: [u32; capacity::SK_LOOKUP_SLOTS as usize] = {
 #[derive(Clone)]
 pub struct SkLookupLoader {
     loader: Arc<Mutex<EbpfLoader<'static>>>,
+    /// How a copy of this build looks to the kernel.
+    own: Arc<Fingerprint>,
+}
+
+/// A loaded copy of this agent's sk_lookup, as the kernel shows it: enough to recognise one
+/// that a previous agent of the same build attached.
+struct Fingerprint {
+    /// The instructions' tag (the kernel zeroes map references before hashing: equal for every
+    /// copy).
+    tag: [u8; 8],
+    /// The pinned maps a copy uses (ids).
+    shared_maps: BTreeSet<u32>,
+    /// Every pinned map's id: a copy's other maps are its own (`.rodata` and the like).
+    pinned: BTreeSet<u32>,
+    /// The `.rodata` of slot 0's copy: the agent's offsets, the slot at `slot_at`.
+    rodata: Vec<u8>,
+    slot_at: usize,
+}
+
+impl Fingerprint {
+    fn of(prog: BorrowedFd<'_>, pins: &Pins) -> Result<Self> {
+        let mut pinned = BTreeSet::new();
+        for name in names::PINNED {
+            let map = bpf_sys::obj_get(&pins.map(name))
+                .with_context(|| format!("opening {}", pins.map(name).display()))?;
+            pinned.insert(bpf_sys::map_id(map.as_fd())?);
+        }
+        let code = bpf_sys::prog_code(prog).context("reading the sk_lookup program's info")?;
+        let shared_maps = shared(&code, &pinned);
+        let rodata = rodata(&code)?.context("the sk_lookup program has no .rodata map")?;
+        let slot_at = slot_offset(OBJECT)?;
+        anyhow::ensure!(
+            slot_at + 4 <= rodata.len(),
+            "{} lies outside .rodata",
+            globals::SK_LOOKUP_SLOT
+        );
+        Ok(Self {
+            tag: code.tag,
+            shared_maps,
+            pinned,
+            rodata,
+            slot_at,
+        })
+    }
+
+    /// Whether `prog` is a copy of this build's sk_lookup loaded for `slot`.
+    fn matches(&self, prog: BorrowedFd<'_>, slot: u32) -> Result<bool> {
+        let code = bpf_sys::prog_code(prog)?;
+        if code.tag != self.tag || shared(&code, &self.pinned) != self.shared_maps {
+            return Ok(false);
+        }
+        let mut want = self.rodata.clone();
+        want[self.slot_at..self.slot_at + 4].copy_from_slice(&slot.to_le_bytes());
+        Ok(rodata(&code)?.is_some_and(|have| have == want))
+    }
+}
+
+/// The pinned maps among a program's maps.
+fn shared(code: &ProgCode, pinned: &BTreeSet<u32>) -> BTreeSet<u32> {
+    code.map_ids
+        .iter()
+        .copied()
+        .filter(|id| pinned.contains(id))
+        .collect()
+}
+
+/// The contents of a program's `.rodata` map (aya names it after its section).
+fn rodata(code: &ProgCode) -> Result<Option<Vec<u8>>> {
+    for id in &code.map_ids {
+        let (map, name, value_size) = bpf_sys::map_by_id(*id)?;
+        if name == ".rodata" {
+            return Ok(Some(bpf_sys::array_first_value(map.as_fd(), value_size)?));
+        }
+    }
+    Ok(None)
+}
+
+/// Where `SK_LOOKUP_SLOT` sits in the object's `.rodata` (a symbol's value is its offset in
+/// its section, in a relocatable object). aya does not say.
+fn slot_offset(elf: &[u8]) -> Result<usize> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let file = object::File::parse(elf).context("parsing the eBPF object")?;
+    let symbol = file
+        .symbols()
+        .find(|s| s.name() == Ok(globals::SK_LOOKUP_SLOT))
+        .with_context(|| format!("{} missing from the eBPF object", globals::SK_LOOKUP_SLOT))?;
+    let section = symbol
+        .section_index()
+        .and_then(|i| file.section_by_index(i).ok())
+        .with_context(|| format!("{} has no section", globals::SK_LOOKUP_SLOT))?;
+    anyhow::ensure!(
+        section.name() == Ok(".rodata"),
+        "{} is not in .rodata",
+        globals::SK_LOOKUP_SLOT
+    );
+    usize::try_from(symbol.address()).context("symbol offset")
 }
 
 impl SkLookupLoader {
@@ -58,22 +160,27 @@ impl SkLookupLoader {
         loader
             .override_global(globals::OWNER_OFFSETS, &offsets.0, true)
             .override_global(globals::NETNS_OFFSETS, &offsets.1, true);
-        let loader = Self {
-            loader: Arc::new(Mutex::new(loader)),
-        };
-        loader
-            .for_slot(0)
-            .context("loading sk_lookup (Linux 5.9)")?;
-        Ok(loader)
+        let loader = Arc::new(Mutex::new(loader));
+        let probe = Self::load_for(&loader, 0).context("loading sk_lookup (Linux 5.9)")?;
+        let own = Fingerprint::of(probe.as_fd(), pins)
+            .context("reading what a copy of sk_lookup looks like")?;
+        Ok(Self {
+            loader,
+            own: Arc::new(own),
+        })
     }
 
     /// The copy that serves whichever pod `MS_SK_LOOKUP_PODS` maps `slot` to.
     fn for_slot(&self, slot: u32) -> Result<OwnedFd> {
+        Self::load_for(&self.loader, slot)
+    }
+
+    fn load_for(loader: &Mutex<EbpfLoader<'static>>, slot: u32) -> Result<OwnedFd> {
         let slot = SLOTS
             .get(slot as usize)
             .with_context(|| format!("sk_lookup slot {slot} out of range"))?;
         // A panic while loading leaves nothing half-set that the next load relies on.
-        let mut loader = self.loader.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut loader = loader.lock().unwrap_or_else(PoisonError::into_inner);
         let mut bpf = loader
             .override_global(globals::SK_LOOKUP_SLOT, slot, true)
             .load(OBJECT)
@@ -147,6 +254,35 @@ impl SkLookups {
         };
         self.load(slot)?;
         Ok(self.programs[&slot].as_fd())
+    }
+
+    /// Keeps the program of the pod's pinned `link` as its slot's copy if it is one: a previous
+    /// agent of this build loaded it for the slot `MS_SK_LOOKUP_PODS` gives the pod. Then the
+    /// link stays as it is and nothing is loaded. False if the pod has no slot yet, if this agent
+    /// has a copy for the slot already, or if the program is anything else (another build's,
+    /// another slot's): the caller loads and swaps in a copy as usual.
+    pub fn adopt(&mut self, cgroup_id: u64, link: BorrowedFd<'_>) -> bool {
+        let Some(slot) = self.slot_of(cgroup_id) else {
+            return false;
+        };
+        if self.programs.contains_key(&slot) {
+            return false;
+        }
+        let adopted = bpf_sys::link_prog_id(link)
+            .and_then(bpf_sys::prog_by_id)
+            .map_err(anyhow::Error::from)
+            .and_then(|prog| Ok((self.loader.own.matches(prog.as_fd(), slot)?, prog)));
+        match adopted {
+            Ok((true, prog)) => {
+                self.programs.insert(slot, prog);
+                true
+            }
+            Ok((false, _)) => false,
+            Err(e) => {
+                debug!(error = %format!("{e:#}"), slot, "could not read the pod's sk_lookup program");
+                false
+            }
+        }
     }
 
     /// `cgroup_id`'s slot is free again (its link is gone).

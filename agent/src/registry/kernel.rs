@@ -4,7 +4,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     net::IpAddr,
-    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::Path,
     time::Instant,
 };
@@ -111,9 +114,20 @@ impl Dataplane for Kernel {
         // Named before the link exists: the listener check never sees a half-attached pod.
         self.maps.set_netns(cgroup_id, ino)?;
         let started = Instant::now();
+        // A restarted agent's pods keep their copies: nothing to load or swap.
+        let pin = self.pins.netns_link(cgroup_id);
+        if let Some(link) = netns::pinned_link(&pin, ino)
+            && self.sk_lookups.adopt(cgroup_id, link.as_fd())
+        {
+            debug!(
+                adopted_us = started.elapsed().as_micros(),
+                "the pod's copy of sk_lookup adopted as attached"
+            );
+            return Ok(());
+        }
         let prog = self.sk_lookups.program_for(cgroup_id)?;
         let program_us = started.elapsed().as_micros();
-        netns::attach(prog, ns, &self.pins.netns_link(cgroup_id))?;
+        netns::attach(prog, ns, &pin)?;
         debug!(
             program_us,
             attached_us = started.elapsed().as_micros(),

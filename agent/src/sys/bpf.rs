@@ -149,14 +149,21 @@ fn link_info(link: BorrowedFd<'_>) -> io::Result<[u64; 8]> {
 /// `BPF_OBJ_GET_INFO_BY_FD` into `N` raw words (`bpf_link_info`, `bpf_map_info`, ...).
 fn obj_info<const N: usize>(fd: BorrowedFd<'_>) -> io::Result<[u64; N]> {
     let mut info = [0u64; N];
+    obj_info_into(fd, &mut info)?;
+    Ok(info)
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` into `info`, whose pointer fields (if any) the caller has set to
+/// buffers that outlive the call.
+fn obj_info_into(fd: BorrowedFd<'_>, info: &mut [u64]) -> io::Result<()> {
     let mut a = Attr([0; 32]);
     let ptr = info.as_mut_ptr() as u64;
     a.0[0] = fd.as_raw_fd() as u32;
-    a.0[1] = size_of_val(&info) as u32;
+    a.0[1] = size_of_val(info) as u32;
     a.0[2] = ptr as u32;
     a.0[3] = (ptr >> 32) as u32;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
-    Ok(info)
+    Ok(())
 }
 
 /// A map's id (`struct bpf_map_info`: type, then id).
@@ -185,11 +192,16 @@ pub struct ProgRuns {
     pub run_time_ns: u64,
 }
 
-/// The run statistics of the program with id `prog_id`.
-pub fn prog_runs(prog_id: u32) -> io::Result<ProgRuns> {
+/// A program by id (the one a pinned link runs, say), held open.
+pub fn prog_by_id(prog_id: u32) -> io::Result<OwnedFd> {
     let mut a = Attr([0; 32]);
     a.0[0] = prog_id;
-    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a).map(fd_result)?;
+    bpf(BPF_PROG_GET_FD_BY_ID, &mut a).map(fd_result)
+}
+
+/// The run statistics of the program with id `prog_id`.
+pub fn prog_runs(prog_id: u32) -> io::Result<ProgRuns> {
+    let fd = prog_by_id(prog_id)?;
     // struct bpf_prog_info: run_time_ns and run_cnt are its 25th and 26th 8-byte words.
     let info = obj_info::<28>(fd.as_fd())?;
     Ok(ProgRuns {
@@ -254,4 +266,70 @@ fn links_where(wanted: impl Fn(&[u64; 8]) -> bool) -> io::Result<Vec<u32>> {
             found.push(id);
         }
     }
+}
+
+/// What identifies a loaded program's code: its tag (a hash of its instructions, map
+/// references zeroed) and the ids of the maps it uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgCode {
+    pub tag: [u8; 8],
+    pub map_ids: Vec<u32>,
+}
+
+/// Bounds the map ids read of one program (ours use about 30).
+const MAX_PROG_MAPS: usize = 256;
+
+/// The tag and map ids of a program (`struct bpf_prog_info`: the tag is its second 8-byte
+/// word; `nr_map_ids` is the high half of its seventh, the `map_ids` pointer its eighth).
+pub fn prog_code(prog: BorrowedFd<'_>) -> io::Result<ProgCode> {
+    let count = ((obj_info::<12>(prog)?[6] >> 32) as usize).min(MAX_PROG_MAPS);
+    let mut ids = vec![0u32; count];
+    let mut info = [0u64; 12];
+    info[6] = (count as u64) << 32;
+    info[7] = ids.as_mut_ptr() as u64;
+    obj_info_into(prog, &mut info)?;
+    // The kernel says how many there are; it filled at most `count`.
+    ids.truncate(((info[6] >> 32) as usize).min(count));
+    Ok(ProgCode {
+        tag: info[1].to_le_bytes(),
+        map_ids: ids,
+    })
+}
+
+const BPF_MAP_LOOKUP_ELEM: u32 = 1;
+const BPF_MAP_GET_FD_BY_ID: u32 = 14;
+/// Bounds what one array value read may allocate (a `.rodata` is a few hundred bytes).
+const MAX_VALUE_SIZE: usize = 1 << 16;
+
+/// A map by id, held open, with its name (`struct bpf_map_info`: its name is the fourth and
+/// fifth 8-byte words) and value size.
+pub fn map_by_id(map_id: u32) -> io::Result<(OwnedFd, String, usize)> {
+    let mut a = Attr([0; 32]);
+    a.0[0] = map_id;
+    let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut a).map(fd_result)?;
+    let info = obj_info::<8>(fd.as_fd())?;
+    let bytes: Vec<u8> = info[3..5].iter().flat_map(|w| w.to_le_bytes()).collect();
+    let name = bytes.split(|b| *b == 0).next().unwrap_or_default();
+    let value_size = (info[1] >> 32) as usize;
+    Ok((fd, String::from_utf8_lossy(name).into_owned(), value_size))
+}
+
+/// The value at index 0 of an array map (a program's `.rodata`, say), `value_size` bytes.
+pub fn array_first_value(map: BorrowedFd<'_>, value_size: usize) -> io::Result<Vec<u8>> {
+    if value_size > MAX_VALUE_SIZE {
+        return Err(io::Error::other(format!(
+            "map value of {value_size} bytes is larger than expected"
+        )));
+    }
+    let key = 0u32;
+    let mut value = vec![0u8; value_size];
+    let mut a = Attr([0; 32]);
+    let (k, v) = (&key as *const u32 as u64, value.as_mut_ptr() as u64);
+    a.0[0] = map.as_raw_fd() as u32;
+    a.0[2] = k as u32;
+    a.0[3] = (k >> 32) as u32;
+    a.0[4] = v as u32;
+    a.0[5] = (v >> 32) as u32;
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut a)?;
+    Ok(value)
 }
