@@ -18,6 +18,7 @@ use crate::{
     spec::{budget::Budget, plan::Plan, pod::PodSpec, resolv::NameserversFrom},
 };
 
+mod cgroup_path;
 mod dataplane;
 mod enrol;
 mod error;
@@ -80,6 +81,8 @@ impl Enrolled {
 struct Entry {
     name: String,
     spec: Option<PodSpec>,
+    /// The spec's cgroup, for the nesting checks of other pods' enrolments.
+    cgroup: Option<cgroup_path::CgroupPath>,
     enrolled: Option<Enrolled>,
     /// Why the pod is not (or no longer) as its source says (None: it is).
     unready: Option<Unready>,
@@ -258,6 +261,7 @@ impl<D: Dataplane> Registry<D> {
         let mut entry = Entry {
             name,
             spec: None,
+            cgroup: None,
             enrolled: None,
             unready: None,
             agent_failed: false,
@@ -273,6 +277,7 @@ impl<D: Dataplane> Registry<D> {
             })
             .and_then(|s| {
                 entry.spec = Some(s.clone());
+                entry.cgroup = Some(cgroup_path::CgroupPath::new(&s.cgroup));
                 self.enrol(key, &s, previous.as_ref().and_then(|p| p.enrolled.as_ref()))
                     .map_err(|e| {
                         entry.agent_failed = matches!(e, EnrolError::Dataplane(_));
