@@ -76,19 +76,22 @@ pub fn decide_for(
     let sk = ctx.sock();
     // Owner and pod as recorded at socket creation; sockets older than the agent fall back to
     // the connecting task (counted: that is where iptables' creator-based match could differ).
-    let (pod_cgroup, uid, gid) = match sock_state(sk) {
-        Some(s) if s.pod_cgroup != 0 => (s.pod_cgroup, s.uid, s.gid),
+    let (pod_cgroup, uid, gid, cfg) = match sock_state(sk) {
+        Some(s) if s.pod_cgroup != 0 => {
+            let Some(cfg) = pod_config(s.pod_cgroup) else {
+                return Err(Steer::Pass);
+            };
+            (s.pod_cgroup, s.uid, s.gid, cfg)
+        }
         _ => {
-            let Some(pod) = pod_of_current_task() else {
+            // The walk's lookup gives the config too.
+            let Some((pod, cfg)) = pod_of_current_task() else {
                 return Err(Steer::Pass);
             };
             count_node(node_counter::OWNER_FROM_TASK);
             let (uid, gid) = current_owner();
-            (pod, uid, gid)
+            (pod, uid, gid, cfg)
         }
-    };
-    let Some(cfg) = pod_config(pod_cgroup) else {
-        return Err(Steer::Pass);
     };
     let tcp = matches!(proto, Proto::Tcp);
     if cfg.flags & pod_flags::REFUSED != 0 {
