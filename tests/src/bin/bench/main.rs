@@ -660,7 +660,6 @@ fn program_costs(
             },
             all_ns as f64 / requests
         );
-        eprintln!("{t}");
         r.tables.push(t);
         r.add(
             "eBPF run time per new-connection request (run statistics)",
