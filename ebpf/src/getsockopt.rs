@@ -71,8 +71,7 @@ fn answer(ctx: &SockoptContext, ipv6_level: bool) {
         return;
     }
     let state = sock_state(sk);
-    let Some((pod_cgroup, cfg)) = pod_of_socket(state.as_ref().map_or(0, |s| s.pod_cgroup))
-    else {
+    let Some((pod_cgroup, cfg)) = pod_of_socket(state.as_ref().map_or(0, |s| s.pod_cgroup)) else {
         return;
     };
     // Before the kernel's answer: a conntrack of the host's would answer the loopback
