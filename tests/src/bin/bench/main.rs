@@ -178,7 +178,10 @@ impl Step {
 
     /// `MESHSTEER_BENCH_STEPS`: a comma list of step names, every step if unset or empty.
     fn from_env() -> Result<Vec<Step>> {
-        let list = std::env::var("MESHSTEER_BENCH_STEPS").unwrap_or_default();
+        Step::parse(&std::env::var("MESHSTEER_BENCH_STEPS").unwrap_or_default())
+    }
+
+    fn parse(list: &str) -> Result<Vec<Step>> {
         if list.trim().is_empty() {
             return Ok(Step::ALL.to_vec());
         }
@@ -1077,4 +1080,23 @@ fn main() -> Result<()> {
         bail!("no measurement was made");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Step;
+
+    #[test]
+    fn steps_are_a_comma_list_and_default_to_all() {
+        assert_eq!(Step::parse("").unwrap(), Step::ALL);
+        assert_eq!(
+            Step::parse("programs, profile").unwrap(),
+            [Step::Programs, Step::Profile]
+        );
+        let err = Step::parse("programs,nope").unwrap_err().to_string();
+        assert!(
+            err.contains("nope") && err.contains("runs-outside"),
+            "{err}"
+        );
+    }
 }
