@@ -2,8 +2,12 @@
 //! so that they don't reach into internal modules.
 pub use crate::{
     bpf::{
-        accel::open_sockets, features::kernel_release, maps::PodMaps, pins::Pins,
-        run_stats::pinned_program_runs, trace::current_lease,
+        accel::open_sockets,
+        features::kernel_release,
+        maps::PodMaps,
+        pins::Pins,
+        run_stats::{pinned_program_runs, pinned_program_runs_by_name},
+        trace::current_lease,
     },
     host::cgroup::{cgroup_id, cgroup2_mount},
     spec::istio::{Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges},

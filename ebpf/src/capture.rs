@@ -55,6 +55,8 @@ impl Steer {
 
 /// A connection's decision, with what was looked up to make it.
 pub struct Decided {
+    /// The socket's state, if it had one (made at its creation).
+    pub state: Option<&'static mut SockState>,
     pub pod_cgroup: u64,
     pub uid: u32,
     pub gid: u32,
@@ -76,19 +78,23 @@ pub fn decide_for(
     let sk = ctx.sock();
     // Owner and pod as recorded at socket creation; sockets older than the agent fall back to
     // the connecting task (counted: that is where iptables' creator-based match could differ).
-    let (pod_cgroup, uid, gid) = match sock_state(sk) {
-        Some(s) if s.pod_cgroup != 0 => (s.pod_cgroup, s.uid, s.gid),
+    let state = sock_state(sk);
+    let (pod_cgroup, uid, gid, cfg) = match &state {
+        Some(s) if s.pod_cgroup != 0 => {
+            let Some(cfg) = pod_config(s.pod_cgroup) else {
+                return Err(Steer::Pass);
+            };
+            (s.pod_cgroup, s.uid, s.gid, cfg)
+        }
         _ => {
-            let Some(pod) = pod_of_current_task() else {
+            // The walk's lookup gives the config too.
+            let Some((pod, cfg)) = pod_of_current_task() else {
                 return Err(Steer::Pass);
             };
             count_node(node_counter::OWNER_FROM_TASK);
             let (uid, gid) = current_owner();
-            (pod, uid, gid)
+            (pod, uid, gid, cfg)
         }
-    };
-    let Some(cfg) = pod_config(pod_cgroup) else {
-        return Err(Steer::Pass);
     };
     let tcp = matches!(proto, Proto::Tcp);
     if cfg.flags & pod_flags::REFUSED != 0 {
@@ -117,6 +123,7 @@ pub fn decide_for(
         trace::outbound(pod_cgroup, &conn, verdict.rule, verdict.redirect_port);
     }
     Ok(Decided {
+        state,
         pod_cgroup,
         uid,
         gid,
@@ -141,7 +148,8 @@ pub fn steer(ctx: &SockAddrContext, v6_socket: bool, src: Addr, dst: Addr, dport
         count(d.pod_cgroup, counter::ORIG_DST_OVER_BUDGET);
         return Steer::Deny;
     }
-    let Some(state) = sock_state_or_create(ctx.sock()) else {
+    // The state decide_for read, else (a socket made before its pod was enrolled) a new one.
+    let Some(state) = d.state.or_else(|| sock_state_or_create(ctx.sock())) else {
         return Steer::Pass;
     };
     if state.pod_cgroup == 0 {

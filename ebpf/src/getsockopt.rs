@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use meshsteer_common::{
     Addr,
-    maps::{counter, sock_flags},
+    maps::{PodConfig, counter, sock_flags},
 };
 
 use crate::{
@@ -31,10 +31,16 @@ const PAGE_SIZE: i32 = 4096;
 
 #[cgroup_sockopt(getsockopt)]
 pub fn getsockopt(ctx: SockoptContext) -> i32 {
-    let (level, optname, optlen) = (ctx.level(), ctx.optname(), ctx.optlen());
-    if optname == SO_ORIGINAL_DST && (level == SOL_IP || level == SOL_IPV6) {
-        answer(&ctx, level == SOL_IPV6);
-    } else if optlen > PAGE_SIZE {
+    // Every other getsockopt() of the node's sockets comes through here: one field read
+    // decides for nearly all of them.
+    if ctx.optname() == SO_ORIGINAL_DST {
+        let level = ctx.level();
+        if level == SOL_IP || level == SOL_IPV6 {
+            answer(&ctx, level == SOL_IPV6);
+            return 1;
+        }
+    }
+    if ctx.optlen() > PAGE_SIZE {
         ctx.set_optlen(0);
     }
     // 1: return to user space (with whatever the kernel or we put in optval).
@@ -46,52 +52,68 @@ fn answer(ctx: &SockoptContext, ipv6_level: bool) {
     let sk = ctx.sock();
     let (local, remote) = sk.ends();
     let key = tuple::key(ctx.netns_cookie(), local, remote);
-    let pod = pod_of_current_task();
-    let (addr, port_be, hit) = match orig_dst::find(&key) {
+    if let Some(p) = orig_dst::find(&key) {
+        // A redirected connection's proxy side: the entry says where it went, and whose it
+        // is (the pod that published it), so no cgroup walk.
         // SAFETY: value pointer valid for this run; copied out at once.
-        Some(p) => unsafe { ((*p).addr, (*p).port_be, true) },
-        None => {
-            let Some(pod_cgroup) = pod else { return };
-            // Before the kernel's answer: a conntrack of the host's would answer the
-            // loopback connection with the proxy's own address.
-            if to_capture_port(pod_cgroup, &local) {
-                count(pod_cgroup, counter::ORIG_DST_NOT_FOUND);
-                ctx.fail(ENOENT);
-                return;
-            }
-            if ctx.retval() == 0 {
-                return;
-            }
-            // Un-redirected connection of an enrolled pod. Under istio-iptables conntrack
-            // tracks it and answers with the connection's original destination: the peer for
-            // the side that connected, our own address for the side that accepted.
-            let (a, p) = match sock_state(sk) {
-                Some(s) if s.flags & sock_flags::REDIRECTED != 0 => (s.orig_addr, s.orig_port_be),
-                Some(s) if s.flags & sock_flags::OWNER_KNOWN != 0 => remote,
-                _ => local,
-            };
-            (a, p, false)
-        }
-    };
-    let written = write_sockaddr(ctx, ipv6_level, &addr, port_be);
-    if let Some(pod_cgroup) = pod {
-        let c = if written && hit {
+        let (addr, port_be, pod_cgroup) = unsafe { ((*p).addr, (*p).port_be, (*p).pod_cgroup) };
+        let c = if write_sockaddr(ctx, ipv6_level, &addr, port_be) {
             counter::ORIG_DST_HIT
         } else {
             counter::ORIG_DST_MISS
         };
         count(pod_cgroup, c);
+        return;
     }
+    // Only a connection at a capture port on loopback is refused (`to_capture_port`); any
+    // other the kernel answered keeps its answer: neither needs the pod.
+    if !local.0.is_loopback() && ctx.retval() == 0 {
+        return;
+    }
+    let state = sock_state(sk);
+    let Some((pod_cgroup, cfg)) = pod_of_socket(state.as_ref().map_or(0, |s| s.pod_cgroup)) else {
+        return;
+    };
+    // Before the kernel's answer: a conntrack of the host's would answer the loopback
+    // connection with the proxy's own address.
+    if to_capture_port(cfg, &local) {
+        count(pod_cgroup, counter::ORIG_DST_NOT_FOUND);
+        ctx.fail(ENOENT);
+        return;
+    }
+    if ctx.retval() == 0 {
+        return;
+    }
+    // Un-redirected connection of an enrolled pod. Under istio-iptables conntrack tracks it
+    // and answers with the connection's original destination: the peer for the side that
+    // connected, our own address for the side that accepted.
+    let (addr, port_be) = match state {
+        Some(s) if s.flags & sock_flags::REDIRECTED != 0 => (s.orig_addr, s.orig_port_be),
+        Some(s) if s.flags & sock_flags::OWNER_KNOWN != 0 => remote,
+        _ => local,
+    };
+    write_sockaddr(ctx, ipv6_level, &addr, port_be);
+    count(pod_cgroup, counter::ORIG_DST_MISS);
+}
+
+/// The enrolled pod of the asking socket and its config: the pod its storage recorded (at
+/// creation, or when its proxy claimed it), else, for a socket without one (accepted and not
+/// claimed) or whose pod has gone, the asking task's.
+#[inline(always)]
+fn pod_of_socket(recorded: u64) -> Option<(u64, &'static PodConfig)> {
+    if recorded != 0
+        && let Some(cfg) = pod_config(recorded)
+    {
+        return Some((recorded, cfg));
+    }
+    pod_of_current_task()
 }
 
 /// Whether `local` (the asking socket's own end) is where meshsteer redirects connections to:
 /// the pod's outbound or inbound capture port on loopback. A connection there without an
 /// entry is a redirected one whose original destination could not be stored.
 #[inline(always)]
-fn to_capture_port(pod_cgroup: u64, local: &(Addr, u16)) -> bool {
-    let Some(cfg) = pod_config(pod_cgroup) else {
-        return false;
-    };
+fn to_capture_port(cfg: &PodConfig, local: &(Addr, u16)) -> bool {
     let port = u16::from_be(local.1);
     local.0.is_loopback() && (port == cfg.proxy_port || port == cfg.inbound_port)
 }

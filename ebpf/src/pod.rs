@@ -52,11 +52,21 @@ pub fn sk_storage<T>(map: &SkStorage<T>, sk: Sock, flags: u64) -> Option<&'stati
     unsafe { p.as_mut() }
 }
 
-/// The enrolled pod whose cgroup contains the current task: the shallowest ancestor that has
-/// a config wins (containers are cgroups below the pod's). Out of line: LLVM unrolls the
-/// walk, and each level's key would otherwise take its own slot in the caller's frame.
+/// The enrolled pod whose cgroup contains the current task, with its config: the shallowest
+/// ancestor that has a config wins (containers are cgroups below the pod's). The walk's own
+/// lookup gives the config, so callers need not look it up again.
+#[inline(always)]
+pub fn pod_of_current_task() -> Option<(u64, &'static PodConfig)> {
+    let mut pod_cgroup = 0;
+    let cfg = walk_to_pod(&mut pod_cgroup)?;
+    Some((pod_cgroup, cfg))
+}
+
+/// [`pod_of_current_task`]'s walk, the pod's cgroup id left in `pod_cgroup`. Out of line:
+/// LLVM unrolls the walk, and each level's key would otherwise take its own slot in the
+/// caller's frame.
 #[inline(never)]
-pub fn pod_of_current_task() -> Option<u64> {
+fn walk_to_pod(pod_cgroup: &mut u64) -> Option<&'static PodConfig> {
     let mut level = 1;
     while level < MAX_CGROUP_DEPTH {
         // SAFETY: plain helper call, no pointers.
@@ -65,8 +75,9 @@ pub fn pod_of_current_task() -> Option<u64> {
             // Deeper than the task's own cgroup.
             return None;
         }
-        if PODS.get_ptr(id).is_some() {
-            return Some(id);
+        if let Some(cfg) = pod_config(id) {
+            *pod_cgroup = id;
+            return Some(cfg);
         }
         level += 1;
     }

@@ -31,10 +31,11 @@ static SK_LOOKUP_SLOT: u32 = 0;
 
 #[sk_lookup]
 pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
-    let (protocol, family, arrival) = (ctx.protocol(), ctx.family(), arrival(&ctx));
-    if protocol != IPPROTO_TCP {
+    // UDP lookups (DNS, anything) leave at the first field read.
+    if ctx.protocol() != IPPROTO_TCP {
         return SK_PASS;
     }
+    let (family, arrival) = (ctx.family(), arrival(&ctx));
     // SAFETY: a read of our own global; volatile so the compiler keeps the load-time value.
     let slot = unsafe { core::ptr::read_volatile(&raw const SK_LOOKUP_SLOT) };
     let Some(&pod_cgroup) = SK_LOOKUP_PODS.get(slot) else {

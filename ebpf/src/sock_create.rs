@@ -14,7 +14,7 @@ use crate::{
     dns::IPPROTO_UDP,
     netns,
     owner::current_owner,
-    pod::{pod_config, pod_of_current_task, sock_state_or_create},
+    pod::{pod_of_current_task, sock_state_or_create},
 };
 
 #[cgroup_sock(sock_create)]
@@ -22,8 +22,8 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let sk = ctx.sock();
     let udp = sk.sock_type() == SOCK_DGRAM && sk.protocol() == IPPROTO_UDP;
     if (sk.sock_type() == SOCK_STREAM || udp)
-        && let Some(pod_cgroup) = pod_of_current_task()
-        && (!udp || pod_config(pod_cgroup).is_some_and(|c| c.flags & pod_flags::DNS_CAPTURE != 0))
+        && let Some((pod_cgroup, cfg)) = pod_of_current_task()
+        && (!udp || cfg.flags & pod_flags::DNS_CAPTURE != 0)
         && let Some(state) = sock_state_or_create(sk)
     {
         let (uid, gid) = current_owner();
@@ -36,7 +36,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         };
         // Only a proxy's socket can become the pod's inbound listener, and only if it was
         // made in the pod's own namespace: sockops checks that at listen().
-        if !udp && pod_config(pod_cgroup).is_some_and(|cfg| may_listen(cfg, uid, gid)) {
+        if !udp && may_listen(cfg, uid, gid) {
             netns::record(sk);
         }
     }

@@ -90,11 +90,14 @@ fn connection_key(ctx: &SockOpsContext) -> TupleKey {
 /// entry is missing, and its proxy gets ENOENT instead of its own address (`getsockopt.rs`).
 #[inline(always)]
 fn direct_to_capture_port(ctx: &SockOpsContext, state: &SockState) -> Option<(Addr, u16)> {
-    let cfg = pod_config(state.pod_cgroup)?;
+    // Cheapest test first: most connections are not to loopback and need no config.
     let (_, (addr, port_be)) = ctx.ends();
+    if !addr.is_loopback() {
+        return None;
+    }
+    let cfg = pod_config(state.pod_cgroup)?;
     let port = u16::from_be(port_be);
-    (addr.is_loopback() && (port == cfg.proxy_port || port == cfg.inbound_port))
-        .then_some((addr, port_be))
+    (port == cfg.proxy_port || port == cfg.inbound_port).then_some((addr, port_be))
 }
 
 #[inline(always)]
@@ -139,7 +142,14 @@ fn publish(ctx: &SockOpsContext) {
 /// has already closed must still learn it (else it would connect to itself).
 #[inline(always)]
 fn claim(ctx: &SockOpsContext) {
-    let Some(entry) = orig_dst::find(&own_view(ctx)) else {
+    let view = own_view(ctx);
+    // Entries are published only for connections to loopback (a redirect goes to the
+    // family's localhost, `direct_to_capture_port` is loopback only): an accepted connection
+    // on any other address has none, and needs no lookup.
+    if !view.local.is_loopback() {
+        return;
+    }
+    let Some(entry) = orig_dst::find(&view) else {
         return;
     };
     let Some(sk) = ctx.sock() else { return };

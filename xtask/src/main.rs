@@ -72,7 +72,8 @@ enum Task {
     /// meshsteer vs Istio's iptables rules vs no capture, in one run, as root; prints the
     /// table and the goals table, and writes JSON lines to target/bench/results.jsonl. Knobs:
     /// MESHSTEER_BENCH_REPS, MESHSTEER_BENCH_SECS, MESHSTEER_BENCH_CONNS, MESHSTEER_BENCH_CHURN,
-    /// MESHSTEER_BENCH_SANDBOXES, MESHSTEER_BENCH_PODS.
+    /// MESHSTEER_BENCH_SANDBOXES, MESHSTEER_BENCH_PODS, MESHSTEER_BENCH_STEPS (a comma list of
+    /// steps to run, see docs/benchmarks.md).
     Bench,
     /// Build (once, cached) the previous pin layout's release agent for the upgrade test, from
     /// the last commit with that layout, and print its path (see xtask/src/previous.rs).

@@ -199,15 +199,24 @@ pub fn prog_by_id(prog_id: u32) -> io::Result<OwnedFd> {
     bpf(BPF_PROG_GET_FD_BY_ID, &mut a).map(fd_result)
 }
 
-/// The run statistics of the program with id `prog_id`.
-pub fn prog_runs(prog_id: u32) -> io::Result<ProgRuns> {
+/// The name (as the kernel keeps it: at most 15 bytes) and run statistics of the program with
+/// id `prog_id`.
+pub fn prog_name_runs(prog_id: u32) -> io::Result<(String, ProgRuns)> {
     let fd = prog_by_id(prog_id)?;
-    // struct bpf_prog_info: run_time_ns and run_cnt are its 25th and 26th 8-byte words.
+    // struct bpf_prog_info: the NUL-padded name is its 9th and 10th 8-byte words (offset 64),
+    // run_time_ns and run_cnt its 25th and 26th.
     let info = obj_info::<28>(fd.as_fd())?;
-    Ok(ProgRuns {
-        run_time_ns: info[24],
-        run_cnt: info[25],
-    })
+    let mut name = [0u8; 16];
+    name[..8].copy_from_slice(&info[8].to_ne_bytes());
+    name[8..].copy_from_slice(&info[9].to_ne_bytes());
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok((
+        String::from_utf8_lossy(&name[..len]).into_owned(),
+        ProgRuns {
+            run_time_ns: info[24],
+            run_cnt: info[25],
+        },
+    ))
 }
 
 /// The map a sockmap link is attached to, and its attach type.

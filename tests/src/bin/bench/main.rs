@@ -123,18 +123,96 @@ struct Settings {
     pods: usize,
     /// Sizes of the `-o` excluded-port lists.
     port_sizes: Vec<usize>,
+    /// The steps to run (`MESHSTEER_BENCH_STEPS`, a comma list; all if unset).
+    steps: Vec<Step>,
     out: PathBuf,
 }
 
+/// A part of the run that `MESHSTEER_BENCH_STEPS` can select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Keep-alive, new-connection, single-connection and bulk, every mode.
+    Workloads,
+    /// The same under `perf record`: where each mode's CPU goes.
+    Profile,
+    /// Per meshsteer program, its runs and run time in the meshsteer pods' new connections.
+    Programs,
+    /// Program runs while pods that are not enrolled make connections.
+    RunsOutside,
+    Loopback,
+    RuleScaling,
+    Enrolment,
+    Footprint,
+    Scale,
+    Cni,
+}
+
+impl Step {
+    const ALL: [Step; 10] = [
+        Step::Workloads,
+        Step::Profile,
+        Step::Programs,
+        Step::RunsOutside,
+        Step::Loopback,
+        Step::RuleScaling,
+        Step::Enrolment,
+        Step::Footprint,
+        Step::Scale,
+        Step::Cni,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Step::Workloads => "workloads",
+            Step::Profile => "profile",
+            Step::Programs => "programs",
+            Step::RunsOutside => "runs-outside",
+            Step::Loopback => "loopback",
+            Step::RuleScaling => "rule-scaling",
+            Step::Enrolment => "enrolment",
+            Step::Footprint => "footprint",
+            Step::Scale => "scale",
+            Step::Cni => "cni",
+        }
+    }
+
+    /// `MESHSTEER_BENCH_STEPS`: a comma list of step names, every step if unset or empty.
+    fn from_env() -> Result<Vec<Step>> {
+        Step::parse(&std::env::var("MESHSTEER_BENCH_STEPS").unwrap_or_default())
+    }
+
+    fn parse(list: &str) -> Result<Vec<Step>> {
+        if list.trim().is_empty() {
+            return Ok(Step::ALL.to_vec());
+        }
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                Step::ALL
+                    .into_iter()
+                    .find(|s| s.name() == n)
+                    .with_context(|| {
+                        let names: Vec<&str> = Step::ALL.iter().map(|s| s.name()).collect();
+                        format!(
+                            "MESHSTEER_BENCH_STEPS: no step {n:?} (steps: {})",
+                            names.join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
 impl Settings {
-    fn from_env() -> Self {
+    fn from_env() -> Result<Self> {
         let num = |k: &str, d: u64| {
             std::env::var(k)
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(d)
         };
-        Self {
+        Ok(Self {
             reps: num("MESHSTEER_BENCH_REPS", 5) as usize,
             secs: num("MESHSTEER_BENCH_SECS", 3) as u32,
             conns: num("MESHSTEER_BENCH_CONNS", 32) as u32,
@@ -143,8 +221,13 @@ impl Settings {
             cidr_sizes: vec![1, 100, 1_000, 10_000],
             port_sizes: vec![1, 1_000],
             pods: num("MESHSTEER_BENCH_PODS", 1_000) as usize,
+            steps: Step::from_env()?,
             out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/results.jsonl"),
-        }
+        })
+    }
+
+    fn runs(&self, step: Step) -> bool {
+        self.steps.contains(&step)
     }
 }
 
@@ -304,6 +387,8 @@ struct Results {
     lines: Vec<Value>,
     /// Each target, whether met, as the table's footer says it.
     targets: Vec<String>,
+    /// Tables of their own, printed after the main one.
+    tables: Vec<String>,
 }
 
 impl Results {
@@ -510,6 +595,85 @@ fn measured_churn(s: &Settings, pod: &Pod, pins: &Pins) -> Result<Churn> {
         runs_per_conn: (after.run_cnt - before.run_cnt) as f64 / n,
         ebpf_us_per_conn: (after.run_time_ns - before.run_time_ns) as f64 / n / 1e3,
     })
+}
+
+/// What each meshsteer program costs the meshsteer pods per request of the new-connection
+/// workload (wrk with `Connection: close` through both sidecars: three TCP connections per
+/// request), from the kernel's run statistics of the pinned programs, summed by program name
+/// over `s.reps` runs of `s.secs`. Only this pair makes traffic meanwhile (the others are
+/// idle), so the counts are this workload's.
+fn program_costs(
+    s: &Settings,
+    pairs: &[Pair],
+    scratch: &Scratch,
+    agent: &Agent,
+    r: &mut Results,
+) -> Result<()> {
+    let pins = Pins::new(&agent.bpffs_dir);
+    let _stats = meshsteer::inspect::enable_run_stats()
+        .context("turning on eBPF run statistics (BPF_ENABLE_STATS, Linux 5.8)")?;
+    for pair in pairs.iter().filter(|p| p.mode == Mode::Meshsteer) {
+        let mut requests = 0.0;
+        let mut runs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for _ in 0..s.reps {
+            let before = meshsteer::inspect::pinned_program_runs_by_name(&pins)?;
+            let nc = pair.checked(scratch, || wrk(pair, scratch, s.conns / 2, s.secs, true))?;
+            let after = meshsteer::inspect::pinned_program_runs_by_name(&pins)?;
+            requests += nc.requests;
+            for (name, a) in &after {
+                let b = before.get(name).copied().unwrap_or_default();
+                let e = runs.entry(name.clone()).or_default();
+                e.0 += a.run_cnt - b.run_cnt;
+                e.1 += a.run_time_ns - b.run_time_ns;
+            }
+        }
+        let mut t = format!(
+            "eBPF programs in the {} pods, new-connection workload ({requests:.0} requests)\n\n\
+             | program | runs per request | ns per run | ns per request |\n|---|---|---|---|\n",
+            pair.mode.name()
+        );
+        let (mut all_cnt, mut all_ns) = (0u64, 0u64);
+        for (name, (cnt, ns)) in &runs {
+            all_cnt += cnt;
+            all_ns += ns;
+            let per_run = if *cnt > 0 {
+                *ns as f64 / *cnt as f64
+            } else {
+                0.0
+            };
+            let per_req = *ns as f64 / requests;
+            let _ = writeln!(
+                t,
+                "| {name} | {:.2} | {per_run:.0} | {per_req:.0} |",
+                *cnt as f64 / requests
+            );
+            r.lines.push(json!({
+                "workload": "program costs, new-connection", "mode": pair.mode.name(),
+                "program": name, "requests": requests, "run_cnt": cnt, "run_time_ns": ns,
+            }));
+        }
+        let _ = writeln!(
+            t,
+            "| all | {:.2} | {:.0} | {:.0} |",
+            all_cnt as f64 / requests,
+            if all_cnt > 0 {
+                all_ns as f64 / all_cnt as f64
+            } else {
+                0.0
+            },
+            all_ns as f64 / requests
+        );
+        r.tables.push(t);
+        r.add(
+            "eBPF run time per new-connection request (run statistics)",
+            "µs",
+            false,
+            pair.mode,
+            0,
+            all_ns as f64 / requests / 1e3,
+        );
+    }
+    Ok(())
 }
 
 /// What the datapath did with the accelerated pair's sockets (JSON lines, and the run fails if
@@ -826,34 +990,63 @@ fn machine() -> String {
 
 fn main() -> Result<()> {
     meshsteer_tests::require_root();
-    let s = Settings::from_env();
+    let s = Settings::from_env()?;
     let mut node = Node::new()?;
     node.start_world()?;
     // The CIDR benchmark enrols a pod with 10,000 -x CIDRs: over the default per-pod budget
     // (1/128 of the trie), within 1/16 of it.
     let agent = Agent::start_with(&node, &["--max-pods", "16"])?;
     let scratch = Scratch::new("bench")?;
-    let pairs: Vec<Pair> = Mode::ALL
-        .iter()
-        .map(|m| Pair::new(&mut node, &agent, &scratch, *m))
-        .collect::<Result<_>>()?;
     let mut r = Results::default();
-    run_workloads(&s, &pairs, &scratch, &mut r)?;
-    run_profile(&s, &pairs, &scratch, &mut r)?;
-    let accelerated: Vec<&Pod> = pairs
-        .iter()
-        .filter(|p| p.mode == Mode::MeshsteerAccel)
-        .flat_map(|p| [&p.client, &p.server])
-        .collect();
-    acceleration_counters(&agent, &accelerated, &mut r)?;
-    runs_outside_meshed_pods(&s, &pairs, &agent, &mut r)?;
-    drop(pairs);
-    run_loopback(&s, &mut node, &agent, &mut r)?;
-    run_rule_scaling(&s, &mut node, &agent, &mut r)?;
-    enrolment_latency(&mut node, &agent, &mut r)?;
-    agent_footprint(&agent, &mut r)?;
-    scale::run(&s, &mut r)?;
-    if s.sandboxes > 0 {
+    let paired = [
+        Step::Workloads,
+        Step::Profile,
+        Step::Programs,
+        Step::RunsOutside,
+    ];
+    if paired.iter().any(|p| s.runs(*p)) {
+        let pairs: Vec<Pair> = Mode::ALL
+            .iter()
+            .map(|m| Pair::new(&mut node, &agent, &scratch, *m))
+            .collect::<Result<_>>()?;
+        if s.runs(Step::Workloads) {
+            run_workloads(&s, &pairs, &scratch, &mut r)?;
+        }
+        if s.runs(Step::Profile) {
+            run_profile(&s, &pairs, &scratch, &mut r)?;
+        }
+        if s.runs(Step::Programs) {
+            program_costs(&s, &pairs, &scratch, &agent, &mut r)?;
+        }
+        // Only traffic through the accelerated pair accelerates anything.
+        if s.runs(Step::Workloads) || s.runs(Step::Profile) {
+            let accelerated: Vec<&Pod> = pairs
+                .iter()
+                .filter(|p| p.mode == Mode::MeshsteerAccel)
+                .flat_map(|p| [&p.client, &p.server])
+                .collect();
+            acceleration_counters(&agent, &accelerated, &mut r)?;
+        }
+        if s.runs(Step::RunsOutside) {
+            runs_outside_meshed_pods(&s, &pairs, &agent, &mut r)?;
+        }
+    }
+    if s.runs(Step::Loopback) {
+        run_loopback(&s, &mut node, &agent, &mut r)?;
+    }
+    if s.runs(Step::RuleScaling) {
+        run_rule_scaling(&s, &mut node, &agent, &mut r)?;
+    }
+    if s.runs(Step::Enrolment) {
+        enrolment_latency(&mut node, &agent, &mut r)?;
+    }
+    if s.runs(Step::Footprint) {
+        agent_footprint(&agent, &mut r)?;
+    }
+    if s.runs(Step::Scale) {
+        scale::run(&s, &mut r)?;
+    }
+    if s.runs(Step::Cni) && s.sandboxes > 0 {
         cni_add_latency(&s, &mut r)?;
     }
 
@@ -864,15 +1057,20 @@ fn main() -> Result<()> {
     r.lines.extend(goals.iter().map(goals::Goal::json));
     let jsonl: String = r.lines.iter().map(|l| format!("{l}\n")).collect();
     fs::write(&s.out, jsonl).with_context(|| format!("writing {}", s.out.display()))?;
+    let steps: Vec<&str> = s.steps.iter().map(|st| st.name()).collect();
     println!(
-        "\nmeshsteer benchmark: {} repetitions of {} s, {} connections; {}",
+        "\nmeshsteer benchmark: {} repetitions of {} s, {} connections; steps {}; {}",
         s.reps,
         s.secs,
         s.conns,
+        steps.join(","),
         machine()
     );
     println!("medians (min–max); ratios of medians from this run\n");
     println!("{}", r.table());
+    for t in &r.tables {
+        println!("{t}");
+    }
     println!("{}", goals::table(&goals));
     for target in &r.targets {
         println!("{target}");
@@ -882,4 +1080,23 @@ fn main() -> Result<()> {
         bail!("no measurement was made");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Step;
+
+    #[test]
+    fn steps_are_a_comma_list_and_default_to_all() {
+        assert_eq!(Step::parse("").unwrap(), Step::ALL);
+        assert_eq!(
+            Step::parse("programs, profile").unwrap(),
+            [Step::Programs, Step::Profile]
+        );
+        let err = Step::parse("programs,nope").unwrap_err().to_string();
+        assert!(
+            err.contains("nope") && err.contains("runs-outside"),
+            "{err}"
+        );
+    }
 }
