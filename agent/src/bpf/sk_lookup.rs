@@ -30,7 +30,7 @@ use meshsteer_common::{
     globals::{self, NetnsOffsets, OwnerOffsets},
     maps::{capacity, names},
 };
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{object::OBJECT, pins::Pins};
 use crate::sys::bpf::{self as bpf_sys, ProgCode};
@@ -50,8 +50,9 @@ static SLOTS: [u32; capacity::SK_LOOKUP_SLOTS as usize] = {
 #[derive(Clone)]
 pub struct SkLookupLoader {
     loader: Arc<Mutex<EbpfLoader<'static>>>,
-    /// How a copy of this build looks to the kernel.
-    own: Arc<Fingerprint>,
+    /// How a copy of this build looks to the kernel; None where it cannot be read back (the
+    /// by-id calls need CAP_SYS_ADMIN): a restart then loads every pod's copy again.
+    own: Option<Arc<Fingerprint>>,
 }
 
 /// A loaded copy of this agent's sk_lookup, as the kernel shows it: enough to recognise one
@@ -162,12 +163,18 @@ impl SkLookupLoader {
             .override_global(globals::NETNS_OFFSETS, &offsets.1, true);
         let loader = Arc::new(Mutex::new(loader));
         let probe = Self::load_for(&loader, 0).context("loading sk_lookup (Linux 5.9)")?;
-        let own = Fingerprint::of(probe.as_fd(), pins)
-            .context("reading what a copy of sk_lookup looks like")?;
-        Ok(Self {
-            loader,
-            own: Arc::new(own),
-        })
+        let own = match Fingerprint::of(probe.as_fd(), pins) {
+            Ok(own) => Some(Arc::new(own)),
+            Err(e) => {
+                warn!(
+                    error = %format!("{e:#}"),
+                    "cannot read back a copy of sk_lookup (reading programs and maps by id needs \
+                     CAP_SYS_ADMIN): a restart will load every pod's copy again"
+                );
+                None
+            }
+        };
+        Ok(Self { loader, own })
     }
 
     /// The copy that serves whichever pod `MS_SK_LOOKUP_PODS` maps `slot` to.
@@ -268,10 +275,13 @@ impl SkLookups {
         if self.programs.contains_key(&slot) {
             return false;
         }
+        let Some(own) = &self.loader.own else {
+            return false;
+        };
         let adopted = bpf_sys::link_prog_id(link)
             .and_then(bpf_sys::prog_by_id)
             .map_err(anyhow::Error::from)
-            .and_then(|prog| Ok((self.loader.own.matches(prog.as_fd(), slot)?, prog)));
+            .and_then(|prog| Ok((own.matches(prog.as_fd(), slot)?, prog)));
         match adopted {
             Ok((true, prog)) => {
                 self.programs.insert(slot, prog);
