@@ -80,7 +80,7 @@ impl Fingerprint {
         }
         let code = bpf_sys::prog_code(prog).context("reading the sk_lookup program's info")?;
         let shared_maps = shared(&code, &pinned);
-        let rodata = rodata(&code)?.context("the sk_lookup program has no .rodata map")?;
+        let rodata = rodata(&code, &pinned)?.context("the sk_lookup program has no .rodata map")?;
         let slot_at = slot_offset(OBJECT)?;
         anyhow::ensure!(
             slot_at + 4 <= rodata.len(),
@@ -104,7 +104,7 @@ impl Fingerprint {
         }
         let mut want = self.rodata.clone();
         want[self.slot_at..self.slot_at + 4].copy_from_slice(&slot.to_le_bytes());
-        Ok(rodata(&code)?.is_some_and(|have| have == want))
+        Ok(rodata(&code, &self.pinned)?.is_some_and(|have| have == want))
     }
 }
 
@@ -117,9 +117,10 @@ fn shared(code: &ProgCode, pinned: &BTreeSet<u32>) -> BTreeSet<u32> {
         .collect()
 }
 
-/// The contents of a program's `.rodata` map (aya names it after its section).
-fn rodata(code: &ProgCode) -> Result<Option<Vec<u8>>> {
-    for id in &code.map_ids {
+/// The contents of a program's `.rodata` map (aya names it after its section): one of its own
+/// maps, so the pinned ones are not opened to be asked.
+fn rodata(code: &ProgCode, pinned: &BTreeSet<u32>) -> Result<Option<Vec<u8>>> {
+    for id in code.map_ids.iter().filter(|id| !pinned.contains(id)) {
         let (map, name, value_size) = bpf_sys::map_by_id(*id)?;
         if name == ".rodata" {
             return Ok(Some(bpf_sys::array_first_value(map.as_fd(), value_size)?));

@@ -206,12 +206,8 @@ pub fn prog_name_runs(prog_id: u32) -> io::Result<(String, ProgRuns)> {
     // struct bpf_prog_info: the NUL-padded name is its 9th and 10th 8-byte words (offset 64),
     // run_time_ns and run_cnt its 25th and 26th.
     let info = obj_info::<28>(fd.as_fd())?;
-    let mut name = [0u8; 16];
-    name[..8].copy_from_slice(&info[8].to_ne_bytes());
-    name[8..].copy_from_slice(&info[9].to_ne_bytes());
-    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     Ok((
-        String::from_utf8_lossy(&name[..len]).into_owned(),
+        info_name(&info[8..10]),
         ProgRuns {
             run_time_ns: info[24],
             run_cnt: info[25],
@@ -317,10 +313,15 @@ pub fn map_by_id(map_id: u32) -> io::Result<(OwnedFd, String, usize)> {
     a.0[0] = map_id;
     let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut a).map(fd_result)?;
     let info = obj_info::<8>(fd.as_fd())?;
-    let bytes: Vec<u8> = info[3..5].iter().flat_map(|w| w.to_le_bytes()).collect();
-    let name = bytes.split(|b| *b == 0).next().unwrap_or_default();
     let value_size = (info[1] >> 32) as usize;
-    Ok((fd, String::from_utf8_lossy(name).into_owned(), value_size))
+    Ok((fd, info_name(&info[3..5]), value_size))
+}
+
+/// An object's NUL-padded `char name[16]` (`BPF_OBJ_NAME_LEN`), from the info words that hold it.
+fn info_name(words: &[u64]) -> String {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let name = bytes.split(|b| *b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(name).into_owned()
 }
 
 /// The value at index 0 of an array map (a program's `.rodata`, say), `value_size` bytes.

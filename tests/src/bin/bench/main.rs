@@ -552,8 +552,7 @@ fn runs_outside_meshed_pods(
 ) -> Result<()> {
     let pins = Pins::new(&agent.bpffs_dir);
     // Statistics stay on while this fd is open, for everyone: only around this measurement.
-    let _stats = meshsteer::inspect::enable_run_stats()
-        .context("turning on eBPF run statistics (BPF_ENABLE_STATS, Linux 5.8)")?;
+    let _stats = run_stats_on()?;
     for pair in pairs.iter().filter(|p| p.mode != Mode::MeshsteerAccel) {
         let churn = measured_churn(s, &pair.client, &pins)?;
         r.add(
@@ -574,6 +573,18 @@ fn runs_outside_meshed_pods(
         );
     }
     Ok(())
+}
+
+/// Turns the kernel's per-program run statistics on for as long as the returned fd is open
+/// (for everyone: hold it only around a measurement).
+fn run_stats_on() -> Result<std::os::fd::OwnedFd> {
+    meshsteer::inspect::enable_run_stats()
+        .context("turning on eBPF run statistics (BPF_ENABLE_STATS, Linux 5.8)")
+}
+
+/// Run time per run, 0 for a program that never ran.
+fn ns_per_run(ns: u64, cnt: u64) -> f64 {
+    if cnt > 0 { ns as f64 / cnt as f64 } else { 0.0 }
 }
 
 /// One churn of `s.churn` connections from `pod`, with what our programs spent on it.
@@ -610,8 +621,7 @@ fn program_costs(
     r: &mut Results,
 ) -> Result<()> {
     let pins = Pins::new(&agent.bpffs_dir);
-    let _stats = meshsteer::inspect::enable_run_stats()
-        .context("turning on eBPF run statistics (BPF_ENABLE_STATS, Linux 5.8)")?;
+    let _stats = run_stats_on()?;
     for pair in pairs.iter().filter(|p| p.mode == Mode::Meshsteer) {
         let mut requests = 0.0;
         let mut runs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -636,11 +646,7 @@ fn program_costs(
         for (name, (cnt, ns)) in &runs {
             all_cnt += cnt;
             all_ns += ns;
-            let per_run = if *cnt > 0 {
-                *ns as f64 / *cnt as f64
-            } else {
-                0.0
-            };
+            let per_run = ns_per_run(*ns, *cnt);
             let per_req = *ns as f64 / requests;
             let _ = writeln!(
                 t,
@@ -656,11 +662,7 @@ fn program_costs(
             t,
             "| all | {:.2} | {:.0} | {:.0} |",
             all_cnt as f64 / requests,
-            if all_cnt > 0 {
-                all_ns as f64 / all_cnt as f64
-            } else {
-                0.0
-            },
+            ns_per_run(all_ns, all_cnt),
             all_ns as f64 / requests
         );
         r.tables.push(t);

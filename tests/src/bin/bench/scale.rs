@@ -13,7 +13,7 @@ use meshsteer::inspect::{INJECTOR_DEFAULT_ARGS, Pins};
 use meshsteer_tests::{Agent, Node, cmd, topology::start_listener_on};
 use serde_json::Value;
 
-use super::{Mode, PROXY, Results, Settings, agent_rss_mib, measured_churn};
+use super::{Mode, PROXY, Results, Settings, agent_rss_mib, measured_churn, run_stats_on};
 
 /// Names of the rows the goals read.
 pub const READY: &str = "scale: all ready after the spec burst";
@@ -125,8 +125,7 @@ pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
     let max_pods = n.max(16).to_string();
     let mut agent = Agent::start_with(&node, &["--max-pods", &max_pods])?;
     let pins = Pins::new(&agent.bpffs_dir);
-    let _stats = meshsteer::inspect::enable_run_stats()
-        .context("turning on eBPF run statistics (BPF_ENABLE_STATS, Linux 5.8)")?;
+    let _stats = run_stats_on()?;
 
     // One real pod with a stand-in proxy: its connections are what the scale may slow down.
     let mut real = node.add_pod("s0")?;
