@@ -12,6 +12,13 @@
 //!    alive while a program holds it, even unpinned);
 //! 3. after the swap, removes the previous layout's directory ([`retire`]).
 //!
+//! Layout 5 attached the cgroup programs at the cgroup root; layout 6 attaches them to each
+//! pod's cgroup. The carried root links run this agent's programs (swapped at load) until the
+//! registry has enrolled every pod again, each with its own links, and are unpinned then
+//! ([`crate::bpf::cgroup_links::CgroupLinks::retire_root_links`]): no pod is ever without
+//! programs. Meanwhile a pod's sockets run both copies, pod's first; the programs are
+//! idempotent for that (a second connect() hook sees the proxy's address and passes it).
+//!
 //! A later start releases the adopted `MS_ORIG_DST_V2` once it has drained
 //! ([`release_drained`]).
 //!
@@ -48,8 +55,8 @@ pub enum Carry {
     Drop,
 }
 
-/// Layout 4's maps, and how each is carried into layout 5: all as they are (layout 5 only adds
-/// the DNS maps, which the loader creates).
+/// Layout 5's maps, and how each is carried into layout 6: all as they are (layout 6 changes
+/// where the cgroup links are, not the maps).
 pub const FROM_PREVIOUS: &[(&str, Carry)] = &[
     (names::PODS, Carry::Same),
     (names::PORTS, Carry::Same),
@@ -72,6 +79,8 @@ pub const FROM_PREVIOUS: &[(&str, Carry)] = &[
     (names::ACCEL_STATE, Carry::Same),
     (names::ACCEL_PENDING, Carry::Same),
     (names::ACCEL_CFG, Carry::Same),
+    (names::DNS_SERVERS, Carry::Same),
+    (names::DNS_SOCK, Carry::Same),
 ];
 
 /// The layout this agent can upgrade from.
@@ -202,7 +211,7 @@ mod tests {
                     && !carried.contains(n)
             })
             .collect();
-        assert_eq!(new, [names::DNS_SERVERS, names::DNS_SOCK]);
+        assert_eq!(new, Vec::<&str>::new());
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! The eBPF side, from user space: loading and attaching the object ([`load`]), the pin layout
+//! The eBPF side, from user space: loading the object ([`load`]), each pod's cgroup links
+//! ([`cgroup_links`]), the pin layout
 //! ([`pins`]), the upgrade from the previous layout's pins ([`migrate`]), the per-pod map
 //! writes ([`maps`]), counters, each pod's copy of sk_lookup ([`sk_lookup`]) and its link
 //! ([`netns`]), the trace lease, acceleration, and the kernel feature probes.
 pub mod accel;
 pub mod btf;
+pub mod cgroup_links;
 pub mod counters;
 pub mod features;
 pub mod load;

@@ -24,9 +24,6 @@ impl Pins {
     pub fn map(&self, name: &str) -> PathBuf {
         self.root.join("maps").join(name)
     }
-    pub fn link(&self, program: &str) -> PathBuf {
-        self.root.join("links").join(program)
-    }
     /// Opens the pinned map `name` (a handle of the caller's own: `status`, `trace`, the
     /// metrics endpoint, tests).
     pub fn open_map(&self, name: &str) -> Result<aya::maps::Map> {
@@ -38,6 +35,18 @@ impl Pins {
             )
         })?;
         aya::maps::Map::from_map_data(data).context("unexpected map type")
+    }
+
+    /// Where the pods' cgroup links are pinned, one directory per pod cgroup id.
+    pub fn cgroup_links(&self) -> PathBuf {
+        self.root.join("links").join("cgroup")
+    }
+
+    /// A pod's link for the cgroup program `program`, by pod cgroup id.
+    pub fn cgroup_link(&self, pod_cgroup: u64, program: &str) -> PathBuf {
+        self.cgroup_links()
+            .join(pod_cgroup.to_string())
+            .join(program)
     }
 
     /// A pod's sk_lookup link, by pod cgroup id.

@@ -59,7 +59,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut source = source.open(&cgroup_root, cni_enrolled);
     // Pods whose network namespace's addresses may have changed, by cgroup id.
     let (addr_tx, mut addr_changes) = tokio::sync::mpsc::unbounded_channel();
-    let dataplane = Kernel::new(maps, datapath.pins.clone(), sk_lookups, addr_tx);
+    let dataplane = Kernel::new(
+        maps,
+        datapath.pins.clone(),
+        sk_lookups,
+        datapath.take_cgroup_links()?,
+        addr_tx,
+    );
     let mut registry = Registry::new(dataplane, cgroup_root)
         .with_acceleration(args.accelerate.on(), datapath.accel.clone())
         .with_budget(budget);

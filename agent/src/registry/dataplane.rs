@@ -1,4 +1,4 @@
-//! What the registry asks of the node: the map writes, the per-netns sk_lookup links, and the
+//! What the registry asks of the node: the map writes, the per-pod cgroup and sk_lookup links, and the
 //! few facts it reads from the host. Behind a trait so that the state machine runs without
 //! root ([`super::kernel::Kernel`] is the real one; tests use an in-memory fake).
 use std::{collections::BTreeSet, net::IpAddr, path::Path};
@@ -61,6 +61,14 @@ pub trait Dataplane {
     /// Whether the pod's network namespace is still there.
     fn netns_alive(&self, netns: &Path) -> bool;
 
+    /// Attaches the capture programs to the pod's cgroup `cgroup` (id `cgroup_id`), or swaps
+    /// this agent's programs into the links a previous agent left there. Until the pod's config
+    /// is written they pass everything. All or nothing.
+    fn attach_cgroup(&mut self, cgroup_id: u64, cgroup: &Path) -> Result<()>;
+
+    /// Detaches the programs from the pod's cgroup, if they are attached.
+    fn detach_cgroup(&mut self, cgroup_id: u64);
+
     /// Attaches (or adopts) the pod's copy of sk_lookup to `netns`, and names `netns` as the
     /// one its proxy's listener must be made in. Until the pod's config is written it passes
     /// everything.
@@ -98,8 +106,8 @@ pub trait Dataplane {
     fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()>;
 
     /// Whether the pod's capture is in effect as `plan` says, in the datapath itself (its
-    /// config in the maps and, with `netns`, its sk_lookup link there): a check against
-    /// changes made behind the agent's back.
+    /// config in the maps, its cgroup's links and, with `netns`, its sk_lookup link there): a
+    /// check against changes made behind the agent's back.
     fn in_effect(&self, cgroup_id: u64, plan: &Plan, netns: Option<&Path>) -> Result<()>;
 
     /// Stops capture for the pod and frees its entries.

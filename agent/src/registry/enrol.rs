@@ -124,25 +124,28 @@ impl<D: Dataplane> Registry<D> {
             return Err(EnrolError::AddressTaken { addr, other });
         }
         laps.mark("checks");
-        // Before the first write: the pod's own addresses are local from its first connection.
-        let (plan, addrs_warning) = self.watch_local_addrs(cgroup_id, plan, spec.netns.as_deref());
-        match (&spec.netns, inbound) {
-            // Attached before the config is written: until then its copy passes everything.
-            (Some(ns), true) => self.dataplane.attach_netns(cgroup_id, ns)?,
-            (None, true) => return Err(EnrolError::InboundNeedsNetns),
-            // Detached only once the new plan is in: a failed write keeps all of the old one.
-            (_, false) => {}
+        if inbound && spec.netns.is_none() {
+            return Err(EnrolError::InboundNeedsNetns);
         }
-        laps.mark("attach");
         // Same cgroup as before: swap in place. A different one: the old one is removed.
         let same = previous.filter(|p| p.cgroup_id == cgroup_id);
+        // Before the first write: the pod's own addresses are local from its first connection.
+        let (plan, addrs_warning) = self.watch_local_addrs(cgroup_id, plan, spec.netns.as_deref());
+        // Attached before the config is written: until then the programs pass everything.
+        // Detached only once the new plan is in: a failed write keeps all of the old one.
+        if let Err(e) = self.attach(cgroup_id, spec, inbound) {
+            if same.is_none() {
+                self.undo_attach(cgroup_id);
+            }
+            return Err(e);
+        }
+        laps.mark("attach");
         if let Err(e) = self
             .dataplane
             .apply(cgroup_id, &plan, same.map(|p| &p.plan))
         {
             if same.is_none() {
-                self.dataplane.detach_netns(cgroup_id);
-                self.dataplane.unwatch_local_addrs(cgroup_id);
+                self.undo_attach(cgroup_id);
             }
             return Err(e.into());
         }
@@ -150,8 +153,7 @@ impl<D: Dataplane> Registry<D> {
             self.dataplane.detach_netns(cgroup_id);
         }
         if let Some(old) = previous.filter(|p| p.cgroup_id != cgroup_id) {
-            self.dataplane.remove(old.cgroup_id, &old.plan);
-            self.dataplane.detach_netns(old.cgroup_id);
+            unenrol(&mut self.dataplane, old);
         }
         laps.mark("maps");
         if inbound && let Some(netns) = &spec.netns {
@@ -170,6 +172,27 @@ impl<D: Dataplane> Registry<D> {
             nameservers_from: dns.from,
             dns_warning: dns.warning,
         })
+    }
+
+    /// The pod's links: its cgroup's programs and, for inbound capture, its copy of sk_lookup
+    /// in `spec.netns`.
+    fn attach(&mut self, cgroup_id: u64, spec: &PodSpec, inbound: bool) -> Result<(), EnrolError> {
+        self.dataplane.attach_cgroup(cgroup_id, &spec.cgroup)?;
+        if inbound && let Some(ns) = &spec.netns {
+            self.dataplane.attach_netns(cgroup_id, ns)?;
+        }
+        Ok(())
+    }
+
+    /// What a failed enrolment in a cgroup that had none attached goes. A previous agent's
+    /// pod keeps its cgroup's programs: its config, still in the maps, captures it until the
+    /// pod is enrolled (or fenced) or reconciled away.
+    fn undo_attach(&mut self, cgroup_id: u64) {
+        self.dataplane.detach_netns(cgroup_id);
+        if !self.adopted.contains(&cgroup_id) {
+            self.dataplane.detach_cgroup(cgroup_id);
+        }
+        self.dataplane.unwatch_local_addrs(cgroup_id);
     }
 
     /// istio-init's `ip -6 addr add ::6/128 dev lo`, in a pod it writes ip6tables rules for:
@@ -244,13 +267,20 @@ impl<D: Dataplane> Registry<D> {
             return old;
         }
         let plan = Plan::refused(&spec.ips);
-        if let Err(e) = self.dataplane.apply(cgroup_id, &plan, None) {
+        // Its connect()s fail only where the programs run.
+        let applied = self
+            .dataplane
+            .attach_cgroup(cgroup_id, &spec.cgroup)
+            .and_then(|()| self.dataplane.apply(cgroup_id, &plan, None));
+        if let Err(e) = applied {
+            if !self.adopted.contains(&cgroup_id) {
+                self.dataplane.detach_cgroup(cgroup_id);
+            }
             warn!(error = %format!("{e:#}"), "could not enrol the pod refused");
             return old;
         }
         if let Some(o) = old {
-            self.dataplane.remove(o.cgroup_id, &o.plan);
-            self.dataplane.detach_netns(o.cgroup_id);
+            unenrol(&mut self.dataplane, &o);
         }
         let netns = self.refuse_inbound(cgroup_id, spec);
         info!(cgroup_id, "enrolled refused: its connections fail");
@@ -322,6 +352,13 @@ impl<D: Dataplane> Registry<D> {
 
 /// `-u`/`-g` as the kernel compares them: through the pod's user namespace, as xt_owner reads
 /// istio-init's rules.
+/// Everything of an enrolment goes: its map entries, then its links.
+pub(super) fn unenrol<D: Dataplane>(dataplane: &mut D, x: &Enrolled) {
+    dataplane.remove(x.cgroup_id, &x.plan);
+    dataplane.detach_netns(x.cgroup_id);
+    dataplane.detach_cgroup(x.cgroup_id);
+}
+
 fn to_host_ids(config: &mut PodConfig, maps: &IdMaps) -> Result<(), EnrolError> {
     let (nu, ng) = (usize::from(config.n_uids), usize::from(config.n_gids));
     for (flag, ids, n, map) in [

@@ -45,6 +45,7 @@ pub enum Call {
 pub enum Op {
     Apply,
     Attach,
+    AttachCgroup,
     ScanListeners,
     AddListener,
     Passthrough,
@@ -85,6 +86,9 @@ pub struct Fake {
     pub refused: BTreeSet<u64>,
     /// The sk_lookup links: namespace by cgroup id.
     pub links: BTreeMap<u64, PathBuf>,
+    /// The cgroups the capture programs are attached to (not in `calls`: every enrolment
+    /// makes one; `apply` checks it came first).
+    pub cgroup_links: BTreeSet<u64>,
     /// The namespaces `::6/128` was added to, in order.
     pub passthrough: Vec<PathBuf>,
     /// The addresses assigned in each network namespace.
@@ -164,6 +168,7 @@ impl Fake {
     /// A pod a previous agent left in the maps.
     pub fn with_adopted(mut self, cgroup_id: u64, pod_id: u32) -> Self {
         self.enrolled.insert(cgroup_id, pod_id);
+        self.cgroup_links.insert(cgroup_id);
         self
     }
 
@@ -210,6 +215,7 @@ impl Dataplane for Fake {
         });
         self.enrolled.retain(|c, _| keep.contains(c));
         self.refused.retain(|c| keep.contains(c));
+        self.cgroup_links.retain(|c| keep.contains(c));
     }
 
     fn cgroup_id(&self, cgroup: &Path) -> Result<u64> {
@@ -249,6 +255,17 @@ impl Dataplane for Fake {
         self.namespaces.contains(netns)
     }
 
+    fn attach_cgroup(&mut self, cgroup_id: u64, cgroup: &Path) -> Result<()> {
+        self.check(Op::AttachCgroup)
+            .with_context(|| format!("attaching to the pod's cgroup {}", cgroup.display()))?;
+        self.cgroup_links.insert(cgroup_id);
+        Ok(())
+    }
+
+    fn detach_cgroup(&mut self, cgroup_id: u64) {
+        self.cgroup_links.remove(&cgroup_id);
+    }
+
     fn attach_netns(&mut self, cgroup_id: u64, netns: &Path) -> Result<()> {
         self.calls.push(Call::Attach {
             cgroup_id,
@@ -278,6 +295,10 @@ impl Dataplane for Fake {
             previous: previous.map(|p| p.config.pod_id),
         });
         self.check(Op::Apply).context("writing the pod's config")?;
+        // A config no program reads would be capture on paper only.
+        if !self.cgroup_links.contains(&cgroup_id) {
+            bail!("the pod's config written before its cgroup's programs were attached");
+        }
         self.enrolled.insert(cgroup_id, plan.config.pod_id);
         self.configs.insert(cgroup_id, plan.config);
         self.local.insert(cgroup_id, local_of(plan));
@@ -330,6 +351,9 @@ impl Dataplane for Fake {
             || !self.enrolled.contains_key(&cgroup_id)
         {
             bail!("the pod's config is not in the datapath");
+        }
+        if !self.cgroup_links.contains(&cgroup_id) {
+            bail!("the pod's cgroup links are gone");
         }
         if let Some(ns) = netns
             && self.links.get(&cgroup_id).map(PathBuf::as_path) != Some(ns)

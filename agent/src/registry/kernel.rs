@@ -1,4 +1,4 @@
-//! The real [`Dataplane`]: the pinned maps, the sk_lookup links under the pin directory, and
+//! The real [`Dataplane`]: the pinned maps, the cgroup and sk_lookup links under the pin directory, and
 //! the host's cgroups, namespaces and /proc.
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,7 +18,7 @@ use tracing::debug;
 
 use super::dataplane::{Adopted, Dataplane, ExistingListener};
 use crate::{
-    bpf::{maps::PodMaps, netns, pins::Pins, sk_lookup::SkLookups},
+    bpf::{cgroup_links::CgroupLinks, maps::PodMaps, netns, pins::Pins, sk_lookup::SkLookups},
     host::{
         cgroup,
         local_addrs::AddrWatch,
@@ -33,6 +33,8 @@ pub struct Kernel {
     pins: Pins,
     /// The copies of sk_lookup attached to capturing pods' network namespaces, by slot.
     sk_lookups: SkLookups,
+    /// The cgroup programs and each enrolled pod's links to them.
+    cgroup_links: CgroupLinks,
     /// Each pod's network namespace addresses, watched, and the task that wakes the agent
     /// when they change.
     watches: BTreeMap<u64, (AddrWatch, AbortHandle)>,
@@ -47,12 +49,14 @@ impl Kernel {
         maps: PodMaps,
         pins: Pins,
         sk_lookups: SkLookups,
+        cgroup_links: CgroupLinks,
         addr_changes: UnboundedSender<u64>,
     ) -> Self {
         Self {
             maps,
             pins,
             sk_lookups,
+            cgroup_links,
             watches: BTreeMap::new(),
             addr_changes,
         }
@@ -81,6 +85,9 @@ impl Dataplane for Kernel {
         self.maps.garbage_collect(keep);
         netns::detach_all_but(&self.pins.netns_links(), keep);
         self.sk_lookups.retain(keep);
+        self.cgroup_links.detach_all_but(keep);
+        // Every pod kept has its own links now: layout 5's root links, if carried, can go.
+        self.cgroup_links.retire_root_links();
     }
 
     fn cgroup_id(&self, dir: &Path) -> Result<u64> {
@@ -105,6 +112,14 @@ impl Dataplane for Kernel {
 
     fn netns_alive(&self, ns: &Path) -> bool {
         netns::alive(ns)
+    }
+
+    fn attach_cgroup(&mut self, cgroup_id: u64, cgroup: &Path) -> Result<()> {
+        self.cgroup_links.attach(cgroup_id, cgroup)
+    }
+
+    fn detach_cgroup(&mut self, cgroup_id: u64) {
+        self.cgroup_links.detach(cgroup_id);
     }
 
     fn attach_netns(&mut self, cgroup_id: u64, ns: &Path) -> Result<()> {
@@ -188,6 +203,7 @@ impl Dataplane for Kernel {
             self.maps.config(cgroup_id) == Some(plan.config),
             "the pod's config is not in the datapath (MS_PODS) as the agent wrote it"
         );
+        self.cgroup_links.attached(cgroup_id)?;
         match ns {
             Some(ns) => netns::attached(&self.pins.netns_link(cgroup_id), ns),
             None => Ok(()),

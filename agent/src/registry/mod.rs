@@ -108,18 +108,16 @@ pub struct Registry<D = Kernel> {
     accel_support: Support,
     /// The pod limit and each pod's share of the maps.
     budget: Budget,
+    /// Cgroups a previous agent enrolled, until reconciled: a failed enrolment leaves their
+    /// links (and so their capture) as it found them.
+    adopted: BTreeSet<u64>,
 }
 
 impl<D: Dataplane> Registry<D> {
     pub fn new(dataplane: D, cgroup_root: PathBuf) -> Self {
+        let adopted = dataplane.adopted();
         // Pod ids a previous agent used may still key live sets: never reuse them.
-        let next_pod_id = dataplane
-            .adopted()
-            .iter()
-            .map(|a| a.pod_id)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let next_pod_id = adopted.iter().map(|a| a.pod_id).max().unwrap_or(0) + 1;
         Self {
             dataplane,
             cgroup_root,
@@ -128,6 +126,7 @@ impl<D: Dataplane> Registry<D> {
             accelerate: false,
             accel_support: Support::Unavailable("not probed".into()),
             budget: Budget::default(),
+            adopted: adopted.iter().map(|a| a.cgroup_id).collect(),
         }
     }
 
@@ -167,6 +166,7 @@ impl<D: Dataplane> Registry<D> {
             .filter_map(|e| e.enrolled.as_ref().map(|x| x.cgroup_id))
             .collect();
         self.dataplane.garbage_collect(&keep);
+        self.adopted.clear();
     }
 
     /// One look at a source. A pod whose key changed within it (a spec file renamed: its new
@@ -335,8 +335,7 @@ impl<D: Dataplane> Registry<D> {
                 && let Some(x) = e.enrolled.take()
             {
                 let _g = info_span!("pod", pod = %e.name).entered();
-                self.dataplane.remove(x.cgroup_id, &x.plan);
-                self.dataplane.detach_netns(x.cgroup_id);
+                enrol::unenrol(&mut self.dataplane, &x);
                 let ns = x.netns.map(|p| p.display().to_string()).unwrap_or_default();
                 e.unready = Some(Unready::Refused(format!(
                     "network namespace {ns} disappeared; capture removed"
@@ -353,8 +352,7 @@ impl<D: Dataplane> Registry<D> {
             let _g = info_span!("pod", pod = %e.name).entered();
             let freed = e.enrolled.is_some();
             if let Some(x) = e.enrolled {
-                self.dataplane.remove(x.cgroup_id, &x.plan);
-                self.dataplane.detach_netns(x.cgroup_id);
+                enrol::unenrol(&mut self.dataplane, &x);
             }
             info!("removed");
             drop(_g);

@@ -1104,3 +1104,64 @@ fn an_ipv6_pod_without_a_namespace_is_told_its_passthrough_address_is_missing() 
         "{warnings:?}"
     );
 }
+
+/// The capture programs run only in enrolled pods: each enrolment attaches them to its
+/// cgroup (refused pods too: their connect()s fail there), a move attaches the new cgroup
+/// before the old one goes, and a removed pod's cgroup has none left.
+#[test]
+fn each_enrolled_pods_cgroup_and_only_those_have_the_programs() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert_eq!(r.fake().cgroup_links, [11].into());
+    r.upsert(&file("a"), Ok(pod("test/a", CG_B, NS_B)));
+    assert_eq!(r.fake().cgroup_links, [12].into());
+    assert_eq!(r.captured(&file("a")), Some((12, 2)));
+    r.remove(&file("a"));
+    assert!(r.fake().cgroup_links.is_empty());
+
+    let bad = PodSpec {
+        args: Some("-m TPROXY".into()),
+        ..pod("test/b", CG_B, NS_B)
+    };
+    r.upsert(&file("b"), Ok(bad));
+    assert!(r.fake().refused.contains(&12));
+    assert_eq!(r.fake().cgroup_links, [12].into());
+}
+
+/// A pod whose cgroup cannot take the programs is captured nowhere, so it cannot be fenced
+/// either: it is reported, and nothing of it is left behind (no config, no links).
+#[test]
+fn a_pod_whose_cgroup_cannot_take_the_programs_is_reported_and_leaves_nothing() {
+    let mut r = registry(host());
+    r.fake().fail(Op::AttachCgroup);
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    let why = r.error(&file("a"));
+    assert!(
+        why.contains("attaching to the pod's cgroup") && why.contains("injected AttachCgroup"),
+        "{why}"
+    );
+    assert!(r.fake().enrolled.is_empty());
+    assert!(r.fake().links.is_empty());
+    assert!(r.fake().cgroup_links.is_empty());
+
+    // Fixed: the next change enrols it.
+    r.fake().recover(Op::AttachCgroup);
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_B)));
+    assert_eq!(r.captured(&file("a")), Some((11, 2)));
+    assert_eq!(r.fake().cgroup_links, [11].into());
+}
+
+/// A failed enrolment leaves nothing in a cgroup it attached fresh, but a previous agent's
+/// pod keeps its cgroup's programs: its config is still in the maps until it is enrolled
+/// again or reconciled away, and without the programs it would escape meanwhile.
+#[test]
+fn a_failed_enrolment_detaches_only_what_it_attached() {
+    let mut r = registry(host().with_adopted(12, 9));
+    r.fake().fail(Op::Apply);
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    r.upsert(&file("b"), Ok(pod("test/b", CG_B, NS_B)));
+    assert!(r.error(&file("a")).contains("injected Apply"));
+    assert_eq!(r.fake().cgroup_links, [12].into());
+    r.reconcile_adopted();
+    assert!(r.fake().cgroup_links.is_empty());
+}

@@ -41,7 +41,11 @@ pub use stats::{PodCounters, counter, node_counter};
 /// 5: DNS capture: the new `MS_DNS_SERVERS` (each pod's nameservers) and `MS_DNS_SOCK` (a UDP
 /// socket's redirected servers), and the cgroup sendmsg/recvmsg programs; every layout-4 map is
 /// carried as it is.
-pub const LAYOUT_VERSION: u32 = 5;
+/// 6: the cgroup programs are attached to each enrolled pod's cgroup, not to the cgroup root
+/// (nothing runs for the sockets of other pods and of the host): their links are pinned per
+/// pod under `links/cgroup/<pod cgroup id>/`. Every layout-5 map is carried as it is; layout
+/// 5's root links run the new programs until every pod has its own, then go.
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Depth of the cgroup ancestor walk that maps a socket's cgroup to its pod
 /// (`kubepods.slice/kubepods-burstable.slice/…-pod<uid>.slice/cri-…scope` is depth 4).

@@ -1,5 +1,5 @@
-//! The agent's programs load, attach under a test cgroup subtree (never the machine's root),
-//! and change only what processes inside an enrolled cgroup see.
+//! The agent's programs load, attach to enrolled pods' cgroups only (never to a root), and
+//! change only what processes inside an enrolled cgroup see.
 use meshsteer_tests::{Testbed, cmd::Place, topology::probe_bin};
 
 #[test]
@@ -34,24 +34,31 @@ fn capture_applies_only_inside_enrolled_cgroups() -> anyhow::Result<()> {
     assert_eq!(v["listener"], 80, "{v}");
     std::fs::remove_dir(&stray)?;
 
-    // Every link is attached to the test's own subtree, not to the machine's root cgroup.
+    // The programs are attached to the enrolled pod's own cgroup, never to the root (of the
+    // test's subtree, let alone the machine's): nothing runs for other sockets.
     let root_id = meshsteer::inspect::cgroup_id(&bed.node.cgroup_root)?;
-    let links = bed
-        .agent
-        .bpffs_dir
-        .join(format!("v{}/links", meshsteer_common::maps::LAYOUT_VERSION));
+    assert_eq!(
+        meshsteer::inspect::cgroup_links(root_id)?,
+        Vec::<u32>::new()
+    );
+    let pod_id = meshsteer::inspect::cgroup_id(&enrolled.cgroup)?;
+    let links = meshsteer::inspect::Pins::new(&bed.agent.bpffs_dir)
+        .cgroup_links()
+        .join(pod_id.to_string());
     let mut n = 0;
     for e in std::fs::read_dir(links)? {
-        let path = e?.path();
-        if path.is_dir() {
-            continue; // links/netns: per-pod sk_lookup links, attached to namespaces
-        }
-        let fd = meshsteer::inspect::obj_get(&path)?;
+        let fd = meshsteer::inspect::obj_get(&e?.path())?;
         let info = meshsteer::inspect::cgroup_link_info(std::os::fd::AsFd::as_fd(&fd))?;
-        assert_eq!(info.cgroup_id, root_id);
+        assert_eq!(info.cgroup_id, pod_id);
         n += 1;
     }
     assert_eq!(n, 11, "one link per cgroup program");
+    assert_eq!(meshsteer::inspect::cgroup_links(pod_id)?.len(), 11);
+    let plain_id = meshsteer::inspect::cgroup_id(&plain.cgroup)?;
+    assert_eq!(
+        meshsteer::inspect::cgroup_links(plain_id)?,
+        Vec::<u32>::new()
+    );
     Ok(())
 }
 
@@ -170,5 +177,36 @@ fn a_node_leaves_no_cgroup_behind() -> anyhow::Result<()> {
     meshsteer_tests::cmd::run(&place, "sh", &["-c", "sleep 0.3 >/dev/null 2>&1 &"])?;
     drop(node);
     assert!(!root.exists(), "{} left behind", root.display());
+    Ok(())
+}
+
+/// Zero tax outside meshed pods: the sockets of a pod that is not enrolled run no meshsteer
+/// program at all (the kernel's run counts of every program behind a pinned link stand still
+/// while it connects), and those of an enrolled pod do.
+#[test]
+fn sockets_outside_enrolled_pods_run_no_program() -> anyhow::Result<()> {
+    use meshsteer::inspect::{Pins, enable_run_stats, pinned_program_runs};
+
+    let mut bed = Testbed::new()?;
+    let enrolled = bed.enrolled_pod("a")?;
+    let plain = bed.node.add_pod("b")?;
+    let pins = Pins::new(&bed.agent.bpffs_dir);
+    let _stats = enable_run_stats()?;
+    let runs = || pinned_program_runs(&pins).map(|r| r.run_cnt);
+
+    let before = runs()?;
+    for _ in 0..20 {
+        let v = plain.probe(1000, 1000, "10.200.0.1:80", &[])?;
+        assert_eq!(v["listener"], 80, "{v}");
+    }
+    assert_eq!(
+        runs()?,
+        before,
+        "programs ran for a pod that is not enrolled"
+    );
+
+    let v = enrolled.probe(1000, 1000, "10.200.0.1:80", &[])?;
+    assert_eq!(v["listener"], 15001, "{v}");
+    assert!(runs()? > before, "no program ran for the enrolled pod");
     Ok(())
 }

@@ -291,15 +291,12 @@ fn uninstall_live_has_the_agent_remove_everything_and_idle() -> anyhow::Result<(
     let mut bed = Testbed::new()?;
     let pod = bed.enrolled_pod("a")?;
     assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 15001);
-    let root_id = meshsteer::inspect::cgroup_id(&bed.node.cgroup_root)?;
-    assert!(!meshsteer::inspect::cgroup_links(root_id)?.is_empty());
+    let pod_id = meshsteer::inspect::cgroup_id(&pod.cgroup)?;
+    assert!(!meshsteer::inspect::cgroup_links(pod_id)?.is_empty());
 
     bed.agent.cli(&["uninstall", "--live"])?;
     assert!(!Pins::new(&bed.agent.bpffs_dir).root.exists());
-    assert_eq!(
-        meshsteer::inspect::cgroup_links(root_id)?,
-        Vec::<u32>::new()
-    );
+    assert_eq!(meshsteer::inspect::cgroup_links(pod_id)?, Vec::<u32>::new());
     assert_eq!(pod.probe(1000, 1000, WORLD, &[])?["listener"], 80);
     // Idle, alive and healthy; nothing comes back meanwhile.
     std::thread::sleep(std::time::Duration::from_secs(1));

@@ -1,6 +1,7 @@
 //! `meshsteer uninstall --live`, run in the agent's pod with `kubectl exec` while the agent
 //! runs, removes everything of meshsteer from the node, checked from the host: no pins under
-//! the bpffs, no link at the node's cgroup2 root, no sk_lookup link in a pod's network
+//! the bpffs, no link on a pod's cgroup (nor ever one at the node's cgroup2 root), no sk_lookup
+//! link in a pod's network
 //! namespace, no CNI plugin in the node's CNI directories, and a pod's request goes straight to
 //! nginx again. The agent stays up, idle, until
 //! the DaemonSet is deleted, and does not capture again meanwhile.
@@ -35,10 +36,13 @@ fn scenario(node: &NodeBox) -> Result<()> {
     let root = cgroup_id(&cgroup2_mount()?)?;
     let web_pid = node.container_pid(NS, "web", "app")?;
     let web_netns = std::fs::metadata(format!("/proc/{web_pid}/ns/net"))?.ino();
+    let web_pod = cgroup_id(&pod_cgroup_of(web_pid)?)?;
     ensure!(
-        !cgroup_links(root)?.is_empty(),
-        "no link at the cgroup2 root"
+        !cgroup_links(web_pod)?.is_empty(),
+        "no link on web's pod cgroup"
     );
+    let links = cgroup_links(root)?;
+    ensure!(links.is_empty(), "links at the cgroup2 root: {links:?}");
     ensure!(
         !netns_links(web_netns)?.is_empty(),
         "no sk_lookup link in web's netns"
@@ -78,8 +82,8 @@ fn scenario(node: &NodeBox) -> Result<()> {
 
     let gone = || -> Result<()> {
         ensure!(!Path::new(PINS).exists(), "{PINS} is still there");
-        let links = cgroup_links(root)?;
-        ensure!(links.is_empty(), "links at the cgroup2 root: {links:?}");
+        let links = cgroup_links(web_pod)?;
+        ensure!(links.is_empty(), "links on web's pod cgroup: {links:?}");
         let links = netns_links(web_netns)?;
         ensure!(
             links.is_empty(),
@@ -147,4 +151,19 @@ fn scenario(node: &NodeBox) -> Result<()> {
         },
     )?;
     gone()
+}
+
+/// The pod cgroup of a container's process: the parent of the container's own cgroup (as the
+/// kubelet lays them out, `…/pod<uid>/<container id>`).
+fn pod_cgroup_of(pid: u32) -> Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| anyhow::anyhow!("no cgroup v2 line in /proc/{pid}/cgroup: {text}"))?;
+    let container = cgroup2_mount()?.join(rel.trim_start_matches('/'));
+    container
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("{} has no parent", container.display()))
 }
