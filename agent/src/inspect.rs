@@ -12,7 +12,7 @@ pub use crate::{
     host::cgroup::{cgroup_id, cgroup2_mount},
     spec::istio::{Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges},
     sys::bpf::{
-        CgroupLinkInfo, ProgRuns, cgroup_link_info, cgroup_links, enable_run_stats, link_prog_id,
-        netns_links, obj_get,
+        AttachType, CgroupLinkInfo, ProgRuns, cgroup_link_info, cgroup_links, enable_run_stats,
+        link_create, link_prog_id, netns_links, obj_get, prog_by_id,
     },
 };

@@ -47,7 +47,9 @@ pub fn steer_udp(
 ) -> (Steer, Option<Addr>) {
     // Only port 53 is ever captured: any other datagram costs this one comparison.
     if dport != DNS_PORT {
-        forget_peer(ctx.sock(), how);
+        if !is_own_redirect(ctx.sock(), how, &dst, dport) {
+            forget_peer(ctx.sock(), how);
+        }
         return (Steer::Pass, None);
     }
     let d = match decide_for(ctx, Proto::Udp, src, dst, dport) {
@@ -88,6 +90,18 @@ pub fn steer_udp(
         }),
         source,
     )
+}
+
+/// A connect() to the very address this socket's peer was redirected to: the redirect itself,
+/// seen by a second copy of the program in the chain (while an upgrade from layout 5 still has
+/// the cgroup root's copy attached beside the pod's). It keeps the peer getpeername reports.
+#[inline(always)]
+fn is_own_redirect(sk: Sock, how: Send, dst: &Addr, dport: u16) -> bool {
+    how == Send::Connect
+        && dport == meshsteer_common::maps::DNS_PROXY_PORT
+        && dns_sock(sk).is_some_and(|st| {
+            st.flags & dns_flags::CONNECTED != 0 && dst.eq_const(&st.peer.localhost_like())
+        })
 }
 
 /// A connect() that is not redirected ends what getpeername must translate.

@@ -105,6 +105,11 @@ fn publish(ctx: &SockOpsContext) {
     let Some(state) = ctx.sock().and_then(sock_state) else {
         return;
     };
+    // Published already: this is a second copy of the program in the chain (an upgrade from
+    // layout 5 keeps the cgroup root's copy beside the pod's for a moment).
+    if state.flags & sock_flags::PUBLISHED != 0 {
+        return;
+    }
     let (addr, port_be) = if state.flags & sock_flags::REDIRECTED != 0 {
         (state.orig_addr, state.orig_port_be)
     } else if let Some(direct) = direct_to_capture_port(ctx, state) {

@@ -37,6 +37,29 @@ pub enum AttachType {
     SkLookup = 36,
 }
 
+impl AttachType {
+    const ALL: [Self; 13] = [
+        Self::SockCreate,
+        Self::SockOps,
+        Self::SkMsgVerdict,
+        Self::Connect4,
+        Self::Connect6,
+        Self::UdpSendmsg4,
+        Self::UdpSendmsg6,
+        Self::UdpRecvmsg4,
+        Self::UdpRecvmsg6,
+        Self::GetSockopt,
+        Self::GetPeername4,
+        Self::GetPeername6,
+        Self::SkLookup,
+    ];
+
+    /// The attach type the kernel reports (a link's info), if it is one of ours.
+    pub fn from_raw(raw: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| *t as u32 == raw)
+    }
+}
+
 /// `union bpf_attr`, as plain words: every command we use fits in its first 32 bytes and the
 /// kernel requires the rest to be zero.
 #[repr(C, align(8))]

@@ -118,12 +118,14 @@ fn a_restart_keeps_the_pods_sk_lookup_copies() -> anyhow::Result<()> {
 }
 
 /// An upgrade from the previous pin layout's agent, built from git history: the new agent
-/// adopts its pins (maps, cgroup links, per-pod sk_lookup links), swaps its own programs in
-/// and retires the old layout's directory, while connections keep being made out of a pod and
-/// into it. None escapes the proxy and none fails. A connection made under the old programs
+/// adopts its pins (maps, the cgroup root's links, per-pod sk_lookup links), swaps its own
+/// programs in, attaches them to each pod's cgroup, retires the root's links and the old
+/// layout's directory, while connections keep being made out of a pod and into it. None escapes the proxy and none fails. A connection made under the old programs
 /// whose proxy accepts it after the swap still learns its original destination.
 #[test]
 fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
+    use meshsteer::inspect::{Pins, cgroup_id, cgroup_links};
+
     let previous = meshsteer_tests::agent::previous_agent_bin()?;
     let mut node = meshsteer_tests::Node::new()?;
     node.start_world()?;
@@ -193,17 +195,41 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     let doc: Value = serde_json::from_slice(&std::fs::read(&bed.agent.status_file)?)?;
     assert!(doc["budget"]["origDst"].is_u64(), "{doc}");
 
-    // Layout 5 added DNS capture: its maps and programs are pinned beside the adopted ones,
-    // and a pod of the upgraded node gets its DNS to the proxy's DNS port.
-    for pin in [
-        "maps/MS_DNS_SERVERS",
-        "maps/MS_DNS_SOCK",
-        "links/sendmsg4",
-        "links/recvmsg6",
-    ] {
-        let path = bed.agent.bpffs_dir.join(format!("v{layout}/{pin}"));
-        assert!(path.exists(), "{} missing", path.display());
+    // Layout 6 attaches the programs to each pod's cgroup: the pods have their own links,
+    // and the root's links of layout 5 are gone once every pod had its own.
+    let pins = Pins::new(&bed.agent.bpffs_dir);
+    for p in [&pod, &slow] {
+        let id = cgroup_id(&p.cgroup)?;
+        for program in [
+            "sock_create",
+            "connect4",
+            "sendmsg4",
+            "recvmsg6",
+            "ms_sockops",
+        ] {
+            let path = pins.cgroup_link(id, program);
+            assert!(path.exists(), "{} missing", path.display());
+        }
+        assert_eq!(cgroup_links(id)?.len(), 11, "{}", p.name);
     }
+    let root_id = cgroup_id(&bed.node.cgroup_root)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cgroup_links(root_id)?.is_empty() && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        cgroup_links(root_id)?,
+        Vec::<u32>::new(),
+        "links left at the root"
+    );
+    assert!(!pins.root.join("links/connect4").exists());
+    // The peer pod is not enrolled: nothing of meshsteer runs for it.
+    assert_eq!(cgroup_links(cgroup_id(&peer.cgroup)?)?, Vec::<u32>::new());
+
+    // And a pod of the upgraded node gets its DNS to the proxy's DNS port (layout 5's DNS
+    // capture, carried).
+    let path = pins.map("MS_DNS_SERVERS");
+    assert!(path.exists(), "{} missing", path.display());
     let ns = WORLD.split(':').next().unwrap_or_default();
     let spec = pod.spec(&format!(
         "{} --redirect-dns",
@@ -230,5 +256,86 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
         (&"10.9.9.9".into(), &format!("{ns}:53").into()),
         "{got}"
     );
+    Ok(())
+}
+
+/// During an upgrade from layout 5 the cgroup root's links (run with the new programs) stay
+/// beside each pod's own until every pod has its own: a pod's sockets run every program twice,
+/// the pod's copy first. The second run must change nothing: outbound capture, the original
+/// destination, getpeername, a connected UDP socket's DNS peer, and no counter says the
+/// original-destination map was full. (Made here as the upgrade makes it: a copy of each of
+/// the pod's programs attached at the test's cgroup root.)
+#[test]
+fn programs_that_run_twice_in_a_chain_act_once() -> anyhow::Result<()> {
+    use meshsteer::inspect::{
+        AttachType, Pins, cgroup_id, cgroup_link_info, link_create, obj_get, prog_by_id,
+    };
+    use std::os::fd::AsFd;
+
+    let mut bed = Testbed::new()?;
+    let mut pod = bed.node.add_pod("a")?;
+    pod.start_listener()?;
+    let ns = WORLD.split(':').next().unwrap_or_default();
+    let spec = pod.spec(&format!(
+        "{} --redirect-dns",
+        meshsteer::inspect::INJECTOR_DEFAULT_ARGS
+    ));
+    bed.agent
+        .write_spec(&pod.name, &format!("{spec}nameservers: [{ns}]\n"))?;
+    bed.agent.wait_state("test/a", |s| s == "ready")?;
+    let proxy = resolver::dnsmasq(
+        &pod.place(1337, 1337),
+        &[
+            "--listen-address=127.0.0.1",
+            "--port=15053",
+            "--address=/svc.mesh.test/10.9.9.9",
+        ],
+    )?;
+    pod.keep(proxy);
+    resolver::wait_answers(&pod, 1337, "127.0.0.1:15053", "10.9.9.9")?;
+
+    // The second copies, held by this test: detached when it returns, whatever happens.
+    let root = std::fs::File::open(&bed.node.cgroup_root)?;
+    let dir = Pins::new(&bed.agent.bpffs_dir)
+        .cgroup_links()
+        .join(cgroup_id(&pod.cgroup)?.to_string());
+    let mut copies = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let link = obj_get(&e?.path())?;
+        let info = cgroup_link_info(link.as_fd())?;
+        let attach = AttachType::from_raw(info.attach_type)
+            .ok_or_else(|| anyhow::anyhow!("attach type {}", info.attach_type))?;
+        let prog = prog_by_id(info.prog_id)?;
+        copies.push(link_create(prog.as_fd(), root.as_fd(), attach)?);
+    }
+    assert_eq!(copies.len(), 11);
+
+    for _ in 0..3 {
+        let v = pod.probe(1000, 1000, WORLD, &[])?;
+        assert_eq!(
+            (&v["listener"], &v["orig_dst"], &v["getpeername"]),
+            (&15001.into(), &WORLD.into(), &WORLD.into()),
+            "{v}"
+        );
+    }
+    let got = resolver::dnsq(
+        &pod,
+        1000,
+        &format!("{ns}:53"),
+        "svc.mesh.test",
+        &["--connect"],
+    )?;
+    assert_eq!(
+        (&got["answer"], &got["from"]),
+        (&"10.9.9.9".into(), &format!("{ns}:53").into()),
+        "{got}"
+    );
+    let (_, metrics) = bed.agent.http_get("/metrics")?;
+    let full = metrics
+        .lines()
+        .find(|l| l.starts_with("meshsteer_original_dst_map_full_total{pod=\"test/a\"}"))
+        .unwrap_or_default();
+    assert!(full.ends_with(" 0"), "{full}");
+    drop(copies);
     Ok(())
 }
