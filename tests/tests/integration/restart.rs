@@ -240,16 +240,7 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     bed.agent
         .wait_pod("test/a", |p| p["nameservers"][0] == ns)?;
     let mut pod = pod;
-    let proxy = resolver::dnsmasq(
-        &pod.place(1337, 1337),
-        &[
-            "--listen-address=127.0.0.1",
-            "--port=15053",
-            "--address=/svc.mesh.test/10.9.9.9",
-        ],
-    )?;
-    pod.keep(proxy);
-    resolver::wait_answers(&pod, 1337, "127.0.0.1:15053", "10.9.9.9")?;
+    dns_proxy(&mut pod)?;
     let got = resolver::dnsq(&pod, 1000, &format!("{ns}:53"), "svc.mesh.test", &[])?;
     assert_eq!(
         (&got["answer"], &got["from"]),
@@ -283,16 +274,7 @@ fn programs_that_run_twice_in_a_chain_act_once() -> anyhow::Result<()> {
     bed.agent
         .write_spec(&pod.name, &format!("{spec}nameservers: [{ns}]\n"))?;
     bed.agent.wait_state("test/a", |s| s == "ready")?;
-    let proxy = resolver::dnsmasq(
-        &pod.place(1337, 1337),
-        &[
-            "--listen-address=127.0.0.1",
-            "--port=15053",
-            "--address=/svc.mesh.test/10.9.9.9",
-        ],
-    )?;
-    pod.keep(proxy);
-    resolver::wait_answers(&pod, 1337, "127.0.0.1:15053", "10.9.9.9")?;
+    dns_proxy(&mut pod)?;
 
     // The second copies, held by this test: detached when it returns, whatever happens.
     let root = std::fs::File::open(&bed.node.cgroup_root)?;
@@ -338,4 +320,19 @@ fn programs_that_run_twice_in_a_chain_act_once() -> anyhow::Result<()> {
     assert!(full.ends_with(" 0"), "{full}");
     drop(copies);
     Ok(())
+}
+
+/// The pod's DNS proxy on 127.0.0.1:15053, answering `svc.mesh.test` with 10.9.9.9, kept
+/// with the pod; returns once it answers.
+fn dns_proxy(pod: &mut meshsteer_tests::Pod) -> anyhow::Result<()> {
+    let proxy = resolver::dnsmasq(
+        &pod.place(1337, 1337),
+        &[
+            "--listen-address=127.0.0.1",
+            "--port=15053",
+            "--address=/svc.mesh.test/10.9.9.9",
+        ],
+    )?;
+    pod.keep(proxy);
+    resolver::wait_answers(pod, 1337, "127.0.0.1:15053", "10.9.9.9")
 }
