@@ -15,6 +15,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, Program as AyaProgram, SockOps},
+};
 use tracing::{debug, info};
 
 use super::pins::Pins;
@@ -26,7 +30,7 @@ use crate::sys::bpf::{self as bpf_sys, AttachType};
 /// an entry the new sockops stores is never asked of the old getsockopt. Likewise the readers
 /// of `MS_DNS_SOCK` (getpeername, recvmsg) go before its writers (connect, sendmsg): no DNS
 /// is redirected before its replies can be translated.
-pub const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
+const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
     (
         "sock_create",
         AttachType::SockCreate,
@@ -101,15 +105,16 @@ pub struct CgroupLinks {
 }
 
 impl CgroupLinks {
-    /// `programs`: each of [`CGROUP_PROGRAMS`] by name, loaded.
-    pub fn new(pins: &Pins, programs: Vec<(&'static str, OwnedFd)>) -> Result<Self> {
+    /// Loads each of [`CGROUP_PROGRAMS`] from `bpf` (into the kernel: nothing is attached).
+    pub fn load(bpf: &mut Ebpf, pins: &Pins) -> Result<Self> {
         let mut loaded = Vec::with_capacity(CGROUP_PROGRAMS.len());
         for (name, attach, what) in CGROUP_PROGRAMS {
-            let fd = programs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, fd)| fd.try_clone())
-                .with_context(|| format!("program {name} was not loaded"))??;
+            let program = bpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?;
+            load_program(program).with_context(|| format!("loading {what}"))?;
+            let fd = program.fd().with_context(|| format!("{name} has no fd"))?;
+            let fd = fd.as_fd().try_clone_to_owned()?;
             loaded.push(Program {
                 name,
                 attach: *attach,
@@ -179,13 +184,9 @@ impl CgroupLinks {
     /// Detaches the programs of every pod cgroup id not in `keep`: pods a previous agent
     /// enrolled that went while no agent ran. A gone cgroup's links are freed with their pins.
     pub fn detach_all_but(&mut self, keep: &BTreeSet<u64>) {
-        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            let id = name.to_str().and_then(|n| n.parse::<u64>().ok());
-            if id.is_some_and(|id| !keep.contains(&id)) {
-                self.current.retain(|c| Some(*c) != id);
-                let _ = fs::remove_dir_all(entry.path());
-            }
+        self.current.retain(|c| keep.contains(c));
+        for pod_dir in Pins::stale(&self.dir, keep) {
+            let _ = fs::remove_dir_all(pod_dir);
         }
     }
 
@@ -196,13 +197,7 @@ impl CgroupLinks {
             let pin = pod_dir.join(p.name);
             let link = bpf_sys::obj_get(&pin)
                 .with_context(|| format!("the pod's {} link {} is gone", p.what, pin.display()))?;
-            let info = bpf_sys::cgroup_link_info(link.as_fd())?;
-            anyhow::ensure!(
-                info.cgroup_id == cgroup_id && info.attach_type == p.attach as u32,
-                "the pod's {} link is attached to another cgroup (id {})",
-                p.what,
-                info.cgroup_id
-            );
+            check_target(&link, &pin, cgroup_id, p.attach)?;
         }
         Ok(())
     }
@@ -217,11 +212,7 @@ impl CgroupLinks {
             if !pin.exists() {
                 continue;
             }
-            let link = bpf_sys::obj_get(&pin)
-                .with_context(|| format!("opening pinned link {}", pin.display()))?;
-            check_target(&link, &pin, root_id, p.attach)?;
-            bpf_sys::link_update(link.as_fd(), p.fd.as_fd())
-                .with_context(|| format!("BPF_LINK_UPDATE on {}", pin.display()))?;
+            swap(p, &pin, root_id)?;
             n += 1;
         }
         Ok(n)
@@ -249,16 +240,33 @@ impl CgroupLinks {
 /// is made and pinned. Whether a link was made.
 fn attach_one(p: &Program, pin: &Path, cgroup: &File, cgroup_id: u64) -> Result<bool> {
     if pin.exists() {
-        let link = bpf_sys::obj_get(pin)
-            .with_context(|| format!("opening pinned link {}", pin.display()))?;
-        check_target(&link, pin, cgroup_id, p.attach)?;
-        bpf_sys::link_update(link.as_fd(), p.fd.as_fd()).context("BPF_LINK_UPDATE")?;
+        swap(p, pin, cgroup_id)?;
         return Ok(false);
     }
     let link =
         bpf_sys::link_create(p.fd.as_fd(), cgroup.as_fd(), p.attach).context("BPF_LINK_CREATE")?;
     bpf_sys::obj_pin(link.as_fd(), pin).with_context(|| format!("pinning {}", pin.display()))?;
     Ok(true)
+}
+
+/// Swaps `p` into the link pinned at `pin`, which must be attached to `cgroup_id`.
+fn swap(p: &Program, pin: &Path, cgroup_id: u64) -> Result<()> {
+    let link =
+        bpf_sys::obj_get(pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
+    check_target(&link, pin, cgroup_id, p.attach)?;
+    bpf_sys::link_update(link.as_fd(), p.fd.as_fd())
+        .with_context(|| format!("BPF_LINK_UPDATE on {}", pin.display()))
+}
+
+fn load_program(p: &mut AyaProgram) -> Result<()> {
+    match p {
+        AyaProgram::CgroupSock(p) => CgroupSock::load(p)?,
+        AyaProgram::CgroupSockAddr(p) => CgroupSockAddr::load(p)?,
+        AyaProgram::CgroupSockopt(p) => CgroupSockopt::load(p)?,
+        AyaProgram::SockOps(p) => SockOps::load(p)?,
+        other => bail!("unexpected program type {:?}", other.prog_type()),
+    }
+    Ok(())
 }
 
 /// A pinned link must be ours for this cgroup and hook: anything else means another agent

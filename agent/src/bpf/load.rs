@@ -5,28 +5,18 @@
 //! namespace ([`super::sk_lookup`]).
 use std::{
     fs,
-    os::fd::AsFd,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{CgroupSock, CgroupSockAddr, CgroupSockopt, Program, SockOps},
-};
+use anyhow::{Context, Result};
+use aya::{Ebpf, EbpfLoader};
 use meshsteer_common::{globals, maps::names};
 use tracing::{debug, info};
 
 use super::{
-    accel,
-    cgroup_links::{CGROUP_PROGRAMS, CgroupLinks},
-    lock::PinLock,
-    migrate, netns_offsets,
-    object::OBJECT,
-    owner,
-    pins::Pins,
-    sk_lookup::SkLookupLoader,
+    accel, cgroup_links::CgroupLinks, lock::PinLock, migrate, netns_offsets, object::OBJECT, owner,
+    pins::Pins, sk_lookup::SkLookupLoader,
 };
 use crate::host::{bpffs, cgroup};
 
@@ -92,17 +82,7 @@ impl Datapath {
         };
         // Before sockops: a socket must never enter MS_SOCKS before its program is attached.
         let accel = accel::attach(&mut bpf, &pins)?;
-        let mut programs = Vec::with_capacity(CGROUP_PROGRAMS.len());
-        for (name, _, what) in CGROUP_PROGRAMS {
-            let program = bpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?;
-            load_program(program).with_context(|| format!("loading {what}"))?;
-            let fd = program.fd().with_context(|| format!("{name} has no fd"))?;
-            let fd = fd.as_fd().try_clone_to_owned()?;
-            programs.push((*name, fd));
-        }
-        let cgroup_links = CgroupLinks::new(&pins, programs)?;
+        let cgroup_links = CgroupLinks::load(&mut bpf, &pins)?;
         let root_id = cgroup::cgroup_id(cgroup_root)?;
         let carried = cgroup_links
             .update_root_links(root_id)
@@ -143,15 +123,4 @@ impl Datapath {
     pub fn take_logger(&mut self) -> Option<EbpfLogger> {
         self.logger.take()
     }
-}
-
-fn load_program(p: &mut Program) -> Result<()> {
-    match p {
-        Program::CgroupSock(p) => CgroupSock::load(p)?,
-        Program::CgroupSockAddr(p) => CgroupSockAddr::load(p)?,
-        Program::CgroupSockopt(p) => CgroupSockopt::load(p)?,
-        Program::SockOps(p) => SockOps::load(p)?,
-        other => bail!("unexpected program type {:?}", other.prog_type()),
-    }
-    Ok(())
 }

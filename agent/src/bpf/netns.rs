@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context, Result};
 use tracing::{debug, info};
 
+use super::pins::Pins;
 use crate::sys::bpf::{self as bpf_sys, AttachType};
 
 /// Attaches (or adopts and updates) the sk_lookup link of one pod.
@@ -60,12 +61,8 @@ pub fn detach(pin: &Path) {
 /// previous agent enrolled that went while no agent ran (their maps entries are collected
 /// likewise). A live namespace's link detaches; a gone one's pin is freed.
 pub fn detach_all_but(dir: &Path, keep: &BTreeSet<u64>) {
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let id = name.to_str().and_then(|n| n.parse::<u64>().ok());
-        if id.is_some_and(|id| !keep.contains(&id)) {
-            detach(&entry.path());
-        }
+    for pin in Pins::stale(dir, keep) {
+        detach(&pin);
     }
 }
 

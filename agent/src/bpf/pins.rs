@@ -2,6 +2,7 @@
 //! `<bpffs-dir>/v<LAYOUT_VERSION>/`, so that a restarted agent adopts it and an agent of
 //! another layout refuses it.
 use std::{
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
 };
@@ -47,6 +48,22 @@ impl Pins {
         self.cgroup_links()
             .join(pod_cgroup.to_string())
             .join(program)
+    }
+
+    /// The entries of `dir` (a directory of per-pod pins) named by a pod cgroup id not in
+    /// `keep`: what a previous agent pinned for pods that went while no agent ran.
+    pub fn stale(dir: &Path, keep: &BTreeSet<u64>) -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                let id = name.to_str().and_then(|n| n.parse::<u64>().ok());
+                id.is_some_and(|id| !keep.contains(&id))
+            })
+            .map(|e| e.path())
+            .collect()
     }
 
     /// A pod's sk_lookup link, by pod cgroup id.

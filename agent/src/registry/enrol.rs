@@ -184,15 +184,19 @@ impl<D: Dataplane> Registry<D> {
         Ok(())
     }
 
-    /// What a failed enrolment in a cgroup that had none attached goes. A previous agent's
-    /// pod keeps its cgroup's programs: its config, still in the maps, captures it until the
-    /// pod is enrolled (or fenced) or reconciled away.
+    /// What a failed enrolment in a cgroup that had none attached goes.
     fn undo_attach(&mut self, cgroup_id: u64) {
         self.dataplane.detach_netns(cgroup_id);
+        self.undo_attach_cgroup(cgroup_id);
+        self.dataplane.unwatch_local_addrs(cgroup_id);
+    }
+
+    /// A failed enrolment's cgroup programs go, except a previous agent's pod's: its config,
+    /// still in the maps, captures it until the pod is enrolled (or fenced) or reconciled away.
+    fn undo_attach_cgroup(&mut self, cgroup_id: u64) {
         if !self.adopted.contains(&cgroup_id) {
             self.dataplane.detach_cgroup(cgroup_id);
         }
-        self.dataplane.unwatch_local_addrs(cgroup_id);
     }
 
     /// istio-init's `ip -6 addr add ::6/128 dev lo`, in a pod it writes ip6tables rules for:
@@ -273,9 +277,7 @@ impl<D: Dataplane> Registry<D> {
             .attach_cgroup(cgroup_id, &spec.cgroup)
             .and_then(|()| self.dataplane.apply(cgroup_id, &plan, None));
         if let Err(e) = applied {
-            if !self.adopted.contains(&cgroup_id) {
-                self.dataplane.detach_cgroup(cgroup_id);
-            }
+            self.undo_attach_cgroup(cgroup_id);
             warn!(error = %format!("{e:#}"), "could not enrol the pod refused");
             return old;
         }
@@ -350,8 +352,6 @@ impl<D: Dataplane> Registry<D> {
     }
 }
 
-/// `-u`/`-g` as the kernel compares them: through the pod's user namespace, as xt_owner reads
-/// istio-init's rules.
 /// Everything of an enrolment goes: its map entries, then its links.
 pub(super) fn unenrol<D: Dataplane>(dataplane: &mut D, x: &Enrolled) {
     dataplane.remove(x.cgroup_id, &x.plan);
@@ -359,6 +359,8 @@ pub(super) fn unenrol<D: Dataplane>(dataplane: &mut D, x: &Enrolled) {
     dataplane.detach_cgroup(x.cgroup_id);
 }
 
+/// `-u`/`-g` as the kernel compares them: through the pod's user namespace, as xt_owner reads
+/// istio-init's rules.
 fn to_host_ids(config: &mut PodConfig, maps: &IdMaps) -> Result<(), EnrolError> {
     let (nu, ng) = (usize::from(config.n_uids), usize::from(config.n_gids));
     for (flag, ids, n, map) in [

@@ -65,6 +65,15 @@ impl AttachType {
 #[repr(C, align(8))]
 struct Attr([u32; 32]);
 
+impl Attr {
+    /// Sets the 64-bit field (a user pointer, `__aligned_u64`) at 32-bit word `at`.
+    fn set_ptr(&mut self, at: usize, ptr: *const u8) {
+        let ptr = ptr as u64;
+        self.0[at] = ptr as u32;
+        self.0[at + 1] = (ptr >> 32) as u32;
+    }
+}
+
 fn bpf(cmd: u32, attr: &mut Attr) -> io::Result<i64> {
     // SAFETY: `attr` is a valid, zero-padded bpf_attr of the size we pass.
     let r = unsafe {
@@ -125,9 +134,7 @@ pub fn prog_attach(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, ty: AttachType)
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let p = path_cstring(path)?;
     let mut a = Attr([0; 32]);
-    let ptr = p.as_ptr() as u64;
-    a.0[0] = ptr as u32;
-    a.0[1] = (ptr >> 32) as u32;
+    a.set_ptr(0, p.as_ptr().cast());
     a.0[2] = fd.as_raw_fd() as u32;
     bpf(BPF_OBJ_PIN, &mut a).map(drop)
 }
@@ -135,9 +142,7 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let p = path_cstring(path)?;
     let mut a = Attr([0; 32]);
-    let ptr = p.as_ptr() as u64;
-    a.0[0] = ptr as u32;
-    a.0[1] = (ptr >> 32) as u32;
+    a.set_ptr(0, p.as_ptr().cast());
     bpf(BPF_OBJ_GET, &mut a).map(fd_result)
 }
 
@@ -180,11 +185,9 @@ fn obj_info<const N: usize>(fd: BorrowedFd<'_>) -> io::Result<[u64; N]> {
 /// buffers that outlive the call.
 fn obj_info_into(fd: BorrowedFd<'_>, info: &mut [u64]) -> io::Result<()> {
     let mut a = Attr([0; 32]);
-    let ptr = info.as_mut_ptr() as u64;
     a.0[0] = fd.as_raw_fd() as u32;
     a.0[1] = size_of_val(info) as u32;
-    a.0[2] = ptr as u32;
-    a.0[3] = (ptr >> 32) as u32;
+    a.set_ptr(2, info.as_mut_ptr().cast());
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)?;
     Ok(())
 }
@@ -357,12 +360,9 @@ pub fn array_first_value(map: BorrowedFd<'_>, value_size: usize) -> io::Result<V
     let key = 0u32;
     let mut value = vec![0u8; value_size];
     let mut a = Attr([0; 32]);
-    let (k, v) = (&key as *const u32 as u64, value.as_mut_ptr() as u64);
     a.0[0] = map.as_raw_fd() as u32;
-    a.0[2] = k as u32;
-    a.0[3] = (k >> 32) as u32;
-    a.0[4] = v as u32;
-    a.0[5] = (v >> 32) as u32;
+    a.set_ptr(2, (&raw const key).cast());
+    a.set_ptr(4, value.as_mut_ptr());
     bpf(BPF_MAP_LOOKUP_ELEM, &mut a)?;
     Ok(value)
 }

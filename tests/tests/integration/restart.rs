@@ -230,13 +230,7 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     // capture, carried).
     let path = pins.map("MS_DNS_SERVERS");
     assert!(path.exists(), "{} missing", path.display());
-    let ns = WORLD.split(':').next().unwrap_or_default();
-    let spec = pod.spec(&format!(
-        "{} --redirect-dns",
-        meshsteer::inspect::INJECTOR_DEFAULT_ARGS
-    ));
-    bed.agent
-        .write_spec(&pod.name, &format!("{spec}nameservers: [{ns}]\n"))?;
+    let ns = write_dns_spec(&bed, &pod)?;
     bed.agent
         .wait_pod("test/a", |p| p["nameservers"][0] == ns)?;
     let mut pod = pod;
@@ -266,13 +260,7 @@ fn programs_that_run_twice_in_a_chain_act_once() -> anyhow::Result<()> {
     let mut bed = Testbed::new()?;
     let mut pod = bed.node.add_pod("a")?;
     pod.start_listener()?;
-    let ns = WORLD.split(':').next().unwrap_or_default();
-    let spec = pod.spec(&format!(
-        "{} --redirect-dns",
-        meshsteer::inspect::INJECTOR_DEFAULT_ARGS
-    ));
-    bed.agent
-        .write_spec(&pod.name, &format!("{spec}nameservers: [{ns}]\n"))?;
+    let ns = write_dns_spec(&bed, &pod)?;
     bed.agent.wait_state("test/a", |s| s == "ready")?;
     dns_proxy(&mut pod)?;
 
@@ -320,6 +308,19 @@ fn programs_that_run_twice_in_a_chain_act_once() -> anyhow::Result<()> {
     assert!(full.ends_with(" 0"), "{full}");
     drop(copies);
     Ok(())
+}
+
+/// Writes the pod's spec with the injector's defaults and DNS capture, its nameserver the
+/// world's address; returns that nameserver.
+fn write_dns_spec(bed: &Testbed, pod: &meshsteer_tests::Pod) -> anyhow::Result<&'static str> {
+    let ns = WORLD.split(':').next().unwrap_or_default();
+    let spec = pod.spec(&format!(
+        "{} --redirect-dns",
+        meshsteer::inspect::INJECTOR_DEFAULT_ARGS
+    ));
+    bed.agent
+        .write_spec(&pod.name, &format!("{spec}nameservers: [{ns}]\n"))?;
+    Ok(ns)
 }
 
 /// The pod's DNS proxy on 127.0.0.1:15053, answering `svc.mesh.test` with 10.9.9.9, kept
