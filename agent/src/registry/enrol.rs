@@ -184,15 +184,18 @@ impl<D: Dataplane> Registry<D> {
         Ok(())
     }
 
-    /// What a failed enrolment in a cgroup that had none attached goes.
+    /// What a failed enrolment in a cgroup that had none attached goes. A previous agent's
+    /// pod keeps its links, sk_lookup as well as cgroup programs: its config, still in the
+    /// maps, captures it until the pod is enrolled (or fenced) or reconciled away.
     fn undo_attach(&mut self, cgroup_id: u64) {
-        self.dataplane.detach_netns(cgroup_id);
-        self.undo_attach_cgroup(cgroup_id);
+        if !self.adopted.contains(&cgroup_id) {
+            self.dataplane.detach_netns(cgroup_id);
+            self.dataplane.detach_cgroup(cgroup_id);
+        }
         self.dataplane.unwatch_local_addrs(cgroup_id);
     }
 
-    /// A failed enrolment's cgroup programs go, except a previous agent's pod's: its config,
-    /// still in the maps, captures it until the pod is enrolled (or fenced) or reconciled away.
+    /// A failed fencing's cgroup programs go, except a previous agent's pod's, as above.
     fn undo_attach_cgroup(&mut self, cgroup_id: u64) {
         if !self.adopted.contains(&cgroup_id) {
             self.dataplane.detach_cgroup(cgroup_id);

@@ -172,6 +172,13 @@ impl Fake {
         self
     }
 
+    /// A pod a previous agent left in the maps with inbound capture: its copy of sk_lookup
+    /// is attached in `netns`.
+    pub fn with_adopted_inbound(mut self, cgroup_id: u64, pod_id: u32, netns: &str) -> Self {
+        self.links.insert(cgroup_id, netns.into());
+        self.with_adopted(cgroup_id, pod_id)
+    }
+
     /// `op` fails from now on, until [`Fake::recover`].
     pub fn fail(&mut self, op: Op) {
         self.failing.insert(op);
@@ -216,6 +223,7 @@ impl Dataplane for Fake {
         self.enrolled.retain(|c, _| keep.contains(c));
         self.refused.retain(|c| keep.contains(c));
         self.cgroup_links.retain(|c| keep.contains(c));
+        self.links.retain(|c, _| keep.contains(c));
     }
 
     fn cgroup_id(&self, cgroup: &Path) -> Result<u64> {

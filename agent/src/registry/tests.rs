@@ -1165,3 +1165,18 @@ fn a_failed_enrolment_detaches_only_what_it_attached() {
     r.reconcile_adopted();
     assert!(r.fake().cgroup_links.is_empty());
 }
+
+/// The same for a previous agent's pod with inbound capture: its copy of sk_lookup stays too,
+/// or connections into its network namespace would reach the app past the proxy until the
+/// pod is fenced or reconciled.
+#[test]
+fn a_failed_enrolment_keeps_an_adopted_pods_inbound_link() {
+    let mut r = registry(host().with_adopted_inbound(12, 9, NS_B));
+    r.fake().fail(Op::Apply);
+    r.upsert(&file("b"), Ok(pod("test/b", CG_B, NS_B)));
+    assert!(r.error(&file("b")).contains("injected Apply"));
+    assert_eq!(r.fake().links.get(&12), Some(&NS_B.into()));
+    assert_eq!(r.fake().cgroup_links, [12].into());
+    r.reconcile_adopted();
+    assert!(r.fake().links.is_empty());
+}
