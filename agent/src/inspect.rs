@@ -13,6 +13,6 @@ pub use crate::{
     spec::istio::{Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges},
     sys::bpf::{
         AttachType, CgroupLinkInfo, ProgRuns, cgroup_link_info, cgroup_links, enable_run_stats,
-        link_create, link_prog_id, netns_links, obj_get, prog_by_id,
+        link_create, link_prog_id, netns_links, obj_get, prog_array_entry, prog_by_id,
     },
 };

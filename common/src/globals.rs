@@ -41,9 +41,3 @@ plain_data!(NetnsOffsets);
 
 /// The symbol name of the [`NetnsOffsets`] global.
 pub const NETNS_OFFSETS: &str = "NETNS_OFFSETS";
-
-/// The symbol name of the slot each copy of the sk_lookup program is loaded with (a `u32`,
-/// an index of `MS_SK_LOOKUP_PODS`; 0 in the copy that is never attached). sk_lookup cannot
-/// ask which network namespace it runs in, so each pod's namespace runs the copy of the slot
-/// that names its pod. Copies are per slot, not per pod, so the agent reuses them.
-pub const SK_LOOKUP_SLOT: &str = "SK_LOOKUP_SLOT";

@@ -1,8 +1,8 @@
 //! Every map of the object. Names are the pin names the agent uses (`common::maps::names`).
 use aya_ebpf::{
     btf_maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SkStorage,
-        SockHash,
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+        SkStorage, SockHash,
     },
     macros::btf_map,
 };
@@ -85,6 +85,19 @@ pub static POD_NETNS: HashMap<u64, u64, { capacity::PODS as usize }> = HashMap::
 /// sk_lookup slot → the pod cgroup id its copy serves (0: none, it passes everything).
 #[btf_map(name = "MS_SK_LOOKUP_PODS")]
 pub static SK_LOOKUP_PODS: Array<u64, { capacity::SK_LOOKUP_SLOTS as usize }> = Array::new();
+
+/// The slot of the pod whose sk_lookup trampoline is running on this CPU: written by the
+/// trampoline just before its tail call into `MS_SK_LOOKUP_PROG`, read first thing by
+/// `ms_sk_lookup`. Per CPU and never torn: sk_lookup runs with bottom halves off, so nothing
+/// else on the CPU runs a trampoline between the write and the read.
+#[btf_map(name = "MS_SK_LOOKUP_SLOT")]
+pub static SK_LOOKUP_SLOT: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Index 0: `ms_sk_lookup`, set by the agent at load (an atomic swap for every pod at once).
+/// Every pod's trampoline tail-calls it. The agent's only handle on it: no program has it as
+/// a map of its own.
+#[btf_map(name = "MS_SK_LOOKUP_PROG")]
+pub static SK_LOOKUP_PROG: ProgramArray<1> = ProgramArray::new();
 
 /// The network namespace (inode number) a socket was made in, kept for the sockets of a
 /// pod's proxy ids only: the ones that may become its inbound listener.

@@ -4,9 +4,11 @@
 //! its local address.
 //!
 //! The program runs for every local address of the namespace (link-local, secondary, added
-//! later), as PREROUTING does, because it does not look the pod up by address: it cannot ask
-//! which namespace it runs in, so each pod's namespace runs a copy loaded for a slot
-//! (`SK_LOOKUP_SLOT`) that `MS_SK_LOOKUP_PODS` maps to the pod.
+//! later), as PREROUTING does, because it does not look the pod up by address. It cannot ask
+//! which namespace it runs in, so it is never attached itself: each pod's namespace runs a
+//! trampoline (the agent's `bpf/trampoline.rs`) that writes the pod's slot to
+//! `MS_SK_LOOKUP_SLOT` and tail-calls this program, and `MS_SK_LOOKUP_PODS` maps the slot to
+//! the pod. Loaded once, whatever the number of pods.
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use meshsteer_common::{
     inbound::{Incoming, decide},
@@ -15,7 +17,7 @@ use meshsteer_common::{
 
 use crate::{
     ctx::{Ends, SkLookupCtx},
-    maps::{LISTENERS, SK_LOOKUP_PODS},
+    maps::{LISTENERS, SK_LOOKUP_PODS, SK_LOOKUP_SLOT},
     pod::{MapTables, count, pod_config},
     sockaddr::AF_INET6,
     trace::{self, Arrival},
@@ -25,10 +27,6 @@ const IPPROTO_TCP: u32 = 6;
 const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
 
-/// The slot this copy serves (set by the agent at load; 0 in the copy that is never attached).
-#[unsafe(no_mangle)]
-static SK_LOOKUP_SLOT: u32 = 0;
-
 #[sk_lookup]
 pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
     // UDP lookups (DNS, anything) leave at the first field read.
@@ -36,8 +34,10 @@ pub fn ms_sk_lookup(ctx: SkLookupContext) -> u32 {
         return SK_PASS;
     }
     let (family, arrival) = (ctx.family(), arrival(&ctx));
-    // SAFETY: a read of our own global; volatile so the compiler keeps the load-time value.
-    let slot = unsafe { core::ptr::read_volatile(&raw const SK_LOOKUP_SLOT) };
+    // The trampoline's slot (0, no pod, if this program ever ran without one).
+    let Some(&slot) = SK_LOOKUP_SLOT.get(0) else {
+        return SK_PASS;
+    };
     let Some(&pod_cgroup) = SK_LOOKUP_PODS.get(slot) else {
         return SK_PASS;
     };

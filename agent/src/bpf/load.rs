@@ -1,8 +1,8 @@
 //! Loading the eBPF object, with maps and links pinned under `<bpffs-dir>/v<LAYOUT_VERSION>/`
 //! so that a restarted agent adopts them: maps keep their contents, and each pinned link has
 //! its program swapped atomically (BPF_LINK_UPDATE). The cgroup programs are attached to each
-//! pod's cgroup at enrolment ([`super::cgroup_links`]), sk_lookup to each pod's network
-//! namespace ([`super::sk_lookup`]).
+//! pod's cgroup at enrolment ([`super::cgroup_links`]); sk_lookup is loaded once here and
+//! tail-called by each pod's trampoline ([`super::sk_lookup`]).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use super::{
     accel, cgroup_links::CgroupLinks, lock::PinLock, migrate, netns_offsets, object::OBJECT, owner,
-    pins::Pins, sk_lookup::SkLookupLoader,
+    pins::Pins, sk_lookup,
 };
 use crate::host::{bpffs, cgroup};
 
@@ -32,9 +32,6 @@ pub struct Datapath {
     _lock: PinLock,
     pub bpf: Ebpf,
     pub pins: Pins,
-    /// Each pod's copy of the sk_lookup program, attached to its network namespace at
-    /// enrolment.
-    pub sk_lookup: SkLookupLoader,
     /// The cgroup programs, attached to each pod's cgroup at enrolment (taken by the
     /// registry's dataplane: [`Datapath::take_cgroup_links`]).
     cgroup_links: Option<CgroupLinks>,
@@ -94,7 +91,7 @@ impl Datapath {
                  has its own"
             );
         }
-        let sk_lookup = SkLookupLoader::new(&pins, owner_offsets, netns_offsets)?;
+        sk_lookup::load_shared(&mut bpf)?;
         // Every carried root and sk_msg link runs our programs now (per-pod sk_lookup links
         // are swapped as their pods are enrolled): the previous layout's pins can go.
         if let Some(old) = previous {
@@ -105,7 +102,6 @@ impl Datapath {
             _lock: lock,
             bpf,
             pins,
-            sk_lookup,
             cgroup_links: Some(cgroup_links),
             accel,
             logger,

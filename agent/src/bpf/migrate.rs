@@ -19,6 +19,12 @@
 //! programs. Meanwhile a pod's sockets run both copies, pod's first; the programs are
 //! idempotent for that (a second connect() hook sees the proxy's address and passes it).
 //!
+//! Layout 6 ran a whole copy of sk_lookup in each pod's namespace; layout 7 runs a trampoline
+//! into one shared program. Each pod's link is swapped to its trampoline (`BPF_LINK_UPDATE`)
+//! when the pod is enrolled again; until then its copy keeps reading the carried maps. (Root
+//! links are still handled as above: an upgrade from 5 to 6 cut short before 6's first
+//! reconcile leaves them among layout 6's pins.)
+//!
 //! A later start releases the adopted `MS_ORIG_DST_V2` once it has drained
 //! ([`release_drained`]).
 //!
@@ -55,8 +61,10 @@ pub enum Carry {
     Drop,
 }
 
-/// Layout 5's maps, and how each is carried into layout 6: all as they are (layout 6 changes
-/// where the cgroup links are, not the maps).
+/// Layout 6's maps, and how each is carried into layout 7: all as they are (layout 7 adds
+/// `MS_SK_LOOKUP_SLOT` and `MS_SK_LOOKUP_PROG`, which the loader creates, and changes what
+/// each pod's sk_lookup link runs). A later layout must carry those two as well: a pod's
+/// trampoline names them, and the kernel empties a program array when its last pin goes.
 pub const FROM_PREVIOUS: &[(&str, Carry)] = &[
     (names::PODS, Carry::Same),
     (names::PORTS, Carry::Same),
@@ -211,7 +219,7 @@ mod tests {
                     && !carried.contains(n)
             })
             .collect();
-        assert_eq!(new, Vec::<&str>::new());
+        assert_eq!(new, [names::SK_LOOKUP_SLOT, names::SK_LOOKUP_PROG]);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The eBPF side, from user space: loading the object ([`load`]), each pod's cgroup links
 //! ([`cgroup_links`]), the pin layout
 //! ([`pins`]), the upgrade from the previous layout's pins ([`migrate`]), the per-pod map
-//! writes ([`maps`]), counters, each pod's copy of sk_lookup ([`sk_lookup`]) and its link
-//! ([`netns`]), the trace lease, acceleration, and the kernel feature probes.
+//! writes ([`maps`]), counters, sk_lookup's slots ([`sk_lookup`]), each pod's trampoline
+//! ([`trampoline`]) and its link ([`netns`]), the trace lease, acceleration, and the kernel feature probes.
 pub mod accel;
 pub mod btf;
 pub mod cgroup_links;
@@ -20,3 +20,4 @@ pub mod pins;
 pub mod run_stats;
 pub mod sk_lookup;
 pub mod trace;
+pub mod trampoline;

@@ -1,11 +1,11 @@
-//! Inbound capture's per-pod half: the sk_lookup program attached to the pod's network
+//! Inbound capture's per-pod half: the pod's sk_lookup trampoline attached to its network
 //! namespace through a pinned bpf_link (an agent restart adopts it; `BPF_LINK_UPDATE` swaps in
-//! the new program).
+//! the new trampoline).
 use std::{
     collections::BTreeSet,
     fs::{self, File},
     os::{
-        fd::{AsFd, BorrowedFd, OwnedFd},
+        fd::{AsFd, BorrowedFd},
         unix::fs::MetadataExt,
     },
     path::Path,
@@ -41,13 +41,6 @@ pub fn attach(prog: BorrowedFd<'_>, netns: &Path, pin: &Path) -> Result<()> {
     bpf_sys::obj_pin(link.as_fd(), pin).with_context(|| format!("pinning {}", pin.display()))?;
     info!(netns = %netns.display(), "inbound capture attached");
     Ok(())
-}
-
-/// The link pinned at `pin`, if it is attached to the namespace with inode `netns_ino`.
-pub fn pinned_link(pin: &Path, netns_ino: u64) -> Option<OwnedFd> {
-    let link = bpf_sys::obj_get(pin).ok()?;
-    let (linked_ino, _) = bpf_sys::netns_link_info(link.as_fd()).ok()?;
-    (linked_ino == netns_ino).then_some(link)
 }
 
 /// Removes the pod's sk_lookup link: unpinned with no fd open, the kernel detaches it.

@@ -66,7 +66,13 @@ pub fn remove(bpffs_dir: &Path, pins: &Pins, _lock: PinLock) -> Result<()> {
             "accelerated connections are open: bytes they have not read yet are lost with MS_SOCKS"
         ),
     }
-    // Unpinned with no fd open, links detach and maps are freed.
+    // Unpinned with no fd open, links detach and maps are freed. Links first: the kernel
+    // empties MS_SK_LOOKUP_PROG as its last pin goes, and a trampoline still attached would
+    // then drop every connection into its pod.
+    let links = pins.root.join("links");
+    if links.exists() {
+        fs::remove_dir_all(&links).with_context(|| format!("unpinning {}", links.display()))?;
+    }
     fs::remove_dir_all(&pins.root).with_context(|| format!("unpinning {}", pins.root.display()))?;
     // The base dir too, unless something else lives there.
     let _ = fs::remove_dir(bpffs_dir);

@@ -69,7 +69,8 @@ pub trait Dataplane {
     /// Detaches the programs from the pod's cgroup, if they are attached.
     fn detach_cgroup(&mut self, cgroup_id: u64);
 
-    /// Attaches (or adopts) the pod's copy of sk_lookup to `netns`, and names `netns` as the
+    /// Attaches the pod's sk_lookup trampoline to `netns` (swaps it in, if the pod has a link
+    /// there already), and names `netns` as the
     /// one its proxy's listener must be made in. Until the pod's config is written it passes
     /// everything.
     fn attach_netns(&mut self, cgroup_id: u64, netns: &Path) -> Result<()>;
@@ -96,10 +97,6 @@ pub trait Dataplane {
     /// its local addresses only: the new ones are written before the config, the stale ones
     /// removed after.
     fn update_local(&mut self, cgroup_id: u64, plan: &Plan, previous: &Plan) -> Result<()>;
-
-    /// Work done ahead, while nothing else waits, so that enrolments are quick (loading a
-    /// spare copy of sk_lookup).
-    fn warm(&mut self) {}
 
     /// Points the pod at `plan`. `previous` (a plan of the same cgroup) stays in effect until
     /// the swap, and on error nothing of `plan` stays behind.

@@ -174,7 +174,7 @@ impl<D: Dataplane> Registry<D> {
         })
     }
 
-    /// The pod's links: its cgroup's programs and, for inbound capture, its copy of sk_lookup
+    /// The pod's links: its cgroup's programs and, for inbound capture, its sk_lookup trampoline
     /// in `spec.netns`.
     fn attach(&mut self, cgroup_id: u64, spec: &PodSpec, inbound: bool) -> Result<(), EnrolError> {
         self.dataplane.attach_cgroup(cgroup_id, &spec.cgroup)?;

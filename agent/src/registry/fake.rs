@@ -172,7 +172,7 @@ impl Fake {
         self
     }
 
-    /// A pod a previous agent left in the maps with inbound capture: its copy of sk_lookup
+    /// A pod a previous agent left in the maps with inbound capture: its sk_lookup link
     /// is attached in `netns`.
     pub fn with_adopted_inbound(mut self, cgroup_id: u64, pod_id: u32, netns: &str) -> Self {
         self.links.insert(cgroup_id, netns.into());

@@ -31,7 +31,8 @@ use crate::{
 pub struct Kernel {
     maps: PodMaps,
     pins: Pins,
-    /// The copies of sk_lookup attached to capturing pods' network namespaces, by slot.
+    /// Which pod each sk_lookup slot serves, and the trampolines of the capturing pods'
+    /// network namespaces.
     sk_lookups: SkLookups,
     /// The cgroup programs and each enrolled pod's links to them.
     cgroup_links: CgroupLinks,
@@ -129,24 +130,13 @@ impl Dataplane for Kernel {
         // Named before the link exists: the listener check never sees a half-attached pod.
         self.maps.set_netns(cgroup_id, ino)?;
         let started = Instant::now();
-        // A restarted agent's pods keep their copies: nothing to load or swap.
-        let pin = self.pins.netns_link(cgroup_id);
-        if let Some(link) = netns::pinned_link(&pin, ino)
-            && self.sk_lookups.adopt(cgroup_id, link.as_fd())
-        {
-            debug!(
-                adopted_us = started.elapsed().as_micros(),
-                "the pod's copy of sk_lookup adopted as attached"
-            );
-            return Ok(());
-        }
         let prog = self.sk_lookups.program_for(cgroup_id)?;
         let program_us = started.elapsed().as_micros();
-        netns::attach(prog, ns, &pin)?;
+        netns::attach(prog.as_fd(), ns, &self.pins.netns_link(cgroup_id))?;
         debug!(
             program_us,
             attached_us = started.elapsed().as_micros(),
-            "the pod's copy of sk_lookup attached"
+            "the pod's sk_lookup trampoline attached"
         );
         Ok(())
     }
@@ -188,10 +178,6 @@ impl Dataplane for Kernel {
 
     fn update_local(&mut self, cgroup_id: u64, plan: &Plan, previous: &Plan) -> Result<()> {
         self.maps.update_local(cgroup_id, plan, previous)
-    }
-
-    fn warm(&mut self) {
-        self.sk_lookups.warm();
     }
 
     fn apply(&mut self, cgroup_id: u64, plan: &Plan, previous: Option<&Plan>) -> Result<()> {

@@ -148,11 +148,6 @@ impl<D: Dataplane> Registry<D> {
         self
     }
 
-    /// Lets the dataplane work ahead ([`Dataplane::warm`]): call while idle.
-    pub fn warm(&mut self) {
-        self.dataplane.warm();
-    }
-
     pub fn dataplane(&self) -> &D {
         &self.dataplane
     }

@@ -1166,7 +1166,7 @@ fn a_failed_enrolment_detaches_only_what_it_attached() {
     assert!(r.fake().cgroup_links.is_empty());
 }
 
-/// The same for a previous agent's pod with inbound capture: its copy of sk_lookup stays too,
+/// The same for a previous agent's pod with inbound capture: its sk_lookup link stays too,
 /// or connections into its network namespace would reach the app past the proxy until the
 /// pod is fenced or reconciled.
 #[test]

@@ -15,6 +15,7 @@ const BPF_PROG_ATTACH: u32 = 8;
 const BPF_OBJ_PIN: u32 = 6;
 const BPF_OBJ_GET: u32 = 7;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+const BPF_PROG_LOAD: u32 = 5;
 const BPF_LINK_CREATE: u32 = 28;
 const BPF_LINK_UPDATE: u32 = 29;
 
@@ -60,6 +61,24 @@ impl AttachType {
     }
 }
 
+/// Program types (include/uapi/linux/bpf.h) of the programs loaded here rather than by aya.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ProgType {
+    SkLookup = 30,
+}
+
+/// One eBPF instruction, `struct bpf_insn`: opcode, destination and source registers (low and
+/// high nibble), offset, immediate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Insn {
+    pub code: u8,
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
 /// `union bpf_attr`, as plain words: every command we use fits in its first 32 bytes and the
 /// kernel requires the rest to be zero.
 #[repr(C, align(8))]
@@ -98,6 +117,62 @@ fn fd_result(r: i64) -> OwnedFd {
 
 fn path_cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+/// Loads a program of hand-written instructions (aya loads programs only from an object
+/// file), named `name` (at most 15 bytes). On failure the error carries the verifier's log.
+pub fn prog_load(
+    ty: ProgType,
+    attach: AttachType,
+    name: &str,
+    insns: &[Insn],
+) -> io::Result<OwnedFd> {
+    match load_with_log(ty, attach, name, insns, &mut []) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            // Again, for the verifier's reasons (only when it refused: the log costs).
+            let mut log = vec![0u8; 1 << 16];
+            match load_with_log(ty, attach, name, insns, &mut log) {
+                Ok(fd) => Ok(fd),
+                Err(_) => {
+                    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                    let log = String::from_utf8_lossy(&log[..end]);
+                    Err(io::Error::new(e.kind(), format!("{e}: {}", log.trim_end())))
+                }
+            }
+        }
+    }
+}
+
+fn load_with_log(
+    ty: ProgType,
+    attach: AttachType,
+    name: &str,
+    insns: &[Insn],
+    log: &mut [u8],
+) -> io::Result<OwnedFd> {
+    const LICENSE: &[u8] = b"GPL\0";
+    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, log_level, log_size,
+    // log_buf, kern_version, prog_flags, prog_name[16] (words 12 to 15), prog_ifindex,
+    // expected_attach_type.
+    let mut a = Attr([0; 32]);
+    a.0[0] = ty as u32;
+    a.0[1] = u32::try_from(insns.len()).map_err(io::Error::other)?;
+    a.set_ptr(2, insns.as_ptr().cast());
+    a.set_ptr(4, LICENSE.as_ptr());
+    if !log.is_empty() {
+        a.0[6] = 1;
+        a.0[7] = u32::try_from(log.len()).map_err(io::Error::other)?;
+        a.set_ptr(8, log.as_mut_ptr());
+    }
+    let mut prog_name = [0u8; 16];
+    let n = name.len().min(15);
+    prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    for (i, word) in prog_name.chunks_exact(4).enumerate() {
+        a.0[12 + i] = u32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
+    }
+    a.0[17] = attach as u32;
+    bpf(BPF_PROG_LOAD, &mut a).map(fd_result)
 }
 
 /// Attaches `prog` to `target` (a cgroup fd) through a new bpf_link.
@@ -299,50 +374,6 @@ fn links_where(wanted: impl Fn(&[u64; 8]) -> bool) -> io::Result<Vec<u32>> {
     }
 }
 
-/// What identifies a loaded program's code: its tag (a hash of its instructions, map
-/// references zeroed) and the ids of the maps it uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProgCode {
-    pub tag: [u8; 8],
-    pub map_ids: Vec<u32>,
-}
-
-/// Bounds the map ids read of one program (ours use about 30).
-const MAX_PROG_MAPS: usize = 256;
-
-/// The tag and map ids of a program (`struct bpf_prog_info`: the tag is its second 8-byte
-/// word; `nr_map_ids` is the high half of its seventh, the `map_ids` pointer its eighth).
-pub fn prog_code(prog: BorrowedFd<'_>) -> io::Result<ProgCode> {
-    let count = ((obj_info::<12>(prog)?[6] >> 32) as usize).min(MAX_PROG_MAPS);
-    let mut ids = vec![0u32; count];
-    let mut info = [0u64; 12];
-    info[6] = (count as u64) << 32;
-    info[7] = ids.as_mut_ptr() as u64;
-    obj_info_into(prog, &mut info)?;
-    // The kernel says how many there are; it filled at most `count`.
-    ids.truncate(((info[6] >> 32) as usize).min(count));
-    Ok(ProgCode {
-        tag: info[1].to_le_bytes(),
-        map_ids: ids,
-    })
-}
-
-const BPF_MAP_LOOKUP_ELEM: u32 = 1;
-const BPF_MAP_GET_FD_BY_ID: u32 = 14;
-/// Bounds what one array value read may allocate (a `.rodata` is a few hundred bytes).
-const MAX_VALUE_SIZE: usize = 1 << 16;
-
-/// A map by id, held open, with its name (`struct bpf_map_info`: its name is the fourth and
-/// fifth 8-byte words) and value size.
-pub fn map_by_id(map_id: u32) -> io::Result<(OwnedFd, String, usize)> {
-    let mut a = Attr([0; 32]);
-    a.0[0] = map_id;
-    let fd = bpf(BPF_MAP_GET_FD_BY_ID, &mut a).map(fd_result)?;
-    let info = obj_info::<8>(fd.as_fd())?;
-    let value_size = (info[1] >> 32) as usize;
-    Ok((fd, info_name(&info[3..5]), value_size))
-}
-
 /// An object's NUL-padded `char name[16]` (`BPF_OBJ_NAME_LEN`), from the info words that hold it.
 fn info_name(words: &[u64]) -> String {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
@@ -350,19 +381,19 @@ fn info_name(words: &[u64]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
-/// The value at index 0 of an array map (a program's `.rodata`, say), `value_size` bytes.
-pub fn array_first_value(map: BorrowedFd<'_>, value_size: usize) -> io::Result<Vec<u8>> {
-    if value_size > MAX_VALUE_SIZE {
-        return Err(io::Error::other(format!(
-            "map value of {value_size} bytes is larger than expected"
-        )));
-    }
-    let key = 0u32;
-    let mut value = vec![0u8; value_size];
+const BPF_MAP_LOOKUP_ELEM: u32 = 1;
+
+/// The id of the program at `index` of a program array (the kernel answers user space with
+/// ids, not fds); None where the entry is empty.
+pub fn prog_array_entry(map: BorrowedFd<'_>, index: u32) -> io::Result<Option<u32>> {
+    let mut id = 0u32;
     let mut a = Attr([0; 32]);
     a.0[0] = map.as_raw_fd() as u32;
-    a.set_ptr(2, (&raw const key).cast());
-    a.set_ptr(4, value.as_mut_ptr());
-    bpf(BPF_MAP_LOOKUP_ELEM, &mut a)?;
-    Ok(value)
+    a.set_ptr(2, (&raw const index).cast());
+    a.set_ptr(4, (&raw mut id).cast());
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut a) {
+        Ok(_) => Ok(Some(id)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
 }

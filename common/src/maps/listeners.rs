@@ -1,7 +1,7 @@
 //! `MS_LISTENERS`: the proxies' inbound listeners.
 
 /// `MS_LISTENERS` key: the proxy's inbound listener of a pod, per socket family. The pod is
-/// the one sk_lookup's copy was loaded for (`globals::SK_LOOKUP_POD`).
+/// the one `MS_SK_LOOKUP_PODS` gives for the slot of the namespace's sk_lookup trampoline.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerKey {

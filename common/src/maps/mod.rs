@@ -45,7 +45,12 @@ pub use stats::{PodCounters, counter, node_counter};
 /// (nothing runs for the sockets of other pods and of the host): their links are pinned per
 /// pod under `links/cgroup/<pod cgroup id>/`. Every layout-5 map is carried as it is; layout
 /// 5's root links run the new programs until every pod has its own, then go.
-pub const LAYOUT_VERSION: u32 = 6;
+/// 7: one sk_lookup program for every pod, loaded once: each pod's namespace runs a
+/// trampoline of a few instructions that writes its slot to the new per-CPU
+/// `MS_SK_LOOKUP_SLOT` and tail-calls the program in the new `MS_SK_LOOKUP_PROG` (a copy of
+/// the whole program per pod cost 10 to 20 ms to load). Every layout-6 map is carried as it is;
+/// each pod's link is swapped to a trampoline when the pod is enrolled again.
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Depth of the cgroup ancestor walk that maps a socket's cgroup to its pod
 /// (`kubepods.slice/kubepods-burstable.slice/…-pod<uid>.slice/cri-…scope` is depth 4).

@@ -17,6 +17,10 @@ pub const NODE_STATS: &str = "MS_NODE_STATS";
 pub const INBOUND_ADDRS_V3: &str = "MS_INBOUND_ADDRS";
 pub const POD_NETNS: &str = "MS_POD_NETNS";
 pub const SK_LOOKUP_PODS: &str = "MS_SK_LOOKUP_PODS";
+/// The slot a pod's sk_lookup trampoline hands to the shared program (per CPU, one entry).
+pub const SK_LOOKUP_SLOT: &str = "MS_SK_LOOKUP_SLOT";
+/// The shared sk_lookup program, which every pod's trampoline tail-calls (index 0).
+pub const SK_LOOKUP_PROG: &str = "MS_SK_LOOKUP_PROG";
 pub const SOCK_NETNS: &str = "MS_SOCK_NETNS";
 pub const LISTENERS: &str = "MS_LISTENERS";
 pub const TRACE_CTL: &str = "MS_TRACE_CTL";
@@ -43,6 +47,8 @@ pub const PINNED: &[&str] = &[
     NODE_STATS,
     POD_NETNS,
     SK_LOOKUP_PODS,
+    SK_LOOKUP_SLOT,
+    SK_LOOKUP_PROG,
     SOCK_NETNS,
     LISTENERS,
     TRACE_CTL,

@@ -74,46 +74,66 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A restarted agent of the same build keeps each pod's copy of sk_lookup as attached (a copy
-/// costs 10 to 20 ms to load: reloading them all made a 1,000-pod restart take 10 s), and
-/// inbound capture goes on working through it; a pod enrolled afterwards gets a copy of its own.
+/// A restarted agent puts its own sk_lookup program in for every pod at once (one update of
+/// `MS_SK_LOOKUP_PROG`) and gives each pod a fresh trampoline, while connections keep
+/// arriving at two pods: none is missed, and each lands on its own pod's proxy (a trampoline
+/// that named the other pod's slot would find no listener in its namespace and refuse).
 #[test]
-fn a_restart_keeps_the_pods_sk_lookup_copies() -> anyhow::Result<()> {
-    use meshsteer::inspect::{Pins, cgroup_id, link_prog_id, obj_get};
+fn a_restart_swaps_sk_lookup_for_every_pod_without_a_gap() -> anyhow::Result<()> {
+    use meshsteer::inspect::{Pins, cgroup_id, link_prog_id, obj_get, prog_array_entry};
     use std::os::fd::AsFd;
 
     let mut bed = Testbed::new()?;
     let a = bed.enrolled_pod("a")?;
+    let b = bed.enrolled_pod("b")?;
     let peer = bed.node.add_pod("peer")?;
     let pins = Pins::new(&bed.agent.bpffs_dir);
-    let pin = pins.netns_link(cgroup_id(&a.cgroup)?);
-    let program = || -> anyhow::Result<u32> { Ok(link_prog_id(obj_get(&pin)?.as_fd())?) };
-    let inbound = format!("{}:8080", a.ip4);
-    let steered = |pod: &meshsteer_tests::Pod, to: &str| -> anyhow::Result<()> {
-        let v = peer.probe(1000, 1000, to, &[])?;
-        anyhow::ensure!(
-            v["listener"] == 15006 && v["orig_dst"] == to,
-            "{}: {to} was not steered to the proxy: {v}",
-            pod.name
-        );
-        Ok(())
+    let shared = || -> anyhow::Result<Option<u32>> {
+        Ok(prog_array_entry(
+            obj_get(&pins.map("MS_SK_LOOKUP_PROG"))?.as_fd(),
+            0,
+        )?)
     };
-    steered(&a, &inbound)?;
-    let before = program()?;
+    let trampoline = |pod: &meshsteer_tests::Pod| -> anyhow::Result<u32> {
+        let pin = pins.netns_link(cgroup_id(&pod.cgroup)?);
+        Ok(link_prog_id(obj_get(&pin)?.as_fd())?)
+    };
+    let before = (shared()?, trampoline(&a)?, trampoline(&b)?);
+    assert!(before.0.is_some(), "no shared sk_lookup program");
+    assert_ne!(before.1, before.2, "pods a and b share a trampoline");
 
+    let targets = [format!("{}:8080", a.ip4), format!("{}:8080", b.ip4)];
+    let loops = targets
+        .iter()
+        .map(|to| ConnectLoop::start(&peer.place(1000, 1000), to))
+        .collect::<Vec<_>>();
+    thread::sleep(Duration::from_millis(200));
     bed.agent.restart(libc::SIGKILL)?;
-    bed.agent.wait_state("test/a", |s| s == "ready")?;
-    assert_eq!(
-        program()?,
-        before,
-        "the restarted agent replaced pod a's copy of sk_lookup instead of adopting it"
+    for name in ["test/a", "test/b"] {
+        bed.agent.wait_state(name, |s| s == "ready")?;
+    }
+    thread::sleep(Duration::from_millis(200));
+    for (to, l) in targets.iter().zip(loops) {
+        let seen = l.stop()?;
+        let missed: Vec<&Value> = seen
+            .iter()
+            .filter(|v| !(v["listener"] == 15006 && v["orig_dst"] == to.as_str()))
+            .collect();
+        assert!(
+            missed.is_empty() && !seen.is_empty(),
+            "of {} connections to {to} across the restart, these were not steered: {missed:?}",
+            seen.len()
+        );
+    }
+    let after = (shared()?, trampoline(&a)?, trampoline(&b)?);
+    assert!(
+        after.0.is_some() && after.0 != before.0,
+        "the restarted agent's program is not the shared one: {before:?} → {after:?}"
     );
-    steered(&a, &inbound)?;
-
-    let b = bed.enrolled_pod("b")?;
-    let b_program = link_prog_id(obj_get(&pins.netns_link(cgroup_id(&b.cgroup)?))?.as_fd())?;
-    assert_ne!(b_program, before, "pod b runs pod a's copy");
-    steered(&b, &format!("{}:8080", b.ip4))?;
+    assert!(
+        after.1 != before.1 && after.2 != before.2,
+        "{before:?} → {after:?}"
+    );
     Ok(())
 }
 
