@@ -21,7 +21,10 @@ use aya::{
 };
 use tracing::{debug, info};
 
-use super::pins::Pins;
+use super::{
+    pins::Pins,
+    prog_pins::{Prog, ProgPins},
+};
 use crate::sys::bpf::{self as bpf_sys, AttachType};
 
 /// (program, attach type, what a failure to attach most likely means). In update order: on
@@ -89,7 +92,7 @@ struct Program {
     name: &'static str,
     attach: AttachType,
     what: &'static str,
-    fd: OwnedFd,
+    prog: Prog,
 }
 
 /// The loaded cgroup programs and the pods' links to them.
@@ -105,21 +108,24 @@ pub struct CgroupLinks {
 }
 
 impl CgroupLinks {
-    /// Loads each of [`CGROUP_PROGRAMS`] from `bpf` (into the kernel: nothing is attached).
-    pub fn load(bpf: &mut Ebpf, pins: &Pins) -> Result<Self> {
+    /// Loads each of [`CGROUP_PROGRAMS`] from `bpf` (into the kernel: nothing is attached),
+    /// or takes this build's from `progs`.
+    pub fn load(bpf: &mut Ebpf, pins: &Pins, progs: &ProgPins) -> Result<Self> {
         let mut loaded = Vec::with_capacity(CGROUP_PROGRAMS.len());
         for (name, attach, what) in CGROUP_PROGRAMS {
-            let program = bpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?;
-            load_program(program).with_context(|| format!("loading {what}"))?;
-            let fd = program.fd().with_context(|| format!("{name} has no fd"))?;
-            let fd = fd.as_fd().try_clone_to_owned()?;
+            let prog = progs.get_or_load(name, || {
+                let program = bpf
+                    .program_mut(name)
+                    .with_context(|| format!("program {name} missing from the object"))?;
+                load_program(program).with_context(|| format!("loading {what}"))?;
+                let fd = program.fd().with_context(|| format!("{name} has no fd"))?;
+                Ok(fd.as_fd().try_clone_to_owned()?)
+            })?;
             loaded.push(Program {
                 name,
                 attach: *attach,
                 what,
-                fd,
+                prog,
             });
         }
         Ok(Self {
@@ -243,18 +249,21 @@ fn attach_one(p: &Program, pin: &Path, cgroup: &File, cgroup_id: u64) -> Result<
         swap(p, pin, cgroup_id)?;
         return Ok(false);
     }
-    let link =
-        bpf_sys::link_create(p.fd.as_fd(), cgroup.as_fd(), p.attach).context("BPF_LINK_CREATE")?;
+    let link = bpf_sys::link_create(p.prog.fd.as_fd(), cgroup.as_fd(), p.attach)
+        .context("BPF_LINK_CREATE")?;
     bpf_sys::obj_pin(link.as_fd(), pin).with_context(|| format!("pinning {}", pin.display()))?;
     Ok(true)
 }
 
-/// Swaps `p` into the link pinned at `pin`, which must be attached to `cgroup_id`.
+/// Swaps `p` into the link pinned at `pin`, which must be attached to `cgroup_id`. Nothing to
+/// do where it runs `p` already (an agent of this build pinned both).
 fn swap(p: &Program, pin: &Path, cgroup_id: u64) -> Result<()> {
     let link =
         bpf_sys::obj_get(pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
-    check_target(&link, pin, cgroup_id, p.attach)?;
-    bpf_sys::link_update(link.as_fd(), p.fd.as_fd())
+    if check_target(&link, pin, cgroup_id, p.attach)? == p.prog.id {
+        return Ok(());
+    }
+    bpf_sys::link_update(link.as_fd(), p.prog.fd.as_fd())
         .with_context(|| format!("BPF_LINK_UPDATE on {}", pin.display()))
 }
 
@@ -270,8 +279,8 @@ fn load_program(p: &mut AyaProgram) -> Result<()> {
 }
 
 /// A pinned link must be ours for this cgroup and hook: anything else means another agent
-/// instance shares the pin directory.
-fn check_target(link: &OwnedFd, pin: &Path, cgroup_id: u64, attach: AttachType) -> Result<()> {
+/// instance shares the pin directory. The id of the program it runs.
+fn check_target(link: &OwnedFd, pin: &Path, cgroup_id: u64, attach: AttachType) -> Result<u32> {
     let info = bpf_sys::cgroup_link_info(link.as_fd())?;
     if info.cgroup_id != cgroup_id || info.attach_type != attach as u32 {
         bail!(
@@ -283,5 +292,5 @@ fn check_target(link: &OwnedFd, pin: &Path, cgroup_id: u64, attach: AttachType) 
             attach as u32
         );
     }
-    Ok(())
+    Ok(info.prog_id)
 }

@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use super::{
     accel, cgroup_links::CgroupLinks, lock::PinLock, migrate, netns_offsets, object::OBJECT, owner,
-    pins::Pins, sk_lookup,
+    pins::Pins, prog_pins::ProgPins, sk_lookup,
 };
 use crate::host::{bpffs, cgroup};
 
@@ -32,6 +32,8 @@ pub struct Datapath {
     _lock: PinLock,
     pub bpf: Ebpf,
     pub pins: Pins,
+    /// This build's pinned programs (each pod's sk_lookup trampoline among them).
+    pub progs: ProgPins,
     /// The cgroup programs, attached to each pod's cgroup at enrolment (taken by the
     /// registry's dataplane: [`Datapath::take_cgroup_links`]).
     cgroup_links: Option<CgroupLinks>,
@@ -79,7 +81,9 @@ impl Datapath {
         };
         // Before sockops: a socket must never enter MS_SOCKS before its program is attached.
         let accel = accel::attach(&mut bpf, &pins)?;
-        let cgroup_links = CgroupLinks::load(&mut bpf, &pins)?;
+        // After the loader: its first run pins the maps the key names.
+        let progs = ProgPins::open(&pins, OBJECT, &[&owner_offsets, &netns_offsets])?;
+        let cgroup_links = CgroupLinks::load(&mut bpf, &pins, &progs)?;
         let root_id = cgroup::cgroup_id(cgroup_root)?;
         let carried = cgroup_links
             .update_root_links(root_id)
@@ -91,7 +95,7 @@ impl Datapath {
                  has its own"
             );
         }
-        sk_lookup::load_shared(&mut bpf)?;
+        sk_lookup::load_shared(&mut bpf, &progs)?;
         // Every carried root and sk_msg link runs our programs now (per-pod sk_lookup links
         // are swapped as their pods are enrolled): the previous layout's pins can go.
         if let Some(old) = previous {
@@ -102,6 +106,7 @@ impl Datapath {
             _lock: lock,
             bpf,
             pins,
+            progs,
             cgroup_links: Some(cgroup_links),
             accel,
             logger,

@@ -17,6 +17,7 @@ pub mod netns_offsets;
 pub mod object;
 pub mod owner;
 pub mod pins;
+pub mod prog_pins;
 pub mod run_stats;
 pub mod sk_lookup;
 pub mod trace;

@@ -4,28 +4,29 @@
 use std::{
     collections::BTreeSet,
     fs::{self, File},
-    os::{
-        fd::{AsFd, BorrowedFd},
-        unix::fs::MetadataExt,
-    },
+    os::{fd::AsFd, unix::fs::MetadataExt},
     path::Path,
 };
 
 use anyhow::{Context, Result};
 use tracing::{debug, info};
 
-use super::pins::Pins;
+use super::{pins::Pins, prog_pins::Prog};
 use crate::sys::bpf::{self as bpf_sys, AttachType};
 
-/// Attaches (or adopts and updates) the sk_lookup link of one pod.
-pub fn attach(prog: BorrowedFd<'_>, netns: &Path, pin: &Path) -> Result<()> {
+/// Attaches (or adopts and updates) the sk_lookup link of one pod. A link that runs `prog`
+/// already is left as it is.
+pub fn attach(prog: &Prog, netns: &Path, pin: &Path) -> Result<()> {
     let ns = File::open(netns).with_context(|| format!("opening netns {}", netns.display()))?;
     let ino = ns.metadata()?.ino();
     if pin.exists() {
         let link = bpf_sys::obj_get(pin)?;
         let (linked_ino, _) = bpf_sys::netns_link_info(link.as_fd())?;
         if linked_ino == ino {
-            bpf_sys::link_update(link.as_fd(), prog)
+            if bpf_sys::link_prog_id(link.as_fd())? == prog.id {
+                return Ok(());
+            }
+            bpf_sys::link_update(link.as_fd(), prog.fd.as_fd())
                 .context("BPF_LINK_UPDATE on sk_lookup link")?;
             debug!(pin = %pin.display(), "adopted sk_lookup link");
             return Ok(());
@@ -33,7 +34,7 @@ pub fn attach(prog: BorrowedFd<'_>, netns: &Path, pin: &Path) -> Result<()> {
         // A stale pin (namespace replaced): its link is gone with the old namespace.
         fs::remove_file(pin).ok();
     }
-    let link = bpf_sys::link_create(prog, ns.as_fd(), AttachType::SkLookup)
+    let link = bpf_sys::link_create(prog.fd.as_fd(), ns.as_fd(), AttachType::SkLookup)
         .context("attaching sk_lookup to the pod's network namespace (Linux 5.9)")?;
     if let Some(dir) = pin.parent() {
         fs::create_dir_all(dir)?;

@@ -39,6 +39,11 @@ impl Pins {
     }
 
     /// Where the pods' cgroup links are pinned, one directory per pod cgroup id.
+    /// `progs`: one directory of pinned programs per build ([`super::prog_pins`]).
+    pub fn programs(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+
     pub fn cgroup_links(&self) -> PathBuf {
         self.root.join("links").join("cgroup")
     }

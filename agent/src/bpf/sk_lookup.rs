@@ -3,9 +3,9 @@
 //! address misses every address the agent was not told of (link-local, secondary, added
 //! later), which PREROUTING captures. So each pod's namespace runs a trampoline for a slot
 //! ([`super::trampoline`]), `MS_SK_LOOKUP_PODS` maps the slot to the pod, and the one shared
-//! program (loaded with the object, [`super::load`]) decides. A trampoline costs microseconds
-//! to load, so each attachment and each restart loads a fresh one: nothing is read back from
-//! the kernel.
+//! program (loaded with the object, [`super::load`]) decides. A trampoline costs a fraction of
+//! a millisecond to load, once per slot and build: it is pinned with this build's programs
+//! ([`super::prog_pins`]).
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, OwnedFd},
@@ -14,12 +14,16 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, MapData, ProgramArray},
+    maps::{Array, Map, MapData},
     programs::SkLookup,
 };
 use meshsteer_common::maps::{capacity, names};
 
-use super::{pins::Pins, trampoline};
+use super::{
+    pins::Pins,
+    prog_pins::{Prog, ProgPins},
+    trampoline,
+};
 use crate::sys::bpf as bpf_sys;
 
 /// The slots: which pod each serves.
@@ -31,11 +35,13 @@ pub struct SkLookups {
     /// `MS_SK_LOOKUP_SLOT` and `MS_SK_LOOKUP_PROG`, which every trampoline names.
     slot_map: OwnedFd,
     prog_array: OwnedFd,
+    /// Where this build's trampolines are pinned, by slot.
+    progs: ProgPins,
 }
 
 impl SkLookups {
     /// The slots as pinned (a previous agent's pods keep theirs).
-    pub fn new(pins: &Pins) -> Result<Self> {
+    pub fn new(pins: &Pins, progs: ProgPins) -> Result<Self> {
         let map: Array<MapData, u64> = pins.open_map(names::SK_LOOKUP_PODS)?.try_into()?;
         let open = |name| {
             bpf_sys::obj_get(&pins.map(name))
@@ -56,12 +62,13 @@ impl SkLookups {
             owners,
             slot_map: open(names::SK_LOOKUP_SLOT)?,
             prog_array: open(names::SK_LOOKUP_PROG)?,
+            progs,
         })
     }
 
-    /// A new trampoline for `cgroup_id`'s slot: the one it has (since it was adopted or
-    /// assigned), or a free one, now mapped to it.
-    pub fn program_for(&mut self, cgroup_id: u64) -> Result<OwnedFd> {
+    /// The trampoline of `cgroup_id`'s slot (this build's, pinned, or loaded now): the slot it
+    /// has (since it was adopted or assigned), or a free one, now mapped to it.
+    pub fn program_for(&mut self, cgroup_id: u64) -> Result<Prog> {
         let slot = match self.slot_of(cgroup_id) {
             Some(slot) => slot,
             None => {
@@ -78,7 +85,9 @@ impl SkLookups {
                 slot
             }
         };
-        trampoline::load(slot, self.slot_map.as_fd(), self.prog_array.as_fd())
+        let (slots, array) = (self.slot_map.as_fd(), self.prog_array.as_fd());
+        self.progs
+            .trampoline(slot, || trampoline::load(slot, slots, array))
     }
 
     /// `cgroup_id`'s slot is free again (its link is gone).
@@ -117,19 +126,22 @@ impl SkLookups {
 /// Loads the shared `ms_sk_lookup` of the object and puts it in `MS_SK_LOOKUP_PROG`: from
 /// this update on, every pod's trampoline runs it (a restarted agent's swap for all pods at
 /// once; a trampoline never finds the array empty).
-pub fn load_shared(bpf: &mut Ebpf) -> Result<()> {
-    let p: &mut SkLookup = bpf
-        .program_mut("ms_sk_lookup")
-        .context("program ms_sk_lookup missing from the object")?
-        .try_into()?;
-    p.load().context("loading sk_lookup (Linux 5.9)")?;
-    let fd = p.fd()?.try_clone()?;
-    let mut array: ProgramArray<&mut MapData> = bpf
-        .map_mut(names::SK_LOOKUP_PROG)
-        .with_context(|| format!("map {} missing from the object", names::SK_LOOKUP_PROG))?
-        .try_into()?;
-    array
-        .set(0, &fd, 0)
+pub fn load_shared(bpf: &mut Ebpf, progs: &ProgPins) -> Result<()> {
+    let prog = progs.get_or_load("ms_sk_lookup", || {
+        let p: &mut SkLookup = bpf
+            .program_mut("ms_sk_lookup")
+            .context("program ms_sk_lookup missing from the object")?
+            .try_into()?;
+        p.load().context("loading sk_lookup (Linux 5.9)")?;
+        Ok(p.fd()?.as_fd().try_clone_to_owned()?)
+    })?;
+    let array = bpf
+        .map(names::SK_LOOKUP_PROG)
+        .with_context(|| format!("map {} missing from the object", names::SK_LOOKUP_PROG))?;
+    let Map::ProgramArray(array) = array else {
+        bail!("{} is not a program array", names::SK_LOOKUP_PROG);
+    };
+    bpf_sys::prog_array_set(array.fd().as_fd(), 0, prog.fd.as_fd())
         .with_context(|| format!("setting {}", names::SK_LOOKUP_PROG))?;
     Ok(())
 }

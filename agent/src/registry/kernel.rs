@@ -4,10 +4,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     net::IpAddr,
-    os::{
-        fd::{AsFd, OwnedFd},
-        unix::fs::MetadataExt,
-    },
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
     path::Path,
     time::Instant,
 };
@@ -132,7 +129,7 @@ impl Dataplane for Kernel {
         let started = Instant::now();
         let prog = self.sk_lookups.program_for(cgroup_id)?;
         let program_us = started.elapsed().as_micros();
-        netns::attach(prog.as_fd(), ns, &self.pins.netns_link(cgroup_id))?;
+        netns::attach(&prog, ns, &self.pins.netns_link(cgroup_id))?;
         debug!(
             program_us,
             attached_us = started.elapsed().as_micros(),

@@ -397,3 +397,21 @@ pub fn prog_array_entry(map: BorrowedFd<'_>, index: u32) -> io::Result<Option<u3
         Err(e) => Err(e),
     }
 }
+
+/// A program's id (`struct bpf_prog_info`: type, then id).
+pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok((obj_info::<8>(prog)?[0] >> 32) as u32)
+}
+
+const BPF_MAP_UPDATE_ELEM: u32 = 2;
+
+/// Puts `prog` at `index` of a program array, replacing what was there in one step (aya's
+/// `ProgramArray::set` takes only programs aya loaded itself, not one reopened from a pin).
+pub fn prog_array_set(map: BorrowedFd<'_>, index: u32, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let fd = prog.as_raw_fd() as u32;
+    let mut a = Attr([0; 32]);
+    a.0[0] = map.as_raw_fd() as u32;
+    a.set_ptr(2, (&raw const index).cast());
+    a.set_ptr(4, (&raw const fd).cast());
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a).map(drop)
+}

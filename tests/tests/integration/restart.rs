@@ -74,12 +74,15 @@ fn sigkill_loses_nothing_and_restart_reconciles() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A restarted agent puts its own sk_lookup program in for every pod at once (one update of
-/// `MS_SK_LOOKUP_PROG`) and gives each pod a fresh trampoline, while connections keep
-/// arriving at two pods: none is missed, and each lands on its own pod's proxy (a trampoline
-/// that named the other pod's slot would find no listener in its namespace and refuse).
+/// A restarted agent of the same build reuses its pinned programs: every pod's links run them
+/// already, so nothing is loaded or swapped. Another build's agent (here: the pinned programs
+/// removed, as a new build's agent finds none of its own) puts its sk_lookup program in for
+/// every pod at once (one update of `MS_SK_LOOKUP_PROG`) and swaps each pod's trampoline and
+/// cgroup programs. Connections keep arriving at two pods through both restarts: none is
+/// missed, and each lands on its own pod's proxy (a trampoline that named the other pod's slot
+/// would find no listener in its namespace and refuse).
 #[test]
-fn a_restart_swaps_sk_lookup_for_every_pod_without_a_gap() -> anyhow::Result<()> {
+fn a_restart_reuses_its_programs_and_a_new_build_swaps_them_without_a_gap() -> anyhow::Result<()> {
     use meshsteer::inspect::{Pins, cgroup_id, link_prog_id, obj_get, prog_array_entry};
     use std::os::fd::AsFd;
 
@@ -88,19 +91,27 @@ fn a_restart_swaps_sk_lookup_for_every_pod_without_a_gap() -> anyhow::Result<()>
     let b = bed.enrolled_pod("b")?;
     let peer = bed.node.add_pod("peer")?;
     let pins = Pins::new(&bed.agent.bpffs_dir);
-    let shared = || -> anyhow::Result<Option<u32>> {
-        Ok(prog_array_entry(
-            obj_get(&pins.map("MS_SK_LOOKUP_PROG"))?.as_fd(),
-            0,
-        )?)
+    // The shared sk_lookup, then per pod its trampoline and its connect4 and sockops links.
+    let programs = || -> anyhow::Result<Vec<u32>> {
+        let mut ids = vec![
+            prog_array_entry(obj_get(&pins.map("MS_SK_LOOKUP_PROG"))?.as_fd(), 0)?
+                .unwrap_or_default(),
+        ];
+        for pod in [&a, &b] {
+            let id = cgroup_id(&pod.cgroup)?;
+            for pin in [
+                pins.netns_link(id),
+                pins.cgroup_link(id, "connect4"),
+                pins.cgroup_link(id, "ms_sockops"),
+            ] {
+                ids.push(link_prog_id(obj_get(&pin)?.as_fd())?);
+            }
+        }
+        Ok(ids)
     };
-    let trampoline = |pod: &meshsteer_tests::Pod| -> anyhow::Result<u32> {
-        let pin = pins.netns_link(cgroup_id(&pod.cgroup)?);
-        Ok(link_prog_id(obj_get(&pin)?.as_fd())?)
-    };
-    let before = (shared()?, trampoline(&a)?, trampoline(&b)?);
-    assert!(before.0.is_some(), "no shared sk_lookup program");
-    assert_ne!(before.1, before.2, "pods a and b share a trampoline");
+    let first = programs()?;
+    assert_ne!(first[0], 0, "no shared sk_lookup program");
+    assert_ne!(first[1], first[4], "pods a and b share a trampoline");
 
     let targets = [format!("{}:8080", a.ip4), format!("{}:8080", b.ip4)];
     let loops = targets
@@ -108,11 +119,20 @@ fn a_restart_swaps_sk_lookup_for_every_pod_without_a_gap() -> anyhow::Result<()>
         .map(|to| ConnectLoop::start(&peer.place(1000, 1000), to))
         .collect::<Vec<_>>();
     thread::sleep(Duration::from_millis(200));
-    bed.agent.restart(libc::SIGKILL)?;
-    for name in ["test/a", "test/b"] {
-        bed.agent.wait_state(name, |s| s == "ready")?;
-    }
-    thread::sleep(Duration::from_millis(200));
+    let restart = |bed: &mut Testbed| -> anyhow::Result<()> {
+        bed.agent.restart(libc::SIGKILL)?;
+        for name in ["test/a", "test/b"] {
+            bed.agent.wait_state(name, |s| s == "ready")?;
+        }
+        thread::sleep(Duration::from_millis(200));
+        Ok(())
+    };
+    restart(&mut bed)?;
+    let same_build = programs()?;
+    bed.agent.stop(libc::SIGKILL);
+    std::fs::remove_dir_all(pins.programs())?;
+    restart(&mut bed)?;
+    let new_build = programs()?;
     for (to, l) in targets.iter().zip(loops) {
         let seen = l.stop()?;
         let missed: Vec<&Value> = seen
@@ -121,19 +141,20 @@ fn a_restart_swaps_sk_lookup_for_every_pod_without_a_gap() -> anyhow::Result<()>
             .collect();
         assert!(
             missed.is_empty() && !seen.is_empty(),
-            "of {} connections to {to} across the restart, these were not steered: {missed:?}",
+            "of {} connections to {to} across two restarts, these were not steered: {missed:?}",
             seen.len()
         );
     }
-    let after = (shared()?, trampoline(&a)?, trampoline(&b)?);
-    assert!(
-        after.0.is_some() && after.0 != before.0,
-        "the restarted agent's program is not the shared one: {before:?} → {after:?}"
+    assert_eq!(
+        same_build, first,
+        "a restart of the same build swapped programs"
     );
-    assert!(
-        after.1 != before.1 && after.2 != before.2,
-        "{before:?} → {after:?}"
-    );
+    for (i, (before, after)) in first.iter().zip(&new_build).enumerate() {
+        assert_ne!(
+            before, after,
+            "program {i} not swapped by another build: {new_build:?}"
+        );
+    }
     Ok(())
 }
 
