@@ -51,9 +51,13 @@ impl Datapath {
         let lock = PinLock::acquire(bpffs_dir, LOCK_WAIT)?;
         Pins::check_layout(bpffs_dir, migrate::PREVIOUS)?;
         let pins = Pins::new(bpffs_dir);
-        for sub in ["maps", "links"] {
-            fs::create_dir_all(pins.root.join(sub))
-                .with_context(|| format!("creating {}", pins.root.join(sub).display()))?;
+        // The pin tree's shape does not depend on which pods came and went.
+        for dir in [
+            pins.root.join("maps"),
+            pins.cgroup_links(),
+            pins.netns_links(),
+        ] {
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         // The previous layout's maps and links, pinned here too: reused and swapped below.
         let previous = migrate::carry_over(bpffs_dir, &pins)?;

@@ -87,4 +87,22 @@ impl ProgPins {
     pub fn trampoline(&self, slot: u32, load: impl FnOnce() -> Result<OwnedFd>) -> Result<Prog> {
         self.get_or_load(&format!("sk_lookup/{slot}"), load)
     }
+
+    /// Unpins slot `slot`'s trampoline: a deleted pod leaves nothing behind.
+    pub fn forget_trampoline(&self, slot: u32) {
+        let _ = fs::remove_file(self.dir.join("sk_lookup").join(slot.to_string()));
+    }
+
+    /// Unpins the trampolines of every slot `owned` rejects.
+    pub fn forget_trampolines(&self, owned: impl Fn(u32) -> bool) {
+        let Ok(entries) = fs::read_dir(self.dir.join("sk_lookup")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let slot = e.file_name().to_str().and_then(|s| s.parse().ok());
+            if slot.is_none_or(|s| !owned(s)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }

@@ -90,11 +90,12 @@ impl SkLookups {
             .trampoline(slot, || trampoline::load(slot, slots, array))
     }
 
-    /// `cgroup_id`'s slot is free again (its link is gone).
+    /// `cgroup_id`'s slot is free again (its link is gone), and its trampoline's pin goes.
     pub fn release(&mut self, cgroup_id: u64) {
         if let Some(slot) = self.slot_of(cgroup_id) {
             let _ = self.map.set(slot, 0, 0);
             self.owners.remove(&slot);
+            self.progs.forget_trampoline(slot);
         }
     }
 
@@ -109,6 +110,9 @@ impl SkLookups {
         for c in gone {
             self.release(c);
         }
+        // And any a killed agent pinned for a slot it never gave out.
+        self.progs
+            .forget_trampolines(|s| self.owners.contains_key(&s));
     }
 
     fn slot_of(&self, cgroup_id: u64) -> Option<u32> {

@@ -359,7 +359,8 @@ fn every_address_of_the_pod_is_captured() -> anyhow::Result<()> {
 }
 
 /// Removing the pod's spec detaches its sk_lookup program (the kernel's list of netns links
-/// says so), and a namespace that vanishes under an enrolled pod is reported, not crashed on.
+/// says so) and unpins its trampoline, and a namespace that vanishes under an enrolled pod is
+/// reported, not crashed on.
 #[test]
 fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
     let mut bed = Testbed::start(World::Absent, &[])?;
@@ -372,6 +373,15 @@ fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
     agent.wait_until(Duration::from_secs(5), "the sk_lookup link to go", |_| {
         meshsteer::inspect::netns_links(ino).is_ok_and(|l| l.is_empty())
     })?;
+    let pins = meshsteer::inspect::Pins::new(&agent.bpffs_dir);
+    let trampolines: Vec<_> = std::fs::read_dir(pins.programs())?
+        .map(|build| Ok(std::fs::read_dir(build?.path().join("sk_lookup"))?.count()))
+        .collect::<std::io::Result<_>>()?;
+    assert_eq!(
+        trampolines,
+        [0],
+        "trampolines pinned per build, the pod gone"
+    );
 
     let other = bed.node.add_pod("vanish")?;
     agent.enrol(&other, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
