@@ -22,6 +22,9 @@ use tracing::{debug, info};
 use super::pins::Pins;
 use crate::sys::bpf as bpf_sys;
 
+/// The subdirectory of the trampolines.
+const TRAMPOLINES: &str = "sk_lookup";
+
 /// Where this build's programs are pinned.
 #[derive(Clone, Debug)]
 pub struct ProgPins {
@@ -59,9 +62,10 @@ impl ProgPins {
             }
         }
         let dir = base.join(key);
-        fs::create_dir_all(dir.join("sk_lookup"))
-            .with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self { dir })
+        let progs = Self { dir };
+        fs::create_dir_all(progs.trampolines())
+            .with_context(|| format!("creating {}", progs.dir.display()))?;
+        Ok(progs)
     }
 
     /// The program pinned as `name` by an agent of this build, else `load`'s, pinned now.
@@ -85,17 +89,17 @@ impl ProgPins {
 
     /// The trampoline of sk_lookup slot `slot`, as [`ProgPins::get_or_load`].
     pub fn trampoline(&self, slot: u32, load: impl FnOnce() -> Result<OwnedFd>) -> Result<Prog> {
-        self.get_or_load(&format!("sk_lookup/{slot}"), load)
+        self.get_or_load(&format!("{TRAMPOLINES}/{slot}"), load)
     }
 
     /// Unpins slot `slot`'s trampoline: a deleted pod leaves nothing behind.
     pub fn forget_trampoline(&self, slot: u32) {
-        let _ = fs::remove_file(self.dir.join("sk_lookup").join(slot.to_string()));
+        let _ = fs::remove_file(self.trampolines().join(slot.to_string()));
     }
 
     /// Unpins the trampolines of every slot `owned` rejects.
     pub fn forget_trampolines(&self, owned: impl Fn(u32) -> bool) {
-        let Ok(entries) = fs::read_dir(self.dir.join("sk_lookup")) else {
+        let Ok(entries) = fs::read_dir(self.trampolines()) else {
             return;
         };
         for e in entries.flatten() {
@@ -104,5 +108,10 @@ impl ProgPins {
                 let _ = fs::remove_file(e.path());
             }
         }
+    }
+
+    /// Where the trampolines are pinned, by slot.
+    fn trampolines(&self) -> PathBuf {
+        self.dir.join(TRAMPOLINES)
     }
 }

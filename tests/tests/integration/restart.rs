@@ -134,16 +134,7 @@ fn a_restart_reuses_its_programs_and_a_new_build_swaps_them_without_a_gap() -> a
     restart(&mut bed)?;
     let new_build = programs()?;
     for (to, l) in targets.iter().zip(loops) {
-        let seen = l.stop()?;
-        let missed: Vec<&Value> = seen
-            .iter()
-            .filter(|v| !(v["listener"] == 15006 && v["orig_dst"] == to.as_str()))
-            .collect();
-        assert!(
-            missed.is_empty() && !seen.is_empty(),
-            "of {} connections to {to} across two restarts, these were not steered: {missed:?}",
-            seen.len()
-        );
+        assert_all_landed(&l.stop()?, 15006, to, "connections across two restarts");
     }
     assert_eq!(
         same_build, first,
@@ -198,23 +189,17 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     let outs = out_loop.stop()?;
     let ins = in_loop.stop()?;
 
-    let escaped: Vec<&Value> = outs
-        .iter()
-        .filter(|v| !(v["listener"] == 15001 && v["orig_dst"] == WORLD))
-        .collect();
-    assert!(
-        escaped.is_empty() && !outs.is_empty(),
-        "of {} outbound connections across the upgrade, these were not captured whole: {escaped:?}",
-        outs.len()
+    assert_all_landed(
+        &outs,
+        15001,
+        WORLD,
+        "outbound connections across the upgrade",
     );
-    let missed: Vec<&Value> = ins
-        .iter()
-        .filter(|v| !(v["listener"] == 15006 && v["orig_dst"] == inbound.as_str()))
-        .collect();
-    assert!(
-        missed.is_empty() && !ins.is_empty(),
-        "of {} inbound connections across the upgrade, these were not steered: {missed:?}",
-        ins.len()
+    assert_all_landed(
+        &ins,
+        15006,
+        &inbound,
+        "inbound connections across the upgrade",
     );
     let late = late.join().expect("late-accept thread")?;
     assert_eq!(
@@ -377,4 +362,18 @@ fn dns_proxy(pod: &mut meshsteer_tests::Pod) -> anyhow::Result<()> {
     )?;
     pod.keep(proxy);
     resolver::wait_answers(pod, 1337, "127.0.0.1:15053", "10.9.9.9")
+}
+
+/// Every connection of `seen`, and at least one, reached the proxy's `listener`, which learnt
+/// `to` as its original destination: none escaped the proxy, none failed.
+fn assert_all_landed(seen: &[Value], listener: u16, to: &str, what: &str) {
+    let missed: Vec<&Value> = seen
+        .iter()
+        .filter(|v| !(v["listener"] == listener && v["orig_dst"] == to))
+        .collect();
+    assert!(
+        missed.is_empty() && !seen.is_empty(),
+        "of {} {what}, these did not reach {listener} with {to} as their destination: {missed:?}",
+        seen.len()
+    );
 }
