@@ -21,17 +21,16 @@ plain_data!(OwnerOffsets);
 /// The symbol name of the [`OwnerOffsets`] global.
 pub const OWNER_OFFSETS: &str = "OWNER_OFFSETS";
 
-/// Where the current task's network namespace keeps its inode number: the number an
-/// nsfs file (`/proc/<pid>/ns/net`, a CNI netns path) shows, so the agent can name a pod's
-/// namespace the same way (`MS_POD_NETNS`). Byte offsets, from the kernel's BTF: the chain
-/// `current->nsproxy->net_ns->ns.inum`. `NETNS_OFFSETS` in the object.
+/// Where a socket's network namespace keeps its inode number: the number an nsfs file
+/// (`/proc/<pid>/ns/net`, a CNI netns path) shows, so the agent can name a pod's namespace the
+/// same way (`MS_POD_NETNS`). Byte offsets, from the kernel's BTF: the chain
+/// `sk->__sk_common.skc_net.net->ns.inum`. `NETNS_OFFSETS` in the object.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NetnsOffsets {
-    /// `struct task_struct::nsproxy`.
-    pub task_nsproxy: u32,
-    /// `struct nsproxy::net_ns`.
-    pub nsproxy_net_ns: u32,
+    /// `struct sock::__sk_common` plus `struct sock_common::skc_net` (a `possible_net_t`,
+    /// whose one member is the `struct net` pointer).
+    pub sock_net: u32,
     /// `struct net::ns` plus `struct ns_common::inum`.
     pub net_inum: u32,
     /// Non-zero once the agent set the offsets.

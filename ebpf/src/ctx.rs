@@ -17,7 +17,10 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_ANY, bpf_sock, sockaddr},
     btf_maps::SockHash,
-    helpers::generated::{bpf_bind, bpf_get_netns_cookie},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_bind, bpf_get_netns_cookie},
+    },
     programs::{
         SkLookupContext, SkMsgContext, SockAddrContext, SockContext, SockOpsContext, SockoptContext,
     },
@@ -69,6 +72,18 @@ impl Sock {
     #[inline(always)]
     pub fn as_ptr(self) -> *mut c_void {
         self.0.cast()
+    }
+
+    /// The kernel address of the socket (its `struct sock`), as a plain number for
+    /// `bpf_probe_read_kernel` of fields the ctx does not expose. The verifier allows no
+    /// arithmetic on a socket pointer, so its value is copied out of this stack slot by a
+    /// kernel read, which yields a number (the agent loads with CAP_PERFMON, which lets a
+    /// helper see a pointer's value).
+    #[inline(always)]
+    pub fn kernel_addr(self) -> Option<u64> {
+        let p = self.0;
+        // SAFETY: reads the 8 bytes of `p` itself, on this program's stack.
+        unsafe { bpf_probe_read_kernel((&raw const p).cast::<u64>()).ok() }
     }
 
     #[inline(always)]

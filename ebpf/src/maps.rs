@@ -99,11 +99,6 @@ pub static SK_LOOKUP_SLOT: PerCpuArray<u32, 1> = PerCpuArray::new();
 #[btf_map(name = "MS_SK_LOOKUP_PROG")]
 pub static SK_LOOKUP_PROG: ProgramArray<1> = ProgramArray::new();
 
-/// The network namespace (inode number) a socket was made in, kept for the sockets of a
-/// pod's proxy ids only: the ones that may become its inbound listener.
-#[btf_map(name = "MS_SOCK_NETNS")]
-pub static SOCK_NETNS: SkStorage<u64> = SkStorage::new();
-
 /// Each pod's inbound proxy listener (per family), registered by sockops when the proxy calls
 /// listen() and by the agent for listeners older than it. The kernel drops closed sockets.
 #[btf_map(name = "MS_LISTENERS")]

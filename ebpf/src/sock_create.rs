@@ -1,18 +1,14 @@
 //! cgroup/sock_create: remember, for each TCP socket of an enrolled pod (and each UDP socket
-//! of a pod with DNS capture), the pod and the creator's uid/gid. iptables' owner match looks at the socket's creator, not at whichever
-//! task later calls connect() (sockets get handed over), so the owner is fixed here. For a
-//! proxy's socket, also the network namespace it is made in (see `netns.rs`).
+//! of a pod with DNS capture), the pod and the creator's uid/gid. iptables' owner match looks
+//! at the socket's creator, not at whichever task later calls connect() (sockets get handed
+//! over), so the owner is fixed here.
 use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
-use meshsteer_common::{
-    inbound::may_listen,
-    maps::{SockState, pod_flags, sock_flags},
-};
+use meshsteer_common::maps::{SockState, pod_flags, sock_flags};
 
 use crate::{
     capture::{SOCK_DGRAM, SOCK_STREAM},
     ctx::SockCtx,
     dns::IPPROTO_UDP,
-    netns,
     owner::current_owner,
     pod::{pod_of_current_task, sock_state_or_create},
 };
@@ -34,11 +30,6 @@ pub fn sock_create(ctx: SockContext) -> i32 {
             flags: sock_flags::OWNER_KNOWN,
             ..Default::default()
         };
-        // Only a proxy's socket can become the pod's inbound listener, and only if it was
-        // made in the pod's own namespace: sockops checks that at listen().
-        if !udp && may_listen(cfg, uid, gid) {
-            netns::record(sk);
-        }
     }
     // 1: let the socket be created.
     1

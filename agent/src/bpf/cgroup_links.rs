@@ -32,13 +32,11 @@ use crate::sys::bpf::{self as bpf_sys, AttachType};
 /// (getsockopt, which also reads the previous layout's map) go before its writer (sockops):
 /// an entry the new sockops stores is never asked of the old getsockopt. Likewise the readers
 /// of `MS_DNS_SOCK` (getpeername, recvmsg) go before its writers (connect, sendmsg): no DNS
-/// is redirected before its replies can be translated.
+/// is redirected before its replies can be translated. And sock_create goes after sockops:
+/// layout 7's sockops looked for a listener's namespace where its sock_create recorded it,
+/// which this sock_create no longer does. (For a new pod the order is moot: its programs pass
+/// everything until its config is written, after every link.)
 const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
-    (
-        "sock_create",
-        AttachType::SockCreate,
-        "cgroup/sock_create (Linux 4.10)",
-    ),
     (
         "getsockopt",
         AttachType::GetSockopt,
@@ -85,6 +83,11 @@ const CGROUP_PROGRAMS: &[(&str, AttachType, &str)] = &[
         "cgroup/sendmsg6 (Linux 4.18)",
     ),
     ("ms_sockops", AttachType::SockOps, "sockops (Linux 4.13)"),
+    (
+        "sock_create",
+        AttachType::SockCreate,
+        "cgroup/sock_create (Linux 4.10)",
+    ),
 ];
 
 /// One loaded program, ready to be attached to pods.

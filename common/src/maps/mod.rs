@@ -50,7 +50,10 @@ pub use stats::{PodCounters, counter, node_counter};
 /// `MS_SK_LOOKUP_SLOT` and tail-calls the program in the new `MS_SK_LOOKUP_PROG` (a copy of
 /// the whole program per pod cost 10 to 20 ms to load). Every layout-6 map is carried as it is;
 /// each pod's link is swapped to a trampoline when the pod is enrolled again.
-pub const LAYOUT_VERSION: u32 = 7;
+/// 8: `MS_SOCK_NETNS` is gone: sockops reads a listener's network namespace from the socket
+/// itself, so sock_create no longer gives each proxy socket a second socket storage. Every
+/// other layout-7 map is carried as it is.
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Depth of the cgroup ancestor walk that maps a socket's cgroup to its pod
 /// (`kubepods.slice/kubepods-burstable.slice/…-pod<uid>.slice/cri-…scope` is depth 4).

@@ -21,7 +21,6 @@ pub const SK_LOOKUP_PODS: &str = "MS_SK_LOOKUP_PODS";
 pub const SK_LOOKUP_SLOT: &str = "MS_SK_LOOKUP_SLOT";
 /// The shared sk_lookup program, which every pod's trampoline tail-calls (index 0).
 pub const SK_LOOKUP_PROG: &str = "MS_SK_LOOKUP_PROG";
-pub const SOCK_NETNS: &str = "MS_SOCK_NETNS";
 pub const LISTENERS: &str = "MS_LISTENERS";
 pub const TRACE_CTL: &str = "MS_TRACE_CTL";
 pub const TRACE: &str = "MS_TRACE";
@@ -49,7 +48,6 @@ pub const PINNED: &[&str] = &[
     SK_LOOKUP_PODS,
     SK_LOOKUP_SLOT,
     SK_LOOKUP_PROG,
-    SOCK_NETNS,
     LISTENERS,
     TRACE_CTL,
     TRACE,

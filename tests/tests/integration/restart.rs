@@ -164,7 +164,7 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     let agent = meshsteer_tests::Agent::start_bin(&node, &previous, &[])?;
     let mut bed = Testbed { agent, node };
     let pod = bed.enrolled_pod("a")?;
-    let slow = bed.node.add_pod("slow")?;
+    let mut slow = bed.node.add_pod("slow")?;
     bed.agent
         .enrol(&slow, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
     let peer = bed.node.add_pod("peer")?;
@@ -251,6 +251,19 @@ fn an_upgrade_from_the_previous_layout_loses_nothing() -> anyhow::Result<()> {
     assert!(!pins.root.join("links/connect4").exists());
     // The peer pod is not enrolled: nothing of meshsteer runs for it.
     assert_eq!(cgroup_links(cgroup_id(&peer.cgroup)?)?, Vec::<u32>::new());
+
+    // Layout 8 reads a listener's network namespace from the socket (layout 7 kept it in
+    // `MS_SOCK_NETNS`, not carried): a proxy that starts listening after the upgrade, in a pod
+    // enrolled before it, takes the pod's inbound connections.
+    assert!(!pins.map("MS_SOCK_NETNS").exists(), "MS_SOCK_NETNS carried");
+    slow.start_listener()?;
+    let into_slow = format!("{}:8080", slow.ip4);
+    let v = peer.probe(1000, 1000, &into_slow, &[])?;
+    assert_eq!(
+        (&v["listener"], &v["orig_dst"]),
+        (&15006.into(), &into_slow.clone().into()),
+        "a proxy listening since the upgrade: {v}"
+    );
 
     // And a pod of the upgraded node gets its DNS to the proxy's DNS port (layout 5's DNS
     // capture, carried).
