@@ -2,7 +2,7 @@
 //! so that they don't reach into internal modules.
 pub use crate::{
     bpf::{
-        accel::open_sockets,
+        accel::{open_sockets, pending_count},
         features::kernel_release,
         maps::PodMaps,
         pins::Pins,

@@ -8,6 +8,12 @@
 //! and leaves the accepting side's view in `MS_ACCEL_PENDING`; the accepting side joins when
 //! it finds itself there. Nothing else is needed at close: the kernel drops a closing socket
 //! from every sockmap, and its storage goes with it.
+//!
+//! `MS_ACCEL_PENDING_COUNT` says whether any such view may be waiting: on a node where no pod
+//! accelerates (the default), an accepted connection then skips the lookup, which every
+//! accept of every enrolled pod would otherwise pay.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{bindings::BPF_ANY, programs::SockOpsContext};
 use meshsteer_common::{
     maps::{
@@ -20,7 +26,7 @@ use meshsteer_common::{
 
 use crate::{
     ctx::{Sock, SockOpsCtx},
-    maps::{ACCEL_CFG, ACCEL_PENDING, ACCEL_STATE, SOCKS},
+    maps::{ACCEL_CFG, ACCEL_PENDING, ACCEL_PENDING_COUNT, ACCEL_STATE, SOCKS},
     pod::{MapTables, count, pod_config, sk_storage, sock_state},
     tuple::{mirrored, own_view},
 };
@@ -54,21 +60,53 @@ pub fn connected(ctx: &SockOpsContext) {
     }
     if insert(ctx, sk, view, pod_cgroup) {
         let peer = mirrored(&view);
-        let _ = ACCEL_PENDING.insert(peer, pod_cgroup, BPF_ANY.into());
+        // Counted before the insert: the accepting side looks only once this side's ACK
+        // arrives, and must see the count by then.
+        count_pending(1);
+        if ACCEL_PENDING
+            .insert(peer, pod_cgroup, BPF_ANY.into())
+            .is_err()
+        {
+            count_pending(-1);
+        }
     }
 }
 
 /// PASSIVE_ESTABLISHED_CB: the accepting side joins if its connecting side was inserted.
 #[inline(never)]
 pub fn accepted(ctx: &SockOpsContext) {
+    if !pending_may_exist() {
+        return;
+    }
     let Some(sk) = ctx.sock() else { return };
     let view = own_view(ctx);
     // SAFETY: plain data, copied out at once.
     let Some(pod_cgroup) = ACCEL_PENDING.get_ptr(view).map(|p| unsafe { *p }) else {
         return;
     };
-    let _ = ACCEL_PENDING.remove(view);
+    if ACCEL_PENDING.remove(view).is_ok() {
+        count_pending(-1);
+    }
     insert(ctx, sk, view, pod_cgroup);
+}
+
+/// Whether `MS_ACCEL_PENDING` may hold an entry. The count is a hint that errs high: added
+/// before each insert, taken after each remove, left as it is when the LRU map evicts.
+#[inline(always)]
+fn pending_may_exist() -> bool {
+    // SAFETY: a map value, 8-aligned; one aligned 8-byte load.
+    ACCEL_PENDING_COUNT
+        .get_ptr(0)
+        .is_some_and(|p| unsafe { core::ptr::read_volatile(p) } > 0)
+}
+
+/// Adds `delta` to the pending count, atomically: a plain BPF XADD, as in `orig_dst.rs`.
+#[inline(always)]
+fn count_pending(delta: i64) {
+    if let Some(p) = ACCEL_PENDING_COUNT.get_ptr_mut(0) {
+        // SAFETY: a map value, valid for this run; other CPUs update it only through atomics.
+        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, delta) };
+    }
 }
 
 /// Loopback, or one of the pod's own addresses: the peer socket is in the same namespace.

@@ -129,6 +129,11 @@ pub static ACCEL_STATE: SkStorage<AccelState> = SkStorage::new();
 pub static ACCEL_PENDING: LruHashMap<TupleKey, u64, { capacity::SOCKS as usize }> =
     LruHashMap::new();
 
+/// Index 0: how many `MS_ACCEL_PENDING` entries there may be (see `accel.rs`). While it
+/// reads 0, an accepted connection has no connecting side to join and looks nothing up.
+#[btf_map(name = "MS_ACCEL_PENDING_COUNT")]
+pub static ACCEL_PENDING_COUNT: Array<i64, 1> = Array::new();
+
 /// Node-wide acceleration settings ([`AccelConfig`]), written by the agent at start.
 #[btf_map(name = "MS_ACCEL_CFG")]
 pub static ACCEL_CFG: Array<AccelConfig, 1> = Array::new();

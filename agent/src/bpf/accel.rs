@@ -175,6 +175,13 @@ pub fn open_sockets(pins: &Pins) -> Result<usize> {
     Ok(socks.keys().count())
 }
 
+/// The pinned `MS_ACCEL_PENDING_COUNT`: connecting sides waiting for their accepting side (0
+/// when idle; it errs high only where the LRU map evicted).
+pub fn pending_count(pins: &Pins) -> Result<i64> {
+    let count: Array<_, i64> = pins.open_map(names::ACCEL_PENDING_COUNT)?.try_into()?;
+    Ok(count.get(&0, 0)?)
+}
+
 /// Offsets (bytes) of the kernel fields the sk_msg program reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {

@@ -51,8 +51,9 @@ pub use stats::{PodCounters, counter, node_counter};
 /// the whole program per pod cost 10 to 20 ms to load). Every layout-6 map is carried as it is;
 /// each pod's link is swapped to a trampoline when the pod is enrolled again.
 /// 8: `MS_SOCK_NETNS` is gone: sockops reads a listener's network namespace from the socket
-/// itself, so sock_create no longer gives each proxy socket a second socket storage. Every
-/// other layout-7 map is carried as it is.
+/// itself, so sock_create no longer gives each proxy socket a second socket storage. The new
+/// `MS_ACCEL_PENDING_COUNT` lets accepts skip the `MS_ACCEL_PENDING` lookup on a node where
+/// no connection waits there. Every other layout-7 map is carried as it is.
 pub const LAYOUT_VERSION: u32 = 8;
 
 /// Depth of the cgroup ancestor walk that maps a socket's cgroup to its pod

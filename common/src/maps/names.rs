@@ -27,6 +27,8 @@ pub const TRACE: &str = "MS_TRACE";
 pub const SOCKS: &str = "MS_SOCKS";
 pub const ACCEL_STATE: &str = "MS_ACCEL_STATE";
 pub const ACCEL_PENDING: &str = "MS_ACCEL_PENDING";
+/// How many `MS_ACCEL_PENDING` entries there may be: accepts skip the lookup while it is 0.
+pub const ACCEL_PENDING_COUNT: &str = "MS_ACCEL_PENDING_COUNT";
 pub const ACCEL_CFG: &str = "MS_ACCEL_CFG";
 pub const DNS_SERVERS: &str = "MS_DNS_SERVERS";
 pub const DNS_SOCK: &str = "MS_DNS_SOCK";
@@ -54,6 +56,7 @@ pub const PINNED: &[&str] = &[
     SOCKS,
     ACCEL_STATE,
     ACCEL_PENDING,
+    ACCEL_PENDING_COUNT,
     ACCEL_CFG,
     DNS_SERVERS,
     DNS_SOCK,

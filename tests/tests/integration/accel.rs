@@ -265,6 +265,10 @@ fn teardown_frees_sockhash_entries() -> Result<()> {
     assert_eq!(open, 2, "an open connection should hold its two sockets");
     let r: Value = serde_json::from_slice(&out.stdout)?;
     assert_exact_and_accelerated(&r);
+    // The accepting side took its pending view, and the count with it: accepts elsewhere on
+    // the node skip the lookup again.
+    let pins = meshsteer::inspect::Pins::new(&bed.agent.bpffs_dir);
+    assert_eq!(meshsteer::inspect::pending_count(&pins)?, 0);
     bed.assert_idle()
 }
 
