@@ -12,8 +12,6 @@
 //! `MS_ACCEL_PENDING_COUNT` says whether any such view may be waiting: on a node where no pod
 //! accelerates (the default), an accepted connection then skips the lookup, which every
 //! accept of every enrolled pod would otherwise pay.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{bindings::BPF_ANY, programs::SockOpsContext};
 use meshsteer_common::{
     maps::{
@@ -25,6 +23,7 @@ use meshsteer_common::{
 };
 
 use crate::{
+    atomic,
     ctx::{Sock, SockOpsCtx},
     maps::{ACCEL_CFG, ACCEL_PENDING, ACCEL_PENDING_COUNT, ACCEL_STATE, SOCKS},
     pod::{MapTables, count, pod_config, sk_storage, sock_state},
@@ -100,12 +99,12 @@ fn pending_may_exist() -> bool {
         .is_some_and(|p| unsafe { core::ptr::read_volatile(p) } > 0)
 }
 
-/// Adds `delta` to the pending count, atomically: a plain BPF XADD, as in `orig_dst.rs`.
+/// Adds `delta` to the pending count, atomically.
 #[inline(always)]
 fn count_pending(delta: i64) {
     if let Some(p) = ACCEL_PENDING_COUNT.get_ptr_mut(0) {
         // SAFETY: a map value, valid for this run; other CPUs update it only through atomics.
-        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(p, delta) };
+        unsafe { atomic::add(p, delta) };
     }
 }
 

@@ -21,17 +21,18 @@
 //! Shared pieces: `ctx.rs` (every access to a hook's context, as safe accessors), `tuple.rs`
 //! (connection keys), `maps.rs` (every map), `pod.rs` (socket → pod → config, counters),
 //! `capture.rs` (the connect-time steering both connect hooks use), `dns.rs` (DNS capture's
-//! UDP steering and reply translation), `trace.rs` (decision
-//! records for `meshsteer trace`), `accel.rs` (sockops' half of acceleration), `orig_dst.rs`
-//! (original destinations and each pod's budget of them), `netns.rs` (a socket's network
-//! namespace, for the inbound listener check), `sockaddr.rs`.
+//! UDP steering and reply translation), `trace.rs` (decision records for `meshsteer trace`),
+//! `accel.rs` (sockops' half of acceleration), `orig_dst.rs` (original destinations and each
+//! pod's budget of them), `atomic.rs` (atomic adds to shared map values), `netns.rs` (a
+//! socket's network namespace, for the inbound listener check), `sockaddr.rs`.
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the BPF target has no atomic read-modify-write types (see `orig_dst.rs`).
+// `atomic_xadd`: the BPF target has no atomic read-modify-write types (see `atomic.rs`).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
 mod accel;
+mod atomic;
 mod capture;
 mod connect4;
 mod connect6;

@@ -3,12 +3,13 @@
 //! when its connection ends, never evicted; a pod at its budget gets no more (its redirected
 //! connect()s fail instead). Connections redirected before an upgrade from layout 2 keep their
 //! entries in the adopted LRU map, `MS_ORIG_DST_V2`, which is read and freed as a fallback.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::bindings::BPF_NOEXIST;
 use meshsteer_common::maps::{OrigDst, PodLive, TupleKey};
 
-use crate::maps::{ORIG_DST, ORIG_DST_V2, POD_LIVE};
+use crate::{
+    atomic,
+    maps::{ORIG_DST, ORIG_DST_V2, POD_LIVE},
+};
 
 /// The pod's live-entry count, for atomic updates.
 #[inline(always)]
@@ -16,15 +17,12 @@ fn live(pod_cgroup: u64) -> Option<*mut PodLive> {
     POD_LIVE.get_ptr_mut(pod_cgroup)
 }
 
-/// Adds `delta` to the pod's live count, atomically. The result is unused, so this is a plain
-/// BPF XADD (any kernel); `AtomicI64` has no `fetch_add` on the BPF target.
+/// Adds `delta` to the pod's live count, atomically.
 #[inline(always)]
 fn add(p: *mut PodLive, delta: i64) {
     // SAFETY: a map value, 8-aligned and valid for this run; other CPUs update it only
     // through atomics too.
-    unsafe {
-        atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(&raw mut (*p).orig_dst, delta);
-    }
+    unsafe { atomic::add(&raw mut (*p).orig_dst, delta) };
 }
 
 /// Whether the pod holds its whole budget of live entries (a pod without a count, enrolled by

@@ -68,11 +68,11 @@ pub enum Carry {
 }
 
 /// Layout 7's maps, and how each is carried into layout 8: all as they are but
-/// `MS_SOCK_NETNS`, which layout 8 no longer has (it adds `MS_ACCEL_PENDING_COUNT`, which
-/// the loader creates at 0: a connection mid-handshake at the upgrade whose connecting side
-/// the old sockops put in `MS_ACCEL_PENDING` uncounted stays on the normal path). `MS_SK_LOOKUP_SLOT` and `MS_SK_LOOKUP_PROG`
-/// must be carried by every later layout too: a pod's trampoline names them, and the kernel
-/// empties a program array when its last pin goes.
+/// `MS_SOCK_NETNS`, which layout 8 no longer has. (Layout 8 adds `MS_ACCEL_PENDING_COUNT`,
+/// which the loader creates at 0: a connection mid-handshake at the upgrade, whose connecting
+/// side the old sockops put in `MS_ACCEL_PENDING` uncounted, stays on the normal path.)
+/// `MS_SK_LOOKUP_SLOT` and `MS_SK_LOOKUP_PROG` must be carried by every later layout too: a
+/// pod's trampoline names them, and the kernel empties a program array when its last pin goes.
 pub const FROM_PREVIOUS: &[(&str, Carry)] = &[
     (names::PODS, Carry::Same),
     (names::PORTS, Carry::Same),
