@@ -9,6 +9,7 @@ pub mod bytes;
 pub mod clock;
 pub mod inotify;
 pub mod mount;
+pub mod netns_thread;
 pub mod ns;
 pub mod openat2;
 pub mod pidfd;

@@ -1,10 +1,8 @@
 //! nsfs ioctls: what kind of namespace a file is (`NS_GET_NSTYPE`) and which user namespace
-//! owns it (`NS_GET_USERNS`). libc has the constants but no wrappers. And setns(2) into a
-//! network namespace, confined to a thread of its own.
+//! owns it (`NS_GET_USERNS`). libc has the constants but no wrappers.
 use std::{
     io,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
-    thread,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
 /// `_IO(0xb7, 0x3)`.
@@ -40,24 +38,4 @@ pub(super) fn ioctl_new_fd(fd: &impl AsRawFd, request: libc::c_ulong) -> io::Res
         }
         Ok(OwnedFd::from_raw_fd(r))
     }
-}
-
-/// Runs `f` on a new thread that has entered the network namespace `ns` refers to (setns(2)
-/// with `CLONE_NEWNET`, which needs CAP_SYS_ADMIN), and returns what `f` returned; `Err` only
-/// when the thread could not enter it. setns moves the calling thread alone, and this thread
-/// ends with `f`: no other code of the agent ever runs in that namespace. What `f` makes there
-/// keeps it: a socket belongs to the namespace it was created in, wherever it is used later.
-pub fn in_netns<T: Send>(ns: &(impl AsFd + Sync), f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on an fd the caller keeps open for the thread's whole life; it
-            // changes this thread's network namespace only.
-            if unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the thread inside the namespace panicked")))
-    })
 }
