@@ -7,6 +7,7 @@
 use std::{
     collections::BTreeSet,
     fs::{self, File},
+    io,
     os::{
         fd::{AsFd, OwnedFd},
         unix::fs::MetadataExt,
@@ -158,11 +159,11 @@ impl CgroupLinks {
             );
         }
         let pod_dir = self.dir.join(cgroup_id.to_string());
-        fs::create_dir_all(&pod_dir).with_context(|| format!("creating {}", pod_dir.display()))?;
+        let links = open_or_create_dir(&pod_dir)?;
         let mut made = Vec::new();
         for p in &self.programs {
             let pin = pod_dir.join(p.name);
-            match attach_one(p, &pin, &cgroup, cgroup_id) {
+            match attach_one(p, &links, &pod_dir, &cgroup, cgroup_id) {
                 Ok(true) => made.push(pin),
                 Ok(false) => {}
                 Err(e) => {
@@ -246,24 +247,55 @@ impl CgroupLinks {
 }
 
 /// One program on one pod's cgroup: a pinned link of ours swaps its program, else a new link
-/// is made and pinned. Whether a link was made.
-fn attach_one(p: &Program, pin: &Path, cgroup: &File, cgroup_id: u64) -> Result<bool> {
-    if pin.exists() {
-        swap(p, pin, cgroup_id)?;
-        return Ok(false);
+/// is made and pinned. Whether a link was made. The pin is opened without a look first: a
+/// restart adopts 11 links a pod, and each path walk of bpffs counts at 1,000 pods.
+fn attach_one(
+    p: &Program,
+    links: &File,
+    pod_dir: &Path,
+    cgroup: &File,
+    cgroup_id: u64,
+) -> Result<bool> {
+    let pin = pod_dir.join(p.name);
+    match bpf_sys::obj_get_in(links.as_fd(), pod_dir, p.name) {
+        Ok(link) => {
+            swap_link(p, &link, &pin, cgroup_id)?;
+            return Ok(false);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("opening pinned link {}", pin.display()));
+        }
     }
     let link = bpf_sys::link_create(p.prog.fd.as_fd(), cgroup.as_fd(), p.attach)
         .context("BPF_LINK_CREATE")?;
-    bpf_sys::obj_pin(link.as_fd(), pin).with_context(|| format!("pinning {}", pin.display()))?;
+    bpf_sys::obj_pin(link.as_fd(), &pin).with_context(|| format!("pinning {}", pin.display()))?;
     Ok(true)
 }
 
-/// Swaps `p` into the link pinned at `pin`, which must be attached to `cgroup_id`. Nothing to
-/// do where it runs `p` already (an agent of this build pinned both).
+/// The pod's directory of links, made if missing (a restart finds it there).
+fn open_or_create_dir(dir: &Path) -> Result<File> {
+    match File::open(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            File::open(dir)
+        }
+        r => r,
+    }
+    .with_context(|| format!("opening {}", dir.display()))
+}
+
+/// Swaps `p` into the link pinned at `pin`, which must be attached to `cgroup_id`.
 fn swap(p: &Program, pin: &Path, cgroup_id: u64) -> Result<()> {
     let link =
         bpf_sys::obj_get(pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
-    if check_target(&link, pin, cgroup_id, p.attach)? == p.prog.id {
+    swap_link(p, &link, pin, cgroup_id)
+}
+
+/// Swaps `p` into `link` (pinned at `pin`). Nothing to do where it runs `p` already (an agent
+/// of this build pinned both).
+fn swap_link(p: &Program, link: &OwnedFd, pin: &Path, cgroup_id: u64) -> Result<()> {
+    if check_target(link, pin, cgroup_id, p.attach)? == p.prog.id {
         return Ok(());
     }
     bpf_sys::link_update(link.as_fd(), p.prog.fd.as_fd())
