@@ -242,13 +242,14 @@ impl<D: Dataplane> Registry<D> {
     /// An address of `addrs` that another enrolled pod already has for inbound capture (or,
     /// enrolled refused, for refusing connections to it).
     fn address_taken(&self, key: &SourceKey, addrs: &[Addr]) -> Option<(IpAddr, SourceKey)> {
+        let mine: Vec<IpAddr> = addrs.iter().map(|a| IpAddr::from(*a)).collect();
         self.pods
             .iter()
             .filter_map(|(k, e)| Some((k, e.enrolled.as_ref()?)))
             .find_map(|(k, theirs)| {
-                let theirs = theirs.inbound_addrs();
-                let shared = addrs.iter().find(|mine| theirs.contains(mine))?;
-                (k != key).then(|| (IpAddr::from(*shared), k.clone()))
+                let theirs = theirs.inbound_ips();
+                let shared = mine.iter().find(|ip| theirs.contains(ip))?;
+                (k != key).then(|| (*shared, k.clone()))
             })
     }
 

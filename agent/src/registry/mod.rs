@@ -6,10 +6,11 @@
 //! tests an in-memory fake, so the state machine is tested without root.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::PathBuf,
 };
 
-use meshsteer_common::{Addr, maps::pod_flags};
+use meshsteer_common::maps::pod_flags;
 use tracing::{info, info_span, warn};
 
 use crate::{
@@ -62,19 +63,19 @@ struct Enrolled {
 impl Enrolled {
     /// The addresses this pod claims: no other pod may list one of them (inbound capture
     /// follows each pod's network namespace, so a duplicate is an operator's mistake).
-    fn inbound_addrs(&self) -> Vec<Addr> {
+    fn inbound_ips(&self) -> &[IpAddr] {
         if self.plan.is_refused() {
             return match self.netns {
-                Some(_) => self.plan.ips().iter().map(|ip| Addr::from(*ip)).collect(),
-                None => vec![],
+                Some(_) => self.plan.ips(),
+                None => &[],
             };
         }
         if self.plan.config.flags & pod_flags::IN_CAPTURE == 0 {
-            return vec![];
+            return &[];
         }
         // Its `ips` only: other addresses of its namespace (`::6`, link-local ones) may be
         // on every pod.
-        self.plan.ips().iter().map(|ip| Addr::from(*ip)).collect()
+        self.plan.ips()
     }
 }
 
