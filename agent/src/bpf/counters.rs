@@ -1,8 +1,15 @@
 //! The datapath's counter maps: per-pod and node counters, and the live original
 //! destinations. What each counter means and is called lives in `telemetry::catalog`.
+use std::{thread, time::Duration};
+
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::{
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    sys::SyscallError,
+};
 use meshsteer_common::maps::{OrigDst, PodCounters, PodLive, TupleKey, names};
+
+use tracing::debug;
 
 use super::pins::Pins;
 
@@ -78,10 +85,12 @@ impl Counters {
         if self.pods.get(&cgroup_id, 0).is_ok() {
             return Ok(());
         }
-        let zero = PerCpuValues::try_from(vec![PodCounters::default(); nr_cpus()?])?;
-        self.pods
-            .insert(cgroup_id, zero, 0)
-            .context("creating the pod's counters")
+        let cpus = nr_cpus()?;
+        retry_transient_enomem(|| {
+            let zero = PerCpuValues::try_from(vec![PodCounters::default(); cpus])?;
+            Ok(self.pods.insert(cgroup_id, zero, 0)?)
+        })
+        .context("creating the pod's counters")
     }
 
     pub(crate) fn remove_pod(&mut self, cgroup_id: u64) {
@@ -132,4 +141,87 @@ impl Counters {
 
 fn nr_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("possible CPUs: {e}"))
+}
+
+/// How many times a new entry's ENOMEM is tried again, 1 ms apart and doubling (about 1 s in
+/// all), before it counts.
+const ENOMEM_RETRIES: u32 = 10;
+
+/// Runs `insert` again while it fails with ENOMEM, sleeping between. `MS_POD_STATS` is not
+/// preallocated: the kernel takes each new entry's per-CPU value from a cache it refills
+/// without sleeping, and the per-CPU allocator can give such memory only once its workqueue
+/// has populated it. A burst of enrolments (1,000 pods' specs at once) empties it for a moment,
+/// and the pods enrolled meanwhile failed with ENOMEM, left uncaptured. Sleeping lets the
+/// workqueue run; an ENOMEM that outlasts the retries is a node out of memory.
+fn retry_transient_enomem(mut insert: impl FnMut() -> Result<()>) -> Result<()> {
+    let mut pause = Duration::from_millis(1);
+    for attempt in 1..=ENOMEM_RETRIES {
+        match insert() {
+            Err(e) if is_enomem(&e) => {
+                debug!(attempt, "no memory for a new entry yet; trying again");
+                thread::sleep(pause);
+                pause *= 2;
+            }
+            r => return r,
+        }
+    }
+    insert()
+}
+
+fn is_enomem(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<MapError>(),
+        Some(MapError::SyscallError(SyscallError { io_error, .. }))
+            if io_error.raw_os_error() == Some(libc::ENOMEM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn map_error(errno: i32) -> anyhow::Error {
+        MapError::SyscallError(SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: io::Error::from_raw_os_error(errno),
+        })
+        .into()
+    }
+
+    #[test]
+    fn a_transient_enomem_is_tried_again_until_the_insert_succeeds() {
+        let mut calls = 0;
+        let r = retry_transient_enomem(|| {
+            calls += 1;
+            if calls < 4 {
+                Err(map_error(libc::ENOMEM))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(r.is_ok());
+        assert_eq!(calls, 4);
+    }
+
+    #[test]
+    fn other_errors_and_a_lasting_enomem_are_returned() {
+        let mut calls = 0;
+        let r = retry_transient_enomem(|| {
+            calls += 1;
+            Err(map_error(libc::E2BIG))
+        });
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+
+        let mut calls = 0;
+        let e = retry_transient_enomem(|| {
+            calls += 1;
+            Err(map_error(libc::ENOMEM))
+        })
+        .unwrap_err();
+        assert!(is_enomem(&e));
+        assert_eq!(calls, ENOMEM_RETRIES + 1);
+    }
 }
