@@ -91,7 +91,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let had_changes = !batch.changes.is_empty();
                 apply(&mut registry, batch, &mut reconciled);
                 reporter.heartbeat(reconciled);
-                if registry.check_namespaces() || had_changes {
+                let retried = registry.retry_failed();
+                if registry.check_namespaces() || had_changes || retried {
                     publish(&reporter, &registry);
                 }
                 cni::settle(&registry, &mut waiting);

@@ -90,12 +90,35 @@ struct Entry {
     /// The refusal in `unready` is the agent's own failure (the host or the maps said no), not
     /// something wrong with the pod's settings: a CNI ADD reports it as failed, not refused.
     agent_failed: bool,
+    /// When an agent failure is tried again ([`Registry::retry_failed`]).
+    retry: Option<Retry>,
     /// What its source did not apply ([`Change::Pending`]).
     pending: Option<String>,
     /// Where its options came from, when its source said ([`Change::Origin`]).
     from: Option<OptionsFrom>,
     /// How it was enrolled, when its source said ([`Change::EnrolledBy`]).
     enrolled_by: Option<EnrolledBy>,
+}
+
+/// The next try of a pod the agent failed to enrol: after `ticks` more poll ticks, the
+/// `tries`-th failure in a row.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    ticks: u32,
+    tries: u32,
+}
+
+/// Poll ticks (50 ms) before the first retry: 1 s, doubled after each failure up to a minute.
+const RETRY_FIRST_TICKS: u32 = 20;
+const RETRY_MAX_TICKS: u32 = 1_200;
+
+impl Retry {
+    fn after(tries: u32) -> Self {
+        let ticks = RETRY_FIRST_TICKS
+            .saturating_mul(1 << tries.saturating_sub(1).min(16))
+            .min(RETRY_MAX_TICKS);
+        Self { ticks, tries }
+    }
 }
 
 pub struct Registry<D = Kernel> {
@@ -254,6 +277,10 @@ impl<D: Dataplane> Registry<D> {
         let span = info_span!("pod", pod = %name);
         let _g = span.enter();
         let previous = self.pods.remove(key);
+        let failures = previous
+            .as_ref()
+            .and_then(|p| p.retry)
+            .map_or(0, |r| r.tries);
         let mut entry = Entry {
             name,
             spec: None,
@@ -261,6 +288,7 @@ impl<D: Dataplane> Registry<D> {
             enrolled: None,
             unready: None,
             agent_failed: false,
+            retry: None,
             pending: previous.as_ref().and_then(|p| p.pending.clone()),
             from: previous.as_ref().and_then(|p| p.from),
             enrolled_by: previous.as_ref().and_then(|p| p.enrolled_by),
@@ -307,9 +335,39 @@ impl<D: Dataplane> Registry<D> {
                     (old, _) => old,
                 };
                 entry.unready = Some(why);
+                if entry.agent_failed {
+                    let retry = Retry::after(failures + 1);
+                    info!(
+                        in_ms = u64::from(retry.ticks) * crate::source::POLL.as_millis() as u64,
+                        "the agent's failure will be tried again"
+                    );
+                    entry.retry = Some(retry);
+                }
             }
         }
         self.pods.insert(key.clone(), entry);
+    }
+
+    /// Pods whose enrolment the agent itself failed (the kernel or the host said no, not the
+    /// pod's settings) are enrolled again once their wait is over, counted in poll ticks: a
+    /// passing failure must not leave a pod uncaptured, or fenced, until its spec changes.
+    /// Called once per tick; whether a pod was tried.
+    pub fn retry_failed(&mut self) -> bool {
+        let mut due = Vec::new();
+        for (key, e) in &mut self.pods {
+            let Some(retry) = e.retry.as_mut() else {
+                continue;
+            };
+            if retry.ticks > 0 {
+                retry.ticks -= 1;
+            } else if let Some(spec) = &e.spec {
+                due.push((key.clone(), spec.clone()));
+            }
+        }
+        for (key, spec) in &due {
+            self.replan(key, Ok(spec.clone()));
+        }
+        !due.is_empty()
     }
 
     /// Pods whose network namespace went away (the pod died without its spec being removed):

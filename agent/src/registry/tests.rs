@@ -1180,3 +1180,43 @@ fn a_failed_enrolment_keeps_an_adopted_pods_inbound_link() {
     r.reconcile_adopted();
     assert!(r.fake().links.is_empty());
 }
+
+/// A pod the agent failed to enrol (the host said no, not the pod's settings) is tried again
+/// on the poll ticks, without a change of its own, waiting longer after each failure, and is
+/// captured once the failure has passed. Before, it stayed uncaptured until its spec changed.
+#[test]
+fn an_agent_failure_is_tried_again_until_the_pod_is_captured() {
+    let mut r = registry(host());
+    r.fake().fail(Op::AttachCgroup);
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    assert!(r.error(&file("a")).contains("injected AttachCgroup"));
+    for _ in 0..super::RETRY_FIRST_TICKS {
+        assert!(!r.retry_failed(), "tried before its wait was over");
+    }
+    assert!(r.retry_failed());
+    assert!(r.error(&file("a")).contains("injected AttachCgroup"));
+    // Failed twice: twice the wait.
+    for _ in 0..2 * super::RETRY_FIRST_TICKS {
+        assert!(!r.retry_failed(), "tried before its doubled wait was over");
+    }
+    r.fake().recover(Op::AttachCgroup);
+    assert!(r.retry_failed());
+    assert_eq!(r.captured(&file("a")).map(|c| c.0), Some(11));
+    assert_eq!(r.fake().cgroup_links, [11].into());
+    // Captured: nothing more to try.
+    for _ in 0..=super::RETRY_MAX_TICKS {
+        assert!(!r.retry_failed());
+    }
+}
+
+/// A pod refused for its own settings is not tried again: only a change of its spec can
+/// change the answer.
+#[test]
+fn a_refusal_for_the_pods_settings_is_not_tried_again() {
+    let mut r = registry(host());
+    r.upsert(&file("a"), Ok(pod("test/a", "/elsewhere/a", NS_A)));
+    assert!(r.error(&file("a")).contains("outside"));
+    for _ in 0..=super::RETRY_MAX_TICKS {
+        assert!(!r.retry_failed());
+    }
+}
