@@ -417,7 +417,14 @@ impl Results {
     fn median(&self, workload: &str, mode: Mode) -> Option<(f64, f64, f64)> {
         let mut v = self.samples.get(&(workload.to_string(), mode))?.clone();
         v.sort_by(f64::total_cmp);
-        Some((v[v.len() / 2], v[0], v[v.len() - 1]))
+        let mid = v.len() / 2;
+        // Of an even count, the mean of the middle two (the scale step's rows have two).
+        let median = if v.len() % 2 == 0 {
+            (v[mid - 1] + v[mid]) / 2.0
+        } else {
+            v[mid]
+        };
+        Some((median, v[0], v[v.len() - 1]))
     }
 
     fn table(&self) -> String {

@@ -90,17 +90,26 @@ fn ip_batch(batch: &str) -> Result<()> {
     out.map(drop)
 }
 
+/// The pods in the agent's status file (none while it has none published).
+fn published_pods(agent: &Agent) -> Vec<Value> {
+    fs::read(&agent.status_file)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Value>(&text).ok())
+        .and_then(|mut doc| doc["pods"].as_array_mut().map(std::mem::take))
+        .unwrap_or_default()
+}
+
 /// Pods the agent reports `ready` in its status file.
 fn ready_pods(agent: &Agent) -> usize {
-    let Ok(text) = fs::read(&agent.status_file) else {
-        return 0;
-    };
-    let Ok(doc) = serde_json::from_slice::<Value>(&text) else {
-        return 0;
-    };
-    doc["pods"].as_array().map_or(0, |pods| {
-        pods.iter().filter(|p| p["state"] == "ready").count()
-    })
+    published_pods(agent)
+        .iter()
+        .filter(|p| p["state"] == "ready")
+        .count()
+}
+
+/// Pods the agent lists in its status file, whatever their state.
+fn listed_pods(agent: &Agent) -> usize {
+    published_pods(agent).len()
 }
 
 /// Waits until `n` pods are ready; the time since `since`.
@@ -118,6 +127,27 @@ fn all_ready(agent: &Agent, n: usize, since: Instant) -> Result<Duration> {
     }
 }
 
+/// How many times a SIGKILLed agent is replaced at scale: the row's median is the goal's.
+const RESTARTS: usize = 3;
+
+/// The real pod's churn, recorded under `rate` and `ebpf`.
+fn churn_row(
+    s: &Settings,
+    r: &mut Results,
+    real: &meshsteer_tests::Pod,
+    pins: &Pins,
+    (rate, ebpf): (&str, &str),
+    rep: usize,
+) -> Result<()> {
+    let c = measured_churn(s, real, pins)?;
+    r.add(rate, "conn/s", true, Mode::Meshsteer, rep, c.rate);
+    r.add(ebpf, "µs", false, Mode::Meshsteer, rep, c.ebpf_us_per_conn);
+    Ok(())
+}
+
+/// Runs in the order one pod, all pods, restarts, all pods, one pod again: each ratio of the
+/// goals compares medians taken on both sides of the same stretch of time, so a machine that
+/// slows down or speeds up meanwhile (these are shared) moves both alike.
 pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
     let n = s.pods.max(2);
     let mut node = Node::new()?;
@@ -131,16 +161,7 @@ pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
     let mut real = node.add_pod("s0")?;
     real.keep(start_listener_on(&real.place(PROXY.0, PROXY.1), &[15001])?);
     agent.enrol(&real, INJECTOR_DEFAULT_ARGS)?;
-    let alone = measured_churn(s, &real, &pins)?;
-    r.add(RATE_ONE, "conn/s", true, Mode::Meshsteer, 0, alone.rate);
-    r.add(
-        EBPF_ONE,
-        "µs",
-        false,
-        Mode::Meshsteer,
-        0,
-        alone.ebpf_us_per_conn,
-    );
+    churn_row(s, r, &real, &pins, (RATE_ONE, EBPF_ONE), 0)?;
 
     let bare = BarePods::new(&node, n - 1)?;
     let start = Instant::now();
@@ -163,28 +184,31 @@ pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
         0,
         agent_rss_mib(&agent)?,
     );
-    let at_scale = measured_churn(s, &real, &pins)?;
-    r.add(RATE_ALL, "conn/s", true, Mode::Meshsteer, 0, at_scale.rate);
-    r.add(
-        EBPF_ALL,
-        "µs",
-        false,
-        Mode::Meshsteer,
-        0,
-        at_scale.ebpf_us_per_conn,
-    );
+    churn_row(s, r, &real, &pins, (RATE_ALL, EBPF_ALL), 0)?;
 
-    let start = Instant::now();
-    agent.restart(libc::SIGKILL)?;
-    let adopted = all_ready(&agent, n, start)?;
-    r.add(
-        ADOPTION,
-        "s",
-        false,
-        Mode::Meshsteer,
-        0,
-        adopted.as_secs_f64(),
-    );
+    for rep in 0..RESTARTS {
+        let start = Instant::now();
+        agent.restart(libc::SIGKILL)?;
+        let adopted = all_ready(&agent, n, start)?;
+        r.add(
+            ADOPTION,
+            "s",
+            false,
+            Mode::Meshsteer,
+            rep,
+            adopted.as_secs_f64(),
+        );
+    }
+    churn_row(s, r, &real, &pins, (RATE_ALL, EBPF_ALL), 1)?;
+
+    // The bare pods leave the agent (their specs removed) before the one pod runs alone again.
+    for i in 0..n - 1 {
+        agent.remove_spec(&format!("b{i}"))?;
+    }
+    agent.wait_until(READY_TIMEOUT, "the bare pods to leave the agent", |a| {
+        listed_pods(a) == 1
+    })?;
+    churn_row(s, r, &real, &pins, (RATE_ONE, EBPF_ONE), 1)?;
 
     // The agent (uninstalled on drop) before the pods it captures.
     drop(agent);
