@@ -23,7 +23,7 @@ use super::rtnl;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::sys::{async_fd::readable, netns_thread::in_netns};
+use crate::sys::{async_fd::readable, in_netns::in_netns};
 
 /// `RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR` (linux/rtnetlink.h).
 const IFADDR_GROUPS: u32 = 0x10 | 0x100;

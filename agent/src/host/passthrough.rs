@@ -22,7 +22,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::rtnl;
 
-use crate::sys::netns_thread::in_netns;
+use crate::sys::in_netns::in_netns;
 
 /// `::6`.
 pub const PASSTHROUGH_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
