@@ -162,10 +162,9 @@ impl CgroupLinks {
         let links = open_or_create_dir(&pod_dir)?;
         let mut made = Vec::new();
         for p in &self.programs {
-            let pin = pod_dir.join(p.name);
             match attach_one(p, &links, &pod_dir, &cgroup, cgroup_id) {
-                Ok(true) => made.push(pin),
-                Ok(false) => {}
+                Ok(Some(pin)) => made.push(pin),
+                Ok(None) => {}
                 Err(e) => {
                     for pin in made {
                         let _ = fs::remove_file(pin);
@@ -247,7 +246,7 @@ impl CgroupLinks {
 }
 
 /// One program on one pod's cgroup: a pinned link of ours swaps its program, else a new link
-/// is made and pinned. Whether a link was made. The pin is opened without a look first: a
+/// is made and pinned. The pin of a link it made. The pin is opened without a look first: a
 /// restart adopts 11 links a pod, and each path walk of bpffs counts at 1,000 pods.
 fn attach_one(
     p: &Program,
@@ -255,12 +254,12 @@ fn attach_one(
     pod_dir: &Path,
     cgroup: &File,
     cgroup_id: u64,
-) -> Result<bool> {
+) -> Result<Option<PathBuf>> {
     let pin = pod_dir.join(p.name);
     match bpf_sys::obj_get_in(links.as_fd(), pod_dir, p.name) {
         Ok(link) => {
             swap_link(p, &link, &pin, cgroup_id)?;
-            return Ok(false);
+            return Ok(None);
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
@@ -270,7 +269,7 @@ fn attach_one(
     let link = bpf_sys::link_create(p.prog.fd.as_fd(), cgroup.as_fd(), p.attach)
         .context("BPF_LINK_CREATE")?;
     bpf_sys::obj_pin(link.as_fd(), &pin).with_context(|| format!("pinning {}", pin.display()))?;
-    Ok(true)
+    Ok(Some(pin))
 }
 
 /// The pod's directory of links, made if missing (a restart finds it there).

@@ -338,7 +338,7 @@ impl<D: Dataplane> Registry<D> {
                 if entry.agent_failed {
                     let retry = Retry::after(failures + 1);
                     info!(
-                        in_ms = u64::from(retry.ticks) * crate::source::POLL.as_millis() as u64,
+                        after = ?(crate::source::POLL * retry.ticks),
                         "the agent's failure will be tried again"
                     );
                     entry.retry = Some(retry);

@@ -2,7 +2,7 @@
 //! atomically updating cgroup links (an agent restart swaps programs under a pinned link with
 //! BPF_LINK_UPDATE, so capture never lapses), and reading a link's target cgroup.
 use std::{
-    ffi::CString,
+    ffi::{CStr, CString},
     io,
     os::{
         fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
@@ -216,9 +216,17 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
 }
 
 pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    let p = path_cstring(path)?;
+    obj_get_at(&path_cstring(path)?, None)
+}
+
+/// `BPF_OBJ_GET` of `path`, relative to `dir` when given (`BPF_F_PATH_FD`).
+fn obj_get_at(path: &CStr, dir: Option<BorrowedFd<'_>>) -> io::Result<OwnedFd> {
     let mut a = Attr([0; 32]);
-    a.set_ptr(0, p.as_ptr().cast());
+    a.set_ptr(0, path.as_ptr().cast());
+    if let Some(dir) = dir {
+        a.0[3] = BPF_F_PATH_FD;
+        a.0[4] = dir.as_raw_fd() as u32;
+    }
     bpf(BPF_OBJ_GET, &mut a).map(fd_result)
 }
 
@@ -235,16 +243,12 @@ static NO_PATH_FD: AtomicBool = AtomicBool::new(false);
 pub fn obj_get_in(dir: BorrowedFd<'_>, dir_path: &Path, name: &str) -> io::Result<OwnedFd> {
     if !NO_PATH_FD.load(Ordering::Relaxed) {
         let p = CString::new(name).map_err(io::Error::other)?;
-        let mut a = Attr([0; 32]);
-        a.set_ptr(0, p.as_ptr().cast());
-        a.0[3] = BPF_F_PATH_FD;
-        a.0[4] = dir.as_raw_fd() as u32;
-        match bpf(BPF_OBJ_GET, &mut a) {
+        match obj_get_at(&p, Some(dir)) {
             // An unknown flag: this kernel predates it.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 NO_PATH_FD.store(true, Ordering::Relaxed)
             }
-            r => return r.map(fd_result),
+            r => return r,
         }
     }
     obj_get(&dir_path.join(name))
