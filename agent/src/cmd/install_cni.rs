@@ -225,8 +225,9 @@ pub async fn watch(inst: &Installer, until: impl Future<Output = Ended>) -> Resu
         }
         tokio::select! {
             ended = &mut until => return Ok(ended),
-            changed = events.changed() => changed
-                .with_context(|| format!("watching {}", inst.conf_dir.display()))?,
+            changed = events.changed() => {
+                changed.with_context(|| format!("watching {}", inst.conf_dir.display()))?;
+            }
             _ = tokio::time::sleep(POLL) => {}
         }
     }

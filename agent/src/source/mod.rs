@@ -4,6 +4,7 @@
 pub mod change;
 pub mod dir;
 pub mod kube;
+pub mod rotation;
 
 use std::time::Duration;
 
@@ -28,14 +29,22 @@ pub enum Source {
 }
 
 impl Source {
-    /// What polling finds, every [`POLL`]: the directory's changes (always a complete
-    /// listing), or the Kubernetes pods whose resolution is worth retrying.
+    /// What polling finds, every [`POLL`]: the directory's changes when a scan is due (a
+    /// complete listing), or the Kubernetes pods whose resolution is worth retrying.
     pub async fn poll(&mut self) -> Batch {
         match self {
-            Self::Dir(dir) => Batch {
-                changes: dir.scan().await,
-                complete: true,
-            },
+            Self::Dir(dir) => {
+                if !dir.poll_due() {
+                    return Batch {
+                        changes: Vec::new(),
+                        complete: false,
+                    };
+                }
+                Batch {
+                    changes: dir.scan().await,
+                    complete: true,
+                }
+            }
             Self::Kubernetes(kube) => Batch {
                 changes: kube.poll(),
                 complete: false,
