@@ -15,7 +15,10 @@ use tracing::{info, info_span, warn};
 
 use crate::{
     bpf::accel::Support,
-    source::change::{Change, EnrolledBy, OptionsFrom, Rejected, SourceKey, Unready},
+    source::{
+        change::{Change, EnrolledBy, OptionsFrom, Rejected, SourceKey, Unready},
+        rotation::Rotation,
+    },
     spec::{budget::Budget, plan::Plan, pod::PodSpec, resolv::NameserversFrom},
 };
 
@@ -135,6 +138,8 @@ pub struct Registry<D = Kernel> {
     /// Cgroups a previous agent enrolled, until reconciled: a failed enrolment leaves their
     /// links (and so their capture) as it found them.
     adopted: BTreeSet<u64>,
+    /// Which pods' namespaces the next poll checks.
+    netns_checks: Rotation<SourceKey>,
 }
 
 impl<D: Dataplane> Registry<D> {
@@ -151,6 +156,7 @@ impl<D: Dataplane> Registry<D> {
             accel_support: Support::Unavailable("not probed".into()),
             budget: Budget::default(),
             adopted: adopted.iter().map(|a| a.cgroup_id).collect(),
+            netns_checks: Rotation::default(),
         }
     }
 
@@ -371,18 +377,21 @@ impl<D: Dataplane> Registry<D> {
     }
 
     /// Pods whose network namespace went away (the pod died without its spec being removed):
-    /// their capture is removed and the pod reported, instead of left dangling.
+    /// their capture is removed and the pod reported, instead of left dangling. Each call
+    /// checks the next slice of the pods (a stat each), so each pod once every
+    /// [`ROUND`](crate::source::rotation::ROUND) polls.
     pub fn check_namespaces(&mut self) -> bool {
         let gone: Vec<SourceKey> = self
-            .pods
-            .iter()
-            .filter(|(_, e)| {
-                e.enrolled
-                    .as_ref()
+            .netns_checks
+            .next_slice(&self.pods)
+            .into_iter()
+            .filter(|k| {
+                self.pods
+                    .get(k)
+                    .and_then(|e| e.enrolled.as_ref())
                     .and_then(|x| x.netns.as_ref())
                     .is_some_and(|ns| !self.dataplane.netns_alive(ns))
             })
-            .map(|(k, _)| k.clone())
             .collect();
         for key in &gone {
             if let Some(e) = self.pods.get_mut(key)

@@ -40,7 +40,10 @@ use self::{
     reap::Reaper,
     watch::{Update, client, cluster_dns, watch},
 };
-use super::change::{Batch, Change, EnrolledBy, Rejected};
+use super::{
+    change::{Batch, Change, EnrolledBy, Rejected},
+    rotation::Rotation,
+};
 
 /// What the Kubernetes source reports by itself.
 pub enum Event {
@@ -71,6 +74,8 @@ pub struct KubePods {
     /// Pods an earlier agent enrolled at their ADD, with the cgroup they had (a new pod of
     /// the same name has another): found again by the watch, they still were by CNI.
     cni_enrolled: BTreeMap<PodRef, PathBuf>,
+    /// Which enrolled pods the next poll checks for a stale namespace or cgroup.
+    stale_checks: Rotation<PodRef>,
     watcher: JoinHandle<()>,
 }
 
@@ -202,6 +207,7 @@ impl KubePods {
             cni,
             sandboxes: BTreeMap::new(),
             cni_enrolled: BTreeMap::new(),
+            stale_checks: Rotation::default(),
             watcher,
         }
     }
@@ -290,27 +296,33 @@ impl KubePods {
         Ok(Event::Changes(Batch { changes, complete }))
     }
 
-    /// Pods not fully on the node yet (no addresses, cgroup or process) are retried; so are
-    /// enrolled pods whose namespace path went away with the process it named, and those whose
-    /// cgroup is empty while a live one in another layout exists (the empty one was stale).
-    /// Deleted pods' empty cgroups are removed.
+    /// Pods not fully on the node yet (no addresses, cgroup or process) are retried, at every
+    /// poll; so are enrolled pods whose namespace path went away with the process it named,
+    /// and those whose cgroup is empty while a live one in another layout exists (the empty
+    /// one was stale), each checked once a round (a stat, a read of `cgroup.procs` and a
+    /// listing of its cgroup a pod: see [`Rotation`]). Deleted pods' empty cgroups are
+    /// removed.
     pub fn poll(&mut self) -> Vec<Change> {
         self.reap(Instant::now());
-        let stale: Vec<PodRef> = self
+        let waiting = self
             .pods
             .iter()
-            .filter(|(_, t)| match &t.sent {
-                None => false,
-                Some(Err(_)) => true,
-                Some(Ok(spec)) => {
-                    spec.netns.as_ref().is_some_and(|ns| !ns.exists())
-                        || (!cgroup::in_use(&spec.cgroup)
-                            && self.resolver.pod_cgroup(&t.view.uid).as_ref() != Some(&spec.cgroup))
-                }
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        stale.iter().flat_map(|id| self.resolve(id)).collect()
+            .filter(|(_, t)| matches!(t.sent, Some(Err(_))))
+            .map(|(k, _)| k.clone());
+        let slice = self.stale_checks.next_slice(&self.pods);
+        let stale = slice.into_iter().filter(|k| {
+            let Some(t) = self.pods.get(k) else {
+                return false;
+            };
+            let Some(Ok(spec)) = &t.sent else {
+                return false;
+            };
+            spec.netns.as_ref().is_some_and(|ns| !ns.exists())
+                || (!cgroup::in_use(&spec.cgroup)
+                    && self.resolver.pod_cgroup(&t.view.uid).as_ref() != Some(&spec.cgroup))
+        });
+        let due: Vec<PodRef> = waiting.chain(stale).collect();
+        due.iter().flat_map(|id| self.resolve(id)).collect()
     }
 
     /// Removes deleted pods' cgroups that are due and empty.
@@ -562,6 +574,7 @@ mod tests {
             cni: None,
             sandboxes: BTreeMap::new(),
             cni_enrolled: BTreeMap::new(),
+            stale_checks: Rotation::default(),
             watcher: tokio::spawn(async {}),
         };
         (tx, pods)
