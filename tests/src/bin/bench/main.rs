@@ -979,6 +979,31 @@ fn agent_rss_mib(agent: &Agent) -> Result<f64> {
     Ok(rss_kb / 1024.0)
 }
 
+/// The CPU time the agent's threads have had so far, from each thread's `schedstat` (ns; a
+/// thread that exits meanwhile takes its time with it, which the agent's long-lived threads do
+/// not).
+fn agent_cpu_ns(agent: &Agent) -> Result<u64> {
+    let pid = agent.pid().context("agent not running")?;
+    let mut ns = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(ns)
+}
+
+/// The agent's CPU over `secs` seconds of doing nothing asked of it, in % of one CPU.
+fn agent_cpu_at_rest(agent: &Agent, secs: u64) -> Result<f64> {
+    let before = agent_cpu_ns(agent)?;
+    std::thread::sleep(Duration::from_secs(secs));
+    let after = agent_cpu_ns(agent)?;
+    Ok(after.saturating_sub(before) as f64 / (secs as f64 * 1e9) * 100.0)
+}
+
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -13,11 +13,17 @@ use meshsteer::inspect::{INJECTOR_DEFAULT_ARGS, Pins};
 use meshsteer_tests::{Agent, Node, cmd, topology::start_listener_on};
 use serde_json::Value;
 
-use super::{Mode, PROXY, Results, Settings, agent_rss_mib, measured_churn, run_stats_on};
+use super::{
+    Mode, PROXY, Results, Settings, agent_cpu_at_rest, agent_rss_mib, measured_churn, run_stats_on,
+};
+
+/// Seconds the agent's CPU is measured with every pod ready and nothing changing.
+const AT_REST_SECS: u64 = 3;
 
 /// Names of the rows the goals read.
 pub const READY: &str = "scale: all ready after the spec burst";
 pub const RSS: &str = "scale: agent RSS";
+pub const CPU_AT_REST: &str = "scale: agent CPU at rest, all pods";
 pub const ADOPTION: &str = "scale: restart, all ready again";
 pub const RATE_ONE: &str = "scale: connect rate, 1 pod";
 pub const RATE_ALL: &str = "scale: connect rate, all pods";
@@ -183,6 +189,15 @@ pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
         Mode::Meshsteer,
         0,
         agent_rss_mib(&agent)?,
+    );
+    // What the pods cost the agent when nothing happens: its polls, nothing else.
+    r.add(
+        CPU_AT_REST,
+        "% of a CPU",
+        false,
+        Mode::Meshsteer,
+        0,
+        agent_cpu_at_rest(&agent, AT_REST_SECS)?,
     );
     churn_row(s, r, &real, &pins, (RATE_ALL, EBPF_ALL), 0)?;
 
