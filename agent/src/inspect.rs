@@ -6,6 +6,7 @@ pub use crate::{
         features::kernel_release,
         maps::PodMaps,
         pins::Pins,
+        preload::pool_size as preloaded_trampolines,
         run_stats::{pinned_program_runs, pinned_program_runs_by_name},
         trace::current_lease,
     },
@@ -13,6 +14,6 @@ pub use crate::{
     spec::istio::{Capture, Cidr, INJECTOR_DEFAULT_ARGS, Ports, Ranges},
     sys::bpf::{
         AttachType, CgroupLinkInfo, ProgRuns, cgroup_link_info, cgroup_links, enable_run_stats,
-        link_create, link_prog_id, netns_links, obj_get, prog_array_entry, prog_by_id,
+        link_create, link_prog_id, netns_links, obj_get, prog_array_entry, prog_by_id, prog_id,
     },
 };

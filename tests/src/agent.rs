@@ -275,6 +275,26 @@ impl Agent {
         .with_context(|| format!("last state of {name}: {:?}", self.state(name)))
     }
 
+    /// The sk_lookup slots whose trampolines are pinned (this agent's build), in order: the
+    /// pool it loads ahead, and any slot past it that a pod holds.
+    pub fn trampoline_slots(&self) -> Vec<u32> {
+        let programs = meshsteer::inspect::Pins::new(&self.bpffs_dir).programs();
+        let mut slots: Vec<u32> = fs::read_dir(programs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|build| {
+                fs::read_dir(build.path().join("sk_lookup"))
+                    .into_iter()
+                    .flatten()
+            })
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        slots.sort_unstable();
+        slots
+    }
+
     pub fn wait_until(&self, limit: Duration, what: &str, f: impl Fn(&Self) -> bool) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < limit {

@@ -9,6 +9,7 @@
 //! removed at start, while its programs live on in the links that run them until they are
 //! swapped.
 use std::{
+    collections::BTreeSet,
     fs,
     hash::{DefaultHasher, Hash, Hasher},
     os::fd::{AsFd, OwnedFd},
@@ -78,9 +79,16 @@ impl ProgPins {
             }
             Err(_) => {
                 let fd = load()?;
-                bpf_sys::obj_pin(fd.as_fd(), &pin)
-                    .with_context(|| format!("pinning {}", pin.display()))?;
-                fd
+                match bpf_sys::obj_pin(fd.as_fd(), &pin) {
+                    Ok(()) => fd,
+                    // Pinned meanwhile by the other thread that loads trampolines: the same
+                    // program; the pinned one is the one every later lookup finds.
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => bpf_sys::obj_get(&pin)
+                        .with_context(|| format!("opening {}", pin.display()))?,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("pinning {}", pin.display()));
+                    }
+                }
             }
         };
         let id = bpf_sys::prog_id(fd.as_fd())?;
@@ -92,9 +100,21 @@ impl ProgPins {
         self.get_or_load(&format!("{TRAMPOLINES}/{slot}"), load)
     }
 
-    /// Unpins slot `slot`'s trampoline: a deleted pod leaves nothing behind.
+    /// Unpins slot `slot`'s trampoline: a deleted pod leaves nothing behind (beyond the
+    /// slots kept loaded, [`super::preload`]).
     pub fn forget_trampoline(&self, slot: u32) {
         let _ = fs::remove_file(self.trampolines().join(slot.to_string()));
+    }
+
+    /// The slots whose trampolines this build has pinned.
+    pub fn pinned_trampolines(&self) -> BTreeSet<u32> {
+        let Ok(entries) = fs::read_dir(self.trampolines()) else {
+            return BTreeSet::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect()
     }
 
     /// Unpins the trampolines of every slot `owned` rejects.

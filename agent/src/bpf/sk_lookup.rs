@@ -5,7 +5,8 @@
 //! ([`super::trampoline`]), `MS_SK_LOOKUP_PODS` maps the slot to the pod, and the one shared
 //! program (loaded with the object, [`super::load`]) decides. A trampoline costs a fraction of
 //! a millisecond to load, once per slot and build: it is pinned with this build's programs
-//! ([`super::prog_pins`]).
+//! ([`super::prog_pins`]), and those of the first slots are loaded ahead, off the enrolment
+//! path ([`super::preload`]).
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, OwnedFd},
@@ -21,6 +22,7 @@ use meshsteer_common::maps::{capacity, names};
 
 use super::{
     pins::Pins,
+    preload::{self, Preloader},
     prog_pins::{Prog, ProgPins},
     trampoline,
 };
@@ -39,11 +41,16 @@ pub struct SkLookups {
     prog_array: OwnedFd,
     /// Where this build's trampolines are pinned, by slot.
     progs: ProgPins,
+    /// Slots 1 to this keep their trampolines pinned while free ([`preload`]).
+    pool: u32,
+    /// Loads the pool's trampolines; stopped on drop.
+    _preload: Preloader,
 }
 
 impl SkLookups {
-    /// The slots as pinned (a previous agent's pods keep theirs).
-    pub fn new(pins: &Pins, progs: ProgPins) -> Result<Self> {
+    /// The slots as pinned (a previous agent's pods keep theirs), with the trampolines of the
+    /// first [`preload::pool_size`]`(max_pods)` loading in the background.
+    pub fn new(pins: &Pins, progs: ProgPins, max_pods: u32) -> Result<Self> {
         let map: Array<MapData, u64> = pins.open_map(names::SK_LOOKUP_PODS)?.try_into()?;
         let open = |name| {
             bpf_sys::obj_get(&pins.map(name))
@@ -60,13 +67,18 @@ impl SkLookups {
             }
         }
         let slots = owners.iter().map(|(s, c)| (*c, *s)).collect();
+        let (slot_map, prog_array) = (open(names::SK_LOOKUP_SLOT)?, open(names::SK_LOOKUP_PROG)?);
+        let pool = preload::pool_size(max_pods);
+        let preload = Preloader::start(progs.clone(), &slot_map, &prog_array, pool)?;
         Ok(Self {
             map,
             owners,
             slots,
-            slot_map: open(names::SK_LOOKUP_SLOT)?,
-            prog_array: open(names::SK_LOOKUP_PROG)?,
+            slot_map,
+            prog_array,
             progs,
+            pool,
+            _preload: preload,
         })
     }
 
@@ -95,8 +107,9 @@ impl SkLookups {
             .trampoline(slot, || trampoline::load(slot, slots, array))
     }
 
-    /// `cgroup_id`'s slot is free again (its link is gone), and its trampoline's pin goes.
-    /// Every slot mapped to it, should a previous agent have left more than one.
+    /// `cgroup_id`'s slot is free again (its link is gone), and its trampoline's pin goes
+    /// unless the slot is in the pool. Every slot mapped to it, should a previous agent have
+    /// left more than one.
     pub fn release(&mut self, cgroup_id: u64) {
         self.slots.remove(&cgroup_id);
         let theirs: Vec<u32> = self
@@ -108,7 +121,9 @@ impl SkLookups {
         for slot in theirs {
             let _ = self.map.set(slot, 0, 0);
             self.owners.remove(&slot);
-            self.progs.forget_trampoline(slot);
+            if slot > self.pool {
+                self.progs.forget_trampoline(slot);
+            }
         }
     }
 
@@ -123,9 +138,9 @@ impl SkLookups {
         for c in gone {
             self.release(c);
         }
-        // And any a killed agent pinned for a slot it never gave out.
+        // And any a killed agent pinned for a slot it never gave out, outside the pool.
         self.progs
-            .forget_trampolines(|s| self.owners.contains_key(&s));
+            .forget_trampolines(|s| s <= self.pool || self.owners.contains_key(&s));
     }
 
     fn slot_of(&self, cgroup_id: u64) -> Option<u32> {

@@ -55,7 +55,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     endpoints.serve(&datapath.pins, reporter.subscribe())?;
     let maps = PodMaps::take(&mut datapath.bpf)?.with_orig_dst_limit(budget.orig_dst);
-    let sk_lookups = SkLookups::new(&datapath.pins, datapath.progs.clone())?;
+    let sk_lookups = SkLookups::new(&datapath.pins, datapath.progs.clone(), budget.max_pods)?;
     let mut source = source.open(&cgroup_root, cni_enrolled);
     // Pods whose network namespace's addresses may have changed, by cgroup id.
     let (addr_tx, mut addr_changes) = tokio::sync::mpsc::unbounded_channel();

@@ -358,12 +358,53 @@ fn every_address_of_the_pod_is_captured() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Trampolines for the slots pods will take (up to `--max-pods`) are loaded before any pod
+/// needs one: a pod's enrolment then loads no program. The first pod's link runs the
+/// trampoline pinned for slot 1 before the pod came, and its removal leaves the pool as it was.
+#[test]
+fn trampolines_are_loaded_before_pods_need_them() -> anyhow::Result<()> {
+    use meshsteer::inspect::{Pins, cgroup_id, link_prog_id, obj_get, prog_id};
+    use std::os::fd::AsFd;
+
+    let mut bed = Testbed::start(World::Absent, &["--max-pods", "4"])?;
+    let pins = Pins::new(&bed.agent.bpffs_dir);
+    bed.agent
+        .wait_until(Duration::from_secs(5), "the pool's trampolines", |a| {
+            a.trampoline_slots() == [1, 2, 3, 4]
+        })?;
+    let build = std::fs::read_dir(pins.programs())?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no pinned programs"))??
+        .path();
+    let slot1 = prog_id(obj_get(&build.join("sk_lookup/1"))?.as_fd())?;
+
+    let pod = bed.node.add_pod("early")?;
+    bed.agent
+        .enrol(&pod, meshsteer::inspect::INJECTOR_DEFAULT_ARGS)?;
+    // The fd closed at once: an open one would keep the link attached after its unpinning.
+    let linked = link_prog_id(obj_get(&pins.netns_link(cgroup_id(&pod.cgroup)?))?.as_fd())?;
+    assert_eq!(linked, slot1, "the preloaded trampoline");
+
+    bed.agent.remove_spec("early")?;
+    let ino = std::fs::metadata(&pod.netns)?.ino();
+    bed.agent
+        .wait_until(Duration::from_secs(5), "the sk_lookup link to go", |_| {
+            meshsteer::inspect::netns_links(ino).is_ok_and(|l| l.is_empty())
+        })?;
+    assert_eq!(
+        bed.agent.trampoline_slots(),
+        [1, 2, 3, 4],
+        "the pool, nothing more"
+    );
+    Ok(())
+}
+
 /// Removing the pod's spec detaches its sk_lookup program (the kernel's list of netns links
-/// says so) and unpins its trampoline, and a namespace that vanishes under an enrolled pod is
-/// reported, not crashed on.
+/// says so) and leaves no trampoline pinned beyond the pool of free slots' (here one slot),
+/// and a namespace that vanishes under an enrolled pod is reported, not crashed on.
 #[test]
 fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
-    let mut bed = Testbed::start(World::Absent, &[])?;
+    let mut bed = Testbed::start(World::Absent, &["--max-pods", "1"])?;
     let pod = bed.node.add_pod("gone")?;
     let agent = &bed.agent;
     let ino = std::fs::metadata(&pod.netns)?.ino();
@@ -373,14 +414,10 @@ fn removal_detaches_and_vanished_netns_is_reported() -> anyhow::Result<()> {
     agent.wait_until(Duration::from_secs(5), "the sk_lookup link to go", |_| {
         meshsteer::inspect::netns_links(ino).is_ok_and(|l| l.is_empty())
     })?;
-    let pins = meshsteer::inspect::Pins::new(&agent.bpffs_dir);
-    let trampolines: Vec<_> = std::fs::read_dir(pins.programs())?
-        .map(|build| Ok(std::fs::read_dir(build?.path().join("sk_lookup"))?.count()))
-        .collect::<std::io::Result<_>>()?;
     assert_eq!(
-        trampolines,
-        [0],
-        "trampolines pinned per build, the pod gone"
+        agent.trampoline_slots(),
+        [1],
+        "trampolines pinned per build, the pod gone: the pool's one slot"
     );
 
     let other = bed.node.add_pod("vanish")?;

@@ -161,6 +161,12 @@ pub fn run(s: &Settings, r: &mut Results) -> Result<()> {
     let max_pods = n.max(16).to_string();
     let mut agent = Agent::start_with(&node, &["--max-pods", &max_pods])?;
     let pins = Pins::new(&agent.bpffs_dir);
+    // The agent loads the trampolines of the slots pods will take in the background: done
+    // before anything is measured, so that no measurement shares the CPU with it.
+    let pool = meshsteer::inspect::preloaded_trampolines(n.max(16) as u32) as usize;
+    agent.wait_until(READY_TIMEOUT, "the preloaded sk_lookup trampolines", |a| {
+        a.trampoline_slots().len() >= pool
+    })?;
     let _stats = run_stats_on()?;
 
     // One real pod with a stand-in proxy: its connections are what the scale may slow down.
