@@ -22,8 +22,9 @@ use tracing::{info, warn};
 
 use super::{prog_pins::ProgPins, trampoline};
 
-/// The most trampolines kept loaded for free slots: about 8 KiB of kernel memory each,
-/// charged to the agent's cgroup. Pods past it load theirs at enrolment.
+/// The most trampolines kept loaded for free slots: each is a page of the kernel's memory by
+/// its own account (`memlock` 4096 in the program's fdinfo), charged to the agent's cgroup,
+/// so 4 MiB and some bookkeeping at the cap. Pods past it load theirs at enrolment.
 pub const MAX_POOL: u32 = 1024;
 
 /// The slots whose trampolines stay loaded, taken or not: 1 to this.
