@@ -283,9 +283,15 @@ impl<D: Dataplane> Registry<D> {
         let span = info_span!("pod", pod = %name);
         let _g = span.enter();
         let previous = self.pods.remove(key);
+        // The wait grows with failures of the same spec only: a changed one starts afresh.
+        let same_spec = previous
+            .as_ref()
+            .and_then(|p| p.spec.as_ref())
+            .is_some_and(|old| spec.as_ref().ok() == Some(old));
         let failures = previous
             .as_ref()
             .and_then(|p| p.retry)
+            .filter(|_| same_spec)
             .map_or(0, |r| r.tries);
         let mut entry = Entry {
             name,

@@ -1214,6 +1214,30 @@ fn an_agent_failure_is_tried_again_until_the_pod_is_captured() {
     }
 }
 
+/// A changed spec starts its retries afresh: the wait doubles with failures of one spec, not
+/// across the operator's fixes.
+#[test]
+fn a_changed_spec_starts_its_retry_wait_afresh() {
+    let mut r = registry(host());
+    r.fake().fail(Op::AttachCgroup);
+    r.upsert(&file("a"), Ok(pod("test/a", CG_A, NS_A)));
+    for _ in 0..super::RETRY_FIRST_TICKS {
+        assert!(!r.retry_failed());
+    }
+    assert!(
+        r.retry_failed(),
+        "first retry, failed again: the wait doubles"
+    );
+    let mut changed = pod("test/a", CG_A, NS_A);
+    changed.ips = vec!["10.0.0.6".parse().unwrap()];
+    r.upsert(&file("a"), Ok(changed));
+    assert!(r.error(&file("a")).contains("injected AttachCgroup"));
+    for _ in 0..super::RETRY_FIRST_TICKS {
+        assert!(!r.retry_failed(), "tried before the first wait was over");
+    }
+    assert!(r.retry_failed(), "the first wait again, not a doubled one");
+}
+
 /// A pod refused for its own settings is not tried again: only a change of its spec can
 /// change the answer.
 #[test]
